@@ -1,0 +1,145 @@
+"""Model commands: train, retrain, promote, rollback."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from propensity.cli import DataDir, app, feature_spec, friendly, run_validation, settings
+from propensity.config import Settings
+from propensity.ui import console, frame_table, kv_table
+
+TargetArg = Annotated[str, typer.Argument(help="last_mile_buyer or lapse_risk.")]
+Truth = Annotated[Path | None, typer.Option(help="truth.parquet from `propensity generate`, for the oracle AUC.")]
+
+
+def registry(cfg: Settings) -> Any:
+    from training.registry import Registry
+
+    return Registry(cfg.tracking_uri, cfg.artifact_root)
+
+
+def train_config(cfg: Settings, events: Path, truth: Path | None) -> Any:
+    from training.job import TrainConfig
+    from training.models import BoosterParams
+
+    t = cfg.training
+    return TrainConfig(
+        events_path=events, out_dir=cfg.reports_dir / "training", spec=feature_spec(cfg),
+        horizon_days=t.horizon_days, lapse_days=t.lapse_days, n_cutoffs=t.n_cutoffs,
+        cutoff_spacing_days=t.cutoff_spacing_days, min_positives=t.min_positives, min_negatives=t.min_negatives,
+        params=BoosterParams(
+            num_boost_round=t.num_boost_round, learning_rate=t.learning_rate, num_leaves=t.num_leaves, seed=t.seed
+        ),
+        calibration=t.calibration, logloss_tolerance=t.gate_logloss_tolerance, truth_path=truth,
+    )
+
+
+def run_train(cfg: Settings, events: Path, truth: Path | None) -> Any:
+    """Train both targets under the training lock; print and return the report."""
+    from training.job import run_training
+    from training.lock import exclusive_lock
+
+    started = datetime.now(timezone.utc).isoformat()
+    with exclusive_lock(cfg.artifact_root / ".train.lock", started):
+        with console().status("training") as status:
+            report = run_training(train_config(cfg, events, truth), registry(cfg), say=status.update)
+    print_training(report, cfg)
+    return report
+
+
+def print_training(report: Any, cfg: Settings) -> None:
+    import pandas as pd
+
+    keys = ["auc", "pr_auc", "log_loss", "brier", "ece", "precision_top5", "lift_top5"]
+    for target, out in report.outcomes.items():
+        rows = {name: {k: m.get(k, float("nan")) for k in keys} for name, m in out.result.metrics.items()}
+        if out.champion_metrics:
+            rows["previous champion"] = {k: out.champion_metrics.get(k, float("nan")) for k in keys}
+        table = pd.DataFrame(rows).T
+        table.index.name = "model"
+        title = f"{target}: test cutoff {out.cutoffs[-1]:%Y-%m-%d}, {len(out.result.test_labels):,} users"
+        console().print(frame_table(title, table))
+        verdict = "[green]promoted to @champion[/]" if out.decision.promote else "[yellow]champion kept[/]"
+        console().print(f"  version {out.version}: {verdict} ({out.decision.reason})")
+        console().print(f"  MLflow run {out.run_id} in experiment '{target}' at {cfg.tracking_uri}")
+        if out.result.plots:
+            console().print(f"  plots: {next(iter(out.result.plots.values())).parent}")
+
+
+@app.command()
+@friendly
+def train(
+    events: Annotated[Path | None, typer.Option(help="Clean events [default: <data-dir>/clean/events.parquet].")] = None,
+    truth: Truth = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Train both targets over stacked cutoffs, log to MLflow as @challenger, promote through the gate."""
+    cfg = settings(data_dir=data_dir)
+    run_train(cfg, events or cfg.clean_dir / "events.parquet", truth)
+
+
+@app.command()
+@friendly
+def retrain(
+    events: Annotated[list[Path], typer.Argument(help="Raw event file(s) (CSV/Parquet), validated first.")],
+    truth: Truth = None,
+    taobao: Annotated[bool, typer.Option(help="Input is the Taobao UserBehavior CSV (no header).")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """The scheduled job: validate -> features -> train both targets -> evaluate -> gate.
+
+    Idempotent (same data, same seed: same models; the gate keeps the champion unless the new model is better)
+    and locked, so two retrains never interleave. Exit codes: 0 done (promoted or kept), 1 bad input,
+    2 too many bad rows, 3 another run holds the lock.
+    """
+    from training.lock import exclusive_lock
+
+    cfg = settings(data_dir=data_dir)
+    started = datetime.now(timezone.utc).isoformat()
+    with exclusive_lock(cfg.artifact_root / ".retrain.lock", started):
+        report = run_validation(cfg, events, taobao=taobao)
+        run_train(cfg, report.events_path, truth)
+
+
+@app.command()
+@friendly
+def promote(
+    target: TargetArg,
+    version: Annotated[str | None, typer.Option(help="Version to promote [default: the @challenger].")] = None,
+) -> None:
+    """Point @champion at a version by hand (the previous champion is remembered for rollback)."""
+    reg = registry(settings())
+    done = reg.promote(_target(target), version)
+    console().print(f"{target}: @champion -> version {done}")
+
+
+@app.command()
+@friendly
+def rollback(target: TargetArg) -> None:
+    """Move @champion back to the version it pointed to before the last promotion."""
+    reg = registry(settings())
+    done = reg.rollback(_target(target))
+    console().print(f"{target}: @champion -> version {done}")
+
+
+@app.command()
+@friendly
+def models() -> None:
+    """Show the champion and challenger versions of both targets."""
+    from training.bundle import TARGETS
+
+    reg = registry(settings())
+    rows = {f"{t} @{a}": reg.version(t, a) or "-" for t in TARGETS for a in ("champion", "challenger")}
+    console().print(kv_table("registry", rows))
+
+
+def _target(name: str) -> str:
+    from training.bundle import TARGETS
+
+    if name not in TARGETS:
+        raise typer.BadParameter(f"target must be one of {', '.join(TARGETS)}, got {name!r}")
+    return name

@@ -1,0 +1,88 @@
+"""Labels on hand-built frames, including the boundary timestamps T and T+H."""
+
+from datetime import datetime, timedelta, timezone
+
+import ibis
+import pandas as pd
+import pytest
+
+from training.labels import LabelSpec, last_mile_labels, lapse_labels
+
+T = datetime(2026, 1, 10, tzinfo=timezone.utc)
+D = timedelta(days=1)
+
+
+def _events(rows):
+    df = pd.DataFrame(rows, columns=["user_id", "ts", "behavior"])
+    df["ts"] = pd.to_datetime(df["ts"], utc=True)
+    return ibis.memtable(df)
+
+
+def _labels(expr):
+    return dict(expr.to_pandas().itertuples(index=False, name=None))
+
+
+def test_last_mile_window_is_open_at_t_and_closed_at_t_plus_h():
+    ev = _events(
+        [
+            ("at_t", T - D, "view"), ("at_t", T, "buy"),                      # buy exactly at T: not a label
+            ("at_end", T - D, "view"), ("at_end", T + 3 * D, "buy"),          # buy at T+H: counts
+            ("after", T - D, "view"), ("after", T + 3 * D + timedelta(seconds=1), "buy"),  # just after T+H
+            ("just_in", T - D, "view"), ("just_in", T + timedelta(microseconds=1), "buy"),
+        ]
+    )
+    assert _labels(last_mile_labels(ev, T, LabelSpec(horizon_days=3, population="aipl"))) == {
+        "after": 0, "at_end": 1, "at_t": 0, "just_in": 1,
+    }
+
+
+def test_last_mile_population_is_a_and_i_audiences():
+    ev = _events(
+        [
+            ("browse14", T - 14 * D, "view"),                 # A: event within 15 days
+            ("browse16", T - 16 * D, "view"),                 # too old for A, no fav/cart
+            ("cart80", T - 80 * D, "cart"),                   # I: cart within 90 days
+            ("fav91", T - 91 * D, "fav"),                     # too old for I
+            ("buyer_old", T - 100 * D, "buy"), ("buyer_old", T - 2 * D, "view"),  # any purchase history
+            ("future_only", T + D, "buy"),                    # no event before T
+        ]
+    )
+    got = _labels(last_mile_labels(ev, T, LabelSpec(population="aipl")))
+    assert got == {"browse14": 0, "buyer_old": 0, "cart80": 0}
+
+
+def test_purchase_only_data_uses_past_buyers_and_repurchase():
+    ev = _events(
+        [
+            ("rebuy", T - 40 * D, "buy"), ("rebuy", T + 2 * D, "buy"),
+            ("once", T - 200 * D, "buy"),
+            ("new", T + D, "buy"),                            # first purchase after T: not in the population
+        ]
+    )
+    assert _labels(last_mile_labels(ev, T, LabelSpec(population="auto"))) == {"once": 0, "rebuy": 1}
+
+
+def test_auto_population_on_clickstream_is_aipl():
+    ev = _events([("v", T - D, "view"), ("old", T - 30 * D, "buy"), ("old", T + D, "buy")])
+    assert _labels(last_mile_labels(ev, T, LabelSpec(population="auto"))) == {"v": 0}
+
+
+def test_lapse_label_needs_silence_over_the_whole_window():
+    ev = _events(
+        [
+            ("silent", T - 5 * D, "buy"),
+            ("visits", T - 5 * D, "buy"), ("visits", T + 29 * D, "view"),
+            ("at_end", T - 5 * D, "buy"), ("at_end", T + 30 * D, "visit"),      # T+N is inside the window
+            ("late", T - 5 * D, "buy"), ("late", T + 30 * D + timedelta(seconds=1), "buy"),
+            ("at_t", T - 5 * D, "buy"), ("at_t", T, "view"),                     # event at T is outside (T, T+N]
+            ("browser", T - D, "view"),                                          # never bought: not in population
+        ]
+    )
+    got = _labels(lapse_labels(ev, T, LabelSpec(lapse_days=30)))
+    assert got == {"at_end": 0, "at_t": 1, "late": 1, "silent": 1, "visits": 0}
+
+
+def test_naive_cutoff_is_refused():
+    ev = _events([("a", T - D, "view")])
+    with pytest.raises(ValueError, match="timezone-aware"):
+        last_mile_labels(ev, T.replace(tzinfo=None), LabelSpec())

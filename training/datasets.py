@@ -1,0 +1,104 @@
+"""Training sets stacked over several cutoffs, split by time only.
+
+Train on the earlier cutoffs, early-stop and calibrate on the second-to-last, test on the last. Every cutoff's
+features see only events before it; its labels only the window after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import ibis.expr.types as ir
+import pandas as pd
+
+from training.labels import LabelSpec, lapse_labels, last_mile_labels
+
+LabelFn = Callable[[ir.Table, datetime, LabelSpec], ir.Table]
+LABEL_FUNCTIONS: dict[str, LabelFn] = {"last_mile_buyer": last_mile_labels, "lapse_risk": lapse_labels}
+
+
+class IneligibleError(ValueError):
+    """Too few positives or negatives to train or judge a model."""
+
+
+def window_days(target: str, spec: LabelSpec) -> int:
+    """Label window length in days for ``target``."""
+    return spec.horizon_days if target == "last_mile_buyer" else spec.lapse_days
+
+
+def cutoffs_for(end: datetime, n: int, spacing_days: int, window: int) -> list[datetime]:
+    """``n`` cutoffs at UTC midnight, oldest first, ``spacing_days`` apart, the last one leaving a full label window
+    (``window`` days) before ``end`` (the last event time)."""
+    if n < 3:
+        raise ValueError("need at least 3 cutoffs: train, validation, test")
+    last = (end - timedelta(days=window)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return [last - timedelta(days=spacing_days * k) for k in range(n - 1, -1, -1)]
+
+
+@dataclass
+class TimeSplit:
+    """Rows of one target split by cutoff. Each frame: segmented features + ``label`` + ``as_of``."""
+
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    test: pd.DataFrame
+
+    @property
+    def test_as_of(self) -> datetime:
+        return self.test["as_of"].iloc[0].to_pydatetime()
+
+
+def labelled_frame(
+    target: str,
+    events: ir.Table,
+    as_of: datetime,
+    label_spec: LabelSpec,
+    segmented: pd.DataFrame,
+) -> pd.DataFrame:
+    """Inner join of one cutoff's segmented features (one row per user) with that cutoff's labels."""
+    labels = LABEL_FUNCTIONS[target](events, as_of, label_spec).to_pandas()
+    labels["user_id"] = labels["user_id"].astype(str)
+    frame = segmented.merge(labels, on="user_id", how="inner", validate="one_to_one")
+    frame["as_of"] = pd.Timestamp(as_of)
+    return frame
+
+
+def time_split(frames: Sequence[pd.DataFrame]) -> TimeSplit:
+    """Frames ordered oldest cutoff first -> train (all but the last two), valid, test."""
+    if len(frames) < 3:
+        raise ValueError("need at least 3 cutoffs")
+    return TimeSplit(
+        train=pd.concat(frames[:-2], ignore_index=True), valid=frames[-2].reset_index(drop=True),
+        test=frames[-1].reset_index(drop=True),
+    )
+
+
+def check_eligible(target: str, split: TimeSplit, min_pos: int, min_neg: int) -> dict[str, int]:
+    """Count classes; raise :class:`IneligibleError` naming what is missing when training could not be trusted.
+
+    The training cutoffs need ``min_pos``/``min_neg`` of each class; the validation and test cutoffs need at least
+    a tenth of that (and never fewer than 5) to early-stop, calibrate and judge the model.
+    """
+    counts: dict[str, int] = {}
+    problems: list[str] = []
+    for name, frame, need_pos, need_neg in (
+        ("train", split.train, min_pos, min_neg),
+        ("valid", split.valid, max(5, min_pos // 10), max(5, min_neg // 10)),
+        ("test", split.test, max(5, min_pos // 10), max(5, min_neg // 10)),
+    ):
+        pos = int(frame["label"].sum())
+        neg = int(len(frame) - pos)
+        counts[f"{name}_positives"], counts[f"{name}_negatives"] = pos, neg
+        if pos < need_pos:
+            problems.append(f"{name}: {pos} positives, need {need_pos} (missing {need_pos - pos})")
+        if neg < need_neg:
+            problems.append(f"{name}: {neg} negatives, need {need_neg} (missing {need_neg - neg})")
+    if problems:
+        raise IneligibleError(
+            f"not enough labelled users to train {target}: " + "; ".join(problems)
+            + ". Use more history or users, more cutoffs (training.n_cutoffs), a longer window, "
+            "or lower training.min_positives / min_negatives."
+        )
+    return counts

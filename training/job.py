@@ -1,0 +1,194 @@
+"""The training job: features over cutoffs -> both targets -> evaluation -> MLflow -> promotion gate.
+
+I/O lives here (reading events, writing plots, talking to MLflow); the pieces it calls are pure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.build import build_features, default_connection, events_table
+from features.segments import Segmenter
+from features.spec import FeatureSpec
+from training.bundle import TARGETS, ModelBundle
+from training.datasets import check_eligible, cutoffs_for, labelled_frame, time_split, window_days
+from training.evaluate import evaluate
+from training.labels import LabelSpec, data_end
+from training.models import BoosterParams
+from training.registry import CHAMPION, GateDecision, Registry, gate
+from training.train import TargetResult, train_target, write_plots
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What one training run needs. ``lapse_days=None`` takes N from the fitted 80/20 silent gap."""
+
+    events_path: Path
+    out_dir: Path
+    spec: FeatureSpec = FeatureSpec()
+    horizon_days: int = 3
+    lapse_days: int | None = None
+    n_cutoffs: int = 6
+    cutoff_spacing_days: int = 7
+    min_positives: int = 100
+    min_negatives: int = 100
+    params: BoosterParams = BoosterParams()
+    calibration: str = "isotonic"
+    logloss_tolerance: float = 0.005
+    truth_path: Path | None = None
+    targets: tuple[str, ...] = TARGETS
+
+
+@dataclass
+class TargetOutcome:
+    target: str
+    result: TargetResult
+    version: str
+    run_id: str
+    decision: GateDecision
+    champion_metrics: dict[str, float] | None
+    counts: dict[str, int]
+    cutoffs: list[datetime]
+
+
+@dataclass
+class TrainReport:
+    outcomes: dict[str, TargetOutcome] = field(default_factory=dict)
+    fingerprint: str = ""
+    lapse_days: int = 0
+
+
+def data_fingerprint(events: Any) -> str:
+    """A stable hash of the event data set: rows, users, time range, behaviors and amount total."""
+    agg = events.aggregate(
+        n=events.count(), users=events.user_id.nunique(), t0=events.ts.min(), t1=events.ts.max(),
+        buys=(events.behavior == "buy").sum(), amount=events.amount.sum(),
+    ).to_pandas().iloc[0]
+    text = "|".join(str(agg[k]) for k in ("n", "users", "t0", "t1", "buys", "amount"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_training(cfg: TrainConfig, registry: Registry, say: Say = lambda _: None) -> TrainReport:
+    """Train every target in ``cfg.targets``, log each to MLflow as ``@challenger`` and gate it to ``@champion``."""
+    con = default_connection()
+    events = events_table(cfg.events_path, con)
+    end = data_end(events)
+    report = TrainReport(fingerprint=data_fingerprint(events))
+    feature_cache: dict[datetime, pd.DataFrame] = {}
+
+    def raw_features(as_of: datetime) -> pd.DataFrame:
+        if as_of not in feature_cache:
+            say(f"features as of {as_of:%Y-%m-%d}")
+            feature_cache[as_of] = build_features(events, as_of, cfg.spec, con=con)
+        return feature_cache[as_of]
+
+    buy_cutoffs = cutoffs_for(end, cfg.n_cutoffs, cfg.cutoff_spacing_days, cfg.horizon_days)
+    lapse_days = cfg.lapse_days
+    if lapse_days is None:
+        probe_at = buy_cutoffs[-3]
+        probe = Segmenter().fit(events, raw_features(probe_at), probe_at)
+        lapse_days = max(1, math.ceil(probe.lifecycle_.silent_days_))
+        say(f"lapse window N = {lapse_days} days (80/20 silent gap)")
+    report.lapse_days = lapse_days
+    label_spec = LabelSpec(horizon_days=cfg.horizon_days, lapse_days=lapse_days)
+    cutoffs = {
+        t: cutoffs_for(end, cfg.n_cutoffs, cfg.cutoff_spacing_days, window_days(t, label_spec)) for t in cfg.targets
+    }
+    seg_at = min(c[-3] for c in cutoffs.values())  # the earliest last-training cutoff: never sees a test window
+    segmenter = Segmenter().fit(events, raw_features(seg_at), seg_at)
+    truth = pd.read_parquet(cfg.truth_path) if cfg.truth_path else None
+
+    for target in cfg.targets:
+        say(f"training {target}")
+        frames = [
+            segmenter.transform(labelled_frame(target, events, t, label_spec, raw_features(t)))
+            for t in cutoffs[target]
+        ]
+        split = time_split(frames)
+        counts = check_eligible(target, split, cfg.min_positives, cfg.min_negatives)
+        oracle = _oracle(truth, target, split.test, label_spec) if truth is not None else None
+        params = _params(cfg, target, cutoffs[target], label_spec, report.fingerprint, counts)
+        result = train_target(
+            target, split, segmenter, cfg.spec, label_spec, cfg.params, calibration=cfg.calibration,
+            oracle=oracle, meta={"trained_on": params["data_fingerprint"], "test_as_of": params["test_as_of"]},
+        )
+        write_plots(result, cfg.out_dir / target)
+        champion_metrics = _champion_metrics(registry, target, split.test, events, con, cfg.spec, raw_features)
+        decision = gate(result.main, champion_metrics, cfg.logloss_tolerance)
+        example = pd.DataFrame(result.bundle.matrix(split.test.head(5)), columns=result.bundle.feature_names)
+        run_id, version = registry.log_challenger(
+            result.bundle, params=params, metrics=result.metrics, plots=result.plots, input_example=example,
+            tags={"gate": "promoted" if decision.promote else "kept champion", "gate_reason": decision.reason},
+        )
+        if decision.promote:
+            registry.promote(target, version)
+        registry.client.set_model_version_tag(target, version, "gate_reason", decision.reason)
+        report.outcomes[target] = TargetOutcome(
+            target, result, version, run_id, decision, champion_metrics, counts, cutoffs[target]
+        )
+    return report
+
+
+def _params(
+    cfg: TrainConfig, target: str, cutoffs: list[datetime], label_spec: LabelSpec, fingerprint: str,
+    counts: dict[str, int],
+) -> dict[str, Any]:
+    return {
+        "target": target,
+        "spec_version": cfg.spec.version,
+        "spec_fingerprint": cfg.spec.fingerprint(),
+        "cutoffs": [c.isoformat() for c in cutoffs],
+        "test_as_of": cutoffs[-1].isoformat(),
+        "horizon_days": label_spec.horizon_days,
+        "lapse_days": label_spec.lapse_days,
+        "calibration": cfg.calibration,
+        "data_fingerprint": fingerprint,
+        **{f"lgb_{k}": v for k, v in cfg.params.__dict__.items()},
+        **counts,
+    }
+
+
+def _oracle(truth: pd.DataFrame, target: str, test: pd.DataFrame, label_spec: LabelSpec) -> np.ndarray | None:
+    """True probabilities for the test rows, when the generator recorded them for this cutoff and window."""
+    as_of = pd.Timestamp(test["as_of"].iloc[0])
+    column, window_col, window = (
+        ("p_buy_true", "horizon_days", label_spec.horizon_days) if target == "last_mile_buyer"
+        else ("p_lapse_true", "lapse_days", label_spec.lapse_days)
+    )
+    at = truth[(pd.to_datetime(truth["as_of"], utc=True) == as_of) & (truth[window_col] == window)]
+    if at.empty:
+        return None
+    aligned = test[["user_id"]].merge(at[["user_id", column]], on="user_id", how="left")[column]
+    return None if aligned.isna().any() else aligned.to_numpy(np.float64)
+
+
+def _champion_metrics(
+    registry: Registry, target: str, test: pd.DataFrame, events: Any, con: Any, spec: FeatureSpec,
+    raw_features: Callable[[datetime], pd.DataFrame],
+) -> dict[str, float] | None:
+    """The current champion's metrics on this run's test cutoff and labels (its own spec and segmenter)."""
+    if registry.version(target, CHAMPION) is None:
+        return None
+    champion, _ = registry.load_bundle(target, CHAMPION)
+    as_of = pd.Timestamp(test["as_of"].iloc[0]).to_pydatetime()
+    same_spec = champion.spec == spec
+    raw = raw_features(as_of) if same_spec else build_features(events, as_of, champion.spec, con=con)
+    labels = test[["user_id", "label"]]
+    frame = champion.segmenter.transform(raw.merge(labels, on="user_id", how="inner"))
+    return evaluate(frame["label"].to_numpy(np.int8), champion.predict(frame))
+
+
+def load_champions(registry: Registry, targets: tuple[str, ...] = TARGETS) -> dict[str, ModelBundle]:
+    """Every target's ``@champion`` bundle (raises RegistryError naming the first one missing)."""
+    return {t: registry.load_bundle(t, CHAMPION)[0] for t in targets}
