@@ -266,20 +266,23 @@ def segments(
 def print_assets(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
-    for group in ("aipl", "lifecycle", "rfm"):
+    for group in ("aipl", "lifecycle", "rfm_group"):
         part = summary.get(group, {})
         table = Table(title=f"{group} (users and share)", title_justify="left")
         table.add_column(group)
         table.add_column("users", justify="right")
         table.add_column("share", justify="right")
         for name, value in part.items():
-            table.add_row(str(name), f"{value['size']:,}", f"{value['share']:.1%}")
+            table.add_row(str(name), f"{value['count']:,}", f"{value['share']:.1%}")
         console().print(table)
     pl = summary.get("pl_share")
     if pl is not None:
         ok = pl >= summary.get("pl_target", 0.30)
         colour = "green" if ok else "yellow"
-        console().print(f"P+L share of assets: [{colour}]{pl:.1%}[/] (target >= {summary.get('pl_target', 0.3):.0%})")
+        console().print(
+            f"P+L share of assets: [{colour}]{pl:.1%}[/] of {summary.get('n_assets', 0):,} assets "
+            f"(target >= {summary.get('pl_target', 0.3):.0%})"
+        )
 
 
 def _required_as_of(as_of: datetime | None) -> datetime:
@@ -295,6 +298,8 @@ def _required_as_of(as_of: datetime | None) -> datetime:
 def _register_commands() -> None:
     """Import the modules whose commands attach themselves to :data:`app`."""
     import propensity.cli_models  # noqa: F401
+    import propensity.cli_serving  # noqa: F401
+    import propensity.demo  # noqa: F401
 
 
 _register_commands()

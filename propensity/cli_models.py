@@ -22,7 +22,7 @@ def registry(cfg: Settings) -> Any:
     return Registry(cfg.tracking_uri, cfg.artifact_root)
 
 
-def train_config(cfg: Settings, events: Path, truth: Path | None) -> Any:
+def train_config(cfg: Settings, events: Path, truth: Path | None, data_end: datetime | None = None) -> Any:
     from training.job import TrainConfig
     from training.models import BoosterParams
 
@@ -34,11 +34,11 @@ def train_config(cfg: Settings, events: Path, truth: Path | None) -> Any:
         params=BoosterParams(
             num_boost_round=t.num_boost_round, learning_rate=t.learning_rate, num_leaves=t.num_leaves, seed=t.seed
         ),
-        calibration=t.calibration, logloss_tolerance=t.gate_logloss_tolerance, truth_path=truth,
+        calibration=t.calibration, logloss_tolerance=t.gate_logloss_tolerance, truth_path=truth, data_end=data_end,
     )
 
 
-def run_train(cfg: Settings, events: Path, truth: Path | None) -> Any:
+def run_train(cfg: Settings, events: Path, truth: Path | None, data_end: datetime | None = None) -> Any:
     """Train both targets under the training lock; print and return the report."""
     from training.job import run_training
     from training.lock import exclusive_lock
@@ -46,7 +46,7 @@ def run_train(cfg: Settings, events: Path, truth: Path | None) -> Any:
     started = datetime.now(timezone.utc).isoformat()
     with exclusive_lock(cfg.artifact_root / ".train.lock", started):
         with console().status("training") as status:
-            report = run_training(train_config(cfg, events, truth), registry(cfg), say=status.update)
+            report = run_training(train_config(cfg, events, truth, data_end), registry(cfg), say=status.update)
     print_training(report, cfg)
     return report
 

@@ -32,7 +32,9 @@ Say = Callable[[str], None]
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What one training run needs. ``lapse_days=None`` takes N from the fitted 80/20 silent gap."""
+    """What one training run needs. ``lapse_days=None`` takes N from the fitted 80/20 silent gap.
+    ``data_end``: the end of the observed period (label windows must fit before it); default the last event time.
+    """
 
     events_path: Path
     out_dir: Path
@@ -47,6 +49,7 @@ class TrainConfig:
     calibration: str = "isotonic"
     logloss_tolerance: float = 0.005
     truth_path: Path | None = None
+    data_end: datetime | None = None
     targets: tuple[str, ...] = TARGETS
 
 
@@ -83,7 +86,7 @@ def run_training(cfg: TrainConfig, registry: Registry, say: Say = lambda _: None
     """Train every target in ``cfg.targets``, log each to MLflow as ``@challenger`` and gate it to ``@champion``."""
     con = default_connection()
     events = events_table(cfg.events_path, con)
-    end = data_end(events)
+    end = cfg.data_end or data_end(events)
     report = TrainReport(fingerprint=data_fingerprint(events))
     feature_cache: dict[datetime, pd.DataFrame] = {}
 

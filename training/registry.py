@@ -178,7 +178,7 @@ class Registry:
     def load_bundle(self, target: str, alias: str = CHAMPION) -> tuple[ModelBundle, str]:
         """The scoring bundle behind ``alias`` and its version."""
         directory, version = self.download(target, alias)
-        bundle = ModelBundle.load(directory)
+        bundle = ModelBundle.load(directory / "extra_files")
         bundle.meta = {**bundle.meta, "version": version}
         return bundle, version
 

@@ -71,8 +71,10 @@ def train_target(
     logistic = fit_logistic(x_tr, y_tr, seed=params.seed)
     p_lr_valid = logistic.predict_proba(x_va)[:, 1]
     p_lr = Calibrator(kind=calibration).fit(p_lr_valid, y_va).transform(logistic.predict_proba(x_te)[:, 1])
-    rule_valid = split.valid["rule_score"].to_numpy(np.float64)
-    rule_test = split.test["rule_score"].to_numpy(np.float64)
+    # The rule score ranks value (higher = closer to buying, further from lapsing): negate it for lapse risk.
+    sign = -1.0 if target == "lapse_risk" else 1.0
+    rule_valid = sign * split.valid["rule_score"].to_numpy(np.float64)
+    rule_test = sign * split.test["rule_score"].to_numpy(np.float64)
     p_rule = Calibrator(kind="isotonic").fit(_unit(rule_valid, rule_valid), y_va).transform(_unit(rule_test, rule_valid))
 
     scores = {"lightgbm": p_lgb, "logistic": p_lr, "rule_score": p_rule}

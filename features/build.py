@@ -1,0 +1,307 @@
+"""Run the feature expression: engines, input resolution, the executed feature table, and its Parquet file.
+
+``build_features`` accepts an Ibis table (any backend), a pandas DataFrame (online scoring of a few users) or a
+path to canonical Parquet (file, directory or glob) and returns a pandas DataFrame with a fixed column order and
+fixed dtypes, sorted by ``user_id``. The default engine is an in-process DuckDB connection per thread; pass
+``con=`` (any Ibis backend, e.g. PySpark) to run the very same expression elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import ibis
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from features.schema import BEHAVIOR_ALIASES, BEHAVIORS, CANONICAL_COLUMNS, REQUIRED_COLUMNS, arrow_schema
+from features.spec import (
+    FEATURE_TABLE_KEY,
+    FeatureInputError,
+    FeatureSpec,
+    categorical_columns,
+    integer_columns,
+    output_columns,
+)
+from features.spec_table import PREPARED_SCHEMA, aggregate_features, as_utc, feature_table, prepare_events
+
+Events = ibis.Table | pd.DataFrame | Path | str
+Progress = Callable[[int, int | None], None]
+
+META_SPEC_VERSION = b"spec_version"
+META_AS_OF = b"as_of"
+META_SPEC = b"feature_spec"
+
+_local = threading.local()
+_SQL_CACHE: dict[tuple[Any, ...], str] = {}
+_SQL_LOCK = threading.Lock()
+_PLACEHOLDER = "__propensity_prepared_events__"
+
+
+def duckdb_connection(threads: int | None = None, memory_limit: str | None = None) -> ibis.BaseBackend:
+    """A new in-memory DuckDB Ibis connection (session time zone UTC).
+
+    ``threads`` defaults to the CPU count; ``memory_limit`` (DuckDB syntax, e.g. ``"4GB"``) defaults to half the
+    physical memory, so a large build spills to disk instead of exhausting the machine.
+    """
+    threads = threads or os.cpu_count() or 1
+    if memory_limit is None:
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            memory_limit = f"{max(1, total // 2 // 2**20)}MB"
+        except (ValueError, OSError, AttributeError):
+            memory_limit = "4GB"
+    return ibis.duckdb.connect(threads=threads, memory_limit=memory_limit, preserve_insertion_order=False)
+
+
+def default_connection() -> ibis.BaseBackend:
+    """This thread's default DuckDB connection, created on first use (a DuckDB connection is not thread-safe)."""
+    con = getattr(_local, "con", None)
+    if con is None:
+        con = duckdb_connection()
+        _local.con = con
+    return con
+
+
+def events_table(events: Events, con: ibis.BaseBackend | None = None) -> ibis.Table:
+    """Resolve ``events`` to an Ibis table.
+
+    - Ibis table: returned as is;
+    - pandas DataFrame: an Ibis memtable with canonical Arrow types (``ts`` as UTC; numeric ``ts`` is epoch
+      seconds, naive datetimes are UTC; ids as strings; behavior aliases such as ``pv`` mapped, unknown
+      behaviors rejected);
+    - ``Path``/``str``: canonical Parquet read by ``con`` (default DuckDB): a file, a directory (every
+      ``*.parquet`` below it) or a glob pattern.
+    """
+    if isinstance(events, ibis.Table):
+        return events
+    if isinstance(events, pd.DataFrame):
+        return ibis.memtable(_arrow_events(events))
+    if isinstance(events, (str, Path)):
+        con = con or default_connection()
+        return con.read_parquet(_parquet_source(Path(events)))
+    raise FeatureInputError(
+        f"events must be an Ibis table, a pandas DataFrame or a Parquet path, got {type(events).__name__}"
+    )
+
+
+def _parquet_source(path: Path) -> str:
+    text = str(path)
+    if any(ch in text for ch in "*?["):
+        from glob import glob
+
+        if not glob(text, recursive=True):
+            raise FeatureInputError(f"no Parquet file matches {text}")
+        return text
+    if path.is_dir():
+        if not any(path.rglob("*.parquet")):
+            raise FeatureInputError(f"directory {path} holds no *.parquet file")
+        return str(path / "**" / "*.parquet")
+    if not path.exists():
+        raise FeatureInputError(f"events file {path} does not exist")
+    return text
+
+
+def _arrow_events(df: pd.DataFrame) -> pa.Table:
+    """A pandas event frame as an Arrow table with canonical types for the columns it has."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise FeatureInputError(f"events lack required column(s) {missing}; columns present: {list(df.columns)}")
+    canonical = arrow_schema()
+    fields = [canonical.field(c) for c in CANONICAL_COLUMNS if c in df.columns]
+    arrays = []
+    for f in fields:
+        col = df[f.name]
+        if f.name == "ts":
+            values = _utc_timestamps(col).dt.tz_convert(None).to_numpy(dtype="datetime64[us]")
+            arrays.append(pa.array(values, type=f.type))
+        elif f.name == "amount":
+            try:
+                values = pd.to_numeric(col, errors="raise").astype("float64").to_numpy()
+            except (ValueError, TypeError) as exc:
+                raise FeatureInputError(f"column 'amount' must be numeric: {exc}") from exc
+            arrays.append(pa.array(values, type=f.type, from_pandas=True))
+        elif f.name == "behavior":
+            arrays.append(_behavior_array(col))
+        else:
+            if f.name == "user_id" and col.isna().any():
+                raise FeatureInputError("column 'user_id' has null values")
+            arrays.append(_string_array(col))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _behavior_array(col: pd.Series) -> pa.Array:
+    """Behaviors lower-cased with aliases mapped (pv -> view, ...); unknown or null values raise."""
+    if col.isna().any():
+        raise FeatureInputError("column 'behavior' has null values")
+    codes, uniques = pd.factorize(col, sort=False)
+    canonical = [BEHAVIOR_ALIASES.get(str(u).strip().lower(), str(u).strip().lower()) for u in uniques]
+    bad = sorted({c for c in canonical if c not in BEHAVIORS})
+    if bad:
+        raise FeatureInputError(f"column 'behavior' has unknown value(s) {bad[:5]}; expected one of {BEHAVIORS}")
+    return pa.DictionaryArray.from_arrays(pa.array(codes, type=pa.int32()), pa.array(canonical)).cast(pa.string())
+
+
+def _string_array(col: pd.Series) -> pa.Array:
+    """Ids and labels as an Arrow string array (integers as their decimal text, nulls kept)."""
+    try:
+        if pd.api.types.is_float_dtype(col):  # integer ids with NaN arrive as float
+            col = col.astype("Int64")
+        arr = pa.array(col, from_pandas=True)
+        return arr if pa.types.is_string(arr.type) else arr.cast(pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError):
+        values = [None if v is None or v != v else str(v) for v in col.astype(object).tolist()]
+        return pa.array(values, type=pa.string())
+
+
+def _utc_timestamps(col: pd.Series) -> pd.Series:
+    try:
+        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+            ts = pd.to_datetime(col, unit="s", utc=True)
+        else:
+            ts = pd.to_datetime(col, utc=True)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise FeatureInputError(f"column 'ts' cannot be read as timestamps: {exc}") from exc
+    if ts.isna().any():
+        raise FeatureInputError("column 'ts' has null values")
+    return ts.dt.as_unit("us")
+
+
+def build_features(
+    events: Events,
+    as_of: datetime,
+    spec: FeatureSpec | None = None,
+    *,
+    con: ibis.BaseBackend | None = None,
+    progress: Progress | None = None,
+) -> pd.DataFrame:
+    """Execute :func:`feature_table` and return one row per user (columns :func:`output_columns`).
+
+    Dtypes: ``user_id`` and ``aipl_layer`` strings, counts and flags int64, everything else float64 (NaN where a
+    feature is undefined); rows sorted by ``user_id`` with a fresh RangeIndex. ``progress(done, total)`` is
+    called after resolving the input, after execution and at the end (total 3).
+    """
+    spec = spec or FeatureSpec()
+    as_of = as_utc(as_of)
+    table = events_table(events, con)
+    if progress:
+        progress(1, 3)
+    raw = run_feature_table(table, as_of, spec, con=con or _backend_of(table))
+    if progress:
+        progress(2, 3)
+    out = finalize_features(raw, spec)
+    if progress:
+        progress(3, 3)
+    return out
+
+
+def run_feature_table(table: ibis.Table, as_of: datetime, spec: FeatureSpec, *, con: ibis.BaseBackend) -> pd.DataFrame:
+    """Execute ``feature_table(table, as_of, spec)`` on ``con`` and return the raw result.
+
+    On DuckDB the as_of-independent stage 2 (:func:`aggregate_features`) is compiled once per spec and reused:
+    stage 1 is bound to a temporary view and the cached SQL runs over it, which saves most of the per-call
+    compile time (online scoring builds features for a few users per request). Other backends run the Ibis
+    expression directly. Both paths execute the same expression.
+    """
+    if getattr(con, "name", None) != "duckdb":
+        return con.to_pandas(feature_table(table, as_of, spec))
+    schema = table.schema()
+    sql = _aggregate_sql(con, spec, "item_id" in schema, "amount" in schema)
+    view = f"_pf_prepared_{uuid.uuid4().hex}"
+    con.create_view(view, prepare_events(table, as_of, spec))
+    try:
+        return con.raw_sql(sql.replace(f'"{_PLACEHOLDER}"', f'"{view}"')).df()
+    finally:
+        con.raw_sql(f'DROP VIEW IF EXISTS "{view}"')
+
+
+def _aggregate_sql(con: ibis.BaseBackend, spec: FeatureSpec, has_item: bool, has_amount: bool) -> str:
+    key = (con.name, spec, has_item, has_amount)
+    with _SQL_LOCK:
+        sql = _SQL_CACHE.get(key)
+    if sql is None:
+        expr = aggregate_features(
+            ibis.table(PREPARED_SCHEMA, name=_PLACEHOLDER), spec, has_item=has_item, has_amount=has_amount
+        )
+        sql = str(con.compile(expr))
+        if f'"{_PLACEHOLDER}"' not in sql:  # pragma: no cover - guards against a change in identifier quoting
+            raise RuntimeError("compiled feature SQL does not reference the prepared-events placeholder")
+        with _SQL_LOCK:
+            if len(_SQL_CACHE) > 64:
+                _SQL_CACHE.clear()
+            _SQL_CACHE[key] = sql
+    return sql
+
+
+def _backend_of(expr: ibis.Expr) -> ibis.BaseBackend:
+    """The backend ``expr`` is bound to; this thread's default DuckDB when it reads only in-memory tables."""
+    try:
+        backends, _ = expr._find_backends()
+    except AttributeError:  # pragma: no cover - guards against a private Ibis API moving
+        backends = []
+    return backends[0] if backends else default_connection()
+
+
+def finalize_features(raw: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+    """Fix column order, dtypes and row order of an executed feature table."""
+    cols = output_columns(spec)
+    missing = [c for c in cols if c not in raw.columns]
+    if missing:
+        raise FeatureInputError(f"feature table lacks columns {missing[:5]} (spec mismatch?)")
+    ints = set(integer_columns(spec))
+    strings = {FEATURE_TABLE_KEY, *categorical_columns(spec)}
+    frame = raw.loc[:, cols].copy()
+    for name in cols:
+        col = frame[name]
+        if name in strings:
+            if col.dtype != "str":
+                frame[name] = col.astype("str")
+        elif name in ints:
+            if col.dtype != "int64":
+                frame[name] = col.fillna(0).astype("int64")
+        elif col.dtype != "float64":
+            frame[name] = pd.to_numeric(col).astype("float64")
+    return frame.sort_values(FEATURE_TABLE_KEY, kind="stable").reset_index(drop=True)
+
+
+def write_features(df: pd.DataFrame, path: Path, as_of: datetime, spec: FeatureSpec) -> Path:
+    """Write a feature table to Parquet with ``spec_version``, ``as_of`` (ISO, UTC) and the spec in its metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    meta[META_SPEC_VERSION] = spec.version.encode()
+    meta[META_AS_OF] = as_utc(as_of).isoformat().encode()
+    meta[META_SPEC] = json.dumps(spec.to_dict(), sort_keys=True).encode()
+    pq.write_table(table.replace_schema_metadata(meta), path)
+    return path
+
+
+def read_features(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Read a feature file written by :func:`write_features`.
+
+    Returns ``(df, meta)`` with ``meta = {"spec_version": str, "as_of": aware datetime, "spec": FeatureSpec}``.
+    Raises :class:`FeatureInputError` when the file lacks that metadata.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FeatureInputError(f"feature file {path} does not exist")
+    table = pq.read_table(path)
+    meta = table.schema.metadata or {}
+    if META_SPEC_VERSION not in meta or META_AS_OF not in meta:
+        raise FeatureInputError(f"{path} is not a feature file (no spec_version/as_of metadata)")
+    info: dict[str, Any] = {
+        "spec_version": meta[META_SPEC_VERSION].decode(),
+        "as_of": datetime.fromisoformat(meta[META_AS_OF].decode()),
+    }
+    if META_SPEC in meta:
+        info["spec"] = FeatureSpec.from_dict(json.loads(meta[META_SPEC]))
+    return table.to_pandas(), info

@@ -1,0 +1,125 @@
+"""Serving commands: score, snapshots, rollback-scores, lookup, serve."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from propensity.cli import AsOf, DataDir, _required_as_of, app, friendly, settings
+from propensity.cli_models import registry
+from propensity.config import Settings
+from propensity.ui import console, kv_table, progress_bar
+
+
+def open_score_store(cfg: Settings) -> Any:
+    from serving.store import open_store
+
+    return open_store(cfg.store_path, cfg.redis_url, keep=cfg.serving.keep_snapshots)
+
+
+def activation_config(cfg: Settings) -> Any:
+    from serving.activation import ActivationConfig
+
+    a = cfg.activation
+    return ActivationConfig(default_order_value=a.default_order_value, margin_rate=a.margin_rate, cost=dict(a.cost))
+
+
+def run_score(cfg: Settings, events: Path, as_of: datetime, out: Path | None = None, publish: bool = True) -> Any:
+    """Score everyone with the champions, write the audience Parquet, publish the snapshot; print a summary."""
+    from serving.batch import run_batch
+    from training.job import load_champions
+
+    bundles = load_champions(registry(cfg))
+    out = out or cfg.scores_dir / f"audience_{as_of:%Y%m%dT%H%M}.parquet"
+    store = open_score_store(cfg) if publish else None
+    try:
+        with progress_bar("scoring users") as progress:
+            result = run_batch(
+                events, as_of, bundles, store, out, activation=activation_config(cfg),
+                chunk_users=cfg.serving.batch_chunk_users, created_at=datetime.now(timezone.utc), progress=progress,
+            )
+    finally:
+        if store is not None:
+            store.close()
+    rows: dict[str, Any] = {
+        "users scored": result.users, "as of": as_of.isoformat(), "mean p_buy": result.mean_p_buy,
+        "models": ", ".join(f"{t} v{b.meta.get('version')}" for t, b in bundles.items()),
+        "audience file": result.audience_path,
+    }
+    rows.update({f"  action {k}": v for k, v in sorted(result.action_counts.items())})
+    if result.snapshot is not None:
+        rows["snapshot"] = result.snapshot.snapshot_id
+        rows["store"] = cfg.redis_url or cfg.store_path
+    console().print(kv_table("batch scores", rows))
+    return result
+
+
+@app.command()
+@friendly
+def score(
+    as_of: AsOf,
+    events: Annotated[Path | None, typer.Option(help="Clean events [default: <data-dir>/clean/events.parquet].")] = None,
+    out: Annotated[Path | None, typer.Option(help="Audience Parquet [default: <data-dir>/scores/...].")] = None,
+    publish: Annotated[bool, typer.Option(help="Publish the scores to the score store.")] = True,
+    data_dir: DataDir = None,
+) -> None:
+    """Batch-score every user with the @champion models and publish a new score snapshot atomically."""
+    cfg = settings(data_dir=data_dir)
+    run_score(cfg, events or cfg.clean_dir / "events.parquet", _required_as_of(as_of), out, publish)
+
+
+@app.command()
+@friendly
+def snapshots(data_dir: DataDir = None) -> None:
+    """List the score snapshots kept in the store (newest first; * marks the one being served)."""
+    cfg = settings(data_dir=data_dir)
+    store = open_score_store(cfg)
+    try:
+        current = store.current()
+        for snap in store.snapshots():
+            mark = "*" if current and snap.snapshot_id == current.snapshot_id else " "
+            console().print(f"{mark} {snap.snapshot_id}  rows={snap.rows:,}  as_of={snap.meta.get('as_of')}")
+    finally:
+        store.close()
+
+
+@app.command("rollback-scores")
+@friendly
+def rollback_scores(
+    to: Annotated[str | None, typer.Option(help="Snapshot id [default: the previous snapshot].")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Serve an earlier score snapshot again (atomic pointer switch)."""
+    cfg = settings(data_dir=data_dir)
+    store = open_score_store(cfg)
+    try:
+        snap = store.rollback(to)
+    finally:
+        store.close()
+    console().print(f"now serving snapshot {snap.snapshot_id} (as_of {snap.meta.get('as_of')})")
+
+
+@app.command()
+@friendly
+def lookup(
+    user_ids: Annotated[list[str], typer.Argument(help="User id(s) to look up in the current snapshot.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Print the stored scores of some users, as the /lookup API would return them."""
+    cfg = settings(data_dir=data_dir)
+    store = open_score_store(cfg)
+    try:
+        snap, found = store.lookup(user_ids)
+    finally:
+        store.close()
+    if snap is None:
+        console().print("no snapshot published yet: run `propensity score` first")
+        raise typer.Exit(4)
+    for uid in user_ids:
+        record = json.loads(found[uid]) if uid in found else {"user_id": uid, "found": False, **snap.meta.get("defaults", {})}
+        console().print_json(data=record)
+    console().print(f"snapshot {snap.snapshot_id}, as_of {snap.meta.get('as_of')}")

@@ -1,0 +1,270 @@
+"""The HTTP routes as a plain ASGI/Starlette app (mounted inside the BentoML service, or run bare on uvicorn).
+
+Routes (JSON in, JSON out; errors are ``{"error": code, "message": text}``):
+
+- ``POST /lookup`` ``{"user_ids": [...]}`` -> stored scores of each user (unknown users: ``found: false`` and
+  the snapshot's population defaults). The hot path: raw ASGI handler, no per-request objects beyond the
+  body, the stored JSON payloads are spliced into the response without being decoded.
+- ``POST /score`` ``{"as_of": ISO, "events": [...]}`` -> fresh scores from the champion models.
+- ``GET /healthz`` liveness, ``GET /readyz`` readiness (503 with the reason), both without authentication.
+
+Statuses: 400 body is not JSON; 401 missing/wrong bearer token; 413 body larger than
+``serving.max_request_bytes``; 422 valid JSON that breaks the contract (types, missing fields, counts);
+503 store or models unavailable. The token is compared in constant time and never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from serving.service_events import ScoreRequestError, parse_score_request
+from serving.service_runtime import LookupUnavailable, NoModelsError, ServiceRuntime
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_NOT_READY = b'{"error":"starting","message":"the service is still starting"}'
+
+
+class AppState:
+    """Holds the process's :class:`ServiceRuntime` once the server has created it."""
+
+    def __init__(self, runtime: ServiceRuntime | None = None) -> None:
+        self.runtime = runtime
+
+
+class HTTPError(Exception):
+    """An error answer: ``status``, machine-readable ``code`` and a readable ``message``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_body(code: str, message: str) -> bytes:
+    return json.dumps({"error": code, "message": message}, ensure_ascii=False).encode()
+
+
+async def send_json(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Send a complete JSON response."""
+    hdrs = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    if headers:
+        hdrs.extend(headers)
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(send: Send, err: HTTPError) -> None:
+    headers = [(b"www-authenticate", b"Bearer")] if err.status == 401 else None
+    await send_json(send, err.status, error_body(err.code, err.message), headers)
+
+
+def check_auth(scope: Scope, token: bytes | None) -> int:
+    """Check the bearer token; return the declared Content-Length (-1 when absent). Raises 401 :class:`HTTPError`."""
+    auth: bytes | None = None
+    length = -1
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            auth = value
+        elif name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                raise HTTPError(400, "bad_request", "Content-Length is not an integer") from None
+    if token is None:
+        return length
+    if auth is None:
+        raise HTTPError(401, "unauthorized", "missing bearer token: send the header 'Authorization: Bearer <token>'")
+    scheme, _, given = auth.partition(b" ")
+    if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), token):
+        raise HTTPError(401, "unauthorized", "invalid bearer token")
+    return length
+
+
+async def read_json(receive: Receive, declared: int, limit: int) -> Any:
+    """Read the request body (at most ``limit`` bytes, else 413) and decode it as JSON (else 400)."""
+    if declared > limit:
+        raise HTTPError(413, "too_large", f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    msg = await receive()
+    body = msg.get("body", b"")
+    if msg.get("more_body"):
+        chunks, size = [body], len(body)
+        while msg.get("more_body"):
+            msg = await receive()
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise HTTPError(413, "too_large", f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+    elif len(body) > limit:
+        raise HTTPError(413, "too_large", f"request body exceeds the limit of {limit} bytes")
+    if msg["type"] == "http.disconnect":
+        raise HTTPError(400, "bad_request", "client disconnected")
+    if not body:
+        raise HTTPError(400, "bad_json", "the request body is empty; send a JSON object")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPError(400, "bad_json", f"the request body is not valid JSON: {exc}") from None
+
+
+def lookup_ids(doc: Any, max_ids: int) -> list[str]:
+    """The ``user_ids`` of a decoded ``/lookup`` body as strings (422 :class:`HTTPError` when invalid)."""
+    if type(doc) is not dict:
+        raise HTTPError(422, "invalid", f"the body must be a JSON object with 'user_ids', got {type(doc).__name__}")
+    ids = doc.get("user_ids")
+    if ids is None:
+        raise HTTPError(422, "invalid", "'user_ids' is required: a list of 1 to %d user ids" % max_ids)
+    if type(ids) is not list:
+        raise HTTPError(422, "invalid", f"'user_ids' must be a list of strings or integers, got {type(ids).__name__}")
+    n = len(ids)
+    if n == 0 or n > max_ids:
+        raise HTTPError(422, "invalid", f"'user_ids' must hold 1 to {max_ids} ids, got {n} (serving.lookup_max_ids)")
+    out = ids
+    for i, u in enumerate(ids):
+        t = type(u)
+        if t is str:
+            continue
+        if t is int:
+            if out is ids:
+                out = list(ids)
+            out[i] = str(u)
+            continue
+        raise HTTPError(422, "invalid", f"user_ids[{i}] must be a string or an integer, got {json.dumps(u)[:40]}")
+    return out
+
+
+class LookupEndpoint:
+    """``POST /lookup`` as a raw ASGI app."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rt = self.state.runtime
+        if rt is None:
+            await send_json(send, 503, _NOT_READY)
+            return
+        try:
+            declared = check_auth(scope, rt.token_bytes)
+            doc = await read_json(receive, declared, rt.options.max_request_bytes)
+            ids = lookup_ids(doc, rt.options.lookup_max_ids)
+            try:
+                body = rt.lookup_body(ids)
+            except LookupUnavailable as exc:
+                raise HTTPError(503, "store_unavailable", str(exc)) from None
+        except HTTPError as err:
+            await send_error(send, err)
+            return
+        except Exception:
+            log.exception("/lookup failed")
+            await send_json(send, 500, error_body("internal", "internal error while looking up scores"))
+            return
+        await send_json(send, 200, body)
+
+
+class ScoreEndpoint:
+    """``POST /score`` as a raw ASGI app."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rt = self.state.runtime
+        if rt is None:
+            await send_json(send, 503, _NOT_READY)
+            return
+        o = rt.options
+        try:
+            declared = check_auth(scope, rt.token_bytes)
+            doc = await read_json(receive, declared, o.max_request_bytes)
+            try:
+                as_of, events, users = parse_score_request(
+                    doc, max_events=o.score_max_events, max_users=o.score_max_users,
+                    future_tolerance_s=o.future_tolerance_s,
+                )
+            except ScoreRequestError as exc:
+                raise HTTPError(exc.status, "invalid", str(exc)) from None
+            try:
+                body = await rt.score(events, as_of, users)
+            except NoModelsError as exc:
+                raise HTTPError(503, "models_unavailable", str(exc)) from None
+            except ValueError as exc:  # feature input errors: the events do not fit the feature spec
+                raise HTTPError(422, "invalid", f"cannot build features from these events: {exc}") from None
+        except HTTPError as err:
+            await send_error(send, err)
+            return
+        except Exception as exc:
+            log.exception("/score failed")
+            await send_json(send, 500, error_body("internal", f"scoring failed: {type(exc).__name__}: {exc}"))
+            return
+        await send_json(send, 200, body)
+
+
+class ReadyzEndpoint:
+    """``GET /readyz``: 200 with the status document when ready, else 503 with ``reason``."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rt = self.state.runtime
+        if rt is None:
+            await send_json(send, 503, b'{"ready":false,"reason":"the service is still starting","errors":[]}')
+            return
+        ready, doc = rt.readiness()
+        await send_json(send, 200 if ready else 503, json.dumps(doc).encode())
+
+
+async def healthz(scope: Scope, receive: Receive, send: Send) -> None:
+    """``GET /healthz``: the process is alive."""
+    await send_json(send, 200, b'{"status":"ok"}')
+
+
+class _HealthRoute:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await healthz(scope, receive, send)
+
+
+def build_app(state: AppState) -> Starlette:
+    """The Starlette app with the four routes, reading the runtime from ``state``."""
+    return Starlette(
+        routes=[
+            Route("/lookup", LookupEndpoint(state), methods=["POST"]),
+            Route("/score", ScoreEndpoint(state), methods=["POST"]),
+            Route("/readyz", ReadyzEndpoint(state), methods=["GET", "HEAD"]),
+            Route("/healthz", _HealthRoute(), methods=["GET", "HEAD"]),
+        ]
+    )
+
+
+class ProbeMiddleware:
+    """Answers ``GET /healthz`` and ``GET /readyz`` itself (ahead of the server's plain-text probes) so the
+    readiness answer carries the reasons; every other request passes through untouched."""
+
+    def __init__(self, app: Any, state: AppState) -> None:
+        self.app = app
+        self._readyz = ReadyzEndpoint(state)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+            path = scope["path"]
+            if path == "/readyz":
+                await self._readyz(scope, receive, send)
+                return
+            if path == "/healthz":
+                await healthz(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -1,0 +1,127 @@
+"""Options of the HTTP service, resolved once from :class:`propensity.config.Settings` and the environment.
+
+The BentoML worker processes are started by ``bentoml serve``, so they cannot receive a Settings object: the
+parent (``propensity serve``, see :mod:`serving.service_serve`) passes its resolved settings as JSON in
+``PROPENSITY_SETTINGS_JSON`` and the worker rebuilds them with :func:`settings_from_env`. Without that variable
+the settings are read as usual (defaults, ``propensity.toml``, ``PROPENSITY_*`` variables).
+
+Environment variables read here that the Settings class does not (yet) model:
+
+- ``PROPENSITY_SERVING__ALLOW_NO_AUTH``: ``1``/``true``/``yes`` to run without a bearer token (explicit opt-in);
+- ``PROPENSITY_SERVING__RELOAD_INTERVAL_S``: seconds between checks for new champion models (default 5);
+- ``PROPENSITY_MODEL_DIR``: serve the bundles pinned in this directory instead of following the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from propensity.config import Settings, load_settings
+
+SETTINGS_ENV = "PROPENSITY_SETTINGS_JSON"
+ALLOW_NO_AUTH_ENV = "PROPENSITY_SERVING__ALLOW_NO_AUTH"
+RELOAD_INTERVAL_ENV = "PROPENSITY_SERVING__RELOAD_INTERVAL_S"
+MODEL_DIR_ENV = "PROPENSITY_MODEL_DIR"
+TOKEN_ENV = "PROPENSITY_SERVING__API_TOKEN"
+
+DEFAULT_RELOAD_INTERVAL_S = 5.0
+_TRUE = {"1", "true", "yes", "on"}
+
+
+class ServiceConfigError(RuntimeError):
+    """The service cannot start with this configuration; the message says what to set."""
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    """Everything the HTTP layer needs, with units.
+
+    ``token`` is the bearer token (None only when ``allow_no_auth``); ``max_request_bytes`` caps request bodies;
+    ``lookup_max_ids`` caps ids per ``/lookup``; ``score_max_users`` / ``score_max_events`` cap a ``/score``
+    request; ``future_tolerance_s`` is how far past ``as_of`` a posted event may lie (seconds);
+    ``reload_interval_s`` is the period of the champion check; ``model_dir`` pins the models to a directory.
+    """
+
+    token: str | None
+    allow_no_auth: bool
+    max_request_bytes: int
+    lookup_max_ids: int
+    score_max_users: int
+    score_max_events: int
+    future_tolerance_s: float
+    reload_interval_s: float
+    model_dir: Path | None
+
+    def __repr__(self) -> str:  # never show the token
+        shown = "set" if self.token else "none"
+        return (
+            f"ServiceOptions(token={shown}, allow_no_auth={self.allow_no_auth}, "
+            f"max_request_bytes={self.max_request_bytes}, lookup_max_ids={self.lookup_max_ids}, "
+            f"score_max_users={self.score_max_users}, score_max_events={self.score_max_events}, "
+            f"reload_interval_s={self.reload_interval_s}, model_dir={self.model_dir})"
+        )
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings passed by the parent process in ``PROPENSITY_SETTINGS_JSON``, else the usual sources."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get(SETTINGS_ENV)
+    if not raw:
+        return load_settings()
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise ServiceConfigError(f"{SETTINGS_ENV} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ServiceConfigError(f"{SETTINGS_ENV} must hold a JSON object of settings")
+    return Settings(**data)
+
+
+def _flag(environ: Mapping[str, str], name: str) -> bool:
+    return environ.get(name, "").strip().lower() in _TRUE
+
+
+def _positive_float(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ServiceConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not value > 0:
+        raise ServiceConfigError(f"{name} must be > 0 seconds, got {raw!r}")
+    return value
+
+
+def service_options(settings: Settings, environ: Mapping[str, str] | None = None) -> ServiceOptions:
+    """Resolve the service options; raise :class:`ServiceConfigError` when no token is configured and running
+    without authentication was not explicitly allowed, or when the token file cannot be read."""
+    environ = os.environ if environ is None else environ
+    try:
+        token = settings.api_token_value()
+    except OSError as exc:
+        raise ServiceConfigError(f"cannot read the API token file {settings.serving.api_token_file}: {exc}") from None
+    allow_no_auth = _flag(environ, ALLOW_NO_AUTH_ENV)
+    if token is None and not allow_no_auth:
+        raise ServiceConfigError(
+            "no API token configured: set PROPENSITY_SERVING__API_TOKEN or PROPENSITY_SERVING__API_TOKEN_FILE "
+            f"(a file holding the token), or set {ALLOW_NO_AUTH_ENV}=1 to run without authentication"
+        )
+    model_dir = environ.get(MODEL_DIR_ENV, "").strip()
+    s = settings.serving
+    return ServiceOptions(
+        token=token,
+        allow_no_auth=allow_no_auth and token is None,
+        max_request_bytes=s.max_request_bytes,
+        lookup_max_ids=s.lookup_max_ids,
+        score_max_users=s.score_max_users,
+        score_max_events=s.score_max_events,
+        future_tolerance_s=settings.validation.future_tolerance_hours * 3600.0,
+        reload_interval_s=_positive_float(environ, RELOAD_INTERVAL_ENV, DEFAULT_RELOAD_INTERVAL_S),
+        model_dir=Path(model_dir) if model_dir else None,
+    )

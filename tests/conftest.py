@@ -1,0 +1,127 @@
+"""Shared pytest fixtures.
+
+``redis_server`` (session scope) runs a private ``redis-server`` on a free loopback port. It finds the
+binary on PATH or at /usr/bin/redis-server; when missing and we are root with apt-get available it installs
+Debian's ``redis-server`` package (set ``PROPENSITY_TEST_NO_APT=1`` to forbid that); otherwise the tests
+that need it are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _redis_ping(port: int, timeout: float = 0.2) -> bool:
+    """True when a Redis server answers PING on 127.0.0.1:port (raw protocol, no client library needed)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def find_redis_server() -> tuple[str | None, str]:
+    """(path of redis-server or None, reason when None); installs it with apt-get when allowed."""
+    found = shutil.which("redis-server") or shutil.which("/usr/bin/redis-server")
+    if found:
+        return found, ""
+    if os.environ.get("PROPENSITY_TEST_NO_APT"):
+        return None, "redis-server not found and PROPENSITY_TEST_NO_APT is set"
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return None, "redis-server not found (install Debian's redis-server package to run the Redis tests)"
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "redis-server"]):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            return None, f"redis-server not found and `{' '.join(cmd)}` failed: {done.stderr.strip()[-300:]}"
+    found = shutil.which("redis-server") or shutil.which("/usr/bin/redis-server")
+    return (found, "") if found else (None, "apt-get installed redis-server but no binary found")
+
+
+class RedisServer(str):
+    """A private redis-server; the object *is* its URL (``redis://127.0.0.1:PORT/0``).
+
+    ``stop()`` and ``start()`` kill and restart it on the same port (data is not persisted), for tests of
+    outages; ``ensure_running()`` restarts it if a test left it stopped.
+    """
+
+    binary: str
+    port: int
+    workdir: Path
+    proc: subprocess.Popen[bytes] | None
+
+    def __new__(cls, binary: str, port: int, workdir: Path) -> RedisServer:
+        self = super().__new__(cls, f"redis://127.0.0.1:{port}/0")
+        self.binary, self.port, self.workdir, self.proc = binary, port, workdir, None
+        return self
+
+    @property
+    def url(self) -> str:
+        return str(self)
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self.running():
+            return
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        args += ["--daemonize", "no", "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {err.strip()[-500:]}")
+            if _redis_ping(self.port):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server did not answer PING on port {self.port} within {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        self.proc = None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None and _redis_ping(self.port)
+
+    def ensure_running(self) -> None:
+        if not self.running():
+            self.stop()
+            self.start()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A running private Redis (the value is its URL; see :class:`RedisServer`)."""
+    binary, reason = find_redis_server()
+    if binary is None:
+        pytest.skip(reason)
+    server = RedisServer(binary, _free_port(), tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
