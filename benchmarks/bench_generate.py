@@ -1,8 +1,9 @@
 """Throughput and peak memory of the behavior generator.
 
 Usage: ``python benchmarks/bench_generate.py --users 150000 [--days 120] [--chunk-users 50000]
-[--truth-paths 2] [--out DIR]``. Prints wall and CPU time, events/s and the peak resident set size
-(``resource``); the machine may be shared, so CPU time is the steadier number. Writes into a temporary directory unless ``--out`` is given.
+[--truth-paths 1] [--out DIR]``. Prints wall and CPU time, events/s and the peak resident set size
+(``resource``); on a shared machine CPU time is the steadier number. Writes into a temporary
+directory unless ``--out`` is given.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--chunk-users", type=int, default=50_000)
     ap.add_argument("--truth-paths", type=int, default=GeneratorConfig.truth_paths)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--no-truth", action="store_true", help="skip the ground truth (to measure its share)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     config = GeneratorConfig(
@@ -38,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         chunk_users=args.chunk_users,
         truth_paths=args.truth_paths,
         seed=args.seed,
+        truth_cutoffs=() if args.no_truth else None,
     )
     rss_before = _peak_rss_mib()
     with tempfile.TemporaryDirectory() as tmp:

@@ -206,20 +206,24 @@ def build_features(
 def run_feature_table(table: ibis.Table, as_of: datetime, spec: FeatureSpec, *, con: ibis.BaseBackend) -> pd.DataFrame:
     """Execute ``feature_table(table, as_of, spec)`` on ``con`` and return the raw result.
 
-    On DuckDB the as_of-independent stage 2 (:func:`aggregate_features`) is compiled once per spec and reused:
-    stage 1 is bound to a temporary view and the cached SQL runs over it, which saves most of the per-call
-    compile time (online scoring builds features for a few users per request). Other backends run the Ibis
+    On DuckDB stage 1 (:func:`prepare_events`) is materialised once into a temporary table, which the stage-2
+    subqueries then scan several times, and the as_of-independent stage 2 (:func:`aggregate_features`) is
+    compiled once per spec and reused: this saves most of the per-call compile time (online scoring builds
+    features for a few users per request) and a re-read of the source per subquery. Other backends run the Ibis
     expression directly. Both paths execute the same expression.
     """
     if getattr(con, "name", None) != "duckdb":
         return con.to_pandas(feature_table(table, as_of, spec))
     schema = table.schema()
     sql = _aggregate_sql(con, spec, "item_id" in schema, "amount" in schema)
-    view = f"_pf_prepared_{uuid.uuid4().hex}"
+    token = uuid.uuid4().hex
+    view, prepared = f"_pf_view_{token}", f"_pf_prepared_{token}"
     con.create_view(view, prepare_events(table, as_of, spec))
     try:
-        return con.raw_sql(sql.replace(f'"{_PLACEHOLDER}"', f'"{view}"')).df()
+        con.raw_sql(f'CREATE TEMP TABLE "{prepared}" AS SELECT * FROM "{view}"')
+        return con.raw_sql(sql.replace(f'"{_PLACEHOLDER}"', f'"{prepared}"')).df()
     finally:
+        con.raw_sql(f'DROP TABLE IF EXISTS "{prepared}"')
         con.raw_sql(f'DROP VIEW IF EXISTS "{view}"')
 
 

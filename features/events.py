@@ -4,6 +4,20 @@
 normalises every row to the canonical schema of :mod:`features.schema`, writes the good rows to
 ``events.parquet``, every bad row with its reason to ``quarantine.csv`` and the counts to
 ``validation.json``. ``rows_in == accepted + quarantined + duplicates`` holds for every run.
+
+Outputs in ``out_dir``:
+
+- ``events.parquet``: canonical events (:func:`features.schema.arrow_schema`), exact duplicates
+  removed, sorted by all columns (user_id, ts first). Not written when the run fails its threshold.
+- ``quarantine.csv``: one row per bad input row: ``source_file``, ``source_row`` (1-based; the
+  line number for CSV with a header counted as line 1, the row index for Parquet), the raw values
+  of the seven canonical columns as text, ``raw_line`` (only for CSV lines that could not be split
+  into columns) and ``reason`` (see :data:`REASONS`).
+- ``validation.json``: :meth:`ValidationReport.to_dict`.
+
+The work runs in DuckDB with a memory limit (spilling to a temporary folder inside ``out_dir``):
+pass 1 keeps only the bad rows with their row numbers, a count pass checks the accounting, pass 2
+streams the good rows, sorted, into Parquet.
 """
 
 from __future__ import annotations
@@ -67,11 +81,14 @@ _STAGES = 4
 class ReadOptions:
     """How to read the event sources.
 
-    ``header``: None auto-detects (CSV only). ``names``: column names for header-less CSV (they
-    replace the header when there is one). ``columns``: source name -> canonical name.
-    ``source_tz``: IANA zone of naive timestamps (stored as UTC). ``delimiter``: None auto-detects.
-    ``epoch_unit``: unit of numeric timestamps ("s", "ms", "us", "ns"). ``format``: "csv" or
-    "parquet" to override detection by file suffix.
+    ``header``: None auto-detects (a first line naming a known column is always a header).
+    ``names``: column names for header-less CSV (they replace the header when there is one).
+    ``delimiter``: None auto-detects. These three apply to CSV only.
+    ``columns``: source name -> canonical name; unmapped source columns keep their name when it is
+    canonical (case-insensitive) and are ignored otherwise.
+    ``source_tz``: IANA zone of naive timestamps (text without offset, Parquet TIMESTAMP without
+    zone); all timestamps are stored as UTC. ``epoch_unit``: unit of numeric timestamps
+    ("s", "ms", "us", "ns"). ``format``: "csv" or "parquet" to override detection by file suffix.
     """
 
     header: bool | None = None

@@ -1,7 +1,9 @@
 """DuckDB SQL that normalises raw event columns and assigns quarantine reasons.
 
-Helpers of :mod:`features.events`. Each builder takes a SQL expression for one source column and its
-DuckDB type and returns a SQL expression for the canonical value. Naive timestamps are interpreted in
+Helpers of :mod:`features.events`. :func:`normalised_select` builds one nested SELECT per source:
+layer 0 renames the source columns (``_s_<name>``) and keeps their text (``raw_<name>``), layer 1
+trims text, layers 2-3 parse and cast, layer 4 assigns the reason. Each per-column builder adds its
+steps to those layers so every derived value is computed once per row. Naive timestamps are read in
 the session ``TimeZone``, which the caller sets to the source time zone.
 """
 
@@ -73,9 +75,8 @@ def _clean_text(x: str) -> str:
     The common case (no surrounding whitespace) is detected with cheap comparisons so the much
     slower ``trim(x, characters)`` only runs on the rare values that need it.
     """
-    v = x
-    ends_ws = " OR ".join(f"suffix({v}, {c})" for c in ("' '", "e'\\t'", "e'\\r'", "e'\\n'"))
-    return f"CASE WHEN {v} >= '!' AND NOT ({ends_ws}) THEN {v} ELSE NULLIF(trim({v}, {_WS}), '') END"
+    ends_ws = " OR ".join(f"suffix({x}, {c})" for c in ("' '", "e'\\t'", "e'\\r'", "e'\\n'"))
+    return f"CASE WHEN {x} >= '!' AND NOT ({ends_ws}) THEN {x} ELSE NULLIF(trim({x}, {_WS}), '') END"
 
 
 def _is_numeric(kind: str) -> bool:
@@ -114,7 +115,7 @@ def _id(layers: _Layers, name: str, ref: str | None, dtype: str) -> None:
         return
     kind = type_kind(dtype)
     if kind == "int":
-        layers.add(2, f"CAST(_s_{name} AS VARCHAR)", name)
+        layers.add(2, f"raw_{name}", name)
         return
     text = f"_t_{name}"
     layers.add(1, _clean_text(f"raw_{name}"), text)

@@ -32,6 +32,9 @@ AIPL_BASE: dict[str, float] = {"none": 0.0, "A": 1.0, "I": 2.0, "P": 3.0, "L": 4
 """Rule-score base per layer; the within-layer term lies in [0, 1), so layer bands never overlap."""
 
 RECENCY_BEHAVIORS: tuple[str, ...] = ("view", "fav", "cart", "buy", "visit")
+BROWSE_BEHAVIORS: tuple[str, ...] = ("view", "visit")
+"""A layer (browse) behaviors; fav/cart are the I layer (interest), buy the P/L layers (purchase)."""
+INTEREST_BEHAVIORS: tuple[str, ...] = ("fav", "cart")
 POPULATIONS: tuple[str, ...] = ("any_event",)
 
 

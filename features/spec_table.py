@@ -4,8 +4,8 @@
 (``ts < as_of``, half-open windows ``[as_of - w days, as_of)``, day buckets counted back from ``as_of``).
 
 It has two stages. :func:`prepare_events` keeps the events before ``as_of`` and adds per-event ages, day buckets
-and decay weights (the only place ``as_of`` appears); :func:`aggregate_features` turns prepared events into one
-row per user using ages only. Because stage 2 does not depend on ``as_of``, an engine may compile it once per
+and decay weights (the only place ``as_of`` appears); :func:`features.spec_aggregate.aggregate_features` turns
+prepared events into one row per user using ages only. Because stage 2 does not depend on ``as_of``, an engine may compile it once per
 spec and reuse it (see :mod:`features.build`).
 """
 
@@ -17,19 +17,20 @@ import ibis
 import ibis.expr.datatypes as dt
 
 from features.schema import ACTIVE_CHANNELS, PASSIVE_CHANNELS, REQUIRED_COLUMNS
-from features.spec import (
-    AIPL_BASE,
-    RECENCY_BEHAVIORS,
-    FeatureInputError,
-    FeatureSpec,
-    count_column,
-    output_columns,
-)
+from features.spec import BROWSE_BEHAVIORS, INTEREST_BEHAVIORS, FeatureInputError, FeatureSpec
+from features.spec_aggregate import aggregate_features
+
+__all__ = [
+    "PREPARED_SCHEMA",
+    "aggregate_features",
+    "as_utc",
+    "canonical_events",
+    "event_weights",
+    "feature_table",
+    "prepare_events",
+]
 
 SECONDS_PER_DAY = 86_400.0
-BROWSE_BEHAVIORS: tuple[str, ...] = ("view", "visit")
-INTEREST_BEHAVIORS: tuple[str, ...] = ("fav", "cart")
-_MAX_TERM = 1.0 - 1e-9  # keeps the within-layer term strictly below 1 even when float division rounds up
 
 
 def as_utc(as_of: datetime) -> datetime:
@@ -118,12 +119,15 @@ def _weighted(events: ibis.Table, as_of: datetime, spec: FeatureSpec, keep: tupl
         (is_buy, spec.decay_purchase_days),
         else_=ibis.null("float64"),
     ).cast("float64")
-    multiplier = ibis.cases(
-        (channel == "ad", spec.ad_multiplier),
-        (channel.isin(ACTIVE_CHANNELS), spec.active_multiplier),
-        (channel.isin(PASSIVE_CHANNELS), spec.passive_multiplier),
-        else_=1.0,
-    ).cast("float64")
+    if "channel" in events.columns:
+        multiplier = ibis.cases(
+            (channel == "ad", spec.ad_multiplier),
+            (channel.isin(ACTIVE_CHANNELS), spec.active_multiplier),
+            (channel.isin(PASSIVE_CHANNELS), spec.passive_multiplier),
+            else_=1.0,
+        ).cast("float64")
+    else:  # comparing a typed null literal trips Ibis; without channels every event is neutral
+        multiplier = ibis.literal(1.0, type="float64")
     decay = ibis.coalesce(ibis.greatest(1.0 - age_days / span, 0.0), 0.0)
     cols.update(
         age_days=age_days,
@@ -148,7 +152,6 @@ PREPARED_SCHEMA = ibis.schema(
         "amount": "float64",
         "age_days": "float64",
         "day": "int64",
-        "layer": "string",
         "weight": "float64",
     }
 )
@@ -174,176 +177,3 @@ def feature_table(events: ibis.Table, as_of: datetime, spec: FeatureSpec | None 
 def prepare_events(events: ibis.Table, as_of: datetime, spec: FeatureSpec) -> ibis.Table:
     """Stage 1: the events before ``as_of`` with the columns of :data:`PREPARED_SCHEMA` (ages, days, weights)."""
     return _weighted(events, as_of, spec, tuple(PREPARED_SCHEMA.names))
-
-
-def aggregate_features(
-    ev: ibis.Table, spec: FeatureSpec, *, has_item: bool = True, has_amount: bool = True
-) -> ibis.Table:
-    """Stage 2: per-user features from prepared events (:func:`prepare_events`); independent of ``as_of``.
-
-    Window membership is ``age_days <= w`` (the event lies in ``[as_of - w days, as_of)``). ``has_item`` /
-    ``has_amount`` tell whether the source had those columns (when not, item features are 0 and amount
-    features null).
-    """
-    main = ev.group_by("user_id").aggregate(**_main_aggregates(ev, spec, has_amount))
-    if lookback := spec.lookback_days:
-        main = main.filter(main.days_since_last_event <= lookback)
-    if has_item:
-        for part in (_comparison_shopping(ev, spec), _unbought_carts(ev, spec)):
-            part = part.rename(_uid="user_id")
-            main = main.left_join(part, main.user_id == part._uid).drop("_uid")
-    main = _derived(main, spec, has_item)
-    return main.select(*output_columns(spec)).order_by("user_id")
-
-
-def _main_aggregates(ev: ibis.Table, spec: FeatureSpec, has_amount: bool) -> dict[str, ibis.Value]:
-    """The single grouped aggregation: conditional aggregates over the user's events."""
-    b = ev.behavior
-    is_buy = b == "buy"
-    within = {w: ev.age_days <= w for w in _all_windows(spec)}
-    agg: dict[str, ibis.Value] = {}
-    # recency
-    for beh in RECENCY_BEHAVIORS:
-        agg[f"days_since_last_{beh}"] = ev.age_days.min(where=b == beh)
-    agg["days_since_last_event"] = ev.age_days.min()
-    agg["days_since_first_event"] = ev.age_days.max()
-    # window counts
-    for w in spec.windows:
-        for beh in RECENCY_BEHAVIORS:
-            agg[count_column(beh, w)] = b.count(where=(b == beh) & within[w])
-        agg[count_column("event", w)] = b.count(where=within[w])
-    for w in spec.active_day_windows:
-        agg[f"active_days_{w}d"] = ev.day.nunique(where=within[w])
-    dd = spec.distinct_days
-    agg[f"distinct_items_{dd}d"] = ev.item_id.nunique(where=within[dd])
-    agg[f"distinct_categories_{dd}d"] = ev.category_id.nunique(where=within[dd])
-    agg[f"favcart_count_{spec.favcart_days}d"] = b.count(where=b.isin(INTEREST_BEHAVIORS) & within[spec.favcart_days])
-    # channels
-    is_ad = ev.channel == "ad"
-    for w in spec.ad_windows:
-        agg[count_column("ad", w)] = b.count(where=is_ad & within[w])
-    agg["days_since_last_ad"] = ev.age_days.min(where=is_ad)
-    cs = within[spec.channel_share_days]
-    agg["_chan_n"] = ev.channel.count(where=cs)
-    agg["_chan_active"] = b.count(where=ev.channel.isin(ACTIVE_CHANNELS) & cs)
-    agg["_chan_passive"] = b.count(where=ev.channel.isin(PASSIVE_CHANNELS) & cs)
-    # decay sums per layer (weights are 0 beyond the span, so the sum runs over the whole history)
-    for layer in ("browse", "interest", "purchase"):
-        agg[f"_decay_{layer}"] = ev.weight.sum(where=ev.layer == layer)
-    # monetary and cadence
-    pw = spec.purchase_days
-    agg["buy_count"] = b.count(where=is_buy)
-    agg["purchase_days"] = ev.day.nunique(where=is_buy)
-    agg[f"purchase_days_{pw}d"] = ev.day.nunique(where=is_buy & within[pw])
-    agg["_first_buy_age"] = ev.age_days.max(where=is_buy)
-    if has_amount:
-        agg["_amount_sum"] = ev.amount.sum(where=is_buy)
-        agg["amount_mean"] = ev.amount.mean(where=is_buy)
-        agg[f"_amount_sum_{pw}d"] = ev.amount.sum(where=is_buy & within[pw])
-    # AIPL inputs
-    agg["_interest_n"] = b.count(where=b.isin(INTEREST_BEHAVIORS) & within[spec.interest_days])
-    agg["_browse_n"] = b.count(where=within[spec.browse_days])
-    # category scope
-    if spec.target_categories:
-        target = ev.category_id.isin(spec.target_categories)
-        agg["target_view_count"] = b.count(where=target & (b == "view"))
-        agg["target_cart_count"] = b.count(where=target & (b == "cart"))
-        agg["target_buy_count"] = b.count(where=target & is_buy)
-        agg["_target_first_browse_age"] = ev.age_days.max(where=target & (b != "buy"))
-    return agg
-
-
-def _all_windows(spec: FeatureSpec) -> set[int]:
-    return {
-        *spec.windows,
-        *spec.active_day_windows,
-        *spec.ad_windows,
-        spec.distinct_days,
-        spec.favcart_days,
-        spec.channel_share_days,
-        spec.purchase_days,
-        spec.interest_days,
-        spec.browse_days,
-    }
-
-
-def _comparison_shopping(ev: ibis.Table, spec: FeatureSpec) -> ibis.Table:
-    """Per user: the most distinct items viewed within one category, per comparison window."""
-    views = ev.filter(
-        (ev.behavior == "view")
-        & ev.item_id.notnull()
-        & ev.category_id.notnull()
-        & (ev.age_days <= max(spec.comparison_windows))
-    )
-    per_cat = views.group_by(["user_id", "category_id"]).aggregate(
-        **{f"_items_{w}": views.item_id.nunique(where=views.age_days <= w) for w in spec.comparison_windows}
-    )
-    return per_cat.group_by("user_id").aggregate(
-        **{f"_cmp_{w}": per_cat[f"_items_{w}"].max() for w in spec.comparison_windows}
-    )
-
-
-def _unbought_carts(ev: ibis.Table, spec: FeatureSpec) -> ibis.Table:
-    """Per user: items carted in the window whose last cart was not followed by a buy of the same item.
-
-    A buy at the same instant as the cart counts as following it.
-    """
-    rows = ev.filter(ev.item_id.notnull() & ev.behavior.isin(("cart", "buy")))
-    per_item = rows.group_by(["user_id", "item_id"]).aggregate(
-        _cart_age=rows.age_days.min(where=(rows.behavior == "cart") & (rows.age_days <= spec.cart_unbought_days)),
-        _buy_age=rows.age_days.min(where=rows.behavior == "buy"),
-    )
-    open_carts = per_item.filter(
-        per_item._cart_age.notnull() & (per_item._buy_age.isnull() | (per_item._buy_age > per_item._cart_age))
-    )
-    return open_carts.group_by("user_id").aggregate(_carts_open=open_carts.item_id.count())
-
-
-def _derived(t: ibis.Table, spec: FeatureSpec, has_item: bool) -> ibis.Table:
-    """Columns computed from the aggregates: shares, decay, cadence, category flags, AIPL layer, rule score."""
-    f64 = "float64"
-    null_f = ibis.null(f64)
-    cols: dict[str, ibis.Value] = {}
-    for w in spec.comparison_windows:
-        name = f"max_items_per_category_{w}d"
-        cols[name] = ibis.coalesce(t[f"_cmp_{w}"], 0).cast("int64") if has_item else ibis.literal(0, type="int64")
-    name = f"carts_unbought_{spec.cart_unbought_days}d"
-    cols[name] = ibis.coalesce(t._carts_open, 0).cast("int64") if has_item else ibis.literal(0, type="int64")
-    n = t._chan_n.cast(f64)
-    cols[f"active_channel_share_{spec.channel_share_days}d"] = ibis.ifelse(t._chan_n > 0, t._chan_active / n, null_f)
-    cols[f"passive_channel_share_{spec.channel_share_days}d"] = ibis.ifelse(t._chan_n > 0, t._chan_passive / n, null_f)
-    decay = {layer: ibis.coalesce(t[f"_decay_{layer}"], 0.0) for layer in ("browse", "interest", "purchase")}
-    cols.update({f"decay_{layer}": value for layer, value in decay.items()})
-    # monetary and cadence
-    pw = spec.purchase_days
-    if "_amount_sum" in t.columns:
-        cols["amount_total"] = ibis.coalesce(t._amount_sum, 0.0)
-        cols[f"amount_{pw}d"] = ibis.coalesce(t[f"_amount_sum_{pw}d"], 0.0)
-    else:
-        cols["amount_total"] = null_f
-        cols["amount_mean"] = null_f
-        cols[f"amount_{pw}d"] = null_f
-    gap = ibis.ifelse(
-        t.purchase_days >= 2, (t._first_buy_age - t.days_since_last_buy) / (t.purchase_days - 1).cast(f64), null_f
-    )
-    cols["purchase_gap_mean_days"] = gap
-    cols["repurchase_cycle_ratio"] = ibis.ifelse(gap > 0, t.days_since_last_buy / gap, null_f)
-    # category scope
-    if spec.target_categories:
-        recent_first = t._target_first_browse_age <= spec.category_new_days
-        cols["category_new"] = ibis.ifelse(recent_first & (t.target_buy_count == 0), 1, 0).cast("int64")
-        cols["category_regular"] = ibis.ifelse(t.target_buy_count > 0, 1, 0).cast("int64")
-    # AIPL layer and rule score
-    buy_days = t[f"purchase_days_{pw}d"]
-    rules = [(buy_days >= 2, "L"), (buy_days == 1, "P"), (t._interest_n > 0, "I"), (t._browse_n > 0, "A")]
-    layer = ibis.cases(*rules, else_="none")
-    base = ibis.cases(*[(cond, AIPL_BASE[name]) for cond, name in rules], else_=AIPL_BASE["none"]).cast(f64)
-    activity = (
-        spec.browse_weight * decay["browse"]
-        + spec.interest_weight * decay["interest"]
-        + spec.purchase_weight * decay["purchase"]
-    )
-    term = ibis.least(activity / (activity + spec.rule_score_scale), _MAX_TERM)
-    cols["aipl_layer"] = layer
-    cols["rule_score"] = base + term
-    return t.mutate(**cols)

@@ -62,13 +62,14 @@ def _exit_code(exc: BaseException) -> int | None:
     )
     if isinstance(exc, user_errors):
         return 1
-    try:
-        from serving.store import StoreError
+    from serving.activation import ActivationError
+    from serving.report import ReportError
+    from serving.store import StoreError, StoreInputError
 
-        if isinstance(exc, StoreError):
-            return 4
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(exc, (ActivationError, StoreInputError, ReportError)):
+        return 1
+    if isinstance(exc, StoreError):
+        return 4
     from pydantic import ValidationError
 
     return 1 if isinstance(exc, ValidationError) else None

@@ -24,8 +24,38 @@ def open_score_store(cfg: Settings) -> Any:
 def activation_config(cfg: Settings) -> Any:
     from serving.activation import ActivationConfig
 
-    a = cfg.activation
-    return ActivationConfig(default_order_value=a.default_order_value, margin_rate=a.margin_rate, cost=dict(a.cost))
+    return ActivationConfig.from_settings(cfg.activation)
+
+
+def latest_audience(cfg: Settings) -> Path:
+    """The newest audience file written by `propensity score`."""
+    files = sorted(cfg.scores_dir.glob("audience_*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no audience file in {cfg.scores_dir}: run `propensity score` first")
+    return files[-1]
+
+
+def run_audience(
+    cfg: Settings, action: str, out: Path, *, scores: Path | None = None, budget: float | None = None,
+    top: int | None = None,
+) -> Any:
+    """Pick the audience for one action from an audience file, write it as CSV, print the expected outcome."""
+    import pandas as pd
+
+    from serving.audience import select_audience
+
+    source = scores or latest_audience(cfg)
+    picked, summary = select_audience(
+        pd.read_parquet(source), action, activation_config(cfg), budget=budget, top_k=top
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    columns = [c for c in ("audience_rank", "user_id", "action", "action_deadline", "action_p", "priority",
+                           "expected_profit", "aipl_layer", "lifecycle", "rfm_group") if c in picked.columns]
+    picked[columns].to_csv(out, index=False)
+    rows = {k: v for k, v in summary.to_dict().items() if v is not None}
+    rows["written to"] = out
+    console().print(kv_table(f"audience: {action}", rows))
+    return summary
 
 
 def run_score(cfg: Settings, events: Path, as_of: datetime, out: Path | None = None, publish: bool = True) -> Any:
@@ -123,3 +153,68 @@ def lookup(
         record = json.loads(found[uid]) if uid in found else {"user_id": uid, "found": False, **snap.meta.get("defaults", {})}
         console().print_json(data=record)
     console().print(f"snapshot {snap.snapshot_id}, as_of {snap.meta.get('as_of')}")
+
+
+@app.command()
+@friendly
+def audience(
+    action: Annotated[str, typer.Option(help="coupon_24h, ad_retarget, repurchase_reminder, win_back or nurture.")],
+    out: Annotated[Path, typer.Option(help="CSV file to write.")],
+    budget: Annotated[float | None, typer.Option(help="Spend at most this much (currency).")] = None,
+    top: Annotated[int | None, typer.Option(help="Take the best K users.")] = None,
+    scores: Annotated[Path | None, typer.Option(help="Audience Parquet [default: the newest scored file].")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Who to activate with one action: the profit-maximising audience (or the best under --budget / --top)."""
+    cfg = settings(data_dir=data_dir)
+    run_audience(cfg, action, out, scores=scores, budget=budget, top=top)
+
+
+def run_report(cfg: Settings, out: Path | None = None, scores: Path | None = None) -> Path:
+    """Write the audience-asset report for the newest (or given) audience file; returns its path."""
+    import pandas as pd
+
+    from serving.report import build_report, write_report
+    from training.bundle import TARGETS
+    from training.registry import CHAMPION
+
+    source = scores or latest_audience(cfg)
+    audience = pd.read_parquet(source)
+    earlier = [f for f in sorted(cfg.scores_dir.glob("audience_*.parquet")) if f.name < source.name]
+    previous = pd.read_parquet(earlier[-1], columns=["user_id", "aipl_layer"]) if earlier else None
+    reg = registry(cfg)
+    model_info: dict[str, Any] = {}
+    calibration: dict[str, Any] = {}
+    for target in TARGETS:
+        if reg.version(target, CHAMPION) is None:
+            continue
+        bundle, version = reg.load_bundle(target, CHAMPION)
+        model_info[target] = {
+            "version": version, "metrics": reg.run_metrics(target, CHAMPION),
+            "test_as_of": bundle.meta.get("test_as_of"),
+        }
+        if bundle.meta.get("reliability"):
+            calibration[target] = pd.DataFrame(bundle.meta["reliability"])
+    store = open_score_store(cfg)
+    try:
+        snapshot = store.current()
+    finally:
+        store.close()
+    html = build_report(
+        audience, previous=previous, model_info=model_info, calibration=calibration or None,
+        snapshot_info=snapshot, activation=activation_config(cfg), generated_at=datetime.now(timezone.utc),
+    )
+    return write_report(html, out or cfg.reports_dir / "report.html")
+
+
+@app.command()
+@friendly
+def report(
+    out: Annotated[Path | None, typer.Option(help="HTML file [default: <data-dir>/reports/report.html].")] = None,
+    scores: Annotated[Path | None, typer.Option(help="Audience Parquet [default: the newest scored file].")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """One self-contained HTML page of the audience assets, flows, scores, audiences and model quality."""
+    cfg = settings(data_dir=data_dir)
+    path = run_report(cfg, out, scores)
+    console().print(f"report written to {path} (open it in any browser; it needs no network)")

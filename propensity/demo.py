@@ -10,7 +10,7 @@ import typer
 
 from propensity.cli import DataDir, app, friendly, print_assets, print_validation, run_validation, settings
 from propensity.cli_models import run_train
-from propensity.cli_serving import open_score_store, run_score
+from propensity.cli_serving import open_score_store, run_report, run_score
 from propensity.config import Settings
 from propensity.ui import console, kv_table, progress_bar
 
@@ -81,7 +81,11 @@ def demo(
     con_.rule("5. batch scoring: champions -> audience file -> published snapshot")
     result = run_score(cfg, report.events_path, end)
     _sample_lookup(cfg, result)
-    _outputs(cfg, result)
+
+    con_.rule("6. activation: one audience file per action, and the asset report")
+    audiences = _audiences(cfg, result.audience_path)
+    report_path = run_report(cfg, scores=result.audience_path)
+    _outputs(cfg, result, audiences, report_path)
 
 
 def _sample_lookup(cfg: Settings, result: Any) -> None:
@@ -103,13 +107,41 @@ def _sample_lookup(cfg: Settings, result: Any) -> None:
     console().print(f"unknown users get the population defaults: {snap.meta.get('defaults')}")
 
 
-def _outputs(cfg: Settings, result: Any) -> None:
+def _audiences(cfg: Settings, audience_path: Path) -> Path:
+    """The profit-maximising audience of every action, as CSV files, with one summary table."""
+    import pandas as pd
+    from rich.table import Table
+
+    from serving.activation import ACTIONS
+    from serving.audience import select_audience
+
+    from propensity.cli_serving import activation_config
+
+    frame = pd.read_parquet(audience_path)
+    out_dir = cfg.scores_dir / "audiences"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = Table(title="who to activate first (profit-maximising cut per action)", title_justify="left")
+    for col in ("action", "candidates", "selected", "expected conversions", "expected profit", "file"):
+        table.add_column(col, justify="left" if col in ("action", "file") else "right")
+    for action in ACTIONS:
+        picked, summary = select_audience(frame, action, activation_config(cfg))
+        path = out_dir / f"{action}.csv"
+        picked.drop(columns=[c for c in picked.columns if c.startswith("reasons_")]).to_csv(path, index=False)
+        table.add_row(action, f"{summary.candidates:,}", f"{summary.size:,}", f"{summary.expected_conversions:.1f}",
+                      f"{summary.expected_profit:,.2f}", str(path))
+    console().print(table)
+    return out_dir
+
+
+def _outputs(cfg: Settings, result: Any, audiences: Path, report_path: Path) -> None:
     console().print(kv_table("where the results are", {
         "clean events": cfg.clean_dir / "events.parquet",
         "quarantine": cfg.clean_dir / "quarantine.csv",
         "MLflow (runs, registry)": f"{cfg.tracking_uri}  (browse: mlflow ui --backend-store-uri {cfg.tracking_uri})",
         "evaluation plots": cfg.reports_dir / "training",
         "audience file": result.audience_path,
+        "audiences per action": audiences,
+        "asset report": report_path,
         "score store": cfg.redis_url or cfg.store_path,
         "serve it": "propensity serve  (then POST /lookup)",
     }))

@@ -118,6 +118,8 @@ async def read_json(receive: Receive, declared: int, limit: int) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise HTTPError(400, "bad_json", f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise HTTPError(400, "bad_json", "the request body nests JSON too deeply") from None
 
 
 def lookup_ids(doc: Any, max_ids: int) -> list[str]:
@@ -136,6 +138,11 @@ def lookup_ids(doc: Any, max_ids: int) -> list[str]:
     for i, u in enumerate(ids):
         t = type(u)
         if t is str:
+            if not u.isascii():
+                try:
+                    u.encode()
+                except UnicodeEncodeError:
+                    raise HTTPError(422, "invalid", f"user_ids[{i}] is not valid Unicode text") from None
             continue
         if t is int:
             if out is ids:
@@ -250,21 +257,32 @@ def build_app(state: AppState) -> Starlette:
     )
 
 
-class ProbeMiddleware:
-    """Answers ``GET /healthz`` and ``GET /readyz`` itself (ahead of the server's plain-text probes) so the
-    readiness answer carries the reasons; every other request passes through untouched."""
+class FastPathMiddleware:
+    """Serves ``POST /lookup``, ``GET /healthz`` and ``GET /readyz`` with the endpoints above, ahead of the host
+    server's own routing; every other request passes through untouched.
+
+    Inside BentoML this skips its router, the mount and the mounted app's middleware stack on the hot path
+    (measured with ``benchmarks/bench_lookup.py`` at 1000 req/s: 389 -> 280 us of server CPU per lookup, the
+    bare-uvicorn floor being 190 us), and lets ``/readyz`` carry its reasons instead of BentoML's plain-text
+    probe. BentoML's outer middlewares (Prometheus request metrics, tracing, timeout) still apply.
+    """
 
     def __init__(self, app: Any, state: AppState) -> None:
         self.app = app
+        self._lookup = LookupEndpoint(state)
         self._readyz = ReadyzEndpoint(state)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
-            path = scope["path"]
-            if path == "/readyz":
-                await self._readyz(scope, receive, send)
+        if scope["type"] == "http":
+            path, method = scope["path"], scope["method"]
+            if path == "/lookup" and method == "POST":
+                await self._lookup(scope, receive, send)
                 return
-            if path == "/healthz":
-                await healthz(scope, receive, send)
-                return
+            if method in ("GET", "HEAD"):
+                if path == "/readyz":
+                    await self._readyz(scope, receive, send)
+                    return
+                if path == "/healthz":
+                    await healthz(scope, receive, send)
+                    return
         await self.app(scope, receive, send)

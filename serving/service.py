@@ -4,8 +4,8 @@ The routes are a plain ASGI app (:mod:`serving.http_app`) mounted with ``@bentom
 ``@bentoml.api`` path costs tens of milliseconds at the tail on a small machine (see DESIGN.md, "Known traps"),
 while the ad system's ``/lookup`` must answer in a few. BentoML still provides the process model (workers),
 ``/metrics`` (request counts and durations per path, plus the ``propensity_*`` counters), ``/livez`` and the
-Bento packaging. ``/healthz`` and ``/readyz`` are answered by :class:`serving.http_app.ProbeMiddleware` so
-readiness carries its reasons.
+Bento packaging. :class:`serving.http_app.FastPathMiddleware` answers ``/lookup`` (the same endpoint, ahead of
+BentoML's router), ``/healthz`` and ``/readyz`` (so readiness carries its reasons).
 
 Configuration comes from :func:`serving.service_config.settings_from_env` (see that module for the variables).
 Models come, in this order of preference, from ``PROPENSITY_MODEL_DIR``, from the pinned ``propensity_champions``
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import bentoml
 
-from serving.http_app import AppState, ProbeMiddleware, build_app
+from serving.http_app import AppState, FastPathMiddleware, build_app
 from serving.service_config import ServiceOptions, service_options, settings_from_env
 from serving.service_models import DirectorySource, ModelSource, RegistrySource
 from serving.service_runtime import ServiceMetrics, ServiceRuntime
@@ -88,4 +88,4 @@ class PropensityService:
         await self.runtime.stop()
 
 
-PropensityService.add_asgi_middleware(ProbeMiddleware, state=_STATE)
+PropensityService.add_asgi_middleware(FastPathMiddleware, state=_STATE)

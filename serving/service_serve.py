@@ -84,7 +84,8 @@ def serve_args(
     options = f"services.{SERVICE_NAME}.workers={int(workers)}"
     env["BENTOML_CONFIG_OPTIONS"] = (env.get("BENTOML_CONFIG_OPTIONS", "") + " " + options).strip()
     env.setdefault("BENTOML_DO_NOT_TRACK", "True")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    if bento is None:  # serve this source tree; a Bento brings its own copy of the code
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     argv = [sys.executable, "-m", "bentoml", "serve", bento or SERVICE_TARGET]
     argv += ["--host", host or settings.serving.host, "--port", str(port or settings.serving.port)]
     if bento is None:

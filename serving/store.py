@@ -35,21 +35,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from serving.store_sqlite import SQLiteScoreStore
 
 __all__ = [
-    "ProgressFn",
-    "RedisScoreStore",
-    "SQLiteScoreStore",
-    "ScoreStore",
-    "SnapshotInfo",
-    "SnapshotNotFoundError",
-    "StoreError",
-    "StoreInputError",
-    "StoreUnavailableError",
-    "encode_chunk",
-    "encode_meta",
-    "new_snapshot_id",
-    "open_store",
-    "rollback_target",
-    "validate_snapshot_id",
+    "ProgressFn", "RedisScoreStore", "SQLiteScoreStore", "ScoreStore", "SnapshotInfo", "SnapshotNotFoundError",
+    "StoreError", "StoreInputError", "StoreUnavailableError", "dumps_compact", "encode_chunk", "encode_meta",
+    "new_snapshot_id", "open_store", "rollback_target", "validate_snapshot_id",
 ]
 
 ProgressFn = Callable[[int, "int | None"], None]
@@ -335,9 +323,9 @@ def _fragments(values: pd.Series) -> pa.Array:
     if pa.types.is_floating(t):
         text = pc.cast(pc.cast(arr, pa.float64()), pa.string())  # shortest round-trip form
         text = pc.cast(text, pa.large_string())
-        values = arr.to_numpy(zero_copy_only=False)
+        nums = arr.to_numpy(zero_copy_only=False)
         with np.errstate(invalid="ignore"):
-            if np.any(values == np.floor(values)):  # integral values print as "2": make them "2.0"
+            if np.any(nums == np.floor(nums)):  # integral values print as "2": make them "2.0"
                 integral = pc.match_substring_regex(text, r"^-?\d+$")
                 text = pc.if_else(integral, pc.binary_join_element_wise(text, _L(".0"), _L("")), text)
         out = pc.if_else(pc.is_finite(arr), text, "null")
@@ -394,7 +382,7 @@ def encode_chunk(chunk: pd.DataFrame) -> tuple[list[str], list[str]]:
     The payload of a row is a JSON object with every column of the chunk in column order (``user_id`` as
     a string). Floats are written in shortest round-trip form (integral floats keep a ``.0``), NaN/inf
     and missing values as ``null``, lists of strings as arrays, other objects via ``json``.
-    Vectorised with Arrow: about 1 s per million rows of ten columns.
+    Vectorised with Arrow: about 2 s of CPU per million rows of ten columns.
     """
     if not isinstance(chunk, pd.DataFrame):
         raise StoreInputError(f"each chunk must be a pandas DataFrame, got {type(chunk).__name__}")

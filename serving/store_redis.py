@@ -6,7 +6,8 @@ Keys (``P`` is the prefix, default ``propensity``):
 - ``P:snapshots``: hash ``snapshot id -> JSON record`` (seq, state ``building``/``ready``, created_at,
   rows, meta); ``seq`` (from ``INCR P:seq``) orders snapshots by publish.
 - ``P:data:<snapshot id>``: hash ``user_id -> JSON payload``; one ``HMGET`` serves any number of ids.
-- ``P:publish-lock``: held (with a TTL, refreshed while writing) by the one publish allowed at a time.
+- ``P:publish-lock``: held by the one publish allowed at a time, with a TTL that a heartbeat thread renews
+  while the publish runs, so a crashed publisher blocks the next publish for at most ``lock_ttl_s``.
 
 A publish registers the snapshot as ``building``, writes pipelines of multi-field ``HSET`` commands, then
 marks it ``ready`` and sets ``P:current`` in one MULTI/EXEC. Retention removes records and data hashes

@@ -25,16 +25,18 @@ class BoosterParams:
     lambda_l2: float = 1.0
     num_threads: int = 2
     seed: int = 7
+    metric: str = "binary_logloss"
+    balance: bool = False
 
     def lgb_params(self, pos: int, neg: int) -> dict[str, Any]:
-        params = {k: v for k, v in asdict(self).items() if k not in ("num_boost_round", "early_stopping_rounds")}
+        skip = ("num_boost_round", "early_stopping_rounds", "balance")
+        params = {k: v for k, v in asdict(self).items() if k not in skip}
         params.update(
             objective="binary",
-            metric=["auc", "binary_logloss"],
             verbosity=-1,
             deterministic=True,
             force_col_wise=True,
-            scale_pos_weight=math.sqrt(max(neg, 1) / max(pos, 1)),
+            scale_pos_weight=math.sqrt(max(neg, 1) / max(pos, 1)) if self.balance else 1.0,
         )
         return params
 
@@ -60,7 +62,7 @@ def fit_booster(
         num_boost_round=params.num_boost_round,
         valid_sets=[valid],
         valid_names=["valid"],
-        callbacks=[lgb.early_stopping(params.early_stopping_rounds, first_metric_only=False, verbose=False)],
+        callbacks=[lgb.early_stopping(params.early_stopping_rounds, verbose=False)],
     )
 
 

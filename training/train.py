@@ -14,7 +14,7 @@ from features.spec import FeatureSpec
 from training.bundle import ModelBundle, design_matrix
 from training.calibration import Calibrator
 from training.datasets import TimeSplit
-from training.evaluate import evaluate, save_plots
+from training.evaluate import evaluate, reliability_table, save_plots
 from training.labels import LabelSpec
 from training.models import BoosterParams, fit_booster, fit_logistic
 
@@ -77,6 +77,8 @@ def train_target(
     rule_test = sign * split.test["rule_score"].to_numpy(np.float64)
     p_rule = Calibrator(kind="isotonic").fit(_unit(rule_valid, rule_valid), y_va).transform(_unit(rule_test, rule_valid))
 
+    reliability = reliability_table(y_te, p_lgb)
+    bundle.meta["reliability"] = reliability[["mean_predicted", "observed_rate", "count"]].to_dict(orient="list")
     scores = {"lightgbm": p_lgb, "logistic": p_lr, "rule_score": p_rule}
     metrics = {name: evaluate(y_te, p, oracle=oracle) for name, p in scores.items()}
     if oracle is not None:

@@ -44,7 +44,6 @@ class Trained:
     root: Path
     events: pd.DataFrame  # all generated events, canonical columns
     raw: pd.DataFrame  # feature table at AS_OF
-    segmented_example: pd.DataFrame
     tracking_uri: str
     artifact_root: Path
     store_path: Path
@@ -114,8 +113,21 @@ def publish(store_path: Path, scores: pd.DataFrame, defaults: dict[str, float], 
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    """Tiny models registered as champions and a published score snapshot (about 20 s)."""
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
+    """Tiny models registered as champions and a published score snapshot (about 20 s on an idle machine).
+
+    MLflow's pip-requirements inference (a subprocess that re-imports everything, ~25 s per logged model) is
+    cut short with ``MLFLOW_REQUIREMENTS_INFERENCE_TIMEOUT``: the default requirements are fine here.
+    """
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_REQUIREMENTS_INFERENCE_TIMEOUT", "1")
+    try:
+        yield _train(tmp_path_factory)
+    finally:
+        mp.undo()
+
+
+def _train(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     from features.build import build_features
     from features.generate import GeneratorConfig, generate
     from serving.scoring import score_features
@@ -125,7 +137,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     events = pd.read_parquet(data.events_dir)
     raw = build_features(events, AS_OF)
     t = Trained(
-        root=root, events=events, raw=raw, segmented_example=raw.head(0),
+        root=root, events=events, raw=raw,
         tracking_uri=f"sqlite:///{root / 'mlflow.db'}", artifact_root=root / "mlruns",
         store_path=root / "store" / "scores.sqlite",
     )
@@ -194,8 +206,8 @@ def start_server(settings: Any, log_path: Path, *, require_ready: bool = True, t
 @pytest.fixture(scope="module")
 def server(trained: Trained) -> Iterator[Server]:
     """The service on the fixture's registry and store, with small limits and a 1 s model check."""
-    settings = trained.settings(lookup_max_ids=50, max_request_bytes=200_000, score_max_users=30,
-                                score_max_events=5_000)
+    settings = trained.settings(lookup_max_ids=50, max_request_bytes=1_000_000, score_max_users=30,
+                                score_max_events=2_000)
     srv = start_server(settings, trained.root / "server.log", reload_interval_s=1.0)
     try:
         yield srv

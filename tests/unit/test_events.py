@@ -407,3 +407,38 @@ def test_load_events_rejects_a_non_canonical_file(tmp_path):
     pq.write_table(pa.table({"user_id": ["u"]}), tmp_path / "x.parquet")
     with pytest.raises(MissingColumnError, match="ts"):
         load_events(tmp_path / "x.parquet")
+
+
+def test_gzipped_csv_is_read(tmp_path):
+    import gzip
+
+    src = tmp_path / "e.csv.gz"
+    src.write_bytes(gzip.compress(f"user_id,ts,behavior\nu1,{EPOCH},pv\n".encode()))
+    assert events(run(tmp_path, src))["behavior"].tolist() == ["view"]
+
+
+def test_parquet_epoch_integers_and_tz_aware_timestamps(tmp_path):
+    pq.write_table(
+        pa.table({"user_id": ["a"], "ts": pa.array([EPOCH], pa.int64()), "behavior": ["buy"], "amount": ["-2"]}),
+        tmp_path / "epoch.parquet",
+    )
+    report = run(tmp_path, tmp_path / "epoch.parquet")
+    assert report.by_reason["bad_amount"] == 1
+    (bad,) = quarantine_rows(report)
+    assert (bad["ts"], bad["amount"], bad["source_row"]) == (str(EPOCH), "-2", "1")
+    aware = pa.array([EPOCH_TS.to_pydatetime()], pa.timestamp("us", tz="America/New_York"))
+    pq.write_table(pa.table({"user_id": ["a"], "ts": aware, "behavior": ["buy"]}), tmp_path / "aware.parquet")
+    frame = events(validate_events(tmp_path / "aware.parquet", tmp_path / "o2", LENIENT, now=NOW))
+    assert frame["ts"].tolist() == [EPOCH_TS]
+
+
+def test_broken_accounting_raises_invariant_error(tmp_path):
+    from features.events import InvariantError, _check_invariant
+
+    src = write(tmp_path / "e.csv", f"user_id,ts,behavior\nu1,{EPOCH},view\nu1,{EPOCH},view\nu2,bad,view\n")
+    report = run(tmp_path, src)
+    _check_invariant(report, parsed=3, valid=2, written_quarantine=1)  # the real accounting holds
+    with pytest.raises(InvariantError, match="reader yields 4 rows"):
+        _check_invariant(report, parsed=4, valid=2, written_quarantine=1)
+    with pytest.raises(InvariantError, match="quarantine file has 0 rows"):
+        _check_invariant(report, parsed=3, valid=2, written_quarantine=0)

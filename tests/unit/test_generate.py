@@ -243,25 +243,28 @@ def test_truth_matches_brute_force_simulation_per_user() -> None:
     rough = p_buy(np.random.default_rng(4), users, state, day, 3, cal, paths=1)
     picks = np.argsort(rough)[[-1, -2, -4, -8, -15, -30, -60, -120]]  # a spread of purchase probabilities
     u0, s0 = users.take(picks), state.take(picks)
-    pb = p_buy(np.random.default_rng(4), u0, s0, day, 3, cal, paths=400)
+    # horizon 3: every coin of days 1-2 branched; horizon 5: days 3-4 sampled as well
+    pb3 = p_buy(np.random.default_rng(4), u0, s0, day, 3, cal, paths=400)
+    pb5 = p_buy(np.random.default_rng(4), u0, s0, day, 5, cal, paths=400)
     pl = p_lapse(u0, s0, day, 10, cal)
     clones = 20_000
     rep = np.repeat(np.arange(len(picks)), clones)
     u, st = u0.take(rep), s0.take(rep)
-    bought_any = np.zeros(rep.shape[0], bool)
+    first_buy = np.full(rep.shape[0], 99)
     silent = np.ones(rep.shape[0], bool)
     sim = np.random.default_rng(5)
     for d in range(day, day + 10):
         idx, _, bought = proc.step_day(sim, u, st, d, cal)
-        if d < day + 3:
-            bought_any[idx[bought]] = True
+        b = idx[bought]
+        first_buy[b] = np.minimum(first_buy[b], d - day)
         silent[idx] = False
-    for p, hits in ((pb, bought_any), (pl, silent)):
+    for p, hits in ((pb3, first_buy < 3), (pb5, first_buy < 5), (pl, silent)):
         freq = hits.reshape(len(picks), clones).mean(axis=1)
         var = p * (1 - p) / clones + 1e-12
         np.testing.assert_array_less(np.abs(freq - p), 4 * np.sqrt(var))
         assert abs((freq - p).sum()) < 3.5 * np.sqrt(var.sum())  # no systematic bias across users
-    assert pb.max() > 0.15 and pb.min() < 0.1
+    assert pb3.max() > 0.15 and pb3.min() < 0.1
+    assert np.all(pb5 >= pb3)
     assert pl.max() > 0.2
 
 
@@ -319,7 +322,8 @@ def test_no_dirty_csv_by_default(tmp_path: Path) -> None:
 
 def test_progress_reports_users_done_per_chunk(tmp_path: Path) -> None:
     calls: list[tuple[int, int | None]] = []
-    generate(GeneratorConfig(n_users=250, days=10, chunk_users=100), tmp_path, progress=lambda d, t: calls.append((d, t)))
+    config = GeneratorConfig(n_users=250, days=10, chunk_users=100)
+    generate(config, tmp_path, progress=lambda done, total: calls.append((done, total)))
     assert calls == [(0, 250), (100, 250), (200, 250), (250, 250)]
 
 

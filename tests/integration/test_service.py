@@ -1,0 +1,409 @@
+"""The real BentoML server (``bentoml serve serving.service:PropensityService``) against a temp MLflow registry
+and score store: lookups, fresh scores, auth, limits, bad input, hot reloads, readiness and a store outage."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+
+from tests.integration.conftest import (
+    AS_OF,
+    START,
+    TOKEN,
+    Server,
+    Trained,
+    publish,
+    register,
+    start_server,
+    train_bundle,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def lookup(server: Server, ids: list[Any]) -> dict[str, Any]:
+    r = server.client.post("/lookup", json={"user_ids": ids})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def request_events(events: pd.DataFrame) -> list[dict[str, Any]]:
+    """Canonical event rows as the JSON a client posts (ISO timestamps, missing optional fields left out)."""
+    out = []
+    for rec in events.to_dict("records"):
+        row = {"user_id": rec["user_id"], "ts": rec["ts"].isoformat(), "behavior": rec["behavior"]}
+        for key in ("item_id", "category_id", "channel", "amount"):
+            value = rec.get(key)
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                row[key] = value
+        out.append(row)
+    return out
+
+
+class Looper:
+    """Calls ``fn`` in a background thread until stopped; keeps every (status, value) it saw."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn, self.seen, self._stop = fn, [], threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.seen.append(self.fn())
+            except httpx.HTTPError as exc:
+                self.seen.append((f"transport error: {exc}", None))
+
+    def __enter__(self) -> Looper:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self.thread.join(timeout=60)
+
+
+# ------------------------------------------------------------------------------------------------- lookup
+def test_lookup_returns_stored_scores_and_defaults_for_unknown_users(server: Server, trained: Trained) -> None:
+    scores = trained.scores.set_index("user_id")
+    known = list(scores.index[:3])
+    doc = lookup(server, [known[0], "no-such-user", known[1], 424242, known[2]])
+    assert doc["as_of"] == AS_OF.isoformat()
+    assert doc["snapshot_id"] and doc["scored_at"].startswith("2026-07-21T01:00:00")
+    results = doc["results"]
+    assert [r["user_id"] for r in results] == [known[0], "no-such-user", known[1], "424242", known[2]]
+    for r in (results[0], results[2], results[4]):
+        row = scores.loc[r["user_id"]]
+        assert r["found"] is True
+        assert r["p_buy"] == pytest.approx(row["p_buy"], abs=1e-12)
+        assert r["aipl_layer"] == row["aipl_layer"] and r["lifecycle"] == row["lifecycle"]
+        assert r["reasons_buy"] == list(row["reasons_buy"])
+        assert (r["p_lapse"] is None) == bool(pd.isna(row["p_lapse"]))
+    for r in (results[1], results[3]):
+        assert r == {"user_id": r["user_id"], "found": False, **trained.defaults}
+
+
+def test_lookup_rejects_missing_or_wrong_token(server: Server) -> None:
+    body = {"user_ids": ["u0000001"]}
+    r = server.anon.post("/lookup", json=body)
+    assert r.status_code == 401 and "missing bearer token" in r.json()["message"]
+    assert r.headers["www-authenticate"] == "Bearer"
+    r = server.anon.post("/lookup", json=body, headers={"Authorization": "Bearer wrong-token"})
+    assert r.status_code == 401 and r.json()["error"] == "unauthorized"
+    r = server.anon.post("/score", json={"as_of": AS_OF.isoformat(), "events": []},
+                         headers={"Authorization": f"Basic {TOKEN}"})
+    assert r.status_code == 401
+    assert server.anon.post("/lookup", json=body, headers={"Authorization": f"bearer {TOKEN}"}).status_code == 200
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert server.anon.get(path).status_code == 200, path
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"", 400, "empty"),
+        (b'["u1"]', 422, "JSON object"),
+        (b'{"ids": ["u1"]}', 422, "'user_ids' is required"),
+        (b'{"user_ids": "u1"}', 422, "must be a list"),
+        (b'{"user_ids": ["u1", 1.5]}', 422, "user_ids[1]"),
+        (b'{"user_ids": [true]}', 422, "user_ids[0]"),
+        (b'{"user_ids": [null]}', 422, "user_ids[0]"),
+        (b'{"user_ids": []}', 422, "1 to 50"),
+        (b"[" * 100_000 + b"]" * 100_000, 400, "too deeply"),
+        (b'{"user_ids": ["\\ud800"]}', 422, "not valid Unicode"),
+    ],
+)
+def test_lookup_bad_input_gets_a_clear_4xx(server: Server, body: bytes, status: int, needle: str) -> None:
+    r = server.client.post("/lookup", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert needle in r.json()["message"]
+
+
+def test_limits_answer_413_and_422(server: Server) -> None:
+    r = server.client.post("/lookup", json={"user_ids": [f"u{i}" for i in range(51)]})
+    assert r.status_code == 422 and "serving.lookup_max_ids" in r.json()["message"]
+    big = {"user_ids": ["u1"], "pad": "x" * 1_100_000}
+    r = server.client.post("/lookup", json=big)
+    assert r.status_code == 413 and "exceeds the limit of 1000000 bytes" in r.json()["message"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit holds while streaming too
+        yield b'{"user_ids": ["u1"], "pad": "'
+        for _ in range(12):
+            yield b"x" * 100_000
+        yield b'"}'
+
+    r = server.client.post("/lookup", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    events = [{"user_id": f"u{i}", "ts": "2026-07-01T00:00:00Z", "behavior": "view"} for i in range(31)]
+    r = server.client.post("/score", json={"as_of": AS_OF.isoformat(), "events": events})
+    assert r.status_code == 422 and "too many users: 31 > 30" in r.json()["message"]
+    events = [{"user_id": "u1", "ts": 1780000000 + i, "behavior": "view"} for i in range(2001)]
+    r = server.client.post("/score", json={"as_of": AS_OF.isoformat(), "events": events})
+    assert r.status_code == 422 and "too many events: 2001 > 2000" in r.json()["message"]
+
+
+# ------------------------------------------------------------------------------------------------- score
+def _champions(trained: Trained) -> dict[str, Any]:
+    from serving.service_models import RegistrySource
+
+    source = RegistrySource(trained.tracking_uri, trained.artifact_root)
+    return {t: source.load(t, "")[0] for t in ("last_mile_buyer", "lapse_risk")}
+
+
+def test_score_equals_the_batch_scoring_function(server: Server, trained: Trained) -> None:
+    from serving.scoring import score_events
+
+    ev = trained.events
+    users = sorted(ev.loc[ev["ts"] < AS_OF, "user_id"].unique())[:12]
+    sample = ev[ev["user_id"].isin(users) & (ev["ts"] < AS_OF)].reset_index(drop=True)
+    r = server.client.post("/score", json={"as_of": AS_OF.isoformat(), "events": request_events(sample)})
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    bundles = _champions(trained)
+    assert doc["models"] == {t: b.meta["version"] for t, b in bundles.items()}
+    expected = score_events(sample, AS_OF, bundles).set_index("user_id")
+    got = {rec["user_id"]: rec for rec in doc["results"]}
+    assert sorted(got) == sorted(users) and len(expected) == len(users)
+    for uid, row in expected.iterrows():
+        rec = got[uid]
+        assert rec["scored"] is True
+        for col in ("p_buy", "p_lapse", "rule_score"):
+            if pd.isna(row[col]):
+                assert rec[col] is None, (uid, col)
+            else:
+                assert abs(rec[col] - row[col]) <= 1e-9, (uid, col, rec[col], row[col])
+        for col in ("aipl_layer", "lifecycle", "rfm_group", "model_buy", "model_lapse"):
+            assert rec[col] == row[col], (uid, col)
+        assert rec["reasons_buy"] == list(row["reasons_buy"]) and rec["reasons_lapse"] == list(row["reasons_lapse"])
+
+
+def test_score_accepts_aliases_and_epoch_seconds_and_reports_users_without_history(server: Server) -> None:
+    as_of = AS_OF.isoformat()
+    epoch = int((AS_OF - timedelta(days=2)).timestamp())
+    events = [
+        {"user_id": 77, "ts": epoch, "behavior": " PV ", "channel": "Search"},
+        {"user_id": "77", "ts": str(epoch + 60), "behavior": "addtocart", "item_id": 5, "amount": 0},
+        {"user_id": "late", "ts": AS_OF.isoformat(), "behavior": "view"},  # at as_of: not a feature input
+    ]
+    r = server.client.post("/score", json={"as_of": as_of, "events": events})
+    assert r.status_code == 200, r.text
+    results = {rec["user_id"]: rec for rec in r.json()["results"]}
+    assert results["77"]["scored"] is True and 0.0 <= results["77"]["p_buy"] <= 1.0
+    assert results["late"] == {"user_id": "late", "scored": False, "reason": "no events before as_of"}
+
+
+@pytest.mark.parametrize(
+    ("event", "needle"),
+    [
+        ({"user_id": "u1", "ts": "2026-07-01T00:00:00Z", "behavior": "jump"}, "events[0].behavior"),
+        ({"user_id": "u1", "ts": "2026-07-01T00:00:00Z", "behavior": "buy", "amount": -3}, "events[0].amount"),
+        ({"user_id": "u1", "ts": "yesterday", "behavior": "view"}, "events[0].ts"),
+        ({"user_id": "  ", "ts": "2026-07-01T00:00:00Z", "behavior": "view"}, "events[0].user_id"),
+        ({"ts": "2026-07-01T00:00:00Z", "behavior": "view"}, "events[0].user_id"),
+        ({"user_id": "u1", "ts": "2026-07-01T00:00:00Z", "behavior": "view", "colour": 1}, "events[0].colour"),
+        ({"user_id": "u1", "ts": "2026-07-25T00:00:00Z", "behavior": "view"}, "later than as_of"),
+        ({"user_id": [1], "ts": "2026-07-01T00:00:00Z", "behavior": "view"}, "events[0].user_id"),
+    ],
+)
+def test_score_rejects_events_that_break_the_contract(server: Server, event: dict[str, Any], needle: str) -> None:
+    ok = {"user_id": "u2", "ts": "2026-07-01T00:00:00Z", "behavior": "view"}
+    r = server.client.post("/score", json={"as_of": AS_OF.isoformat(), "events": [event, ok]})
+    assert r.status_code == 422, r.text
+    assert needle in r.json()["message"]
+
+
+def test_score_rejects_bad_as_of_and_empty_events(server: Server) -> None:
+    ok = [{"user_id": "u2", "ts": "2026-07-01T00:00:00Z", "behavior": "view"}]
+    assert "as_of" in server.client.post("/score", json={"events": ok}).json()["message"]
+    assert server.client.post("/score", json={"as_of": "soon", "events": ok}).status_code == 422
+    r = server.client.post("/score", json={"as_of": AS_OF.isoformat(), "events": []})
+    assert r.status_code == 422 and "at least one event" in r.json()["message"]
+
+
+# ------------------------------------------------------------------------------------------------- ops
+def test_readiness_and_metrics(server: Server, trained: Trained) -> None:
+    r = server.anon.get("/readyz")
+    doc = r.json()
+    assert r.status_code == 200 and doc["ready"] is True and doc["errors"] == []
+    assert doc["model_source"] == "registry" and set(doc["models"]) == {"last_mile_buyer", "lapse_risk"}
+    assert doc["store"]["ok"] is True and doc["store"]["snapshot_id"]
+    assert server.anon.get("/healthz").json() == {"status": "ok"}
+    lookup(server, [trained.scores["user_id"].iloc[0], "nobody-here"])
+    text = server.anon.get("/metrics").text
+    assert 'endpoint="/lookup"' in text
+    found = [ln for ln in text.splitlines() if ln.startswith('propensity_lookup_users_total{outcome="found"}')]
+    assert found and float(found[0].split()[-1]) >= 1
+
+
+def test_new_snapshot_is_served_at_once_without_failed_requests(server: Server, trained: Trained) -> None:
+    uid = trained.scores["user_id"].iloc[5]
+    old = float(trained.scores["p_buy"].iloc[5])
+    new_scores = trained.scores.assign(p_buy=0.654321)
+
+    def one() -> tuple[int, Any]:
+        r = server.client.post("/lookup", json={"user_ids": [uid]})
+        return r.status_code, (r.json()["results"][0]["p_buy"] if r.status_code == 200 else r.text)
+
+    with Looper(one) as loop:
+        time.sleep(0.3)
+        sid = publish(trained.store_path, new_scores, trained.defaults, START + timedelta(days=51))
+        time.sleep(0.3)
+    statuses = {s for s, _ in loop.seen}
+    values = [v for _, v in loop.seen]
+    assert statuses == {200}, [x for x in loop.seen if x[0] != 200][:3]
+    assert values[0] == pytest.approx(old) and values[-1] == pytest.approx(0.654321)
+    switch = values.index(values[-1])
+    assert all(v == pytest.approx(0.654321) for v in values[switch:])  # never back to the old snapshot
+    assert lookup(server, [uid])["snapshot_id"] == sid
+
+
+def test_new_champion_is_loaded_without_restart_or_failed_requests(server: Server, trained: Trained) -> None:
+    before = server.anon.get("/readyz").json()["models"]["last_mile_buyer"]
+    sample = trained.events[trained.events["user_id"].isin(["u0000003", "u0000004"]) & (trained.events["ts"] < AS_OF)]
+    body = {"as_of": AS_OF.isoformat(), "events": request_events(sample)}
+
+    def one() -> tuple[int, Any]:
+        r = server.client.post("/score", json=body)
+        return r.status_code, (r.json()["models"]["last_mile_buyer"] if r.status_code == 200 else r.text)
+
+    with Looper(one) as loop:
+        bundle, x, names = train_bundle("last_mile_buyer", trained.raw, trained.events, seed=99, rounds=8)
+        version = register(trained, bundle, x, names)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and server.anon.get("/readyz").json()["models"]["last_mile_buyer"] != version:
+            time.sleep(0.2)
+        time.sleep(0.5)
+    assert version != before
+    assert server.anon.get("/readyz").json()["models"]["last_mile_buyer"] == version
+    assert {s for s, _ in loop.seen} == {200}, [x for x in loop.seen if x[0] != 200][:3]
+    assert loop.seen[0][1] == before and loop.seen[-1][1] == version
+
+
+# ------------------------------------------------------------------------------------------------- config
+def test_serve_refuses_to_start_without_a_token(trained: Trained) -> None:
+    from propensity.config import Settings
+    from serving.service_config import ServiceConfigError
+    from serving.service_serve import serve_args
+
+    settings = Settings(store_path=trained.store_path, serving={})
+    env = {"PATH": "/usr/bin"}
+    with pytest.raises(ServiceConfigError, match="no API token configured"):
+        serve_args(settings, environ=env)
+    argv, out_env = serve_args(settings, port=4321, environ={**env, "PROPENSITY_SERVING__ALLOW_NO_AUTH": "1"})
+    assert argv[-6:] == ["--host", "127.0.0.1", "--port", "4321", "--working-dir", argv[-1]]
+    shipped = json.loads(out_env["PROPENSITY_SETTINGS_JSON"])
+    assert Path(shipped["store_path"]).is_absolute() and "api_token" not in shipped["serving"]
+    token_file = trained.root / "token.txt"
+    token_file.write_text("from-a-file\n")
+    _, out_env = serve_args(Settings(serving={"api_token_file": token_file}), environ=env)
+    assert "from-a-file" not in out_env["PROPENSITY_SETTINGS_JSON"]
+
+
+# ------------------------------------------------------------------------------------------------- redis
+@pytest.mark.redis
+def test_redis_outage_gives_503_and_recovers_and_a_broken_model_keeps_the_old_one(
+    redis_server: Any, trained: Trained, tmp_path: Path
+) -> None:
+    import redis as redis_lib
+
+    from serving.store import open_store
+
+    bundles = _champions(trained)
+    pinned = tmp_path / "pinned"
+    for target, bundle in bundles.items():
+        bundle.save(pinned / target)
+    client = redis_lib.Redis.from_url(redis_server.url)
+    keys = client.keys("propensity:*")
+    if keys:
+        client.delete(*keys)
+    client.close()
+    settings = trained.settings().model_copy(update={"redis_url": redis_server.url})
+    srv = start_server(settings, tmp_path / "server.log", require_ready=False, model_dir=pinned, reload_interval_s=1.0)
+    try:
+        r = srv.anon.get("/readyz")
+        assert r.status_code == 503 and "no score snapshot has been published yet" in r.json()["reason"]
+        assert r.json()["model_source"] == "directory"
+        store = open_store(trained.store_path, redis_server.url)
+        uid = trained.scores["user_id"].iloc[0]
+        meta = {"created_at": START + timedelta(days=52), "as_of": AS_OF.isoformat(), "defaults": trained.defaults}
+        store.publish([trained.scores], meta)
+        assert srv.anon.get("/readyz").status_code == 200
+        assert lookup(srv, [uid])["results"][0]["found"] is True
+
+        redis_server.stop()
+        t0 = time.monotonic()
+        r = srv.client.post("/lookup", json={"user_ids": [uid]})
+        assert r.status_code == 503 and time.monotonic() - t0 < 2.0
+        assert r.json()["error"] == "store_unavailable" and "unavailable" in r.json()["message"]
+        assert srv.anon.get("/readyz").status_code == 503
+
+        redis_server.start()
+        store.publish([trained.scores], meta)  # the private Redis keeps no data across restarts
+        assert lookup(srv, [uid])["results"][0]["found"] is True
+        store.close()
+
+        (pinned / "lapse_risk" / "booster.txt").write_text("not a model")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not srv.anon.get("/readyz").json()["errors"]:
+            time.sleep(0.2)
+        doc = srv.anon.get("/readyz").json()
+        assert doc["ready"] is True and doc["models"]["lapse_risk"] == bundles["lapse_risk"].meta["version"]
+        assert any("model lapse_risk" in e and "failed to load" in e for e in doc["errors"]), doc
+        assert lookup(srv, [uid])["results"][0]["found"] is True
+    finally:
+        redis_server.ensure_running()
+        srv.stop()
+
+
+# ------------------------------------------------------------------------------------------------- bento
+def test_built_bento_serves_the_pinned_champions_without_the_registry(trained: Trained, tmp_path: Path) -> None:
+    from serving.service_models import RegistrySource
+    from serving.service_serve import PROJECT_ROOT
+
+    champions = RegistrySource(trained.tracking_uri, trained.artifact_root).current_keys(("last_mile_buyer", "lapse_risk"))
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml-home"), "BENTOML_DO_NOT_TRACK": "True"}
+    pin = (
+        "from pathlib import Path; from propensity.config import Settings; "
+        "from serving.bento_models import pin_champions; "
+        f"print(pin_champions(Settings(tracking_uri={trained.tracking_uri!r}, "
+        f"artifact_root=Path({str(trained.artifact_root)!r}))))"
+    )
+    done = subprocess.run([sys.executable, "-c", pin], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    pinned = Path(done.stdout.strip().splitlines()[-1])
+    assert json.loads((pinned / "last_mile_buyer" / "bundle.json").read_text())["meta"]["version"] == champions[
+        "last_mile_buyer"]
+    done = subprocess.run([sys.executable, "-m", "bentoml", "build"], env=env, cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    absent = tmp_path / "no-registry"
+    settings = trained.settings().model_copy(update={"tracking_uri": f"sqlite:///{absent / 'mlflow.db'}"})
+    srv = start_server(settings, tmp_path / "server.log", bento="propensity_service:latest")
+    try:
+        doc = srv.anon.get("/readyz").json()
+        assert doc["ready"] is True and doc["model_source"] == "directory"
+        assert doc["models"] == champions
+        uid = trained.scores["user_id"].iloc[0]
+        assert lookup(srv, [uid])["results"][0]["found"] is True
+        sample = trained.events[(trained.events["user_id"] == uid) & (trained.events["ts"] < AS_OF)]
+        r = srv.client.post("/score", json={"as_of": AS_OF.isoformat(), "events": request_events(sample)})
+        assert r.status_code == 200 and r.json()["models"] == champions
+        assert not absent.exists()  # the registry was never opened
+    finally:
+        srv.stop()

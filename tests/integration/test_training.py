@@ -1,0 +1,115 @@
+"""The training job for real: generated events -> both targets -> MLflow registry -> gate -> load @champion."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from features.build import build_features
+from features.generate import GeneratorConfig, generate
+from training.bundle import ModelBundle
+from training.datasets import IneligibleError, cutoffs_for
+from training.job import TrainConfig, run_training
+from training.lock import LockBusyError, exclusive_lock
+from training.models import BoosterParams
+from training.registry import CHALLENGER, CHAMPION, Registry
+
+pytestmark = pytest.mark.integration
+
+USERS, DAYS, LAPSE = 6000, 84, 21
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("shop")
+    base = GeneratorConfig(n_users=USERS, days=DAYS, seed=11, lapse_days=LAPSE)
+    end = base.start_utc + timedelta(days=DAYS)
+    cutoffs = sorted({*cutoffs_for(end, 4, 7, 3), *cutoffs_for(end, 4, 7, LAPSE)})
+    data = generate(replace(base, truth_cutoffs=tuple(cutoffs)), out)
+    return data, end
+
+
+@pytest.fixture(scope="module")
+def trained(shop, tmp_path_factory: pytest.TempPathFactory):
+    data, end = shop
+    root = tmp_path_factory.mktemp("mlflow")
+    registry = Registry(f"sqlite:///{root}/mlflow.db", root / "artifacts")
+    cfg = TrainConfig(
+        events_path=data.events_dir, out_dir=root / "plots", lapse_days=LAPSE, n_cutoffs=4, min_positives=30,
+        min_negatives=30, truth_path=data.truth_path, data_end=end,
+        params=BoosterParams(num_boost_round=300, learning_rate=0.08),
+    )
+    report = run_training(cfg, registry)
+    return registry, cfg, report
+
+
+def test_both_targets_are_registered_and_promoted(trained):
+    registry, _, report = trained
+    for target in ("last_mile_buyer", "lapse_risk"):
+        outcome = report.outcomes[target]
+        assert registry.version(target, CHALLENGER) == outcome.version
+        assert registry.version(target, CHAMPION) == outcome.version
+        assert outcome.decision.promote and outcome.decision.reason == "no champion yet"
+        assert {"lightgbm", "logistic", "rule_score", "oracle"} <= set(outcome.result.metrics)
+        assert all(p.stat().st_size > 1000 for p in outcome.result.plots.values())
+
+
+def test_lightgbm_beats_the_rule_score_and_tracks_the_oracle(trained):
+    _, _, report = trained
+    buy = report.outcomes["last_mile_buyer"].result.metrics
+    assert buy["lightgbm"]["auc"] > buy["rule_score"]["auc"]
+    assert buy["oracle"]["auc"] >= buy["lightgbm"]["auc"] - 0.01
+    assert buy["lightgbm"]["ece"] < 0.03
+
+
+def test_champion_round_trip_gives_the_same_probabilities(trained, shop):
+    registry, cfg, report = trained
+    data, end = shop
+    in_memory = report.outcomes["last_mile_buyer"].result.bundle
+    loaded, version = registry.load_bundle("last_mile_buyer", CHAMPION)
+    assert version == report.outcomes["last_mile_buyer"].version
+    raw = build_features(data.events_dir, end, cfg.spec)
+    seg_a, seg_b = in_memory.segmenter.transform(raw), loaded.segmenter.transform(raw)
+    np.testing.assert_array_equal(in_memory.predict(seg_a), loaded.predict(seg_b))
+    assert loaded.feature_names == in_memory.feature_names
+
+
+def test_worse_challenger_is_not_promoted(trained):
+    registry, cfg, report = trained
+    champion = registry.version("last_mile_buyer", CHAMPION)
+    weak = replace(cfg, targets=("last_mile_buyer",), params=BoosterParams(num_boost_round=1, num_leaves=2))
+    again = run_training(weak, registry).outcomes["last_mile_buyer"]
+    assert not again.decision.promote
+    assert "below the champion" in again.decision.reason or "worse than the champion" in again.decision.reason
+    assert registry.version("last_mile_buyer", CHAMPION) == champion
+    assert registry.version("last_mile_buyer", CHALLENGER) == again.version != champion
+
+
+def test_too_few_positives_stops_with_the_counts(trained):
+    registry, cfg, _ = trained
+    strict = replace(cfg, targets=("lapse_risk",), min_positives=10**6)
+    with pytest.raises(IneligibleError, match=r"train: \d+ positives, need 1000000"):
+        run_training(strict, registry)
+
+
+def test_bundle_files_round_trip(trained, tmp_path: Path):
+    _, _, report = trained
+    bundle = report.outcomes["lapse_risk"].result.bundle
+    again = ModelBundle.load(bundle.save(tmp_path / "b"))
+    assert again.calibrator.to_dict() == bundle.calibrator.to_dict()
+    assert again.segmenter.to_dict() == bundle.segmenter.to_dict()
+    assert again.spec == bundle.spec and again.label_spec == bundle.label_spec
+
+
+def test_lock_refuses_a_second_holder(tmp_path: Path):
+    lock = tmp_path / "train.lock"
+    with exclusive_lock(lock, "first"):
+        with pytest.raises(LockBusyError, match="another training run holds"):
+            with exclusive_lock(lock, "second"):
+                pass
+    with exclusive_lock(lock, "third"):  # released after the first block
+        pass
