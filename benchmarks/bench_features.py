@@ -17,7 +17,7 @@ import multiprocessing as mp
 import resource
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np

@@ -8,7 +8,8 @@ What it does:
    uvicorn, one process, access log off: the same store read without BentoML around it;
 3. for each rate in ``--rates`` sends ``rate * --duration`` one-user lookups on an open-loop schedule
    (request ``i`` is due at ``t0 + i / rate`` whatever the previous ones did; latency is measured from the
-   due time, so queueing behind a slow response counts) over keep-alive connections opened on demand, with raw
+   due time, so queueing behind a slow response counts) over keep-alive connections opened on demand (and not
+   reused after 3 s idle, as the server drops them at 5 s), with raw
    asyncio sockets so the load generator stays light (it shares the machine's cores with the server);
 4. prints p50/p95/p99/max latency, error counts and the server's CPU time per request (all its processes,
    user + system; a measure that stays meaningful when other work shares the cores) per server and rate
@@ -44,6 +45,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 TOKEN = "bench-token"
+IDLE_REUSE_S = 3.0  # uvicorn closes keep-alive connections idle for 5 s
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Result:
     max_ms: float
     achieved_rps: float
     server_cpu_us_per_req: float
+    error_kinds: dict[str, int]
 
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -188,21 +191,33 @@ def build_requests(ids: list[str], n: int, unknown_share: float, port: int, seed
     return out
 
 
-async def run_rate(port: int, requests: list[bytes], rate: float, max_conns: int = 256) -> tuple[list[float], int, float]:
-    """Send ``requests`` open-loop at ``rate``/s; returns (latencies of successes in s, errors, elapsed s)."""
-    pool: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+async def run_rate(
+    port: int, requests: list[bytes], rate: float, max_conns: int = 256
+) -> tuple[list[float], dict[str, int], float]:
+    """Send ``requests`` open-loop at ``rate``/s; returns (latencies of successes in s, errors by kind, elapsed s)."""
+    pool: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []  # (reader, writer, idle since)
     latencies: list[float] = []
-    errors = 0
+    errors: dict[str, int] = {}
     open_conns = 0
+
+    def error(kind: str) -> None:
+        errors[kind] = errors.get(kind, 0) + 1
     perf = time.perf_counter
 
     async def one(req: bytes, due: float) -> None:
         nonlocal errors, open_conns
-        conn = pool.pop() if pool else None
+        conn = None
+        while pool:  # like any keep-alive client: never reuse a connection the server may have timed out
+            reader, writer, since = pool.pop()
+            if perf() - since < IDLE_REUSE_S:
+                conn = (reader, writer)
+                break
+            writer.close()
+            open_conns -= 1
         try:
             if conn is None:
                 if open_conns >= max_conns:
-                    errors += 1
+                    error("too many connections")
                     return
                 open_conns += 1
                 conn = await asyncio.open_connection("127.0.0.1", port)
@@ -215,10 +230,10 @@ async def run_rate(port: int, requests: list[bytes], rate: float, max_conns: int
             if head[9:12] == b"200":
                 latencies.append(perf() - due)
             else:
-                errors += 1
-            pool.append(conn)
-        except (OSError, asyncio.IncompleteReadError, ValueError):
-            errors += 1
+                error(f"HTTP {head[9:12].decode()}")
+            pool.append((reader, writer, perf()))
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            error(type(exc).__name__)
             if conn is not None:
                 open_conns -= 1
                 conn[1].close()
@@ -236,9 +251,12 @@ async def run_rate(port: int, requests: list[bytes], rate: float, max_conns: int
     if tasks:
         await asyncio.wait(tasks, timeout=30)
     elapsed = perf() - t0
-    for _, writer in pool:
+    for _, writer, _ in pool:
         writer.close()
-    return latencies, errors + sum(1 for t in tasks if not t.done()), elapsed
+    unfinished = sum(1 for t in tasks if not t.done())
+    if unfinished:
+        errors["no answer within 30 s"] = unfinished
+    return latencies, errors, elapsed
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -269,15 +287,17 @@ def run_async(coro: Any) -> Any:
         return runner.run(coro)
 
 
-def summarize(server: str, rate: int, sent: int, lat: list[float], errors: int, elapsed: float, cpu_s: float) -> Result:
+def summarize(
+    server: str, rate: int, sent: int, lat: list[float], errors: dict[str, int], elapsed: float, cpu_s: float
+) -> Result:
     lat = sorted(lat)
 
     def q(p: float) -> float:
         return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 2) if lat else float("nan")
 
-    return Result(server, rate, sent, len(lat), errors, q(0.50), q(0.95), q(0.99),
+    return Result(server, rate, sent, len(lat), sum(errors.values()), q(0.50), q(0.95), q(0.99),
                   round(lat[-1] * 1000, 2) if lat else float("nan"), round(sent / elapsed, 1),
-                  round(cpu_s / sent * 1e6, 1))
+                  round(cpu_s / sent * 1e6, 1), errors)
 
 
 def bench(port: int, pid: int, name: str, ids: list[str], rates: list[int], duration: float, unknown: float) -> list[Result]:
@@ -296,7 +316,8 @@ def bench(port: int, pid: int, name: str, ids: list[str], rates: list[int], dura
 
 def format_row(r: Result) -> str:
     return (f"| {r.server:<28} | {r.rate:>5} | {r.sent:>6} | {r.errors:>4} | {r.p50_ms:>7.2f} | {r.p95_ms:>7.2f} | "
-            f"{r.p99_ms:>7.2f} | {r.max_ms:>8.2f} | {r.achieved_rps:>7.1f} | {r.server_cpu_us_per_req:>8.1f} |")
+            f"{r.p99_ms:>7.2f} | {r.max_ms:>8.2f} | {r.achieved_rps:>7.1f} | {r.server_cpu_us_per_req:>10.1f} |"
+            + (f" {r.error_kinds}" if r.error_kinds else ""))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,9 +76,9 @@ class RFMSegmenter:
         f = pd.to_numeric(features["purchase_days"]).astype("float64").to_numpy() > self.frequency_threshold_
         money = pd.to_numeric(features[self.monetary_column_]).astype("float64").fillna(0.0).to_numpy()
         m = money > self.monetary_threshold_
-        labels = [RFM_GROUPS[(bool(a), bool(b), bool(c))] if is_buyer else NO_PURCHASE
-                  for is_buyer, a, b, c in zip(buyer, r, f, m)]
-        return pd.Series(labels, index=features.index, name="rfm_group", dtype="str")
+        names = np.array([RFM_GROUPS[(bool(k & 4), bool(k & 2), bool(k & 1))] for k in range(8)] + [NO_PURCHASE])
+        code = np.where(buyer, r.astype(int) * 4 + f.astype(int) * 2 + m.astype(int), 8)
+        return pd.Series(names[code], index=features.index, name="rfm_group", dtype="str")
 
     def transform(self, features: pd.DataFrame) -> pd.DataFrame:
         """A copy of ``features`` with an ``rfm_group`` column."""

@@ -12,8 +12,36 @@ Time conventions (all features):
 - recency, gaps and ages are fractional days (float64) computed from epoch seconds (DuckDB keeps microseconds;
   a backend with whole-second epochs rounds sub-second ages); window membership is ``age <= w days``;
 - a "day" for distinct-day counts (active days, purchase days) is a 24-hour bucket counted back from ``as_of``:
-  bucket ``k`` holds events with ``as_of - (k+1) days <= ts < as_of - k days``. With ``as_of`` at local midnight
+  bucket ``k`` holds events with ``as_of - (k+1) days <= ts < as_of - k days``, so the ``w``-day window holds
+  buckets ``0..w-1``. With ``as_of`` at local midnight
   these are the shop's calendar days, whatever the time zone.
+
+Feature reference (names from the default spec; ``w`` = a window in days):
+
+- recency: ``days_since_last_{view,fav,cart,buy,visit,event}``, ``days_since_first_event`` (NaN when never);
+- frequency: ``{behavior}_count_{w}d`` and ``event_count_{w}d``; ``active_days_{30,365}d`` (distinct day
+  buckets); ``distinct_items_30d``/``distinct_categories_30d``; ``max_items_per_category_{3,7}d`` (most distinct
+  items *viewed* in one category: comparison shopping); ``carts_unbought_90d`` (items whose last cart in the
+  window had no buy of the same item at or after it); ``favcart_count_1d``; ``ad_count_{3,30}d`` and
+  ``days_since_last_ad`` (channel ``ad``, any behavior); ``{active,passive}_channel_share_30d`` (events from
+  search/ad resp. recommend over events with a channel; NaN when none has one);
+- decay: ``decay_browse`` (view/visit), ``decay_interest`` (fav/cart), ``decay_purchase`` (buy): sums over events
+  of ``max(0, 1 - age / span) * multiplier``; the per-event weight before the multiplier lies in [0, 1] and the
+  multiplier is ``ad_multiplier`` for ad, ``active_multiplier`` for search, ``passive_multiplier`` for
+  recommend, 1 otherwise;
+- monetary and cadence: ``buy_count``, ``purchase_days`` (distinct day buckets with a buy, all history),
+  ``purchase_days_365d``, ``amount_total``/``amount_365d`` (sum of known buy amounts, 0 for non-buyers, NaN when
+  the source has no amount column), ``amount_mean`` (NaN without a known amount), ``purchase_gap_mean_days``
+  = (first buy age - last buy age) / (purchase_days - 1) (NaN below 2 purchase days),
+  ``repurchase_cycle_ratio`` = days_since_last_buy / purchase_gap_mean_days;
+- category scope (only with ``target_categories``): ``target_{view,cart,buy}_count`` (all history),
+  ``category_new`` (first non-buy event in a target category within ``category_new_days`` and no buy in one),
+  ``category_regular`` (a buy in a target category);
+- segments: ``aipl_layer`` = L if ``purchase_days_365d >= 2``, else P if it is 1, else I if a fav/cart within
+  ``interest_days``, else A if any event within ``browse_days``, else ``none``; ``rule_score`` =
+  ``AIPL_BASE[layer] + min(x / (x + rule_score_scale), 1 - 1e-9)`` with ``x = browse_weight * decay_browse +
+  interest_weight * decay_interest + purchase_weight * decay_purchase``: every user of a higher layer scores
+  above every user of a lower one; within a layer more recent, more active and ad-driven activity scores higher.
 """
 
 from __future__ import annotations

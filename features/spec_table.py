@@ -5,8 +5,8 @@
 
 It has two stages. :func:`prepare_events` keeps the events before ``as_of`` and adds per-event ages, day buckets
 and decay weights (the only place ``as_of`` appears); :func:`features.spec_aggregate.aggregate_features` turns
-prepared events into one row per user using ages only. Because stage 2 does not depend on ``as_of``, an engine may compile it once per
-spec and reuse it (see :mod:`features.build`).
+prepared events into one row per user using ages only. Because stage 2 does not depend on ``as_of``, an engine
+may compile it once per spec and reuse it (see :mod:`features.build`).
 """
 
 from __future__ import annotations

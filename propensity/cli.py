@@ -19,6 +19,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from propensity.config import Settings, load_settings
+from propensity.paths import check_output
 from propensity.ui import console, kv_table, progress_bar
 
 app = typer.Typer(
@@ -51,6 +52,10 @@ def _exit_code(exc: BaseException) -> int | None:
     from training.lock import LockBusyError
     from training.registry import RegistryError
 
+    from propensity.paths import UnsafeOutputError
+
+    if isinstance(exc, UnsafeOutputError):
+        return 1
     if isinstance(exc, TooManyBadRowsError):
         return 2
     if isinstance(exc, LockBusyError):
@@ -123,7 +128,7 @@ def generate(
     from features.generate import generate as run
 
     cfg = settings(data_dir=data_dir)
-    out = out or cfg.data_dir / "generated"
+    out = check_output(out or cfg.data_dir / "generated", cfg, is_dir=True)
     gcfg = GeneratorConfig(n_users=users, days=days, seed=seed, dirty_share=dirty_share)
     with progress_bar("simulating users") as progress:
         result = run(gcfg, out, progress=progress)
@@ -185,7 +190,7 @@ def run_validation(
         future_tolerance=timedelta(hours=cfg.validation.future_tolerance_hours),
         max_bad_share=cfg.validation.max_bad_share if max_bad_share is None else max_bad_share,
     )
-    out = out or cfg.clean_dir
+    out = check_output(out or cfg.clean_dir, cfg, is_dir=True)
     with progress_bar("validating events") as progress:
         try:
             return validate_events(
@@ -236,7 +241,7 @@ def features(
     spec = feature_spec(cfg)
     with progress_bar("building features") as progress:
         table = build_features(events, when, spec, progress=progress)
-    out = out or cfg.features_dir / f"features_{when:%Y%m%dT%H%M}.parquet"
+    out = check_output(out or cfg.features_dir / f"features_{when:%Y%m%dT%H%M}.parquet", cfg)
     write_features(table, out, when, spec)
     console().print(kv_table("features", {
         "users": len(table), "columns": table.shape[1], "spec version": spec.version, "as of": when.isoformat(),

@@ -12,6 +12,7 @@ import typer
 from propensity.cli import AsOf, DataDir, _required_as_of, app, friendly, settings
 from propensity.cli_models import registry
 from propensity.config import Settings
+from propensity.paths import check_output
 from propensity.ui import console, kv_table, progress_bar
 
 
@@ -44,6 +45,7 @@ def run_audience(
 
     from serving.audience import select_audience
 
+    check_output(out, cfg)
     source = scores or latest_audience(cfg)
     picked, summary = select_audience(
         pd.read_parquet(source), action, activation_config(cfg), budget=budget, top_k=top
@@ -64,7 +66,7 @@ def run_score(cfg: Settings, events: Path, as_of: datetime, out: Path | None = N
     from training.job import load_champions
 
     bundles = load_champions(registry(cfg))
-    out = out or cfg.scores_dir / f"audience_{as_of:%Y%m%dT%H%M}.parquet"
+    out = check_output(out or cfg.scores_dir / f"audience_{as_of:%Y%m%dT%H%M}.parquet", cfg)
     store = open_score_store(cfg) if publish else None
     try:
         with progress_bar("scoring users") as progress:
@@ -204,7 +206,7 @@ def run_report(cfg: Settings, out: Path | None = None, scores: Path | None = Non
         audience, previous=previous, model_info=model_info, calibration=calibration or None,
         snapshot_info=snapshot, activation=activation_config(cfg), generated_at=datetime.now(timezone.utc),
     )
-    return write_report(html, out or cfg.reports_dir / "report.html")
+    return write_report(html, check_output(out or cfg.reports_dir / "report.html", cfg))
 
 
 @app.command()

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from features.build import build_features, default_connection, events_table
@@ -24,14 +24,26 @@ FAST = settings(
 boundary_ages = st.sampled_from([DAY * d for d in (1, 3, 7, 15, 30, 90, 365)] + [1, DAY - 1, DAY + 1])
 past_age = st.one_of(st.integers(1, 400 * DAY), boundary_ages)
 event = st.tuples(
-    st.sampled_from(["u0", "u1", "u2", "u3"]),
-    st.sampled_from(BEHAVIORS),
+    st.sampled_from(["u0", "u1", "u2"]),
+    st.sampled_from((*BEHAVIORS, "buy", "buy")),  # more buys, so histories reach the P and L layers often
     st.sampled_from([None, "i0", "i1", "i2", "i3"]),
     st.sampled_from([None, "c0", "c1", "c2"]),
     st.sampled_from([None, "search", "recommend", "ad", "live"]),
     st.one_of(st.none(), st.floats(0, 500, allow_nan=False)),
 )
-history = st.lists(st.tuples(event, past_age), min_size=1, max_size=40)
+history = st.lists(st.tuples(event, past_age), min_size=3, max_size=40)
+
+
+def ev(user: str, behavior: str, age_s: int, channel: str | None = None) -> tuple:
+    return ((user, behavior, "i0", "c0", channel, 5.0), age_s)
+
+
+# one user per AIPL layer, including the window edges, so every rule is exercised whatever is generated
+LAYERS_EXAMPLE = [
+    ev("L", "buy", 3 * DAY), ev("L", "buy", 365 * DAY), ev("P", "buy", 2 * DAY + 5), ev("P", "buy", 2 * DAY + 9),
+    ev("P", "buy", 366 * DAY), ev("I", "cart", 90 * DAY, "ad"), ev("A", "view", 15 * DAY, "recommend"),
+    ev("none", "view", 15 * DAY + 1), ev("none", "fav", 90 * DAY + 1),
+]
 future = st.lists(st.tuples(event, st.integers(0, 30 * DAY)), min_size=1, max_size=15)
 
 
@@ -46,6 +58,7 @@ def frame(rows: list[tuple], sign: int) -> pd.DataFrame:
 
 @FAST
 @given(history, future)
+@example(LAYERS_EXAMPLE, [ev("none", "buy", 0), ev("A", "buy", 0), ev("new", "view", 1)])
 def test_events_at_or_after_as_of_change_no_feature(past, later):
     before = build_features(frame(past, -1), AS_OF, SPEC)
     with_future = build_features(pd.concat([frame(past, -1), frame(later, +1)], ignore_index=True), AS_OF, SPEC)
@@ -54,6 +67,7 @@ def test_events_at_or_after_as_of_change_no_feature(past, later):
 
 @FAST
 @given(history)
+@example(LAYERS_EXAMPLE)
 def test_invariants_of_recency_windows_decay_and_aipl(past):
     f = build_features(frame(past, -1), AS_OF, SPEC)
     recency = f.filter(like="days_since")
@@ -85,6 +99,8 @@ def test_invariants_of_recency_windows_decay_and_aipl(past):
     assert ((f.rule_score >= base) & (f.rule_score < base + 1)).all()
     assert (f.category_new + f.category_regular <= 1).all()
     assert not f[integer_columns(SPEC)].isna().any().any()
+    if past is LAYERS_EXAMPLE:
+        assert dict(zip(f.user_id, f.aipl_layer)) == {"L": "L", "P": "P", "I": "I", "A": "A", "none": "none"}
 
 
 @FAST

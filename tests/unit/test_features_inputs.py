@@ -216,3 +216,14 @@ def test_taobao_sample_builds_one_row_per_user_matching_direct_pandas_counts():
     assert np.allclose(f["days_since_last_buy"].dropna().sort_index(), expected.sort_index())
     assert set(f.aipl_layer) <= {"L", "P", "I", "A"} and (f.days_since_last_event >= 0).all()
     assert ((f.aipl_layer == "L") == (f.purchase_days_365d >= 2)).all()
+
+
+def test_ibis_memtable_with_integer_ids_and_epoch_seconds_matches_the_pandas_path():
+    epoch = int(AS_OF.timestamp())
+    raw = pd.DataFrame(
+        {"user_id": [1, 1, 2], "ts": [epoch - 86_400, epoch - 3_600, epoch], "behavior": ["view", "buy", "view"]}
+    )
+    via_ibis = build_features(ibis.memtable(raw), AS_OF)
+    pd.testing.assert_frame_equal(via_ibis, build_features(raw, AS_OF))
+    assert via_ibis.user_id.tolist() == ["1"] and via_ibis.loc[0, "view_count_1d"] == 1
+    assert via_ibis.loc[0, "days_since_last_buy"] == pytest.approx(1 / 24)

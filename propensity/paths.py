@@ -1,0 +1,35 @@
+"""Guards on output paths, so a command cannot overwrite the score store or the model registry by accident."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from propensity.config import Settings
+
+
+class UnsafeOutputError(ValueError):
+    """An output path points at data the service depends on."""
+
+
+def protected_paths(cfg: Settings) -> list[tuple[Path, str]]:
+    """Files and folders no command may write its outputs into: the store, the MLflow database and artifacts."""
+    found = [(cfg.store_path, "the score store"), (cfg.artifact_root, "the MLflow artifact store")]
+    if cfg.tracking_uri.startswith("sqlite:///"):
+        found.append((Path(cfg.tracking_uri.removeprefix("sqlite:///")), "the MLflow database"))
+    return [(p.resolve(), what) for p, what in found]
+
+
+def check_output(path: Path, cfg: Settings, *, is_dir: bool = False) -> Path:
+    """Return ``path`` when it is safe to write; raise :class:`UnsafeOutputError` naming what it would clobber.
+
+    A file output must not be (or sit inside) a protected location; a folder output must also not contain one.
+    """
+    target = path.resolve()
+    for protected, what in protected_paths(cfg):
+        if target == protected or protected in target.parents:
+            raise UnsafeOutputError(f"refusing to write {path}: it would overwrite {what} ({protected}); choose another --out")
+        if is_dir and target in protected.parents:
+            raise UnsafeOutputError(
+                f"refusing to write into {path}: it holds {what} ({protected}); choose another --out"
+            )
+    return path
