@@ -160,6 +160,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: CPU count)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
     parser.add_argument("--skip-pandas", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the generated events and both outputs")
     args = parser.parse_args()
     n_users = args.users or max(1, args.events // 50)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -191,6 +192,9 @@ def main() -> None:
     for key, value in result.items():
         print(f"{key:>22}: {value:,}" if isinstance(value, int) else f"{key:>22}: {value}")
     (args.out / "bench_features.json").write_text(json.dumps(result, indent=1))
+    if not args.keep:
+        for leftover in (path, Path(ibis_res["out"]), args.out / "pandas_features.parquet"):
+            leftover.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

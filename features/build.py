@@ -187,7 +187,9 @@ def build_features(
 
     Dtypes: ``user_id`` and ``aipl_layer`` strings, counts and flags int64, everything else float64 (NaN where a
     feature is undefined); rows sorted by ``user_id`` with a fresh RangeIndex. ``progress(done, total)`` is
-    called after resolving the input, after execution and at the end (total 3).
+    called after resolving the input, after execution and at the end (total 3). Without ``con``, a pandas or
+    Parquet input runs on this thread's DuckDB connection and an Ibis table on its own backend; a connection
+    passed as ``con`` must not be used by several threads at once.
     """
     spec = spec or FeatureSpec()
     as_of = as_utc(as_of)

@@ -108,7 +108,9 @@ def _weighted(events: ibis.Table, as_of: datetime, spec: FeatureSpec, keep: tupl
     events = events.filter(ts < _ts_literal(as_of, ts.type()))
     cols = _canonical_columns(events)
     behavior, channel = cols["behavior"], cols["channel"]
-    age_s = ibis.greatest(ibis.literal(as_of.timestamp()) - cols["ts"].epoch_seconds().cast("float64"), 0.0)
+    # whole microseconds between ts and as_of: exact on every backend (epoch_seconds() is whole seconds on Spark)
+    age_us = _ts_literal(as_of, cols["ts"].type()).delta(cols["ts"], unit="microsecond")
+    age_s = ibis.greatest(age_us.cast("float64") / 1e6, 0.0)
     age_days = age_s / SECONDS_PER_DAY
     is_browse = behavior.isin(BROWSE_BEHAVIORS)
     is_interest = behavior.isin(INTEREST_BEHAVIORS)

@@ -113,3 +113,47 @@ def test_lock_refuses_a_second_holder(tmp_path: Path):
                 pass
     with exclusive_lock(lock, "third"):  # released after the first block
         pass
+
+
+def test_training_killed_midway_changes_no_alias_and_releases_the_lock(trained, tmp_path: Path):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    registry, cfg, _ = trained
+    before = {t: (registry.version(t, CHAMPION), registry.version(t, CHALLENGER)) for t in cfg.targets}
+    lock = tmp_path / "train.lock"
+    code = (
+        "import sys\n"
+        "from dataclasses import replace\n"
+        "from pathlib import Path\n"
+        "from training.job import TrainConfig, run_training\n"
+        "from training.lock import exclusive_lock\n"
+        "from training.registry import Registry\n"
+        f"cfg = TrainConfig(events_path=Path({str(cfg.events_path)!r}), out_dir=Path({str(tmp_path / 'p')!r}),"
+        f" lapse_days={cfg.lapse_days}, n_cutoffs=4, min_positives=30, min_negatives=30,"
+        f" data_end=__import__('datetime').datetime.fromisoformat({cfg.data_end.isoformat()!r}))\n"
+        f"reg = Registry({registry.tracking_uri!r}, Path({str(registry.artifact_root)!r}))\n"
+        f"with exclusive_lock(Path({str(lock)!r}), 'test'):\n"
+        "    run_training(cfg, reg)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if lock.exists() and lock.read_text().strip() and json.loads(lock.read_text())["pid"] == proc.pid:
+            break
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("the training subprocess never took the lock")
+    time.sleep(4.0)  # mid-way: building features for the cutoffs
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    assert {t: (registry.version(t, CHAMPION), registry.version(t, CHALLENGER)) for t in cfg.targets} == before
+    with exclusive_lock(lock, "after the crash"):  # the kernel released the dead holder's lock
+        outcome = run_training(replace(cfg, targets=("lapse_risk",)), registry).outcomes["lapse_risk"]
+    assert registry.version("lapse_risk", CHALLENGER) == outcome.version
