@@ -32,7 +32,8 @@ def train_config(cfg: Settings, events: Path, truth: Path | None, data_end: date
         horizon_days=t.horizon_days, lapse_days=t.lapse_days, n_cutoffs=t.n_cutoffs,
         cutoff_spacing_days=t.cutoff_spacing_days, min_positives=t.min_positives, min_negatives=t.min_negatives,
         params=BoosterParams(
-            num_boost_round=t.num_boost_round, learning_rate=t.learning_rate, num_leaves=t.num_leaves, seed=t.seed
+            num_boost_round=t.num_boost_round, learning_rate=t.learning_rate, num_leaves=t.num_leaves,
+            min_data_in_leaf=t.min_data_in_leaf, seed=t.seed,
         ),
         calibration=t.calibration, logloss_tolerance=t.gate_logloss_tolerance, truth_path=truth, data_end=data_end,
     )

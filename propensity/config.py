@@ -42,15 +42,16 @@ class TrainingSettings(BaseModel):
 
     horizon_days: int = Field(3, ge=1, description="H: last-mile buyer label window, days.")
     lapse_days: int | None = Field(None, ge=1, description="N: lapse window, days; None = fitted 80/20 gap.")
-    n_cutoffs: int = Field(6, ge=3, description="Cutoffs stacked: train on all but the last two.")
-    cutoff_spacing_days: int = Field(7, ge=1)
+    n_cutoffs: int = Field(8, ge=3, description="Cutoffs stacked: train on all but the last two.")
+    cutoff_spacing_days: int = Field(4, ge=1)
     min_positives: int = Field(100, ge=1)
     min_negatives: int = Field(100, ge=1)
     gate_logloss_tolerance: float = Field(0.005, ge=0.0, description="Allowed log-loss increase for promotion.")
     calibration: str = Field("isotonic", pattern="^(isotonic|platt)$")
-    num_boost_round: int = Field(600, ge=1)
-    learning_rate: float = Field(0.05, gt=0)
-    num_leaves: int = Field(31, ge=2)
+    num_boost_round: int = Field(800, ge=1)
+    learning_rate: float = Field(0.03, gt=0)
+    num_leaves: int = Field(15, ge=2)
+    min_data_in_leaf: int = Field(200, ge=1)
     seed: int = 7
 
 

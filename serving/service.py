@@ -16,6 +16,7 @@ model when running from a built Bento (see :mod:`serving.bento_models`), else fr
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 from pathlib import Path
 
@@ -81,6 +82,7 @@ class PropensityService:
     @bentoml.on_startup
     async def _start_reload(self) -> None:
         self.runtime.start()
+        gc.freeze()  # the server's own long-lived objects, built after __init__, out of the collector's scans
 
     @bentoml.on_shutdown
     async def _shutdown(self) -> None:

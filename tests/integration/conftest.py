@@ -176,7 +176,7 @@ class Server:
                 self.proc.wait(timeout=10)
 
 
-def start_server(settings: Any, log_path: Path, *, require_ready: bool = True, timeout: float = 90.0,
+def start_server(settings: Any, log_path: Path, *, require_ready: bool = True, timeout: float = 180.0,
                  **kwargs: Any) -> Server:
     """Start the real server (``serve_args``) on a free loopback port; wait until it answers ``/readyz``
     (200 when ``require_ready``, any answer otherwise)."""

@@ -1,0 +1,236 @@
+"""Wall and CPU time of the training job (both targets) with a breakdown, against a plain ``lightgbm.train``.
+
+    .venv/bin/python benchmarks/bench_training.py --users 200000 [--days 120] [--lapse-days 30] [--profile out.prof]
+
+Generates a shop without ground truth (or reuses it from the cache shared with ``bench_quality.py``), runs
+``training.job.run_training`` into a temporary MLflow sqlite registry and times its parts by wrapping the real
+functions it calls (the same code runs; only a stopwatch is added around each call):
+
+- feature builds (``build_features``, one per distinct cutoff of both targets), segmenter fit and transform,
+  labels and joins (``labelled_frame``);
+- ``train_target``: LightGBM fit (``fit_booster``), logistic baseline, SHAP contributions, evaluation;
+- plots, MLflow logging and registration (``Registry.log_challenger``), the champion check.
+
+Same-run baseline: a plain ``lightgbm.train`` (same parameters, early stopping, ``num_threads``) on the very same
+design matrices the job built, so the job's overhead over the bare fit is visible. Target: 1M users <= 120 s.
+``--profile`` also writes a cProfile of the job (Python frames only; DuckDB and LightGBM threads show as the
+calls that wait for them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import functools
+import json
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (ROOT, ROOT / "benchmarks"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+from bench_quality import CACHE, cpu_seconds, load_note, make_shop, peak_rss_mib, temp_registry, train_config  # noqa: E402
+
+
+class Stopwatch:
+    """Inclusive wall/CPU seconds and call counts per named function."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = defaultdict(float)
+        self.cpu: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+
+    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0, c0 = time.perf_counter(), cpu_seconds()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.wall[name] += time.perf_counter() - t0
+                self.cpu[name] += cpu_seconds() - c0
+                self.calls[name] += 1
+
+        return timed
+
+
+@contextmanager
+def instrumented(watch: Stopwatch, points: list[tuple[Any, str, str]]) -> Iterator[None]:
+    """Wrap ``getattr(owner, attr)`` in ``watch`` under ``name`` for every point; restore them afterwards."""
+    saved = []
+    try:
+        for owner, attr, name in points:
+            original = getattr(owner, attr)
+            saved.append((owner, attr, original))
+            setattr(owner, attr, watch.wrap(name, original))
+        yield
+    finally:
+        for owner, attr, original in reversed(saved):
+            setattr(owner, attr, original)
+
+
+# (name, indent level) in display order; each child's time is included in its parent's.
+BREAKDOWN = (
+    ("data fingerprint", 0),
+    ("feature builds", 0),
+    ("segmenter fit", 0),
+    ("segmenter transform", 0),
+    ("labels + join", 0),
+    ("train_target", 0),
+    ("LightGBM fit", 1),
+    ("logistic fit", 1),
+    ("SHAP contributions", 1),
+    ("evaluate", 1),
+    ("plots", 0),
+    ("champion check", 0),
+    ("MLflow log + register", 0),
+    ("MLflow promote + tag", 0),
+)
+
+
+def points(captured: list[tuple[Any, ...]]) -> list[tuple[Any, str, str]]:
+    import training.job as job
+    import training.train as train
+    from features.segments import Segmenter
+    from training.bundle import ModelBundle
+    from training.registry import Registry
+
+    def capture(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def keep(*args: Any, **kwargs: Any) -> Any:
+            captured.append(args)
+            return fn(*args, **kwargs)
+
+        return keep
+
+    train.fit_booster = capture(train.fit_booster)  # restored by the caller (module attribute saved first)
+    return [
+        (job, "data_fingerprint", "data fingerprint"),
+        (job, "build_features", "feature builds"),
+        (Segmenter, "fit", "segmenter fit"),
+        (Segmenter, "transform", "segmenter transform"),
+        (job, "labelled_frame", "labels + join"),
+        (job, "train_target", "train_target"),
+        (train, "fit_booster", "LightGBM fit"),
+        (train, "fit_logistic", "logistic fit"),
+        (ModelBundle, "contributions", "SHAP contributions"),
+        (train, "evaluate", "evaluate"),
+        (job, "write_plots", "plots"),
+        (job, "_champion_metrics", "champion check"),
+        (Registry, "log_challenger", "MLflow log + register"),
+        (Registry, "promote", "MLflow promote + tag"),
+    ]
+
+
+def plain_lightgbm(captured: list[tuple[Any, ...]]) -> tuple[float, float, list[int]]:
+    """Bare ``lightgbm.train`` on the job's own matrices (same params, early stopping): wall, CPU, rounds."""
+    import lightgbm as lgb
+
+    wall = cpu = 0.0
+    rounds = []
+    for x_tr, y_tr, x_va, y_va, names, params in captured:
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        pos = int(y_tr.sum())
+        train = lgb.Dataset(x_tr, label=y_tr, feature_name=names)
+        valid = lgb.Dataset(x_va, label=y_va, reference=train)
+        booster = lgb.train(params.lgb_params(pos, len(y_tr) - pos), train, num_boost_round=params.num_boost_round,
+                            valid_sets=[valid], callbacks=[lgb.early_stopping(params.early_stopping_rounds, verbose=False)])
+        wall += time.perf_counter() - t0
+        cpu += cpu_seconds() - c0
+        rounds.append(int(booster.best_iteration or booster.current_iteration()))
+    return wall, cpu, rounds
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--users", type=int, default=200_000)
+    ap.add_argument("--days", type=int, default=120)
+    ap.add_argument("--lapse-days", type=int, default=30)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--cache", type=Path, default=CACHE)
+    ap.add_argument("--fresh", action="store_true", help="regenerate the shop even when cached")
+    ap.add_argument("--profile", type=Path, default=None, help="write a cProfile of run_training here")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--no-header", action="store_true", help="print only the summary row")
+    args = ap.parse_args(argv)
+
+    import training.train as train
+    from training.job import run_training
+
+    shop = make_shop(args.users, days=args.days, seed=args.seed, lapse_days=args.lapse_days, truth=False,
+                     cache=args.cache, fresh=args.fresh)
+    how = "reused from cache" if shop.cached else f"generated in {shop.gen_seconds:.1f} s"
+    print(f"shop: {shop.users:,} users, {shop.events:,} events ({how})", file=sys.stderr, flush=True)
+    watch, captured = Stopwatch(), []
+    original_fit = train.fit_booster
+    with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
+        root = Path(tmp)
+        cfg = train_config(shop, root / "plots", args.lapse_days)
+        registry = temp_registry(root)
+        profiler = cProfile.Profile() if args.profile else None
+        try:
+            with instrumented(watch, points(captured)):
+                t0, c0 = time.perf_counter(), cpu_seconds()
+                if profiler:
+                    profiler.enable()
+                report = run_training(cfg, registry)
+                if profiler:
+                    profiler.disable()
+                total, total_cpu = time.perf_counter() - t0, cpu_seconds() - c0
+        finally:
+            train.fit_booster = original_fit
+        if profiler and args.profile:
+            profiler.dump_stats(str(args.profile))
+    base_wall, base_cpu, rounds = plain_lightgbm(captured)
+    rows = {t: len(o.result.test_labels) for t, o in report.outcomes.items()}
+    train_rows = [len(c[1]) for c in captured]
+    n_features = captured[0][0].shape[1] if captured else 0
+    del captured
+
+    if not args.no_header:
+        print(f"\nrun_training at {args.users:,} users ({shop.events:,} events): {total:.1f} s wall, {total_cpu:.1f} s CPU,"
+              f" peak RSS {peak_rss_mib():,.0f} MiB; {load_note()}")
+        print(f"design matrices: train rows {train_rows} x {n_features} features; test rows {rows}; "
+              f"LightGBM rounds {rounds}\n")
+        print("| part | calls | wall s | CPU s | share of wall |\n|---|---|---|---|---|")
+        accounted = 0.0
+        for name, level in BREAKDOWN:
+            if name not in watch.calls:
+                continue
+            if level == 0:
+                accounted += watch.wall[name]
+            label = ("&nbsp;&nbsp;" * 2 * level) + name
+            print(f"| {label} | {watch.calls[name]} | {watch.wall[name]:.1f} | {watch.cpu[name]:.1f} "
+                  f"| {watch.wall[name] / total:.0%} |")
+        print(f"| other (job glue) | | {total - accounted:.1f} | | {(total - accounted) / total:.0%} |")
+        print(f"| **run_training total** | | **{total:.1f}** | **{total_cpu:.1f}** | 100% |")
+        print(f"| baseline: plain lightgbm.train, same matrices | {len(rounds)} | {base_wall:.1f} | {base_cpu:.1f} "
+              f"| {base_wall / total:.0%} |\n")
+        print("| users | events | run_training s (CPU s) | plain lightgbm.train s (CPU s) | ratio wall (CPU) "
+              "| feature builds s | LightGBM fit s | MLflow s | target 1M <= 120 s |\n|---|---|---|---|---|---|---|---|---|")
+    per_million = total * 1_000_000 / args.users
+    verdict = ("met" if total <= 120 else "missed") if args.users >= 1_000_000 else (
+        f"{'on track' if per_million <= 120 else 'missed'}: linear extrapolation {per_million:,.0f} s at 1M")
+    print(f"| {args.users:,} | {shop.events:,} | {total:.1f} ({total_cpu:.1f}) | {base_wall:.1f} ({base_cpu:.1f}) "
+          f"| {total / base_wall:.1f}x ({total_cpu / base_cpu:.1f}x) | {watch.wall['feature builds']:.1f} "
+          f"| {watch.wall['LightGBM fit']:.1f} | {watch.wall['MLflow log + register']:.1f} | {verdict} |")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "users": args.users, "events": shop.events, "seconds": total, "cpu": total_cpu,
+            "baseline_seconds": base_wall, "baseline_cpu": base_cpu, "rounds": rounds, "train_rows": train_rows,
+            "parts": {k: {"wall": watch.wall[k], "cpu": watch.cpu[k], "calls": watch.calls[k]} for k in watch.calls},
+        }, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
