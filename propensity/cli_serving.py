@@ -220,3 +220,36 @@ def report(
     cfg = settings(data_dir=data_dir)
     path = run_report(cfg, out, scores)
     console().print(f"report written to {path} (open it in any browser; it needs no network)")
+
+
+@app.command()
+@friendly
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address [default: 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: 3000].")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    model_dir: Annotated[Path | None, typer.Option(help="Serve pinned bundles from here, not the registry.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Run the BentoML service (/lookup, /score, /audience, health, metrics). Needs PROPENSITY_SERVING__API_TOKEN
+    (or _API_TOKEN_FILE), or PROPENSITY_SERVING__ALLOW_NO_AUTH=1 for a local experiment."""
+    from serving.service_config import ServiceConfigError, service_options
+    from serving.service_serve import serve_command
+
+    cfg = settings(data_dir=data_dir)
+    try:
+        service_options(cfg)
+    except ServiceConfigError as exc:
+        console().print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    raise typer.Exit(serve_command(cfg, host, port, workers, model_dir=model_dir))
+
+
+@app.command()
+@friendly
+def pin(data_dir: DataDir = None) -> None:
+    """Copy both @champion bundles into a BentoML model, so `bentoml build` makes a Bento that needs no registry."""
+    from serving.bento_models import pin_champions
+
+    path = pin_champions(settings(data_dir=data_dir))
+    console().print(f"champions pinned in {path}; now run: bentoml build")

@@ -68,6 +68,9 @@ class ServingSettings(BaseModel):
     batch_chunk_users: int = Field(200_000, ge=1000)
     api_token: SecretStr | None = None
     api_token_file: Path | None = None
+    allow_no_auth: bool = Field(False, description="Serve without a token (local experiments only).")
+    reload_interval_s: float = Field(5.0, gt=0, description="How often the service checks for a new champion.")
+    model_dir: Path | None = Field(None, description="Serve pinned bundles from here instead of the registry.")
 
 
 class ActivationSettings(BaseModel):

@@ -130,6 +130,7 @@ def run_batch(
         "models": {t: str(b.meta.get("version", "")) for t, b in bundles.items()},
         "spec_version": spec.version,
         "defaults": defaults,
+        "audience_path": str(out_path.resolve()),
     }
     try:
         if store is not None:

@@ -245,12 +245,19 @@ class _HealthRoute:
         await healthz(scope, receive, send)
 
 
+def _audience_endpoint(state: AppState) -> Any:
+    from serving.service_audience import AudienceEndpoint
+
+    return AudienceEndpoint(state)
+
+
 def build_app(state: AppState) -> Starlette:
     """The Starlette app with the four routes, reading the runtime from ``state``."""
     return Starlette(
         routes=[
             Route("/lookup", LookupEndpoint(state), methods=["POST"]),
             Route("/score", ScoreEndpoint(state), methods=["POST"]),
+            Route("/audience", _audience_endpoint(state), methods=["POST"]),
             Route("/readyz", ReadyzEndpoint(state), methods=["GET", "HEAD"]),
             Route("/healthz", _HealthRoute(), methods=["GET", "HEAD"]),
         ]

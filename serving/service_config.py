@@ -5,11 +5,12 @@ parent (``propensity serve``, see :mod:`serving.service_serve`) passes its resol
 ``PROPENSITY_SETTINGS_JSON`` and the worker rebuilds them with :func:`settings_from_env`. Without that variable
 the settings are read as usual (defaults, ``propensity.toml``, ``PROPENSITY_*`` variables).
 
-Environment variables read here that the Settings class does not (yet) model:
+Settings used here (each also readable from the environment of the worker itself):
 
-- ``PROPENSITY_SERVING__ALLOW_NO_AUTH``: ``1``/``true``/``yes`` to run without a bearer token (explicit opt-in);
-- ``PROPENSITY_SERVING__RELOAD_INTERVAL_S``: seconds between checks for new champion models (default 5);
-- ``PROPENSITY_MODEL_DIR``: serve the bundles pinned in this directory instead of following the registry.
+- ``serving.allow_no_auth`` / ``PROPENSITY_SERVING__ALLOW_NO_AUTH``: run without a bearer token (explicit opt-in);
+- ``serving.reload_interval_s`` / ``PROPENSITY_SERVING__RELOAD_INTERVAL_S``: seconds between champion checks;
+- ``serving.model_dir`` / ``PROPENSITY_MODEL_DIR``: serve the bundles pinned in this directory instead of
+  following the registry (a built Bento sets the variable).
 """
 
 from __future__ import annotations
@@ -106,13 +107,13 @@ def service_options(settings: Settings, environ: Mapping[str, str] | None = None
         token = settings.api_token_value()
     except OSError as exc:
         raise ServiceConfigError(f"cannot read the API token file {settings.serving.api_token_file}: {exc}") from None
-    allow_no_auth = _flag(environ, ALLOW_NO_AUTH_ENV)
+    allow_no_auth = settings.serving.allow_no_auth or _flag(environ, ALLOW_NO_AUTH_ENV)
     if token is None and not allow_no_auth:
         raise ServiceConfigError(
             "no API token configured: set PROPENSITY_SERVING__API_TOKEN or PROPENSITY_SERVING__API_TOKEN_FILE "
             f"(a file holding the token), or set {ALLOW_NO_AUTH_ENV}=1 to run without authentication"
         )
-    model_dir = environ.get(MODEL_DIR_ENV, "").strip()
+    model_dir = environ.get(MODEL_DIR_ENV, "").strip() or settings.serving.model_dir
     s = settings.serving
     return ServiceOptions(
         token=token,
@@ -122,6 +123,6 @@ def service_options(settings: Settings, environ: Mapping[str, str] | None = None
         score_max_users=s.score_max_users,
         score_max_events=s.score_max_events,
         future_tolerance_s=settings.validation.future_tolerance_hours * 3600.0,
-        reload_interval_s=_positive_float(environ, RELOAD_INTERVAL_ENV, DEFAULT_RELOAD_INTERVAL_S),
+        reload_interval_s=_positive_float(environ, RELOAD_INTERVAL_ENV, settings.serving.reload_interval_s),
         model_dir=Path(model_dir) if model_dir else None,
     )

@@ -103,6 +103,7 @@ class Registry:
                 signature = infer_signature(example, bundle.predict_raw(example.to_numpy()))
                 info = mlflow.lightgbm.log_model(
                     bundle.booster,
+                    pip_requirements=_requirements(),
                     name="model",
                     registered_model_name=bundle.target,
                     signature=signature,
@@ -176,9 +177,10 @@ class Registry:
         return Path(path), version
 
     def load_bundle(self, target: str, alias: str = CHAMPION) -> tuple[ModelBundle, str]:
-        """The scoring bundle behind ``alias`` and its version."""
-        directory, version = self.download(target, alias)
-        bundle = ModelBundle.load(directory / "extra_files")
+        """The scoring bundle behind ``alias`` and its version (read into memory; no files left behind)."""
+        with tempfile.TemporaryDirectory(prefix=f"{target}-") as tmp:
+            directory, version = self.download(target, alias, Path(tmp))
+            bundle = ModelBundle.load(directory / "extra_files")
         bundle.meta = {**bundle.meta, "version": version}
         return bundle, version
 
@@ -188,6 +190,13 @@ class Registry:
             return {}
         run_id = self.client.get_model_version(target, version).run_id
         return dict(self.client.get_run(run_id).data.metrics) if run_id else {}
+
+
+def _requirements() -> list[str]:
+    """Pinned runtime requirements of a logged model (given explicitly: MLflow's inference costs ~25 s a model)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("lightgbm", "numpy", "pandas", "scikit-learn")]
 
 
 def _param(value: Any) -> Any:

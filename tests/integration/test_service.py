@@ -407,3 +407,35 @@ def test_built_bento_serves_the_pinned_champions_without_the_registry(trained: T
         assert not absent.exists()  # the registry was never opened
     finally:
         srv.stop()
+
+
+# ------------------------------------------------------------------------------------------------- audience
+def test_audience_route_matches_the_cli_selection_on_the_published_batch(
+    server: Server, trained: Trained, tmp_path: Path
+) -> None:
+    from serving.activation import ActivationConfig
+    from serving.audience import select_audience
+    from serving.batch import run_batch
+    from serving.store import open_store
+    from training.registry import Registry
+
+    registry = Registry(trained.tracking_uri, trained.artifact_root)
+    bundles = {t: registry.load_bundle(t)[0] for t in ("last_mile_buyer", "lapse_risk")}
+    store = open_store(trained.store_path)
+    try:
+        result = run_batch(trained.events, AS_OF, bundles, store, tmp_path / "audience.parquet",
+                           created_at=AS_OF + timedelta(hours=5))
+    finally:
+        store.close()
+    frame = pd.read_parquet(result.audience_path)
+    action = frame.loc[frame["action"] != "none", "action"].value_counts().index[0]
+    _, expected = select_audience(frame, action, ActivationConfig(), top_k=5)
+    r = server.client.post("/audience", json={"action": action, "top_k": 5})
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["snapshot_id"] == result.snapshot.snapshot_id
+    assert doc["size"] == expected.size == len(doc["user_ids"])
+    assert doc["expected_profit"] == pytest.approx(expected.expected_profit)
+    bad = server.client.post("/audience", json={"action": "spam_everyone"})
+    assert bad.status_code == 422 and "action" in bad.json()["message"]
+    assert server.anon.post("/audience", json={"action": action}).status_code == 401

@@ -1,0 +1,112 @@
+"""``POST /audience``: the budget-aware audience for one action, from the current snapshot's audience file.
+
+Body: ``{"action": str, "budget": number?, "top_k": int?, "limit": int? (user ids returned, default 1000)}``.
+Answer: the :class:`serving.audience.AudienceSummary` fields, the snapshot id, and the selected ``user_ids``, best
+first (at most ``limit``). The same :func:`serving.audience.select_audience` as ``propensity audience``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from serving.activation import ACTIONS, ActivationConfig, ActivationError
+from serving.audience import select_audience
+from serving.http_app import AppState, HTTPError, Receive, Scope, Send, check_auth, read_json, send_error, send_json
+
+MAX_LIMIT = 100_000
+
+
+class AudienceCache:
+    """The audience frame of the newest snapshot read so far (one frame in memory, replaced on a new snapshot)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: str | None = None
+        self._frame: pd.DataFrame | None = None
+
+    def frame(self, snapshot_id: str, path: str) -> pd.DataFrame:
+        with self._lock:
+            if self._key != snapshot_id or self._frame is None:
+                self._frame = pd.read_parquet(Path(path))
+                self._key = snapshot_id
+            return self._frame
+
+
+def parse_audience_request(doc: Any) -> tuple[str, float | None, int | None, int]:
+    """Validate a decoded body: (action, budget, top_k, limit); 422 :class:`HTTPError` when invalid."""
+    if type(doc) is not dict:
+        raise HTTPError(422, "invalid", "the body must be a JSON object with 'action'")
+    action = doc.get("action")
+    if action not in ACTIONS:
+        raise HTTPError(422, "invalid", f"'action' must be one of {list(ACTIONS)}, got {json.dumps(action)[:60]}")
+    budget, top_k, limit = doc.get("budget"), doc.get("top_k"), doc.get("limit", 1000)
+    if budget is not None and (type(budget) not in (int, float) or not budget >= 0 or budget == float("inf")):
+        raise HTTPError(422, "invalid", "'budget' must be a finite number >= 0")
+    for name, value in (("top_k", top_k), ("limit", limit)):
+        if value is not None and (type(value) is not int or value < 0 or value > 10**9):
+            raise HTTPError(422, "invalid", f"'{name}' must be a non-negative integer")
+    return action, (float(budget) if budget is not None else None), top_k, min(int(limit), MAX_LIMIT)
+
+
+class AudienceEndpoint:
+    """``POST /audience`` as a raw ASGI app."""
+
+    def __init__(self, state: AppState, activation: ActivationConfig | None = None) -> None:
+        self.state = state
+        self.activation = activation  # None: read from the service's settings on first use
+        self.cache = AudienceCache()
+
+    def _economics(self) -> ActivationConfig:
+        if self.activation is None:
+            from serving.service_config import settings_from_env
+
+            self.activation = ActivationConfig.from_settings(settings_from_env().activation)
+        return self.activation
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rt = self.state.runtime
+        if rt is None:
+            await send_json(send, 503, b'{"error":"starting","message":"the service is still starting"}')
+            return
+        try:
+            declared = check_auth(scope, rt.token_bytes)
+            doc = await read_json(receive, declared, rt.options.max_request_bytes)
+            action, budget, top_k, limit = parse_audience_request(doc)
+            body = await asyncio.get_running_loop().run_in_executor(
+                None, self._select, rt, action, budget, top_k, limit
+            )
+        except HTTPError as err:
+            await send_error(send, err)
+            return
+        await send_json(send, 200, body)
+
+    def _select(self, rt: Any, action: str, budget: float | None, top_k: int | None, limit: int) -> bytes:
+        from serving.store import StoreError
+
+        try:
+            snap = rt.store.current()
+        except StoreError as exc:
+            raise HTTPError(503, "store_unavailable", f"score store unavailable: {exc}") from None
+        path = snap.meta.get("audience_path") if snap is not None else None
+        if snap is None or not path or not Path(path).is_file():
+            raise HTTPError(503, "no_audience", "no audience file for the current snapshot: run `propensity score`")
+        frame = self.cache.frame(snap.snapshot_id, path)
+        try:
+            picked, summary = select_audience(frame, action, self._economics(), budget=budget, top_k=top_k)
+        except ActivationError as exc:
+            raise HTTPError(422, "invalid", str(exc)) from None
+        doc = {**summary.to_dict(), "snapshot_id": snap.snapshot_id,
+               "user_ids": picked["user_id"].astype(str).head(limit).tolist()}
+        return json.dumps(doc, allow_nan=False, default=_plain).encode()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and value != value:
+        return None
+    return str(value)
