@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -126,6 +127,8 @@ def spark_connection(
 def _start_session(master: str, app_name: str, settings: Mapping[str, str], remote: bool) -> SparkSession:
     from pyspark.sql import SparkSession
 
+    if master.startswith("local"):  # Python workers must run this interpreter (it has the project installed)
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
     builder = builder.remote(master) if remote else builder.master(master)
     for key, value in settings.items():
@@ -198,7 +201,7 @@ def build_features_spark(
     back from ``out_dir`` when given (so later actions do not recompute the features), else lazy. A local
     ``out_dir`` is written to a sibling temporary directory and renamed into place, so it is complete or absent;
     it also gets :data:`META_FILE` (spec, as_of, bucket count, rows). ``con`` defaults to a new
-    :func:`spark_connection`. ``progress(done, 3)``: after planning, after writing, at the end.
+    :func:`spark_connection`. ``progress(done, 2)``: after planning, after writing.
     """
     if not isinstance(n_buckets, int) or isinstance(n_buckets, bool) or n_buckets < 1:
         raise FeatureInputError(f"n_buckets must be a positive integer, got {n_buckets!r}")
@@ -207,39 +210,18 @@ def build_features_spark(
     con = con or spark_connection()
     frame = with_buckets(feature_frame_spark(events, as_of, spec, con), n_buckets)
     if progress:
-        progress(1, 3)
+        progress(1, 2)
     if out_dir is None:
         if progress:
-            progress(3, 3)
+            progress(2, 2)
         return frame
-    target = str(out_dir)
-    local = "://" not in target
-    write_to = f"{target.rstrip('/')}.partial-{uuid.uuid4().hex[:8]}" if local else target
-    try:
-        frame.repartition(n_buckets, BUCKET_COLUMN).write.mode("overwrite").partitionBy(BUCKET_COLUMN).parquet(
-            write_to
-        )
-        if progress:
-            progress(2, 3)
-        session = frame.sparkSession
-        rows = session.read.parquet(write_to).count()
-        if local:
-            meta = {
-                "spec_version": spec.version,
-                "as_of": as_of.isoformat(),
-                "spec": spec.to_dict(),
-                "n_buckets": n_buckets,
-                "rows": rows,
-            }
-            (Path(write_to) / META_FILE).write_text(json.dumps(meta, sort_keys=True))
-            _replace_dir(Path(write_to), Path(target))
-    except BaseException:
-        if local:
-            shutil.rmtree(write_to, ignore_errors=True)
-        raise
+    meta = {"spec_version": spec.version, "as_of": as_of.isoformat(), "spec": spec.to_dict(), "n_buckets": n_buckets}
+    written = write_parquet_dir(
+        frame.repartition(n_buckets, BUCKET_COLUMN), out_dir, partition_by=BUCKET_COLUMN, meta=(META_FILE, meta)
+    )
     if progress:
-        progress(3, 3)
-    return frame.sparkSession.read.parquet(target)
+        progress(2, 2)
+    return written
 
 
 def with_buckets(frame: DataFrame, n_buckets: int) -> DataFrame:
@@ -247,6 +229,43 @@ def with_buckets(frame: DataFrame, n_buckets: int) -> DataFrame:
     from pyspark.sql import functions as F
 
     return frame.withColumn(BUCKET_COLUMN, F.pmod(F.xxhash64(F.col(FEATURE_TABLE_KEY)), F.lit(n_buckets)).cast("int"))
+
+
+def write_parquet_dir(
+    frame: DataFrame,
+    out_dir: str | Path,
+    *,
+    partition_by: str | None = None,
+    meta: tuple[str, Mapping[str, Any]] | None = None,
+) -> DataFrame:
+    """Write ``frame`` as a Parquet directory (hive partitions ``partition_by=value/`` when given) and return it
+    read back from there.
+
+    A local ``out_dir`` is written to a sibling temporary directory, gets ``meta = (file name, JSON doc)`` with
+    ``rows`` added, and is then renamed into place (an existing directory is replaced only after the new one is
+    complete), so readers see the old or the new directory, never a half-written one. A URL (``s3a://``,
+    ``hdfs://``...) is written in place by Spark's output committer and gets no side file.
+    """
+    target = str(out_dir)
+    local = "://" not in target
+    write_to = f"{target.rstrip('/')}.partial-{uuid.uuid4().hex[:8]}" if local else target
+    writer = frame.write.mode("overwrite")
+    if partition_by:
+        writer = writer.partitionBy(partition_by)
+    session = frame.sparkSession
+    try:
+        writer.parquet(write_to)
+        if local:
+            if meta is not None:
+                name, doc = meta
+                rows = session.read.parquet(write_to).count()
+                (Path(write_to) / name).write_text(json.dumps({**doc, "rows": rows}, sort_keys=True))
+            _replace_dir(Path(write_to), Path(target))
+    except BaseException:
+        if local:
+            shutil.rmtree(write_to, ignore_errors=True)
+        raise
+    return session.read.parquet(target)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
