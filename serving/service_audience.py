@@ -17,7 +17,7 @@ import pandas as pd
 
 from serving.activation import ACTIONS, ActivationConfig, ActivationError
 from serving.audience import select_audience
-from serving.http_app import AppState, HTTPError, Receive, Scope, Send, check_auth, read_json, send_error, send_json
+from serving.http_app import AppState, HTTPError, PostEndpoint
 
 MAX_LIMIT = 100_000
 
@@ -54,11 +54,13 @@ def parse_audience_request(doc: Any) -> tuple[str, float | None, int | None, int
     return action, (float(budget) if budget is not None else None), top_k, min(int(limit), MAX_LIMIT)
 
 
-class AudienceEndpoint:
-    """``POST /audience`` as a raw ASGI app."""
+class AudienceEndpoint(PostEndpoint):
+    """``POST /audience``: selection runs in a worker thread (it may read the audience Parquet file)."""
+
+    path = "/audience"
 
     def __init__(self, state: AppState, activation: ActivationConfig | None = None) -> None:
-        self.state = state
+        super().__init__(state)
         self.activation = activation  # None: read from the service's settings on first use
         self.cache = AudienceCache()
 
@@ -69,22 +71,10 @@ class AudienceEndpoint:
             self.activation = ActivationConfig.from_settings(settings_from_env().activation)
         return self.activation
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        rt = self.state.runtime
-        if rt is None:
-            await send_json(send, 503, b'{"error":"starting","message":"the service is still starting"}')
-            return
-        try:
-            declared = check_auth(scope, rt.token_bytes)
-            doc = await read_json(receive, declared, rt.options.max_request_bytes)
-            action, budget, top_k, limit = parse_audience_request(doc)
-            body = await asyncio.get_running_loop().run_in_executor(
-                None, self._select, rt, action, budget, top_k, limit
-            )
-        except HTTPError as err:
-            await send_error(send, err)
-            return
-        await send_json(send, 200, body)
+    async def handle(self, rt: Any, doc: Any) -> bytes:
+        action, budget, top_k, limit = parse_audience_request(doc)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self._select, rt, action, budget, top_k, limit)
 
     def _select(self, rt: Any, action: str, budget: float | None, top_k: int | None, limit: int) -> bytes:
         from serving.store import StoreError

@@ -35,22 +35,37 @@ def _redis_ping(port: int, timeout: float = 0.2) -> bool:
         return False
 
 
-def find_redis_server() -> tuple[str | None, str]:
-    """(path of redis-server or None, reason when None); installs it with apt-get when allowed."""
-    found = shutil.which("redis-server") or shutil.which("/usr/bin/redis-server")
+def find_debian_binary(binary: str, package: str, timeout: float = 900) -> tuple[str | None, str]:
+    """(path of ``binary`` or None, reason when None); installs Debian's ``package`` with apt-get when it is
+    missing, we are root and ``PROPENSITY_TEST_NO_APT`` is not set."""
+    found = shutil.which(binary) or shutil.which(f"/usr/bin/{binary}")
     if found:
         return found, ""
     if os.environ.get("PROPENSITY_TEST_NO_APT"):
-        return None, "redis-server not found and PROPENSITY_TEST_NO_APT is set"
+        return None, f"{binary} not found and PROPENSITY_TEST_NO_APT is set"
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        return None, "redis-server not found (install Debian's redis-server package to run the Redis tests)"
+        return None, f"{binary} not found (install Debian's {package} package to run these tests)"
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "redis-server"]):
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         if done.returncode != 0:
-            return None, f"redis-server not found and `{' '.join(cmd)}` failed: {done.stderr.strip()[-300:]}"
-    found = shutil.which("redis-server") or shutil.which("/usr/bin/redis-server")
-    return (found, "") if found else (None, "apt-get installed redis-server but no binary found")
+            return None, f"{binary} not found and `{' '.join(cmd)}` failed: {done.stderr.strip()[-300:]}"
+    found = shutil.which(binary) or shutil.which(f"/usr/bin/{binary}")
+    return (found, "") if found else (None, f"apt-get installed {package} but no {binary} binary found")
+
+
+def find_redis_server() -> tuple[str | None, str]:
+    """(path of redis-server or None, reason when None)."""
+    return find_debian_binary("redis-server", "redis-server", timeout=600)
+
+
+@pytest.fixture(scope="session")
+def chromium_binary() -> str:
+    """Debian's Chromium (installed when missing and allowed), or the test is skipped with the reason."""
+    path, reason = find_debian_binary("chromium", "chromium")
+    if path is None:
+        pytest.skip(reason)
+    return path
 
 
 class RedisServer(str):

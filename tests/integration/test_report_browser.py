@@ -10,8 +10,6 @@ Chromium is found on PATH or at /usr/bin/chromium; when missing and we are root 
 from __future__ import annotations
 
 import io
-import os
-import shutil
 import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,24 +28,6 @@ from training.evaluate import reliability_table
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CFG = ActivationConfig()
 WIDTH, HEIGHT = 1280, 4000
-
-
-def find_chromium() -> tuple[str | None, str]:
-    """(path of the chromium binary or None, reason when None); installs Debian's package when allowed."""
-    found = shutil.which("chromium") or shutil.which("/usr/bin/chromium")
-    if found:
-        return found, ""
-    if os.environ.get("PROPENSITY_TEST_NO_APT"):
-        return None, "chromium not found and PROPENSITY_TEST_NO_APT is set"
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        return None, "chromium not found (install Debian's chromium package to run the browser test)"
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-        if done.returncode != 0:
-            return None, f"chromium not found and `{' '.join(cmd)}` failed: {done.stderr.strip()[-300:]}"
-    found = shutil.which("chromium") or shutil.which("/usr/bin/chromium")
-    return (found, "") if found else (None, "apt-get installed chromium but no binary found")
 
 
 @dataclass(frozen=True)
@@ -101,11 +81,8 @@ def synthetic_audience(n: int, seed: int, as_of: str) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def chromium() -> str:
-    path, reason = find_chromium()
-    if path is None:
-        pytest.skip(reason)
-    return path
+def chromium(chromium_binary: str) -> str:
+    return chromium_binary
 
 
 @pytest.fixture(scope="module")

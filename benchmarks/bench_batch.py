@@ -1,0 +1,257 @@
+"""Nightly batch: features -> scores -> activation -> publish (SQLite, Redis), and compiled tree prediction.
+
+    .venv/bin/python benchmarks/bench_batch.py --users 200000 [--train-users 20000] [--no-redis] [--no-treelite]
+
+1. Bundles for both targets trained on a small generated shop (``--train-users``; cached and shared with
+   ``bench_quality.py``), then a ``--users`` shop to score (generated without truth, cached).
+2. ``serving.batch.run_batch`` as of the end of the data, publishing to a SQLite store and, when ``redis-server``
+   is on PATH, to a private Redis on a free loopback port. Its parts are timed by wrapping the real functions:
+   feature build, ``score_features`` (segmenter, booster probabilities, SHAP contributions for the reason codes,
+   ``top_reasons``), ``recommend``; the rest is the audience Parquet file and the store publish.
+   Target: 1M users <= 20 s from features to published snapshot.
+3. Same-run baseline: raw ``lightgbm.Booster.predict`` rows/s on the same design matrix (all cores), and
+   ``pred_contrib`` rows/s on a slice (the cost of reason codes).
+4. Compiled trees: treelite + tl2cgen (``uv pip install treelite tl2cgen``; skipped when missing) compile each
+   booster with gcc; rows/s and max |difference| of the probabilities against ``Booster.predict``. The bar to
+   adopt it: >= 2x faster and identical to 1e-6.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (ROOT, ROOT / "benchmarks"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+from bench_quality import CACHE, cpu_seconds, load_note, make_shop, peak_rss_mib, trained_bundles  # noqa: E402
+from bench_training import Stopwatch, instrumented  # noqa: E402
+
+PARTS = (
+    ("feature build", 0),
+    ("score_features", 0),
+    ("segmenter transform", 1),
+    ("booster predict", 1),
+    ("SHAP contributions", 1),
+    ("top_reasons", 1),
+    ("recommend", 0),
+)
+
+
+def timed_points(captured: dict[str, Any]) -> tuple[list[tuple[Any, str, str]], Any]:
+    """Stopwatch points of the batch, and a ``build_features`` that keeps its output in ``captured["raw"]``."""
+    import serving.batch as batch
+    import serving.scoring as scoring
+    from features.segments import Segmenter
+    from training.bundle import ModelBundle
+
+    original = batch.build_features
+
+    def keep_features(*args: Any, **kwargs: Any) -> Any:
+        captured["raw"] = original(*args, **kwargs)
+        return captured["raw"]
+
+    return [
+        (batch, "build_features", "feature build"),
+        (batch, "score_features", "score_features"),
+        (Segmenter, "transform", "segmenter transform"),
+        (ModelBundle, "predict_raw", "booster predict"),
+        (ModelBundle, "contributions", "SHAP contributions"),
+        (scoring, "top_reasons", "top_reasons"),
+        (batch, "recommend", "recommend"),
+    ], keep_features
+
+
+def run_one(name: str, store: Any, shop: Any, bundles: dict[str, Any], out: Path, captured: dict[str, Any]) -> dict:
+    import serving.batch as batch
+    from features.build import default_connection, events_table
+
+    watch = Stopwatch()
+    points, keep_features = timed_points(captured)
+    con = default_connection()
+    events = events_table(shop.events_dir, con)
+    saved = batch.build_features
+    batch.build_features = keep_features
+    try:
+        with instrumented(watch, points):
+            t0, c0 = time.perf_counter(), cpu_seconds()
+            result = batch.run_batch(events, shop.end, bundles, store, out, con=con,
+                                     created_at=datetime(2026, 11, 24, 3, 0, tzinfo=UTC))
+            wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    finally:
+        batch.build_features = saved
+    parts = {k: (watch.wall[k], watch.cpu[k]) for k in watch.calls}
+    top = sum(watch.wall[k] for k, level in PARTS if level == 0 and k in watch.calls)
+    parts["parquet + publish (rest)"] = (wall - top, float("nan"))
+    return {"store": name, "users": result.users, "wall": wall, "cpu": cpu, "parts": parts,
+            "rows": result.snapshot.rows if result.snapshot else None}
+
+
+def best_of(fn: Any, repeats: int) -> tuple[float, Any]:
+    """Smallest wall time of ``repeats`` calls (the least disturbed by other load) and the last result."""
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def predictor_rows(bundles: dict[str, Any], raw: Any, workdir: Path, repeats: int, treelite: bool,
+                   contrib_rows: int) -> list[dict[str, Any]]:
+    """Rows/s of Booster.predict, pred_contrib and (when installed) a tl2cgen-compiled predictor, per target."""
+    out = []
+    for target, bundle in bundles.items():
+        x = np.ascontiguousarray(bundle.matrix(bundle.segmenter.transform(raw)))
+        n = len(x)
+        lgb_s, p_lgb = best_of(lambda: bundle.booster.predict(x, num_threads=0), repeats)
+        sub = x[: min(n, contrib_rows)]
+        contrib_s, _ = best_of(lambda: bundle.booster.predict(sub, pred_contrib=True), 1)
+        row: dict[str, Any] = {"target": target, "rows": n, "trees": bundle.booster.num_trees(),
+                               "lgb_rows_s": n / lgb_s, "contrib_rows_s": len(sub) / contrib_s}
+        if treelite:
+            row.update(compiled(bundle, x, p_lgb, workdir / target, repeats))
+        out.append(row)
+    return out
+
+
+def compiled(bundle: Any, x: np.ndarray, p_lgb: np.ndarray, workdir: Path, repeats: int) -> dict[str, Any]:
+    import os
+
+    import tl2cgen
+    import treelite
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    model = treelite.frontend.from_lightgbm(bundle.booster)
+    lib = workdir / "model.so"
+    tl2cgen.export_lib(model, toolchain="gcc", libpath=str(lib), params={"parallel_comp": os.cpu_count() or 2},
+                       nthread=os.cpu_count() or 2)
+    compile_s = time.perf_counter() - t0
+    predictor = tl2cgen.Predictor(str(lib), nthread=os.cpu_count() or 2)
+
+    def predict() -> np.ndarray:
+        return np.asarray(predictor.predict(tl2cgen.DMatrix(x, dtype="float64")), dtype=np.float64).reshape(-1)
+
+    tl_s, p_tl = best_of(predict, repeats)
+    diff = np.abs(p_tl - p_lgb)
+    cal = np.abs(bundle.calibrator.transform(p_tl) - bundle.calibrator.transform(p_lgb))
+    return {"compile_s": compile_s, "tl_rows_s": len(x) / tl_s, "max_abs_diff": float(diff.max()),
+            "max_abs_diff_calibrated": float(cal.max())}
+
+
+def start_redis(workdir: Path) -> tuple[str | None, Any]:
+    from bench_store import start_redis as start  # the private redis-server helper of the store benchmark
+
+    return start(workdir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--users", type=int, default=200_000)
+    ap.add_argument("--train-users", type=int, default=20_000, help="users of the shop the bundles are trained on")
+    ap.add_argument("--days", type=int, default=120)
+    ap.add_argument("--lapse-days", type=int, default=30)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--cache", type=Path, default=CACHE)
+    ap.add_argument("--repeats", type=int, default=3, help="timed predictions per predictor (best is kept)")
+    ap.add_argument("--contrib-rows", type=int, default=20_000, help="rows for the pred_contrib rate")
+    ap.add_argument("--no-redis", action="store_true")
+    ap.add_argument("--no-treelite", action="store_true")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    from serving.store import open_store
+
+    t0 = time.perf_counter()
+    bundles = trained_bundles(args.train_users, days=args.days, seed=args.seed, lapse_days=args.lapse_days,
+                              cache=args.cache)
+    shop = make_shop(args.users, days=args.days, seed=args.seed, lapse_days=args.lapse_days, truth=False,
+                     cache=args.cache)
+    print(f"bundles ({args.train_users:,}-user shop) and {args.users:,}-user shop ({shop.events:,} events) ready in "
+          f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    try:
+        import tl2cgen  # noqa: F401
+        import treelite  # noqa: F401
+
+        have_treelite = not args.no_treelite
+    except ImportError:
+        have_treelite = False
+        print("treelite/tl2cgen not installed: compiled prediction skipped", file=sys.stderr)
+
+    runs, captured = [], {}
+    with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
+        work = Path(tmp)
+        store = open_store(work / "scores.sqlite")
+        try:
+            runs.append(run_one("sqlite", store, shop, bundles, work / "audience.parquet", captured))
+        finally:
+            store.close()
+        proc = None
+        if not args.no_redis:
+            url, proc = start_redis(work)
+            if url is None:
+                print("redis-server not found: Redis skipped", file=sys.stderr)
+            else:
+                store = open_store(work / "unused.sqlite", url, prefix="bench-batch")
+                try:
+                    runs.append(run_one("redis", store, shop, bundles, work / "audience-redis.parquet", captured))
+                finally:
+                    store.close()
+                    proc.terminate()
+                    proc.wait(10)
+        predictors = predictor_rows(bundles, captured.pop("raw"), work, args.repeats, have_treelite, args.contrib_rows)
+
+    print(f"\nbatch of {args.users:,} users ({shop.events:,} events), models trained on {args.train_users:,} users; "
+          f"peak RSS {peak_rss_mib():,.0f} MiB; {load_note()}\n")
+    names = [k for k, _ in PARTS] + ["parquet + publish (rest)"]
+    header = " | ".join(f"{r['store']} wall s (CPU s)" for r in runs)
+    print(f"| part | {header} |\n|---|" + "---|" * len(runs))
+    for name in names:
+        level = dict(PARTS).get(name, 0)
+        cells = []
+        for r in runs:
+            wall, cpu = r["parts"].get(name, (float("nan"), float("nan")))
+            cells.append(f"{wall:.1f}" + ("" if np.isnan(cpu) else f" ({cpu:.1f})"))
+        print(f"| {'&nbsp;' * 4 * level}{name} | " + " | ".join(cells) + " |")
+    print("| **run_batch total** | " + " | ".join(f"**{r['wall']:.1f}** ({r['cpu']:.1f})" for r in runs) + " |\n")
+    print("| store | users | run_batch s (CPU s) | users/s | feature build s | booster predict s | SHAP s "
+          "| target 1M <= 20 s |\n|---|---|---|---|---|---|---|---|")
+    for r in runs:
+        per_million = r["wall"] * 1_000_000 / max(r["users"], 1)
+        verdict = ("met" if r["wall"] <= 20 else "missed") if r["users"] >= 1_000_000 else (
+            f"{'on track' if per_million <= 20 else 'missed'}: linear extrapolation {per_million:,.0f} s at 1M")
+        print(f"| {r['store']} | {r['users']:,} | {r['wall']:.1f} ({r['cpu']:.1f}) | {r['users'] / r['wall']:,.0f} "
+              f"| {r['parts']['feature build'][0]:.1f} | {r['parts']['booster predict'][0]:.1f} "
+              f"| {r['parts']['SHAP contributions'][0]:.1f} | {verdict} |")
+    print("\n| model | rows | trees | Booster.predict rows/s (baseline) | pred_contrib rows/s | tl2cgen rows/s "
+          "| speed-up | max abs diff (raw / calibrated) | compile s | adopt (>= 2x, <= 1e-6) |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
+    for p in predictors:
+        if "tl_rows_s" in p:
+            speed = p["tl_rows_s"] / p["lgb_rows_s"]
+            ok = speed >= 2 and p["max_abs_diff"] <= 1e-6
+            tl = (f"{p['tl_rows_s']:,.0f} | {speed:.2f}x | {p['max_abs_diff']:.1e} / {p['max_abs_diff_calibrated']:.1e} "
+                  f"| {p['compile_s']:.1f} | {'yes' if ok else 'no'} |")
+        else:
+            tl = "n/a | n/a | n/a | n/a | n/a |"
+        print(f"| {p['target']} | {p['rows']:,} | {p['trees']} | {p['lgb_rows_s']:,.0f} | {p['contrib_rows_s']:,.0f} | {tl}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"users": args.users, "events": shop.events, "runs": runs,
+                                         "predictors": predictors}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,228 @@
+"""The same feature expression and scoring path on Spark local mode, against the DuckDB engine.
+
+One SparkSession for the module (local[2], 4 shuffle partitions, no UI, bound to 127.0.0.1). On the same
+generated events, the Spark feature table must equal the DuckDB one, and the per-partition batch (mapInPandas)
+must give the audience records of the one-machine batch. Skipped when PySpark or Java 17+ is missing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.engine_spark import spark_unavailable_reason
+
+pytestmark = pytest.mark.integration
+
+_REASON = spark_unavailable_reason()
+if _REASON:
+    pytest.skip(f"Spark tests need PySpark and Java 17+: {_REASON}", allow_module_level=True)
+
+from features.build import build_features  # noqa: E402
+from features.engine_spark import (  # noqa: E402
+    BUCKET_COLUMN,
+    build_features_spark,
+    read_features_meta,
+    sample_users,
+    spark_connection,
+)
+from features.generate import GeneratorConfig, generate  # noqa: E402
+from features.spec import FeatureInputError, FeatureSpec, integer_columns, output_columns  # noqa: E402
+from serving.activation import ActivationConfig  # noqa: E402
+from serving.batch import score_chunks  # noqa: E402
+from serving.batch_spark import SparkBatchError, iter_audience_chunks, run_batch_spark  # noqa: E402
+from serving.store import encode_chunk, open_store  # noqa: E402
+
+TEST_CONF = {
+    "spark.sql.shuffle.partitions": "4",
+    "spark.default.parallelism": "2",
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.driver.host": "127.0.0.1",
+    "spark.driver.bindAddress": "127.0.0.1",
+    "spark.driver.memory": "1g",
+}
+CONFIG = GeneratorConfig(n_users=800, days=45, chunk_users=800)
+AS_OF = CONFIG.start_utc + timedelta(days=40)
+SPEC = FeatureSpec()
+TOL = 1e-9
+
+
+@pytest.fixture(scope="module")
+def events_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate(CONFIG, tmp_path_factory.mktemp("spark_shop")).events_dir
+
+
+@pytest.fixture(scope="module")
+def con() -> Iterator[Any]:
+    backend = spark_connection("local[2]", app_name="propensity-tests", conf=TEST_CONF)
+    backend._session.sparkContext.setLogLevel("ERROR")
+    try:
+        yield backend
+    finally:
+        backend._session.stop()
+
+
+@pytest.fixture(scope="module")
+def duck(events_dir: Path) -> pd.DataFrame:
+    return build_features(events_dir, AS_OF, SPEC)
+
+
+@pytest.fixture(scope="module")
+def features_dir(events_dir: Path, con: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("spark_out") / "features"
+    build_features_spark(events_dir, AS_OF, SPEC, con, out_dir=out, n_buckets=4)
+    return out
+
+
+@pytest.fixture(scope="module")
+def spark_features(features_dir: Path, con: Any) -> Any:
+    return con._session.read.parquet(str(features_dir))
+
+
+def _tiny_bundle(target: str, raw: pd.DataFrame, events_dir: Path, seed: int) -> Any:
+    """A small calibrated LightGBM bundle on labels derived from the features (as the service fixtures do)."""
+    import lightgbm as lgb
+
+    from features.segments import Segmenter
+    from training.bundle import ModelBundle, design_matrix
+    from training.calibration import Calibrator
+    from training.labels import LabelSpec
+
+    segmenter = Segmenter().fit(events_dir, raw, AS_OF)
+    x, names = design_matrix(segmenter.transform(raw), SPEC)
+    rng = np.random.default_rng(seed)
+    signal = np.nan_to_num(x[:, seed % 8], nan=0.0)
+    y = (signal + rng.normal(0, signal.std() + 1e-9, len(x)) < np.median(signal)).astype(int)
+    params = {"objective": "binary", "verbosity": -1, "num_leaves": 7, "min_data_in_leaf": 20, "seed": seed,
+              "deterministic": True, "num_threads": 1}
+    booster = lgb.train(params, lgb.Dataset(x, label=y, feature_name=names), num_boost_round=15)
+    calibrator = Calibrator(kind="platt").fit(booster.predict(x), y)
+    return ModelBundle(target=target, booster=booster, calibrator=calibrator, segmenter=segmenter, spec=SPEC,
+                       label_spec=LabelSpec(), feature_names=names, meta={"version": str(seed)})
+
+
+@pytest.fixture(scope="module")
+def bundles(duck: pd.DataFrame, events_dir: Path) -> dict[str, Any]:
+    return {t: _tiny_bundle(t, duck, events_dir, seed=3 + i) for i, t in enumerate(("last_mile_buyer", "lapse_risk"))}
+
+
+@pytest.fixture(scope="module")
+def spark_batch(features_dir: Path, bundles: dict[str, Any], con: Any, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("spark_batch")
+    store = open_store(root / "scores.sqlite")
+    done: list[tuple[int, int | None]] = []
+    result = run_batch_spark(
+        features_dir, AS_OF, bundles, store, root / "audience", con=con, created_at=AS_OF + timedelta(hours=2),
+        chunk_rows=300, progress=lambda d, t: done.append((d, t)),
+    )
+    try:
+        yield result, store, done
+    finally:
+        store.close()
+
+
+def _assert_frames_close(left: pd.DataFrame, right: pd.DataFrame, exact: set[str]) -> None:
+    assert list(left.columns) == list(right.columns)
+    assert left["user_id"].tolist() == right["user_id"].tolist()
+    for name in left.columns:
+        a, b = left[name], right[name]
+        if name in exact or not pd.api.types.is_float_dtype(a):
+            assert [_plain(v) for v in a] == [_plain(v) for v in b], name
+        else:
+            np.testing.assert_allclose(a.to_numpy(float), b.to_numpy(float), rtol=0, atol=TOL, err_msg=name)
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return [str(x) for x in v]
+    return None if v is None or (isinstance(v, float) and np.isnan(v)) else v
+
+
+def test_spark_features_equal_duckdb_for_every_feature(features_dir: Path, spark_features: Any, duck: pd.DataFrame):
+    assert set(spark_features.columns) == {*output_columns(SPEC), BUCKET_COLUMN}
+    spark = sample_users(spark_features, 1.0, spec=SPEC)  # the whole table, finalized like build_features output
+    assert len(duck) > 500
+    assert list(spark.columns) == output_columns(SPEC)
+    assert (spark.dtypes == duck.dtypes).all()
+    _assert_frames_close(spark, duck, exact=set(integer_columns(SPEC)) | {"user_id", "aipl_layer"})
+    buckets = sorted(p.name for p in features_dir.glob(f"{BUCKET_COLUMN}=*"))
+    assert buckets == [f"{BUCKET_COLUMN}={k}" for k in range(4)]
+    assert not list(features_dir.parent.glob("features.partial-*"))  # written aside, then renamed into place
+
+
+def test_feature_directory_records_spec_as_of_and_rows(features_dir: Path, duck: pd.DataFrame):
+    meta = read_features_meta(features_dir)
+    assert meta["spec"] == SPEC and meta["as_of"] == AS_OF
+    assert meta["rows"] == len(duck) and meta["n_buckets"] == 4
+
+
+def test_batch_scores_equal_the_one_machine_batch(spark_batch, duck: pd.DataFrame, bundles: dict[str, Any]):
+    result, _, _ = spark_batch
+    expected = pd.concat(list(score_chunks(duck, bundles, AS_OF, ActivationConfig(), 250)), ignore_index=True)
+    got = pd.concat(list(iter_audience_chunks(result.audience_path, 200)), ignore_index=True)
+    got = got.sort_values("user_id", kind="stable").reset_index(drop=True)
+    expected = expected.sort_values("user_id", kind="stable").reset_index(drop=True)
+    assert result.users == len(duck)
+    assert result.action_counts == {str(k): int(v) for k, v in expected["action"].value_counts().items()}
+    assert result.mean_p_buy == pytest.approx(expected["p_buy"].mean(), abs=TOL)
+    _assert_frames_close(got, expected, exact=set())
+    assert {p.name.split("=")[1] for p in result.audience_path.glob("action=*")} == set(expected["action"])
+
+
+def test_published_snapshot_serves_the_same_records(spark_batch, duck: pd.DataFrame, bundles: dict[str, Any]):
+    result, store, progress = spark_batch
+    snapshot = store.current()
+    assert snapshot is not None and snapshot == result.snapshot
+    assert snapshot.rows == len(duck) and snapshot.meta["engine"] == "spark"
+    assert snapshot.meta["defaults"]["aipl_layer"] == "none"
+    assert progress[-1] == (len(duck), len(duck)) and len(progress) >= len(duck) // 300
+    expected = pd.concat(list(score_chunks(duck, bundles, AS_OF, ActivationConfig(), 1000)), ignore_index=True)
+    ids, payloads = encode_chunk(expected)
+    _, found = store.lookup(ids)
+    assert set(found) == set(ids)
+    for uid, payload in zip(ids, payloads):
+        want, got = json.loads(payload), json.loads(found[uid])
+        assert list(got) == list(want)
+        for key, value in want.items():
+            assert got[key] == (pytest.approx(value, abs=TOL) if isinstance(value, float) else value), (uid, key)
+
+
+def test_user_sample_is_deterministic_nested_and_exact(spark_features: Any, duck: pd.DataFrame):
+    small = sample_users(spark_features, 0.3, seed=7, spec=SPEC)
+    again = sample_users(spark_features, 0.3, seed=7, spec=SPEC)
+    large = sample_users(spark_features, 0.6, seed=7, spec=SPEC)
+    other = sample_users(spark_features, 0.3, seed=8, spec=SPEC)
+    assert small["user_id"].tolist() == again["user_id"].tolist()
+    assert set(small["user_id"]) < set(large["user_id"])
+    assert set(small["user_id"]) != set(other["user_id"])
+    assert 0.2 * len(duck) < len(small) < 0.4 * len(duck)
+    rows = duck[duck["user_id"].isin(small["user_id"])].reset_index(drop=True)
+    _assert_frames_close(small, rows, exact=set(integer_columns(SPEC)) | {"user_id", "aipl_layer"})
+    with pytest.raises(FeatureInputError, match="fraction must be in"):
+        sample_users(spark_features, 0.0)
+
+
+def test_bad_inputs_give_clear_errors(features_dir: Path, bundles: dict[str, Any], con: Any, tmp_path: Path):
+    other = {t: _with_spec(b, FeatureSpec(browse_days=10)) for t, b in bundles.items()}
+    with pytest.raises(SparkBatchError, match="rebuild the features with the models' spec"):
+        run_batch_spark(features_dir, AS_OF, other, None, tmp_path / "a", con=con, created_at=AS_OF)
+    with pytest.raises(SparkBatchError, match="are as of"):
+        run_batch_spark(features_dir, AS_OF + timedelta(days=1), bundles, None, tmp_path / "a", con=con,
+                        created_at=AS_OF)
+    with pytest.raises(FeatureInputError, match="does not exist"):
+        build_features_spark(tmp_path / "missing", AS_OF, SPEC, con, out_dir=tmp_path / "f")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "f").exists()
+
+
+def _with_spec(bundle: Any, spec: FeatureSpec) -> Any:
+    from dataclasses import replace
+
+    return replace(bundle, spec=spec)
