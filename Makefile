@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml | $(UV)
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(UV)
-	$(UV) pip install --quiet --python $(BIN)/python -e ".[dev,redis]"
+	$(UV) pip install --quiet --python $(BIN)/python -e ".[dev,redis,spark]"
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed

@@ -50,12 +50,13 @@ IDLE_REUSE_S = 3.0  # the server drops keep-alive connections idle for 5 s
 # ------------------------------------------------------------------------------------------------ load generator
 async def open_loop(
     port: int, token: str, known: list[str], unknown: list[str], *, rate: float, min_s: float, max_s: float,
-    stop_file: Path | None = None, timeout_s: float = 5.0, unknown_share: float = 0.1, seed: int = 1,
-    max_conns: int = 512,
+    stop_file: Path | None = None, started_file: Path | None = None, timeout_s: float = 5.0,
+    unknown_share: float = 0.1, seed: int = 1, max_conns: int = 512,
 ) -> dict[str, Any]:
     """Send one-user ``/lookup`` requests open-loop at ``rate``/s on 127.0.0.1:``port``.
 
-    Runs at least ``min_s`` seconds, then until ``stop_file`` exists (immediately when None), at most ``max_s``.
+    Runs at least ``min_s`` seconds, then until ``stop_file`` exists (immediately when None), at most ``max_s``;
+    ``started_file`` is created just before the first request is sent.
     Returns the report: counts, errors by kind, latency percentiles in ms, ``snapshots`` (snapshot id -> answers)
     and ``samples`` ``[due offset s, latency ms]`` of each successful request.
     """
@@ -125,6 +126,8 @@ async def open_loop(
     t0 = perf() + 0.05
     t0_epoch = time.time() + 0.05
     sent = 0
+    if started_file is not None:
+        started_file.touch()
     while True:
         due = t0 + sent / rate
         if due - t0 >= max_s or (due - t0 >= min_s and (stop_file is None or stop_file.exists())):
@@ -184,7 +187,7 @@ def drive(args: argparse.Namespace) -> int:
     report = run_async(open_loop(
         args.port, args.token, ids["known"], ids.get("unknown") or ["nobody"], rate=args.rate,
         min_s=args.min_duration, max_s=args.max_duration, stop_file=Path(args.stop_file) if args.stop_file else None,
-        timeout_s=args.timeout, seed=args.seed,
+        started_file=Path(args.started_file) if args.started_file else None, timeout_s=args.timeout, seed=args.seed,
     ))  # fmt: skip
     Path(args.out).write_text(json.dumps(report))
     print(describe(report), flush=True)
@@ -262,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--min-duration", type=float, default=10.0)
     d.add_argument("--max-duration", type=float, default=60.0)
     d.add_argument("--stop-file", default=None, help="after --min-duration, stop once this file exists")
+    d.add_argument("--started-file", default=None, help="created when the first request is about to be sent")
     d.add_argument("--timeout", type=float, default=5.0, help="seconds before a request counts as failed")
     d.add_argument("--seed", type=int, default=1)
     d.add_argument("--out", required=True)
@@ -327,7 +331,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
             subprocess.run([*driver, "--rate", "250", "--min-duration", "3", "--out", str(work / "warm.json")],
                            check=True, capture_output=True)  # warm-up
             load = subprocess.Popen([*driver, "--rate", str(args.rate), "--min-duration", str(args.duration),
-                                     "--max-duration", str(args.duration), "--out", str(work / "load.json")])
+                                     "--max-duration", str(args.duration), "--out", str(work / "load.json")],
+                                    stdout=subprocess.DEVNULL)
             t0 = time.time()
             events_at: dict[str, float] = {}
             time.sleep(max(0.0, t0 + args.publish_at - time.time()))

@@ -82,11 +82,14 @@ def spark_unavailable_reason(local: bool = True) -> str | None:
     try:
         import pyspark  # noqa: F401
     except ImportError:
-        return "pyspark is not installed: install the 'spark' extra (pip install 'propensity[spark]')"
+        return "pyspark is not installed: install the 'spark' extra (pip install 'audience-propensity[spark]')"
     if local:
         major = java_major_version()
         if major is None:
-            return "no Java runtime found (JAVA_HOME or PATH); PySpark 4 needs Java 17+, e.g. apt-get install openjdk-17-jre-headless"
+            return (
+                "no Java runtime found (JAVA_HOME or PATH); PySpark 4 needs Java 17+, "
+                "e.g. apt-get install default-jre-headless"
+            )
         if major < MIN_JAVA:
             return f"Java {major} found; PySpark 4 needs Java {MIN_JAVA}+ (set JAVA_HOME to a newer runtime)"
     return None
@@ -101,10 +104,11 @@ def spark_connection(
     """An Ibis PySpark backend.
 
     ``master``: a Spark master (``local[2]``, ``spark://host:7077``, ``yarn``...), a Spark Connect URL
-    (``sc://host:15002``) or an existing ``SparkSession`` (used as is; ``conf`` is then set on it at run time).
-    ``conf`` adds to or overrides :data:`LOCAL_DEFAULTS`. An existing active session with the same master is
-    reused by Spark (``getOrCreate``). Raises :class:`SparkUnavailableError` with the fix when PySpark or Java
-    is missing or the session cannot start.
+    (``sc://host:15002``) or an existing ``SparkSession`` (used as is). ``conf`` adds to or overrides
+    :data:`LOCAL_DEFAULTS` for a new session; on a running one (given, or reused by Spark's ``getOrCreate``)
+    only the ``spark.sql.*`` settings take effect. A local master runs the Python workers with this
+    interpreter unless ``PYSPARK_PYTHON`` says otherwise. Raises :class:`SparkUnavailableError` with the fix
+    when PySpark or Java is missing or the session cannot start.
     """
     settings = {**LOCAL_DEFAULTS, **{str(k): str(v) for k, v in (conf or {}).items()}}
     if not isinstance(master, str):
@@ -168,6 +172,9 @@ def feature_frame_spark(
     spec = spec or FeatureSpec()
     table = events if isinstance(events, ibis.Table) else _read_events(events, con)
     expr = feature_table(table, as_utc(as_of), spec)
+    register = getattr(con, "_run_pre_execute_hooks", None)  # registers in-memory tables (ibis.memtable) with Spark
+    if register is not None:
+        register(expr)
     return con.raw_sql(con.compile(expr))
 
 

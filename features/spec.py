@@ -9,8 +9,8 @@ Time conventions (all features):
 - only events with ``ts < as_of`` are used; an event exactly at ``as_of`` is excluded;
 - a window of ``w`` days is the half-open interval ``[as_of - w days, as_of)``: an event exactly ``w`` days before
   ``as_of`` is *inside* the ``w``-day window (so an event at ``as_of - 1 day`` counts in the 1-day window);
-- recency, gaps and ages are fractional days (float64) computed from epoch seconds (DuckDB keeps microseconds;
-  a backend with whole-second epochs rounds sub-second ages); window membership is ``age <= w days``;
+- recency, gaps and ages are fractional days (float64) computed from the whole microseconds between ``ts`` and
+  ``as_of`` (the same on DuckDB and Spark); window membership is ``age <= w days``;
 - a "day" for distinct-day counts (active days, purchase days) is a 24-hour bucket counted back from ``as_of``:
   bucket ``k`` holds events with ``as_of - (k+1) days <= ts < as_of - k days``, so the ``w``-day window holds
   buckets ``0..w-1``. With ``as_of`` at local midnight

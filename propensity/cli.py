@@ -73,6 +73,8 @@ def _exit_code(exc: BaseException) -> int | None:
 
     if isinstance(exc, (ActivationError, StoreInputError, ReportError)):
         return 1
+    if type(exc).__name__ in ("SparkUnavailableError", "SparkBatchError"):  # optional extra: not imported here
+        return 1
     if isinstance(exc, StoreError):
         return 4
     from pydantic import ValidationError
@@ -224,12 +226,24 @@ def feature_spec(cfg: Settings) -> Any:
     )
 
 
+Engine = Annotated[str, typer.Option(help="duckdb (one machine, default) or spark (the same spec on Spark).")]
+SparkMaster = Annotated[str, typer.Option(help="Spark master (local[2], spark://..., yarn) or sc:// Connect URL.")]
+
+
+def check_engine(engine: str) -> str:
+    if engine not in ("duckdb", "spark"):
+        raise typer.BadParameter(f"--engine must be duckdb or spark, got {engine!r}")
+    return engine
+
+
 @app.command()
 @friendly
 def features(
     as_of: AsOf,
     events: Annotated[Path | None, typer.Option(help="Clean events [default: <data-dir>/clean/events.parquet].")] = None,
     out: Annotated[Path | None, typer.Option(help="Output Parquet [default: <data-dir>/features/<as_of>.parquet].")] = None,
+    engine: Engine = "duckdb",
+    spark_master: SparkMaster = "local[2]",
     data_dir: DataDir = None,
 ) -> None:
     """Build the feature table (one row per user) as of a cutoff; spec version and as_of go in its metadata."""
@@ -239,13 +253,21 @@ def features(
     when = _required_as_of(as_of)
     events = events or cfg.clean_dir / "events.parquet"
     spec = feature_spec(cfg)
+    suffix = "" if check_engine(engine) == "spark" else ".parquet"
+    out = check_output(out or cfg.features_dir / f"features_{when:%Y%m%dT%H%M}{suffix}", cfg, is_dir=not suffix)
     with progress_bar("building features") as progress:
-        table = build_features(events, when, spec, progress=progress)
-    out = check_output(out or cfg.features_dir / f"features_{when:%Y%m%dT%H%M}.parquet", cfg)
-    write_features(table, out, when, spec)
+        if engine == "spark":
+            from features.engine_spark import build_features_spark, read_features_meta, spark_connection
+
+            build_features_spark(events, when, spec, spark_connection(spark_master), out_dir=out, progress=progress)
+            users, columns = read_features_meta(out)["rows"], "partitioned Parquet"
+        else:
+            table = build_features(events, when, spec, progress=progress)
+            write_features(table, out, when, spec)
+            users, columns = len(table), table.shape[1]
     console().print(kv_table("features", {
-        "users": len(table), "columns": table.shape[1], "spec version": spec.version, "as of": when.isoformat(),
-        "written to": out,
+        "engine": engine, "users": users, "columns": columns, "spec version": spec.version,
+        "as of": when.isoformat(), "written to": out,
     }))
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from propensity.cli import AsOf, DataDir, _required_as_of, app, friendly, settings
+from propensity.cli import AsOf, DataDir, Engine, SparkMaster, _required_as_of, app, check_engine, friendly, settings
 from propensity.cli_models import registry
 from propensity.config import Settings
 from propensity.paths import check_output
@@ -28,9 +28,15 @@ def activation_config(cfg: Settings) -> Any:
     return ActivationConfig.from_settings(cfg.activation)
 
 
+def audience_files(cfg: Settings) -> list[Path]:
+    """Audience outputs of `propensity score`, oldest first: Parquet files (DuckDB) or folders (Spark)."""
+    found = [p for p in cfg.scores_dir.glob("audience_*") if p.suffix == ".parquet" or p.is_dir()]
+    return sorted(found, key=lambda p: p.name)
+
+
 def latest_audience(cfg: Settings) -> Path:
     """The newest audience file written by `propensity score`."""
-    files = sorted(cfg.scores_dir.glob("audience_*.parquet"))
+    files = audience_files(cfg)
     if not files:
         raise FileNotFoundError(f"no audience file in {cfg.scores_dir}: run `propensity score` first")
     return files[-1]
@@ -60,20 +66,36 @@ def run_audience(
     return summary
 
 
-def run_score(cfg: Settings, events: Path, as_of: datetime, out: Path | None = None, publish: bool = True) -> Any:
-    """Score everyone with the champions, write the audience Parquet, publish the snapshot; print a summary."""
+def run_score(
+    cfg: Settings, events: Path, as_of: datetime, out: Path | None = None, publish: bool = True,
+    engine: str = "duckdb", spark_master: str = "local[2]",
+) -> Any:
+    """Score everyone with the champions, write the audience Parquet, publish the snapshot; print a summary.
+
+    With ``engine="spark"`` features and scores are computed on Spark (partitioned audience directory)."""
     from serving.batch import run_batch
     from training.job import load_champions
 
     bundles = load_champions(registry(cfg))
-    out = check_output(out or cfg.scores_dir / f"audience_{as_of:%Y%m%dT%H%M}.parquet", cfg)
+    suffix = "" if engine == "spark" else ".parquet"
+    out = check_output(out or cfg.scores_dir / f"audience_{as_of:%Y%m%dT%H%M}{suffix}", cfg, is_dir=not suffix)
     store = open_score_store(cfg) if publish else None
+    common = dict(activation=activation_config(cfg), created_at=datetime.now(timezone.utc))
     try:
         with progress_bar("scoring users") as progress:
-            result = run_batch(
-                events, as_of, bundles, store, out, activation=activation_config(cfg),
-                chunk_users=cfg.serving.batch_chunk_users, created_at=datetime.now(timezone.utc), progress=progress,
-            )
+            if engine == "spark":
+                from features.engine_spark import spark_connection
+                from serving.batch_spark import run_batch_spark
+
+                result = run_batch_spark(
+                    events, as_of, bundles, store, out, con=spark_connection(spark_master),
+                    chunk_rows=cfg.serving.batch_chunk_users, progress=progress, **common,
+                )
+            else:
+                result = run_batch(
+                    events, as_of, bundles, store, out, chunk_users=cfg.serving.batch_chunk_users,
+                    progress=progress, **common,
+                )
     finally:
         if store is not None:
             store.close()
@@ -97,11 +119,14 @@ def score(
     events: Annotated[Path | None, typer.Option(help="Clean events [default: <data-dir>/clean/events.parquet].")] = None,
     out: Annotated[Path | None, typer.Option(help="Audience Parquet [default: <data-dir>/scores/...].")] = None,
     publish: Annotated[bool, typer.Option(help="Publish the scores to the score store.")] = True,
+    engine: Engine = "duckdb",
+    spark_master: SparkMaster = "local[2]",
     data_dir: DataDir = None,
 ) -> None:
     """Batch-score every user with the @champion models and publish a new score snapshot atomically."""
     cfg = settings(data_dir=data_dir)
-    run_score(cfg, events or cfg.clean_dir / "events.parquet", _required_as_of(as_of), out, publish)
+    run_score(cfg, events or cfg.clean_dir / "events.parquet", _required_as_of(as_of), out, publish,
+              check_engine(engine), spark_master)
 
 
 @app.command()
@@ -182,7 +207,7 @@ def run_report(cfg: Settings, out: Path | None = None, scores: Path | None = Non
 
     source = scores or latest_audience(cfg)
     audience = pd.read_parquet(source)
-    earlier = [f for f in sorted(cfg.scores_dir.glob("audience_*.parquet")) if f.name < source.name]
+    earlier = [f for f in audience_files(cfg) if f.name < source.name]
     previous = pd.read_parquet(earlier[-1], columns=["user_id", "aipl_layer"]) if earlier else None
     reg = registry(cfg)
     model_info: dict[str, Any] = {}

@@ -72,6 +72,25 @@ def population_defaults(frame: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def snapshot_meta(
+    as_of: datetime, created_at: datetime, rows: int, bundles: Mapping[str, ModelBundle],
+    defaults: dict[str, Any], audience_path: Path, **extra: Any,
+) -> dict[str, Any]:
+    """What a published snapshot records: cutoff, publish time, size, model versions, spec version, the defaults
+    for unknown users and where the full audience file is (the ``/audience`` route reads it)."""
+    spec = next(iter(bundles.values())).spec
+    return {
+        "as_of": pd.Timestamp(as_of).isoformat(),
+        "created_at": pd.Timestamp(created_at).isoformat(),
+        "rows": rows,
+        "models": {t: str(b.meta.get("version", "")) for t, b in bundles.items()},
+        "spec_version": spec.version,
+        "defaults": defaults,
+        "audience_path": str(Path(audience_path).resolve()),
+        **extra,
+    }
+
+
 def run_batch(
     events: Any,
     as_of: datetime,
@@ -123,15 +142,7 @@ def run_batch(
                 progress(done, total)
             yield chunk
 
-    meta = {
-        "as_of": pd.Timestamp(as_of).isoformat(),
-        "created_at": pd.Timestamp(created_at).isoformat(),
-        "rows": total,
-        "models": {t: str(b.meta.get("version", "")) for t, b in bundles.items()},
-        "spec_version": spec.version,
-        "defaults": defaults,
-        "audience_path": str(out_path.resolve()),
-    }
+    meta = snapshot_meta(as_of, created_at, total, bundles, defaults, out_path)
     try:
         if store is not None:
             snapshot = store.publish(chunks(), meta)

@@ -24,7 +24,6 @@ import pyarrow.dataset as pads
 
 from features.build import finalize_features
 from features.engine_spark import (
-    BUCKET_COLUMN,
     META_FILE,
     build_features_spark,
     read_features_meta,
@@ -33,7 +32,7 @@ from features.engine_spark import (
 from features.spec import FeatureSpec, output_columns
 from features.spec_table import as_utc
 from serving.activation import ActivationConfig
-from serving.batch import AUDIENCE_COLUMNS, BatchResult, population_defaults, score_chunks
+from serving.batch import AUDIENCE_COLUMNS, BatchResult, population_defaults, score_chunks, snapshot_meta
 from serving.store import ScoreStore, SnapshotInfo
 from training.bundle import ModelBundle
 
@@ -96,9 +95,13 @@ def _conform(frame: pd.DataFrame, schema: StructType) -> pd.DataFrame:
         elif isinstance(field.dataType, ArrayType):
             col = pd.Series([None if v is None else list(v) for v in col.tolist()], dtype=object)
         else:
-            col = pd.Series([None if v is None or (isinstance(v, float) and v != v) else str(v) for v in col.tolist()], dtype=object)
+            col = pd.Series([None if _missing(v) else str(v) for v in col.tolist()], dtype=object)
         out[field.name] = col.reset_index(drop=True)
     return pd.DataFrame(out)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
 
 
 def score_partitions(
@@ -209,21 +212,16 @@ def run_batch_spark(
     written = write_parquet_dir(audience, out_dir, partition_by=AUDIENCE_PARTITION)
     from pyspark.sql import functions as F
 
-    counts = {str(r[AUDIENCE_PARTITION]): int(r["count"]) for r in written.groupBy(AUDIENCE_PARTITION).count().collect()}
+    per_action = written.groupBy(AUDIENCE_PARTITION).agg(F.count(F.lit(1)).alias("n"), F.sum("p_buy").alias("p"))
+    rows = per_action.collect()
+    counts = {str(r[AUDIENCE_PARTITION]): int(r["n"]) for r in rows}
     total = sum(counts.values())
-    mean_p_buy = written.agg(F.avg("p_buy")).first()[0] if total else None
+    mean_p_buy = sum(float(r["p"] or 0.0) for r in rows) / total if total else float("nan")
     sample = written.select("aipl_layer", "p_buy")
     if total > DEFAULTS_SAMPLE_ROWS:
         sample = sample.sample(fraction=DEFAULTS_SAMPLE_ROWS / total, seed=0)
-    meta = {
-        "as_of": pd.Timestamp(as_of).isoformat(),
-        "created_at": pd.Timestamp(created_at).isoformat(),
-        "rows": total,
-        "models": {t: str(b.meta.get("version", "")) for t, b in bundles.items()},
-        "spec_version": spec.version,
-        "defaults": population_defaults(sample.toPandas()) if total else {},
-        "engine": "spark",
-    }
+    defaults = population_defaults(sample.toPandas()) if total else {}
+    meta = snapshot_meta(as_of, created_at, total, bundles, defaults, Path(str(out_dir)), engine="spark")
     snapshot = None
     if store is not None:
         snapshot = publish_audience(store, out_dir, meta, chunk_rows=chunk_rows, progress=progress)
@@ -231,7 +229,7 @@ def run_batch_spark(
         progress(total, total)
     return BatchResult(
         users=total, audience_path=Path(str(out_dir)), snapshot=snapshot, action_counts=counts,
-        mean_p_buy=float(mean_p_buy) if mean_p_buy is not None else float("nan"),
+        mean_p_buy=mean_p_buy,
     )
 
 
@@ -259,6 +257,6 @@ def _features(
 
 
 __all__ = [
-    "AUDIENCE_PARTITION", "BUCKET_COLUMN", "SparkBatchError", "audience_schema", "iter_audience_chunks",
+    "AUDIENCE_PARTITION", "SparkBatchError", "audience_schema", "iter_audience_chunks",
     "publish_audience", "run_batch_spark", "score_partitions",
 ]

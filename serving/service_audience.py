@@ -84,7 +84,7 @@ class AudienceEndpoint(PostEndpoint):
         except StoreError as exc:
             raise HTTPError(503, "store_unavailable", f"score store unavailable: {exc}") from None
         path = snap.meta.get("audience_path") if snap is not None else None
-        if snap is None or not path or not Path(path).is_file():
+        if snap is None or not path or not Path(path).exists():
             raise HTTPError(503, "no_audience", "no audience file for the current snapshot: run `propensity score`")
         frame = self.cache.frame(snap.snapshot_id, path)
         try:

@@ -57,26 +57,13 @@ UNKNOWN_IDS = ["nobody", "u9999999"]
 
 ZYGOTE = r"""
 import json, os, signal, sys
-import numpy as np
-import pandas as pd
 from serving.store_redis import RedisScoreStore
 from serving.store_sqlite import SQLiteScoreStore
+from tests.integration.test_faults import frames
 
 
 def say(text):
     os.write(1, (text + "\n").encode())  # one small write: atomic on a pipe
-
-
-def frames(batch, rows, chunk):
-    for start in range(0, rows, chunk):
-        n = min(chunk, rows - start)
-        yield pd.DataFrame({
-            "user_id": [f"u{i:07d}" for i in range(start, start + n)],
-            "p_buy": np.linspace(0.0, 1.0, n),
-            "rank": np.arange(start, start + n),
-            "reasons": [["cart_24h", "ad_click_3d"]] * n,
-            "batch": batch,
-        })
 
 
 def publisher(cmd):
@@ -114,7 +101,7 @@ for line in sys.stdin:
 
 # ------------------------------------------------------------------------------------------------- helpers
 def frames(batch: str, rows: int = ROWS, chunk: int = CHUNK) -> Iterator[pd.DataFrame]:
-    """The same users and columns as the zygote's publishers, with this process's batch marker."""
+    """``rows`` users ``u0000000``... in chunks; every payload carries the ``batch`` marker of its snapshot."""
     import numpy as np
 
     for start in range(0, rows, chunk):
@@ -140,6 +127,7 @@ class Zygote:
             stderr=subprocess.PIPE, text=True, bufsize=1,
         )  # fmt: skip
         self.lines: queue.Queue[tuple[str, str]] = queue.Queue()
+        self.live: set[int] = set()  # forked publishers not reaped yet
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -167,6 +155,11 @@ class Zygote:
         return kind, value
 
     def close(self) -> None:
+        for pid in self.live:  # left alive by a failed test
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         if self.proc.stdin is not None:
             self.proc.stdin.close()  # the zygote ends at EOF
         try:
@@ -218,7 +211,8 @@ class KillTarget:
         client = redis.Redis.from_url(self.redis_url or "", decode_responses=True)
         try:
             records = client.hgetall(f"{self.prefix}:snapshots")
-            return len(client.keys(f"{self.prefix}:data:*")), len(records), {json.loads(r)["state"] for r in records.values()}
+            states = {json.loads(r)["state"] for r in records.values()}
+            return len(client.keys(f"{self.prefix}:data:*")), len(records), states
         finally:
             client.close()
 
@@ -296,6 +290,7 @@ def kill_at(zygote: Zygote, target: KillTarget, batch: str, fraction: float) -> 
         kind, value = zygote.next()
         if kind == "pid":
             pid = int(value)
+            zygote.live.add(pid)
         elif kind == "progress":
             rows = int(value)
         elif kind == "done":
@@ -311,6 +306,7 @@ def kill_at(zygote: Zygote, target: KillTarget, batch: str, fraction: float) -> 
         elif kind == "progress":
             rows = int(value)
         elif kind == "reaped":
+            zygote.live.discard(pid)
             assert int(value) == -signal.SIGKILL, f"publisher {pid} exited with {value}, not by SIGKILL"
             return done, rows
 
@@ -413,15 +409,20 @@ def test_lookups_at_500_per_second_never_fail_during_a_publish_and_a_champion_pr
     filler["user_id"] = [f"filler{i:06d}" for i in range(len(filler))]  # a realistically sized snapshot to write
     bigger = pd.concat([trained.scores, filler], ignore_index=True)
 
-    ids_file, report_file, stop_file = tmp_path / "ids.json", tmp_path / "report.json", tmp_path / "stop"
+    ids_file, report_file, stop_file, started = (tmp_path / n for n in ("ids.json", "report.json", "stop", "started"))
     ids_file.write_text(json.dumps({"known": known[:500], "unknown": [f"ghost{i}" for i in range(50)]}))
     port = server.base.rsplit(":", 1)[1]
     argv = [sys.executable, str(REPO / "benchmarks" / "bench_load_publish.py"), "drive", "--port", port,
             "--token", TOKEN, "--ids", str(ids_file), "--rate", str(LOAD_RATE), "--min-duration", str(LOAD_MIN_S),
-            "--max-duration", str(LOAD_MAX_S), "--stop-file", str(stop_file), "--out", str(report_file)]
+            "--max-duration", str(LOAD_MAX_S), "--stop-file", str(stop_file), "--started-file", str(started),
+            "--out", str(report_file)]
     driver = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(2.0)
+        deadline = time.monotonic() + 60
+        while not started.exists() and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started.exists(), "the load generator did not start"
+        time.sleep(1.5)  # load on the old snapshot first
         store = open_store(trained.store_path)
         try:
             meta = {"created_at": START + timedelta(days=53), "as_of": "2026-07-21T00:00:00+00:00",
