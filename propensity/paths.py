@@ -16,6 +16,9 @@ def protected_paths(cfg: Settings) -> list[tuple[Path, str]]:
     found = [(cfg.store_path, "the score store"), (cfg.artifact_root, "the MLflow artifact store")]
     if cfg.tracking_uri.startswith("sqlite:///"):
         found.append((Path(cfg.tracking_uri.removeprefix("sqlite:///")), "the MLflow database"))
+    databases = [(p, what) for p, what in found if what != "the MLflow artifact store"]
+    found += [(p.with_name(p.name + side), f"{what} ({side} file)") for p, what in databases
+              for side in ("-wal", "-shm", "-journal")]
     return [(p.resolve(), what) for p, what in found]
 
 

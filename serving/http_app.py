@@ -255,9 +255,20 @@ def _audience_endpoint(state: AppState) -> Any:
     return AudienceEndpoint(state)
 
 
+async def _json_http_error(request: Any, exc: Any) -> Any:
+    from starlette.responses import Response
+
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    body = error_body(code, f"{request.method} {request.url.path}: {exc.detail}")
+    return Response(body, status_code=exc.status_code, headers=exc.headers, media_type="application/json")
+
+
 def build_app(state: AppState) -> Starlette:
     """The Starlette app with the four routes, reading the runtime from ``state``."""
+    from starlette.exceptions import HTTPException
+
     return Starlette(
+        exception_handlers={HTTPException: _json_http_error},
         routes=[
             Route("/lookup", LookupEndpoint(state), methods=["POST"]),
             Route("/score", ScoreEndpoint(state), methods=["POST"]),
@@ -296,4 +307,34 @@ class FastPathMiddleware:
                 if path == "/healthz":
                     await healthz(scope, receive, send)
                     return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await self.app(scope, receive, _json_errors(scope, send))
+
+
+def _json_errors(scope: Scope, send: Send) -> Send:
+    """Wrap ``send`` so the host server's plain-text 404/405 answers become JSON error bodies."""
+    held: dict[str, Any] = {}
+
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = dict(message.get("headers", []))
+            if message["status"] in (404, 405) and headers.get(b"content-type", b"").startswith(b"text/plain"):
+                held["start"] = message
+                return
+        elif message["type"] == "http.response.body" and "start" in held:
+            if message.get("more_body"):
+                return
+            start = held.pop("start")
+            code = "not_found" if start["status"] == 404 else "method_not_allowed"
+            reason = "no such route" if start["status"] == 404 else "method not allowed"
+            body = error_body(code, f"{scope['method']} {scope['path']}: {reason}")
+            hdrs = [(k, v) for k, v in start.get("headers", []) if k not in (b"content-type", b"content-length")]
+            hdrs += [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+            await send({**start, "headers": hdrs})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await send(message)
+
+    return wrapped

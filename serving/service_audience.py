@@ -46,7 +46,7 @@ def parse_audience_request(doc: Any) -> tuple[str, float | None, int | None, int
     if action not in ACTIONS:
         raise HTTPError(422, "invalid", f"'action' must be one of {list(ACTIONS)}, got {json.dumps(action)[:60]}")
     budget, top_k, limit = doc.get("budget"), doc.get("top_k"), doc.get("limit", 1000)
-    if budget is not None and (type(budget) not in (int, float) or not budget >= 0 or budget == float("inf")):
+    if budget is not None and (type(budget) not in (int, float) or not 0 <= budget <= 1.7976931348623157e308):
         raise HTTPError(422, "invalid", "'budget' must be a finite number >= 0")
     for name, value in (("top_k", top_k), ("limit", limit)):
         if value is not None and (type(value) is not int or value < 0 or value > 10**9):

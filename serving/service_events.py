@@ -46,6 +46,10 @@ def _id_text(value: str | int | None, *, required: bool) -> str | None:
         return None
     if isinstance(value, int):
         return str(value)
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError("is not valid Unicode text (lone surrogate)") from None
     text = value.strip()
     if not text:
         if required:
@@ -59,7 +63,10 @@ def parse_ts(value: str | int | float) -> datetime:
     """A UTC datetime from ISO text (naive = UTC) or epoch seconds (number or numeric text)."""
     seconds: float | None = None
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError(f"{value!r} is out of range for epoch seconds") from None
     else:
         text = value.strip()
         try:
@@ -74,7 +81,10 @@ def parse_ts(value: str | int | float) -> datetime:
             return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
     if not math.isfinite(seconds) or abs(seconds) >= _EPOCH_LIMIT:
         raise ValueError(f"{value!r} is out of range for epoch seconds")
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=round(seconds * 1_000_000))
+    try:
+        return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=round(seconds * 1_000_000))
+    except OverflowError:
+        raise ValueError(f"{value!r} is out of range for epoch seconds") from None
 
 
 class EventIn(BaseModel):
@@ -126,7 +136,10 @@ class EventIn(BaseModel):
     def _amount(cls, v: float | int | None) -> float | None:
         if v is None:
             return None
-        a = float(v)
+        try:
+            a = float(v)
+        except OverflowError:
+            raise ValueError("must be a finite number >= 0") from None
         if not math.isfinite(a) or a < 0:
             raise ValueError(f"{v!r} must be a finite number >= 0")
         return a + 0.0

@@ -131,7 +131,7 @@ def new_snapshot_id(created_at: datetime, token: str | None = None) -> str:
 
 def validate_snapshot_id(snapshot_id: object) -> str:
     """Return ``snapshot_id`` if it has the snapshot id form, else raise :class:`SnapshotNotFoundError`."""
-    if not isinstance(snapshot_id, str) or not SNAPSHOT_ID_RE.match(snapshot_id):
+    if not isinstance(snapshot_id, str) or not SNAPSHOT_ID_RE.fullmatch(snapshot_id):
         raise SnapshotNotFoundError(
             f"{snapshot_id!r} is not a snapshot id (expected the form 20261124T010203Z-a1b2c3)"
         )

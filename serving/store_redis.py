@@ -104,7 +104,7 @@ class RedisScoreStore:
     ) -> None:
         if redis is None:
             raise StoreError("the Redis score store needs the 'redis' package: pip install 'redis>=5'")
-        if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix):
+        if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
             raise StoreInputError(f"Redis key prefix must be 1-64 characters of [A-Za-z0-9_.:{{}}-], got {prefix!r}")
         self.url = _redact(url)
         self.prefix = prefix
