@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_features import AS_OF, synthetic_events  # noqa: E402
+from bench_features import AS_OF, child, synthetic_events  # noqa: E402
 
 CLUSTER_NOTE = (
     "What a cluster changes: the same plan runs as parallel tasks over the event files and the user buckets, so "
@@ -80,16 +80,6 @@ def _jvm_peak_rss_mb(session) -> float | None:
     except (AttributeError, OSError, ValueError):
         return None
     return None
-
-
-def child(target, *args) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(*args, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
 
 
 def compare(duck_path: Path, spark_dir: Path) -> tuple[int, list[str]]:
