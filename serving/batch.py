@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 
 from features.build import build_features
 from serving.activation import ActivationConfig, recommend
-from serving.scoring import score_features
+from serving.activation import NO_ACTION
+from serving.scoring import add_reasons, score_features
 from serving.store import ScoreStore, SnapshotInfo
 from training.bundle import ModelBundle
 
@@ -49,11 +50,17 @@ def score_chunks(
     activation: ActivationConfig,
     chunk_users: int,
 ) -> Iterator[pd.DataFrame]:
-    """Yield audience records (:data:`AUDIENCE_COLUMNS`) for ``raw`` (one row per user), ``chunk_users`` at a time."""
+    """Yield audience records (:data:`AUDIENCE_COLUMNS`) for ``raw`` (one row per user), ``chunk_users`` at a time.
+
+    Reason codes are computed for the users with an action (the ones a campaign will touch); the others get empty
+    lists, because SHAP contributions cost about 100x the score itself.
+    """
     for start in range(0, len(raw), chunk_users):
         part = raw.iloc[start : start + chunk_users]
-        scored = score_features(part, bundles, as_of, keep_features=True)
+        scored = score_features(part, bundles, as_of, keep_features=True, reasons=False)
         acted = recommend(scored, as_of, activation)
+        acted = add_reasons(acted.reset_index(drop=True), part.reset_index(drop=True), bundles,
+                            (acted["action"] != NO_ACTION).to_numpy())
         yield acted[[c for c in AUDIENCE_COLUMNS if c in acted.columns]]
 
 

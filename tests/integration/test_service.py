@@ -428,7 +428,16 @@ def test_audience_route_matches_the_cli_selection_on_the_published_batch(
     finally:
         store.close()
     frame = pd.read_parquet(result.audience_path)
-    action = frame.loc[frame["action"] != "none", "action"].value_counts().index[0]
+    acted = frame["action"] != "none"
+    # reason codes only for the users a campaign will touch; they equal the full computation for those users
+    assert frame.loc[~acted, "reasons_buy"].map(len).eq(0).all()
+    from serving.scoring import score_features
+
+    full = score_features(trained.raw, bundles, AS_OF).set_index("user_id")
+    for uid, reasons in frame.loc[acted, ["user_id", "reasons_buy"]].head(20).itertuples(index=False):
+        assert list(reasons) == list(full.loc[uid, "reasons_buy"])
+    assert frame.loc[acted, "reasons_buy"].map(len).gt(0).any()
+    action = frame.loc[acted, "action"].value_counts().index[0]
     _, expected = select_audience(frame, action, ActivationConfig(), top_k=5)
     r = server.client.post("/audience", json={"action": action, "top_k": 5})
     assert r.status_code == 200, r.text
