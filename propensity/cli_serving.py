@@ -278,3 +278,44 @@ def pin(data_dir: DataDir = None) -> None:
 
     path = pin_champions(settings(data_dir=data_dir))
     console().print(f"champions pinned in {path}; now run: bentoml build")
+
+
+@app.command()
+@friendly
+def flow(
+    before: Annotated[datetime, typer.Option("--from", help="The earlier cutoff (ISO date or time; naive = UTC).")],
+    after: Annotated[datetime, typer.Option("--to", help="The later cutoff.")],
+    events: Annotated[Path | None, typer.Option(help="Clean events [default: <data-dir>/clean/events.parquet].")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """How the audience moved between two cutoffs: the AIPL transition matrix, flow rates, reach, P+L share."""
+    import pandas as pd
+
+    from features.build import build_features, default_connection, events_table
+    from features.spec import FeatureSpec
+    from propensity.cli import utc
+    from propensity.ui import frame_table
+    from serving.flow import aipl_flow
+
+    cfg = settings(data_dir=data_dir)
+    t0, t1 = utc(before), utc(after)
+    assert t0 is not None and t1 is not None
+    if t0 >= t1:
+        raise typer.BadParameter("--from must be earlier than --to")
+    con = default_connection()
+    table = events_table(events or cfg.clean_dir / "events.parquet", con)
+    spec = FeatureSpec(windows=cfg.features.windows)
+    layers = [build_features(table, t, spec, con=con)[["user_id", "aipl_layer"]] for t in (t0, t1)]
+    report = aipl_flow(*layers)
+    counts = report.counts.copy()
+    counts.index.name = "from \\ to"
+    console().print(frame_table(f"AIPL flow {t0:%Y-%m-%d} -> {t1:%Y-%m-%d} (users)", counts, "{:,.0f}"))
+    rates = pd.DataFrame({"rate": report.rates}).rename_axis("flow")
+    console().print(frame_table("flow rates (share of the earlier layer)", rates, "{:.1%}"))
+    console().print(kv_table("assets", {
+        "reach before": report.reach_before, "reach after": report.reach_after,
+        "new users": report.n_new, "users gone": report.n_gone,
+        "P+L share before": f"{report.pl_share_before:.1%}",
+        "P+L share after": f"{report.pl_share_after:.1%} (target >= {report.pl_target:.0%}: "
+                           f"{'met' if report.pl_target_met else 'missed'})",
+    }))

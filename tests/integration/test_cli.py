@@ -82,3 +82,19 @@ def test_bad_as_of_is_a_usage_error(run):
     result = run("features", "--as-of", "not-a-date")
     assert result.exit_code == 2
     assert "--as-of" in result.output
+
+
+def test_flow_between_two_cutoffs_shows_the_transitions(run, tmp_path: Path):
+    src = _csv(
+        tmp_path / "e.csv",
+        "user_id,ts,behavior\n"
+        "a,2026-01-01T10:00:00,view\na,2026-01-03T10:00:00,fav\n"      # A on Jan 2 -> I on Jan 5
+        "b,2026-01-01T10:00:00,buy\nb,2026-01-03T10:00:00,buy\n"       # P on Jan 2 -> L on Jan 5
+        "c,2026-01-04T10:00:00,view\n",                                 # new between the cutoffs, A
+    )
+    assert run("validate", str(src), "--as-of", "2026-02-01").exit_code == 0
+    result = run("flow", "--from", "2026-01-02", "--to", "2026-01-05")
+    assert result.exit_code == 0, result.output
+    assert "A->I │ 100.0%" in result.output and "P->L │ 100.0%" in result.output
+    assert "new users        │ 1" in result.output
+    assert run("flow", "--from", "2026-01-05", "--to", "2026-01-02").exit_code == 2
