@@ -8,7 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from propensity.cli import DataDir, app, feature_spec, friendly, run_validation, settings
+from propensity.cli import (
+    DataDir, Engine, SparkMaster, app, check_engine, feature_spec, friendly, run_validation, settings,
+)
 from propensity.config import Settings
 from propensity.ui import console, frame_table, kv_table
 
@@ -20,6 +22,18 @@ def registry(cfg: Settings) -> Any:
     from training.registry import Registry
 
     return Registry(cfg.tracking_uri, cfg.artifact_root)
+
+
+def spark_sample_source(events: Path, spec: Any, master: str, fraction: float, seed: int) -> Any:
+    """Raw features per cutoff from Spark, for a deterministic user sample (the same users at every cutoff)."""
+    from features.engine_spark import feature_frame_spark, sample_users, spark_connection
+
+    con = spark_connection(master)
+
+    def source(as_of: datetime) -> Any:
+        return sample_users(feature_frame_spark(str(events), as_of, spec, con), fraction, seed, spec=spec)
+
+    return source
 
 
 def train_config(cfg: Settings, events: Path, truth: Path | None, data_end: datetime | None = None) -> Any:
@@ -39,15 +53,25 @@ def train_config(cfg: Settings, events: Path, truth: Path | None, data_end: date
     )
 
 
-def run_train(cfg: Settings, events: Path, truth: Path | None, data_end: datetime | None = None) -> Any:
-    """Train both targets under the training lock; print and return the report."""
+def run_train(
+    cfg: Settings, events: Path, truth: Path | None, data_end: datetime | None = None, *,
+    engine: str = "duckdb", spark_master: str = "local[2]", sample: float = 1.0,
+) -> Any:
+    """Train both targets under the training lock; print and return the report.
+
+    With ``engine="spark"`` the features of every cutoff come from Spark, for a ``sample`` share of the users."""
+    from dataclasses import replace
+
     from training.job import run_training
     from training.lock import exclusive_lock
 
+    tcfg = train_config(cfg, events, truth, data_end)
+    if engine == "spark":
+        tcfg = replace(tcfg, feature_source=spark_sample_source(events, tcfg.spec, spark_master, sample, cfg.seed))
     started = datetime.now(timezone.utc).isoformat()
     with exclusive_lock(cfg.artifact_root / ".train.lock", started):
         with console().status("training") as status:
-            report = run_training(train_config(cfg, events, truth, data_end), registry(cfg), say=status.update)
+            report = run_training(tcfg, registry(cfg), say=status.update)
     print_training(report, cfg)
     return report
 
@@ -76,11 +100,15 @@ def print_training(report: Any, cfg: Settings) -> None:
 def train(
     events: Annotated[Path | None, typer.Option(help="Clean events [default: <data-dir>/clean/events.parquet].")] = None,
     truth: Truth = None,
+    engine: Engine = "duckdb",
+    spark_master: SparkMaster = "local[2]",
+    sample: Annotated[float, typer.Option(help="With --engine spark: share of users to train on (0-1].")] = 1.0,
     data_dir: DataDir = None,
 ) -> None:
     """Train both targets over stacked cutoffs, log to MLflow as @challenger, promote through the gate."""
     cfg = settings(data_dir=data_dir)
-    run_train(cfg, events or cfg.clean_dir / "events.parquet", truth)
+    run_train(cfg, events or cfg.clean_dir / "events.parquet", truth, engine=check_engine(engine),
+              spark_master=spark_master, sample=sample)
 
 
 @app.command()

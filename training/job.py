@@ -34,6 +34,8 @@ Say = Callable[[str], None]
 class TrainConfig:
     """What one training run needs. ``lapse_days=None`` takes N from the fitted 80/20 silent gap.
     ``data_end``: the end of the observed period (label windows must fit before it); default the last event time.
+    ``feature_source``: builds the raw feature table for a cutoff (default: ``build_features`` on DuckDB); the
+    Spark engine passes a user sample of the Spark feature table here, so models still train on one machine.
     """
 
     events_path: Path
@@ -51,6 +53,7 @@ class TrainConfig:
     truth_path: Path | None = None
     data_end: datetime | None = None
     targets: tuple[str, ...] = TARGETS
+    feature_source: Callable[[datetime], pd.DataFrame] | None = None
 
 
 @dataclass
@@ -93,7 +96,9 @@ def run_training(cfg: TrainConfig, registry: Registry, say: Say = lambda _: None
     def raw_features(as_of: datetime) -> pd.DataFrame:
         if as_of not in feature_cache:
             say(f"features as of {as_of:%Y-%m-%d}")
-            feature_cache[as_of] = build_features(events, as_of, cfg.spec, con=con)
+            feature_cache[as_of] = (
+                cfg.feature_source(as_of) if cfg.feature_source else build_features(events, as_of, cfg.spec, con=con)
+            )
         return feature_cache[as_of]
 
     buy_cutoffs = cutoffs_for(end, cfg.n_cutoffs, cfg.cutoff_spacing_days, cfg.horizon_days)

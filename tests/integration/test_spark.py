@@ -291,3 +291,30 @@ def test_in_memory_events_give_the_duckdb_features(con: Any):
     assert spark["user_id"].tolist() == ["a", "b"]  # c's only event is at as_of: excluded
     _assert_frames_close(spark, duck, exact=set(integer_columns(SPEC)) | {"user_id", "aipl_layer"})
     assert spark.loc[1, "days_since_last_cart"] == pytest.approx(0.5 / 86_400, abs=1e-15)
+
+
+def test_training_reads_a_user_sample_of_the_spark_features(events_dir: Path, con: Any, tmp_path: Path) -> None:
+    from features.engine_spark import feature_frame_spark, sample_users
+    from training.job import TrainConfig, run_training
+    from training.models import BoosterParams
+    from training.registry import Registry
+
+    seen: dict[Any, pd.DataFrame] = {}
+
+    def source(as_of: Any) -> pd.DataFrame:
+        seen[as_of] = sample_users(feature_frame_spark(str(events_dir), as_of, SPEC, con), 0.6, 5, spec=SPEC)
+        return seen[as_of]
+
+    cfg = TrainConfig(
+        events_path=events_dir, out_dir=tmp_path / "plots", lapse_days=7, n_cutoffs=3, cutoff_spacing_days=3,
+        min_positives=3, min_negatives=3, targets=("last_mile_buyer",), feature_source=source,
+        data_end=CONFIG.end, params=BoosterParams(num_boost_round=20, min_data_in_leaf=5),
+    )
+    report = run_training(cfg, Registry(f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "artifacts"))
+    outcome = report.outcomes["last_mile_buyer"]
+    users = {t: set(f["user_id"]) for t, f in seen.items()}
+    ordered = [users[t] for t in sorted(users)]
+    assert all(a <= b for a, b in zip(ordered, ordered[1:]))  # the same draw at every cutoff (population grows)
+    full = set(build_features(events_dir, outcome.cutoffs[-1], SPEC)["user_id"])
+    assert users[outcome.cutoffs[-1]] < full  # a strict sample of the users
+    assert set(outcome.result.bundle.feature_names) and outcome.version == "1"
