@@ -75,13 +75,29 @@ class Shop:
     cached: bool
 
 
-def training_cutoffs(end: datetime, horizon_days: int, lapse_days: int, n_cutoffs: int = 6,
-                     spacing_days: int = 7) -> tuple[datetime, ...]:
-    """Every training cutoff of both targets, so the generator records the truth exactly there."""
+def product_settings(lapse_days: int) -> Any:
+    """The product's default settings (as ``propensity demo`` uses them: N = ``lapse_days``), ignoring the
+    environment and any ``propensity.toml`` for the training section."""
+    from propensity.config import Settings, TrainingSettings
+
+    return Settings(training=TrainingSettings(lapse_days=lapse_days))
+
+
+def training_cutoffs(end: datetime, lapse_days: int) -> tuple[datetime, ...]:
+    """Every training cutoff of both targets under the product settings, so the generator records the truth
+    exactly there (``propensity demo`` does the same)."""
     from training.datasets import cutoffs_for
 
-    found = {*cutoffs_for(end, n_cutoffs, spacing_days, horizon_days), *cutoffs_for(end, n_cutoffs, spacing_days, lapse_days)}
+    t = product_settings(lapse_days).training
+    found = {*cutoffs_for(end, t.n_cutoffs, t.cutoff_spacing_days, t.horizon_days),
+             *cutoffs_for(end, t.n_cutoffs, t.cutoff_spacing_days, lapse_days)}
     return tuple(sorted(found))
+
+
+def settings_key(lapse_days: int) -> str:
+    """Cache-key part naming the training settings a shop's truth or a bundle depends on."""
+    t = product_settings(lapse_days).training
+    return f"l{lapse_days}-c{t.n_cutoffs}x{t.cutoff_spacing_days}"
 
 
 def make_shop(users: int, *, days: int = 120, seed: int = 7, lapse_days: int = 30, truth: bool = True,
@@ -89,7 +105,7 @@ def make_shop(users: int, *, days: int = 120, seed: int = 7, lapse_days: int = 3
     """Generate (or reuse from ``cache``) a shop of ``users`` users over ``days`` days."""
     from features.generate import GeneratorConfig, generate
 
-    key = f"shop-u{users}-d{days}-s{seed}-l{lapse_days}-" + (f"truth{truth_paths}" if truth else "notruth")
+    key = f"shop-u{users}-d{days}-s{seed}-" + (f"{settings_key(lapse_days)}-truth{truth_paths}" if truth else "notruth")
     where = cache / key
     done = where / "done.json"
     base = GeneratorConfig(n_users=users, days=days, seed=seed, lapse_days=lapse_days, truth_paths=truth_paths)
@@ -100,7 +116,7 @@ def make_shop(users: int, *, days: int = 120, seed: int = 7, lapse_days: int = 3
         return Shop(where / "events", truth_path if truth else None, end, users, doc["events"], doc["seconds"],
                     doc["cpu"], cached=True)
     shutil.rmtree(where, ignore_errors=True)
-    cutoffs = training_cutoffs(end, base.horizon_days, lapse_days) if truth else ()
+    cutoffs = training_cutoffs(end, lapse_days) if truth else ()
     t0, c0 = time.perf_counter(), cpu_seconds()
     data = generate(replace(base, truth_cutoffs=cutoffs), where)
     seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
@@ -115,12 +131,23 @@ def temp_registry(root: Path) -> Any:
     return Registry(f"sqlite:///{root}/mlflow.db", root / "artifacts")
 
 
-def train_config(shop: Shop, out_dir: Path, lapse_days: int, **overrides: Any) -> Any:
-    """The demo's training settings (6 cutoffs 7 days apart, H = 3, N = ``lapse_days``) for ``shop``."""
-    from training.job import TrainConfig
+def train_config(shop: Shop, out_dir: Path, lapse_days: int) -> Any:
+    """The product's training config (``propensity.cli_models.train_config`` over the default settings, N =
+    ``lapse_days``) for ``shop``, plots written under ``out_dir``."""
+    import propensity.cli  # noqa: F401  (registers the commands; importing cli_models first is circular)
+    from propensity.cli_models import train_config as product_config
 
-    return TrainConfig(events_path=shop.events_dir, out_dir=out_dir, lapse_days=lapse_days,
-                       truth_path=shop.truth_path, data_end=shop.end, **overrides)
+    cfg = product_config(product_settings(lapse_days), shop.events_dir, shop.truth_path, data_end=shop.end)
+    return replace(cfg, out_dir=out_dir)
+
+
+def describe_training(cfg: Any) -> str:
+    """One line naming the training settings a result depends on."""
+    b = cfg.params
+    return (f"training: {cfg.n_cutoffs} cutoffs {cfg.cutoff_spacing_days} days apart, H = {cfg.horizon_days} d, "
+            f"N = {cfg.lapse_days} d; LightGBM lr {b.learning_rate}, {b.num_leaves} leaves, min {b.min_data_in_leaf} "
+            f"per leaf, <= {b.num_boost_round} rounds (early stop {b.early_stopping_rounds}), {b.num_threads} threads; "
+            f"{cfg.calibration} calibration")
 
 
 def save_bundles(report: Any, directory: Path) -> None:
@@ -139,7 +166,7 @@ def load_bundles(directory: Path) -> dict[str, Any] | None:
 
 
 def bundle_dir(users: int, days: int, seed: int, lapse_days: int, cache: Path) -> Path:
-    return cache / f"bundles-u{users}-d{days}-s{seed}-l{lapse_days}"
+    return cache / f"bundles-u{users}-d{days}-s{seed}-{settings_key(lapse_days)}"
 
 
 def trained_bundles(users: int, *, days: int = 120, seed: int = 7, lapse_days: int = 30, cache: Path = CACHE,
@@ -300,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         root = Path(tmp)
         t0, c0 = time.perf_counter(), cpu_seconds()
-        report = run_training(train_config(shop, root / "plots", args.lapse_days), temp_registry(root))
+        cfg = train_config(shop, root / "plots", args.lapse_days)
+        print(describe_training(cfg), flush=True)
+        report = run_training(cfg, temp_registry(root))
         train_s, train_cpu = time.perf_counter() - t0, cpu_seconds() - c0
         save_bundles(report, bundle_dir(args.users, args.days, args.seed, args.lapse_days, args.cache))
         metric_rows, gap_rows, doc = quality_tables(shop, report, args.bootstrap)

@@ -37,7 +37,9 @@ for p in (ROOT, ROOT / "benchmarks"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from bench_quality import CACHE, cpu_seconds, load_note, make_shop, peak_rss_mib, temp_registry, train_config  # noqa: E402
+from bench_quality import (  # noqa: E402
+    CACHE, cpu_seconds, describe_training, load_note, make_shop, peak_rss_mib, temp_registry, train_config,
+)
 
 
 class Stopwatch:
@@ -175,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         cfg = train_config(shop, root / "plots", args.lapse_days)
         registry = temp_registry(root)
+        print(describe_training(cfg), file=sys.stderr, flush=True)
         profiler = cProfile.Profile() if args.profile else None
         try:
             with instrumented(watch, points(captured)):

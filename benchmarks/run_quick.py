@@ -91,8 +91,10 @@ def generate_rows(text: str) -> list[str]:
         return found.group(1) if found else "?"
 
     head = "| users | events | wall s (CPU s) | events/s | peak RSS MiB |"
-    row = (f"| {grab(r'users=(\d+)')} | {grab(r'events=(\d+)')} | {grab(r'elapsed=([\d.]+) s')} "
-           f"({grab(r'cpu ([\d.]+) s')}) | {grab(r'events/s=([\d,]+)')} | {grab(r'peak RSS=(\d+) MiB')} |")
+    patterns = (r"users=(\d+)", r"events=(\d+)", r"elapsed=([\d.]+) s", r"cpu ([\d.]+) s", r"events/s=([\d,]+)",
+                r"peak RSS=(\d+) MiB")
+    users, events, wall, cpu, rate, rss = (grab(p) for p in patterns)
+    row = f"| {users} | {events} | {wall} ({cpu}) | {rate} | {rss} |"
     return [head, "|---|---|---|---|---|", row]
 
 
