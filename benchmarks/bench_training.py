@@ -14,7 +14,8 @@ functions it calls (the same code runs; only a stopwatch is added around each ca
 Same-run baseline: a plain ``lightgbm.train`` (same parameters, early stopping, ``num_threads``) on the very same
 design matrices the job built, so the job's overhead over the bare fit is visible. Target: 1M users <= 120 s.
 ``--profile`` also writes a cProfile of the job (Python frames only; DuckDB and LightGBM threads show as the
-calls that wait for them).
+calls that wait for them). ``--omp-check`` instead times one LightGBM fit in fresh processes with 2 threads as
+shipped, with ``OMP_WAIT_POLICY=passive`` and with 1 thread (spinning OpenMP workers on shared cores).
 """
 
 from __future__ import annotations
@@ -151,6 +152,40 @@ def plain_lightgbm(captured: list[tuple[Any, ...]]) -> tuple[float, float, list[
     return wall, cpu, rounds
 
 
+def omp_child(rows: int, threads: int) -> None:
+    """Fit 150 rounds on a synthetic (rows, 77) matrix with ``threads`` threads; print wall and CPU as JSON."""
+    import lightgbm as lgb
+    import numpy as np
+
+    from training.models import BoosterParams
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(rows, 77))
+    x[rng.random(x.shape) < 0.2] = np.nan
+    y = (rng.random(rows) < 1 / (1 + np.exp(3 - np.nan_to_num(x[:, 1]) - 0.5 * np.nan_to_num(x[:, 2])))).astype(np.int8)
+    params = BoosterParams(num_threads=threads).lgb_params(int(y.sum()), int(rows - y.sum()))
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    lgb.train(params, lgb.Dataset(x, label=y), num_boost_round=150)
+    print(json.dumps({"wall": time.perf_counter() - t0, "cpu": cpu_seconds() - c0}))
+
+
+def omp_check(rows: int) -> list[str]:
+    """The same LightGBM fit in fresh processes: 2 threads as shipped, 2 threads with ``OMP_WAIT_POLICY=passive``
+    (OpenMP workers sleep instead of spinning at barriers) and 1 thread. On a machine whose cores are shared with
+    other work, spinning workers burn their time slices waiting for a descheduled sibling."""
+    import os
+    import subprocess
+
+    out = []
+    for label, env, threads in (("2 threads (as shipped)", {}, 2), ("2 threads, OMP_WAIT_POLICY=passive",
+                                {"OMP_WAIT_POLICY": "passive"}, 2), ("1 thread", {}, 1)):
+        done = subprocess.run([sys.executable, __file__, "--omp-child", str(threads), "--omp-rows", str(rows)],
+                              env={**os.environ, **env}, capture_output=True, text=True, check=True, cwd=ROOT)
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        out.append(f"| {label} | {rows:,} x 77, 150 rounds | {r['wall']:.1f} | {r['cpu']:.1f} | {os.getloadavg()[0]:.1f} |")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", type=int, default=200_000)
@@ -162,7 +197,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", type=Path, default=None, help="write a cProfile of run_training here")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--no-header", action="store_true", help="print only the summary row")
+    ap.add_argument("--omp-check", action="store_true", help="only compare LightGBM thread settings (fresh processes)")
+    ap.add_argument("--omp-rows", type=int, default=300_000, help=argparse.SUPPRESS)
+    ap.add_argument("--omp-child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.omp_child is not None:
+        omp_child(args.omp_rows, args.omp_child)
+        return 0
+    if args.omp_check:
+        print("| LightGBM fit | data | wall s | CPU s | load (1 min) |\n|---|---|---|---|---|")
+        print("\n".join(omp_check(args.omp_rows)))
+        return 0
 
     import training.train as train
     from training.job import run_training
