@@ -37,8 +37,15 @@ for p in (ROOT, ROOT / "benchmarks"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from bench_quality import CACHE, cpu_seconds, load_note, make_shop, peak_rss_mib, trained_bundles  # noqa: E402
-from bench_training import Stopwatch, instrumented  # noqa: E402
+from bench_quality import (
+    CACHE,
+    cpu_seconds,
+    load_note,
+    make_shop,
+    peak_rss_mib,
+    trained_bundles,
+)
+from bench_training import Stopwatch, instrumented
 
 PARTS = (
     ("feature build", 0),
@@ -55,9 +62,8 @@ TOP = ("feature build", "score_features", "recommend", "add_reasons (users with 
 
 def timed_points(captured: dict[str, Any]) -> tuple[list[tuple[Any, str, str]], Any]:
     """Stopwatch points of the batch, and a ``build_features`` that keeps its output in ``captured["raw"]``."""
-    import serving.batch as batch
-    import serving.scoring as scoring
     from features.segments import Segmenter
+    from serving import batch, scoring
     from training.bundle import ModelBundle
 
     original = batch.build_features
@@ -79,8 +85,8 @@ def timed_points(captured: dict[str, Any]) -> tuple[list[tuple[Any, str, str]], 
 
 
 def run_one(name: str, store: Any, shop: Any, bundles: dict[str, Any], out: Path, captured: dict[str, Any]) -> dict:
-    import serving.batch as batch
     from features.build import default_connection, events_table
+    from serving import batch
 
     watch = Stopwatch()
     points, keep_features = timed_points(captured)
@@ -121,9 +127,9 @@ def predictor_rows(bundles: dict[str, Any], raw: Any, workdir: Path, repeats: in
     for target, bundle in bundles.items():
         x = np.ascontiguousarray(bundle.matrix(bundle.segmenter.transform(raw)))
         n = len(x)
-        lgb_s, p_lgb = best_of(lambda: bundle.booster.predict(x, num_threads=0), repeats)
-        sub = x[: min(n, contrib_rows)]
-        contrib_s, _ = best_of(lambda: bundle.booster.predict(sub, pred_contrib=True), 1)
+        booster, sub = bundle.booster, x[: min(n, contrib_rows)]
+        lgb_s, p_lgb = best_of(lambda b=booster, m=x: b.predict(m, num_threads=0), repeats)
+        contrib_s, _ = best_of(lambda b=booster, m=sub: b.predict(m, pred_contrib=True), 1)
         row: dict[str, Any] = {"target": target, "rows": n, "trees": bundle.booster.num_trees(),
                                "lgb_rows_s": n / lgb_s, "contrib_rows_s": len(sub) / contrib_s}
         if treelite:
@@ -161,7 +167,9 @@ def compiled(bundle: Any, x: np.ndarray, p_lgb: np.ndarray, workdir: Path, repea
 
 
 def start_redis(workdir: Path) -> tuple[str | None, Any]:
-    from bench_store import start_redis as start  # the private redis-server helper of the store benchmark
+    from bench_store import (
+        start_redis as start,  # the private redis-server helper of the store benchmark
+    )
 
     return start(workdir)
 
@@ -239,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
           "| SHAP s | target 1M <= 20 s |\n|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         per_million = r["wall"] * 1_000_000 / max(r["users"], 1)
-        verdict = ("met" if r["wall"] <= 20 else "missed") if r["users"] >= 1_000_000 else (
+        verdict = ("met" if r["wall"] <= 20 else "missed") if args.users >= 1_000_000 else (
             f"{'on track' if per_million <= 20 else 'missed'}: linear extrapolation {per_million:,.0f} s at 1M")
         shap = r["parts"].get("SHAP contributions", (0.0, 0.0))[0]
         print(f"| {r['store']} | {r['users']:,} | {r['acted']:,} | {r['wall']:.1f} ({r['cpu']:.1f}) "

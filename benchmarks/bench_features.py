@@ -17,7 +17,7 @@ import multiprocessing as mp
 import resource
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-AS_OF = datetime(2024, 3, 1, tzinfo=timezone.utc)
+AS_OF = datetime(2024, 3, 1, tzinfo=UTC)
 BEHAVIOR_P = {"view": 0.80, "fav": 0.04, "cart": 0.06, "buy": 0.03, "visit": 0.07}
 CHANNEL_P = {None: 0.30, "search": 0.20, "recommend": 0.30, "ad": 0.10, "live": 0.05, "promo": 0.05}
 

@@ -9,7 +9,9 @@
    ranking and isotonic-calibrated), the logistic regression and the oracle (the simulator's true
    probabilities) on the test cutoff, then the gaps against the targets: AUC within 0.01 of the oracle, at least
    +0.05 AUC over the rule score for last-mile buyers, ECE <= 0.02. Gaps carry a paired bootstrap 95% interval
-   over test users (the test cutoff is one sample of users: small shops cannot resolve a 0.01 gap).
+   over test users (the test cutoff is one sample of users: small shops cannot resolve a 0.01 gap). A diagnostic
+   row, "features -> true p (ceiling)", fits LightGBM to the simulator's true probabilities (not the 0/1
+   outcomes) from the same design matrices: what these features can express once label noise is gone.
 3. The real Taobao sample (``../shared/data/taobao_user_behavior_sample.csv`` next to the repository, when
    present): validated in its own format, features as of 2017-12-02 00:00 +08:00, the share of users who buy on
    Dec 2-3 (about 32% expected) and the AUC of the rule score for that label (far too small to train on).
@@ -43,7 +45,8 @@ if str(ROOT) not in sys.path:
 SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/taobao_user_behavior_sample.csv"
 CACHE = ROOT / "benchmarks" / "out" / "cache"
 TARGETS = ("last_mile_buyer", "lapse_risk")
-MODELS = ("lightgbm", "rule_score (raw)", "rule_score", "logistic", "oracle")
+CEILING = "features -> true p (ceiling)"
+MODELS = ("lightgbm", "rule_score (raw)", "rule_score", "logistic", CEILING, "oracle")
 
 
 # ------------------------------------------------------------------------------------------------- shared helpers
@@ -188,22 +191,72 @@ def trained_bundles(users: int, *, days: int = 120, seed: int = 7, lapse_days: i
 
 
 # ------------------------------------------------------------------------------------------------- quality
-def raw_rule_scores(shop: Shop, target: str, outcome: Any) -> np.ndarray:
+class CutoffFrames:
+    """Labelled feature frames of one shop by (target, cutoff), rebuilt the way the job builds them (features at
+    the cutoff inner-joined with that cutoff's labels); raw feature tables are built once per cutoff."""
+
+    def __init__(self, shop: Shop) -> None:
+        from features.build import default_connection, events_table
+
+        self.con = default_connection()
+        self.events = events_table(shop.events_dir, self.con)
+        self._raw: dict[datetime, Any] = {}
+
+    def frame(self, target: str, as_of: datetime, bundle: Any) -> Any:
+        from features.build import build_features
+        from training.datasets import labelled_frame
+
+        if as_of not in self._raw:
+            self._raw[as_of] = build_features(self.events, as_of, bundle.spec, con=self.con)
+        return labelled_frame(target, self.events, as_of, bundle.label_spec, self._raw[as_of])
+
+
+def raw_rule_scores(frames: CutoffFrames, target: str, outcome: Any) -> np.ndarray:
     """The unscaled rule score of the test rows (same rows and order as the job's test cutoff), signed so that
     higher means more likely (the rule score ranks value: negated for lapse risk)."""
-    from features.build import build_features, default_connection, events_table
-    from training.datasets import labelled_frame
-
-    bundle = outcome.result.bundle
-    con = default_connection()
-    events = events_table(shop.events_dir, con)
-    as_of = outcome.cutoffs[-1]
-    frame = labelled_frame(target, events, as_of, bundle.label_spec, build_features(events, as_of, bundle.spec, con=con))
-    labels = frame["label"].to_numpy(np.int8)
-    if not np.array_equal(labels, outcome.result.test_labels):
+    frame = frames.frame(target, outcome.cutoffs[-1], outcome.result.bundle)
+    if not np.array_equal(frame["label"].to_numpy(np.int8), outcome.result.test_labels):
         raise RuntimeError(f"{target}: rebuilt test cutoff does not match the job's test rows")
     sign = -1.0 if target == "lapse_risk" else 1.0
     return sign * frame["rule_score"].to_numpy(np.float64)
+
+
+def feature_ceiling(frames: CutoffFrames, target: str, outcome: Any, truth: Any) -> np.ndarray | None:
+    """Test-cutoff scores of a LightGBM fitted to the TRUE probabilities instead of the 0/1 outcomes (cross-entropy
+    objective), on the job's own design matrices: trained on the training cutoffs, early-stopped on the validation
+    cutoff. It shows how much of the oracle these features can express when label noise is taken away: if it
+    lands near the trained model, the features (not the data size or the learner) limit the AUC."""
+    import lightgbm as lgb
+    import pandas as pd
+
+    bundle = outcome.result.bundle
+    column, window_col, window = (("p_buy_true", "horizon_days", bundle.label_spec.horizon_days)
+                                  if target == "last_mile_buyer" else
+                                  ("p_lapse_true", "lapse_days", bundle.label_spec.lapse_days))
+    as_of_col = pd.to_datetime(truth["as_of"], utc=True)
+
+    def matrix(cutoffs: list[datetime]) -> tuple[np.ndarray, np.ndarray] | None:
+        xs, ps = [], []
+        for as_of in cutoffs:
+            frame = bundle.segmenter.transform(frames.frame(target, as_of, bundle))
+            at = truth[(as_of_col == pd.Timestamp(as_of)) & (truth[window_col] == window)]
+            p = frame[["user_id"]].merge(at[["user_id", column]], on="user_id", how="left")[column]
+            if p.isna().any():
+                return None
+            xs.append(bundle.matrix(frame))
+            ps.append(p.to_numpy(np.float64))
+        return np.concatenate(xs), np.concatenate(ps)
+
+    train, valid, test = matrix(outcome.cutoffs[:-2]), matrix(outcome.cutoffs[-2:-1]), matrix(outcome.cutoffs[-1:])
+    if train is None or valid is None or test is None:
+        return None
+    params = {"objective": "cross_entropy", "learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf": 50,
+              "feature_fraction": 0.8, "verbosity": -1, "num_threads": 2, "deterministic": True, "seed": 7}
+    dtrain = lgb.Dataset(train[0], label=train[1])
+    booster = lgb.train(params, dtrain, num_boost_round=2000,
+                        valid_sets=[lgb.Dataset(valid[0], label=valid[1], reference=dtrain)],
+                        callbacks=[lgb.early_stopping(50, verbose=False)])
+    return np.clip(booster.predict(test[0]), 0.0, 1.0)
 
 
 def bootstrap_gap(y: np.ndarray, a: np.ndarray, b: np.ndarray, n_boot: int, seed: int = 0) -> tuple[float, float, float]:
@@ -221,10 +274,14 @@ def bootstrap_gap(y: np.ndarray, a: np.ndarray, b: np.ndarray, n_boot: int, seed
     return float(point), float(lo), float(hi)
 
 
-def quality_tables(shop: Shop, report: Any, n_boot: int) -> tuple[list[str], list[str], dict[str, Any]]:
+def quality_tables(shop: Shop, report: Any, n_boot: int, ceiling: bool) -> tuple[list[str], list[str], dict[str, Any]]:
     """Markdown rows: metrics per (target, model), and the gaps against the targets per target."""
-    from training.evaluate import rank_metrics
+    import pandas as pd
 
+    from training.evaluate import evaluate, rank_metrics
+
+    frames = CutoffFrames(shop)
+    truth = pd.read_parquet(shop.truth_path) if ceiling and shop.truth_path else None
     metric_rows, gap_rows, doc = [], [], {}
     for target in TARGETS:
         outcome = report.outcomes[target]
@@ -232,9 +289,13 @@ def quality_tables(shop: Shop, report: Any, n_boot: int) -> tuple[list[str], lis
         y = res.test_labels.astype(np.int8)
         scores = dict(res.test_scores)
         metrics = {k: dict(v) for k, v in res.metrics.items()}
-        rule_raw = raw_rule_scores(shop, target, outcome)
+        rule_raw = raw_rule_scores(frames, target, outcome)
         scores["rule_score (raw)"] = rule_raw
         metrics["rule_score (raw)"] = rank_metrics(y, rule_raw)
+        fitted = feature_ceiling(frames, target, outcome, truth) if truth is not None else None
+        if fitted is not None:
+            scores[CEILING] = fitted
+            metrics[CEILING] = evaluate(y, fitted)
         for model in MODELS:
             if model not in metrics:
                 continue
@@ -249,6 +310,7 @@ def quality_tables(shop: Shop, report: Any, n_boot: int) -> tuple[list[str], lis
         vs_rule = bootstrap_gap(y, lgb, scores[rule_best], n_boot)
         vs_lr = bootstrap_gap(y, lgb, scores["logistic"], n_boot)
         vs_oracle = bootstrap_gap(y, scores["oracle"], lgb, n_boot) if "oracle" in scores else None
+        vs_ceiling = bootstrap_gap(y, scores[CEILING], lgb, n_boot) if CEILING in scores else None
         ece = metrics["lightgbm"]["ece"]
         verdicts = []
         if vs_oracle is not None:
@@ -258,10 +320,11 @@ def quality_tables(shop: Shop, report: Any, n_boot: int) -> tuple[list[str], lis
         verdicts.append(f"ECE <= 0.02: {'met' if ece <= 0.02 else 'missed'} ({ece:.4f})")
         gap_rows.append(
             f"| {target} | {y.size:,} | {int(y.sum()):,} ({y.mean():.1%}) | {_fmt_gap(vs_oracle)} | "
-            f"{_fmt_gap(vs_rule)} vs {rule_best} | {_fmt_gap(vs_lr)} | {ece:.4f} | {'; '.join(verdicts)} |"
+            f"{_fmt_gap(vs_ceiling)} | {_fmt_gap(vs_rule)} vs {rule_best} | {_fmt_gap(vs_lr)} | {ece:.4f} "
+            f"| {'; '.join(verdicts)} |"
         )
         doc[target] = {"metrics": metrics, "n": int(y.size), "positives": int(y.sum()), "gap_oracle": vs_oracle,
-                       "gap_rule": vs_rule, "gap_logistic": vs_lr, "rule_baseline": rule_best,
+                       "gap_rule": vs_rule, "gap_logistic": vs_lr, "gap_ceiling": vs_ceiling, "rule_baseline": rule_best,
                        "best_iteration": res.bundle.meta.get("best_iteration")}
     return metric_rows, gap_rows, doc
 
@@ -314,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the gap intervals")
     ap.add_argument("--cache", type=Path, default=CACHE)
     ap.add_argument("--fresh", action="store_true", help="regenerate the shop even when cached")
+    ap.add_argument("--no-ceiling", action="store_true", help="skip the fit of the true probabilities")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -332,15 +396,16 @@ def main(argv: list[str] | None = None) -> int:
         report = run_training(cfg, temp_registry(root))
         train_s, train_cpu = time.perf_counter() - t0, cpu_seconds() - c0
         save_bundles(report, bundle_dir(args.users, args.days, args.seed, args.lapse_days, args.cache))
-        metric_rows, gap_rows, doc = quality_tables(shop, report, args.bootstrap)
+        metric_rows, gap_rows, doc = quality_tables(shop, report, args.bootstrap, not args.no_ceiling)
         taobao = taobao_check(SAMPLE, root) if SAMPLE.is_file() else None
 
     print(f"\nrun_training (both targets, temp MLflow registry): {train_s:.1f} s wall, {train_cpu:.1f} s CPU; "
           f"{load_note()}\n")
     print("| target | model | AUC | PR-AUC | log loss | ECE | lift@5% |\n|---|---|---|---|---|---|---|")
     print("\n".join(metric_rows))
-    print("\n| target | test users | positives | oracle - LightGBM AUC [95% CI] | LightGBM - rule AUC [95% CI] "
-          "| LightGBM - logistic AUC [95% CI] | LightGBM ECE | targets |\n|---|---|---|---|---|---|---|---|")
+    print("\n| target | test users | positives | oracle - LightGBM AUC [95% CI] | ceiling - LightGBM AUC [95% CI] "
+          "| LightGBM - rule AUC [95% CI] | LightGBM - logistic AUC [95% CI] | LightGBM ECE | targets |\n"
+          "|---|---|---|---|---|---|---|---|---|")
     print("\n".join(gap_rows))
     if taobao is None:
         print(f"\nTaobao sample not found at {SAMPLE}: skipped")

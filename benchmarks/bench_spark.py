@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_features import AS_OF, child, synthetic_events  # noqa: E402
+from bench_features import AS_OF, child, synthetic_events
 
 CLUSTER_NOTE = (
     "What a cluster changes: the same plan runs as parallel tasks over the event files and the user buckets, so "

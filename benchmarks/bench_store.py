@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serving.store import encode_chunk  # noqa: E402
-from serving.store_sqlite import SQLiteScoreStore, table_name  # noqa: E402
+from serving.store import encode_chunk
+from serving.store_sqlite import SQLiteScoreStore, table_name
 
 REASONS = np.array(["cart_24h", "fav_24h", "ad_click_3d", "repeat_cycle", "search_click", "views_7d", "price_drop"])
 
@@ -102,13 +102,13 @@ def time_lookups(name: str, lookup: Callable[[list[str]], Any], users: int, repe
     out = []
     for k in (1, 100):
         ids = id_sampler(users, k, seed=k)
-        stats = percentiles(lambda: lookup(ids()), repeats)
+        stats = percentiles(lambda ids=ids: lookup(ids()), repeats)
         out.append({"what": name, "ids": k, **stats})
     return out
 
 
 def meta(users: int, n: int) -> dict[str, Any]:
-    return {"created_at": datetime(2026, 11, 24, 1, 2, n, tzinfo=timezone.utc), "rows": users, "as_of": "2026-11-23"}
+    return {"created_at": datetime(2026, 11, 24, 1, 2, n, tzinfo=UTC), "rows": users, "as_of": "2026-11-23"}
 
 
 # ------------------------------------------------------------------------------------------ baselines
@@ -129,7 +129,7 @@ def bench_baselines(chunks: list[pd.DataFrame], users: int, repeats: int) -> tup
         return {u: dumps(rows[u]) for u in ids if u in rows}
 
     lookups = time_lookups("dict + json.dumps (baseline)", dict_lookup, n_dict, repeats)
-    del rows
+    rows.clear()
     return publishes, lookups
 
 

@@ -38,8 +38,15 @@ for p in (ROOT, ROOT / "benchmarks"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from bench_quality import (  # noqa: E402
-    CACHE, cpu_seconds, describe_training, load_note, make_shop, peak_rss_mib, temp_registry, train_config,
+from bench_quality import (
+    CACHE,
+    cpu_seconds,
+    describe_training,
+    load_note,
+    make_shop,
+    peak_rss_mib,
+    temp_registry,
+    train_config,
 )
 
 
@@ -100,9 +107,8 @@ BREAKDOWN = (
 
 
 def points(captured: list[tuple[Any, ...]]) -> list[tuple[Any, str, str]]:
-    import training.job as job
-    import training.train as train
     from features.segments import Segmenter
+    from training import job, train
     from training.bundle import ModelBundle
     from training.registry import Registry
 
@@ -169,10 +175,23 @@ def omp_child(rows: int, threads: int) -> None:
     print(json.dumps({"wall": time.perf_counter() - t0, "cpu": cpu_seconds() - c0}))
 
 
-def omp_check(rows: int) -> list[str]:
+def omp_check(rows: int, busy: int) -> list[str]:
     """The same LightGBM fit in fresh processes: 2 threads as shipped, 2 threads with ``OMP_WAIT_POLICY=passive``
     (OpenMP workers sleep instead of spinning at barriers) and 1 thread. On a machine whose cores are shared with
-    other work, spinning workers burn their time slices waiting for a descheduled sibling."""
+    other work, spinning workers burn their time slices waiting for a descheduled sibling. ``busy`` > 0 starts
+    that many CPU-bound Python processes for the duration (a reproducible stand-in for a shared machine)."""
+    import subprocess
+
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+    try:
+        return _omp_rows(rows, busy)
+    finally:
+        for hog in hogs:
+            hog.terminate()
+            hog.wait(10)
+
+
+def _omp_rows(rows: int, busy: int) -> list[str]:
     import os
     import subprocess
 
@@ -182,7 +201,8 @@ def omp_check(rows: int) -> list[str]:
         done = subprocess.run([sys.executable, __file__, "--omp-child", str(threads), "--omp-rows", str(rows)],
                               env={**os.environ, **env}, capture_output=True, text=True, check=True, cwd=ROOT)
         r = json.loads(done.stdout.strip().splitlines()[-1])
-        out.append(f"| {label} | {rows:,} x 77, 150 rounds | {r['wall']:.1f} | {r['cpu']:.1f} | {os.getloadavg()[0]:.1f} |")
+        out.append(f"| {label} | {rows:,} x 77, 150 rounds | {busy} | {r['wall']:.1f} | {r['cpu']:.1f} "
+                   f"| {os.getloadavg()[0]:.1f} |")
     return out
 
 
@@ -199,17 +219,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-header", action="store_true", help="print only the summary row")
     ap.add_argument("--omp-check", action="store_true", help="only compare LightGBM thread settings (fresh processes)")
     ap.add_argument("--omp-rows", type=int, default=300_000, help=argparse.SUPPRESS)
+    ap.add_argument("--busy", type=int, default=0, help="with --omp-check: CPU-bound processes to run alongside")
     ap.add_argument("--omp-child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.omp_child is not None:
         omp_child(args.omp_rows, args.omp_child)
         return 0
     if args.omp_check:
-        print("| LightGBM fit | data | wall s | CPU s | load (1 min) |\n|---|---|---|---|---|")
-        print("\n".join(omp_check(args.omp_rows)))
+        print("| LightGBM fit | data | busy processes alongside | wall s | CPU s | load (1 min) |\n"
+              "|---|---|---|---|---|---|")
+        print("\n".join(omp_check(args.omp_rows, args.busy)))
         return 0
 
-    import training.train as train
+    from training import train
     from training.job import run_training
 
     shop = make_shop(args.users, days=args.days, seed=args.seed, lapse_days=args.lapse_days, truth=False,

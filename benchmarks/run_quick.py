@@ -114,8 +114,8 @@ def run_step(step: Step, timeout: float) -> None:
     print(f"\n## {step.name}: {step.command}", flush=True)
     t0 = time.perf_counter()
     try:
-        done = subprocess.run([sys.executable, str(BENCH / step.args[0]), *step.args[1:]], cwd=ROOT, text=True,
-                              capture_output=True, timeout=timeout)
+        done = subprocess.run([sys.executable, str(BENCH / step.args[0]), *step.args[1:]], check=False, cwd=ROOT,
+                              text=True, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         step.seconds, step.status = time.perf_counter() - t0, f"timed out after {timeout:.0f} s"
         print(step.status, flush=True)
