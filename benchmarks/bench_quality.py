@@ -169,7 +169,11 @@ def load_bundles(directory: Path) -> dict[str, Any] | None:
 
 
 def bundle_dir(users: int, days: int, seed: int, lapse_days: int, cache: Path) -> Path:
-    return cache / f"bundles-u{users}-d{days}-s{seed}-{settings_key(lapse_days)}"
+    """Where bundles trained with the current training settings are cached (a settings change retrains)."""
+    import hashlib
+
+    settings = product_settings(lapse_days).training.model_dump_json().encode()
+    return cache / f"bundles-u{users}-d{days}-s{seed}-{settings_key(lapse_days)}-{hashlib.sha1(settings).hexdigest()[:8]}"
 
 
 def trained_bundles(users: int, *, days: int = 120, seed: int = 7, lapse_days: int = 30, cache: Path = CACHE,
@@ -202,19 +206,25 @@ class CutoffFrames:
         self.events = events_table(shop.events_dir, self.con)
         self._raw: dict[datetime, Any] = {}
 
-    def frame(self, target: str, as_of: datetime, bundle: Any) -> Any:
+    def frame(self, target: str, as_of: datetime, bundle: Any, held: bool | None = None) -> Any:
+        """The labelled frame; with ``held`` only the users the job held out of training (True) or trained on
+        (False) when it split users as well as time (targets whose label window is longer than the spacing)."""
         from features.build import build_features
-        from training.datasets import labelled_frame
+        from training.datasets import held_out, labelled_frame, window_days
 
         if as_of not in self._raw:
             self._raw[as_of] = build_features(self.events, as_of, bundle.spec, con=self.con)
-        return labelled_frame(target, self.events, as_of, bundle.label_spec, self._raw[as_of])
+        frame = labelled_frame(target, self.events, as_of, bundle.label_spec, self._raw[as_of])
+        t = product_settings(bundle.label_spec.lapse_days).training
+        if held is None or window_days(target, bundle.label_spec) <= t.cutoff_spacing_days:
+            return frame
+        return frame[held_out(frame["user_id"], t.holdout, t.seed) == held].reset_index(drop=True)
 
 
 def raw_rule_scores(frames: CutoffFrames, target: str, outcome: Any) -> np.ndarray:
     """The unscaled rule score of the test rows (same rows and order as the job's test cutoff), signed so that
     higher means more likely (the rule score ranks value: negated for lapse risk)."""
-    frame = frames.frame(target, outcome.cutoffs[-1], outcome.result.bundle)
+    frame = frames.frame(target, outcome.cutoffs[-1], outcome.result.bundle, held=True)
     if not np.array_equal(frame["label"].to_numpy(np.int8), outcome.result.test_labels):
         raise RuntimeError(f"{target}: rebuilt test cutoff does not match the job's test rows")
     sign = -1.0 if target == "lapse_risk" else 1.0
@@ -235,10 +245,10 @@ def feature_ceiling(frames: CutoffFrames, target: str, outcome: Any, truth: Any)
                                   ("p_lapse_true", "lapse_days", bundle.label_spec.lapse_days))
     as_of_col = pd.to_datetime(truth["as_of"], utc=True)
 
-    def matrix(cutoffs: list[datetime]) -> tuple[np.ndarray, np.ndarray] | None:
+    def matrix(cutoffs: list[datetime], held: bool) -> tuple[np.ndarray, np.ndarray] | None:
         xs, ps = [], []
         for as_of in cutoffs:
-            frame = bundle.segmenter.transform(frames.frame(target, as_of, bundle))
+            frame = bundle.segmenter.transform(frames.frame(target, as_of, bundle, held))
             at = truth[(as_of_col == pd.Timestamp(as_of)) & (truth[window_col] == window)]
             p = frame[["user_id"]].merge(at[["user_id", column]], on="user_id", how="left")[column]
             if p.isna().any():
@@ -247,7 +257,8 @@ def feature_ceiling(frames: CutoffFrames, target: str, outcome: Any, truth: Any)
             ps.append(p.to_numpy(np.float64))
         return np.concatenate(xs), np.concatenate(ps)
 
-    train, valid, test = matrix(outcome.cutoffs[:-2]), matrix(outcome.cutoffs[-2:-1]), matrix(outcome.cutoffs[-1:])
+    train, valid, test = (matrix(outcome.cutoffs[:-2], False), matrix(outcome.cutoffs[-2:-1], True),
+                          matrix(outcome.cutoffs[-1:], True))
     if train is None or valid is None or test is None:
         return None
     params = {"objective": "cross_entropy", "learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf": 50,

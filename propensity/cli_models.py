@@ -50,6 +50,7 @@ def train_config(cfg: Settings, events: Path, truth: Path | None, data_end: date
             min_data_in_leaf=t.min_data_in_leaf, seed=t.seed,
         ),
         calibration=t.calibration, logloss_tolerance=t.gate_logloss_tolerance, truth_path=truth, data_end=data_end,
+        max_users=t.max_users, holdout=t.holdout,
     )
 
 
@@ -79,6 +80,10 @@ def run_train(
 def print_training(report: Any, cfg: Settings) -> None:
     import pandas as pd
 
+    if report.train_users < report.shop_users:
+        console().print(f"trained on a seeded sample of {report.train_users:,} of {report.shop_users:,} users "
+                        "(training.max_users)")
+
     keys = ["auc", "pr_auc", "log_loss", "brier", "ece", "precision_top5", "lift_top5"]
     for target, out in report.outcomes.items():
         rows = {name: {k: m.get(k, float("nan")) for k in keys} for name, m in out.result.metrics.items()}
@@ -103,10 +108,18 @@ def train(
     engine: Engine = "duckdb",
     spark_master: SparkMaster = "local[2]",
     sample: Annotated[float, typer.Option(help="With --engine spark: share of users to train on (0-1].")] = 1.0,
+    max_users: Annotated[int | None, typer.Option(
+        help="DuckDB engine: train on a seeded sample of at most this many users; 0 = everyone "
+             "[default: the training.max_users setting, 200,000].", min=0)] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Train both targets over stacked cutoffs, log to MLflow as @challenger, promote through the gate."""
     cfg = settings(data_dir=data_dir)
+    if max_users is not None:
+        if 0 < max_users < 1000:
+            raise typer.BadParameter("use at least 1,000 users (or 0 for everyone)", param_hint="--max-users")
+        training = cfg.training.model_copy(update={"max_users": max_users or None})
+        cfg = cfg.model_copy(update={"training": training})
     run_train(cfg, events or cfg.clean_dir / "events.parquet", truth, engine=check_engine(engine),
               spark_master=spark_master, sample=sample)
 

@@ -48,10 +48,16 @@ class TrainingSettings(BaseModel):
     min_negatives: int = Field(100, ge=1)
     gate_logloss_tolerance: float = Field(0.005, ge=0.0, description="Allowed log-loss increase for promotion.")
     calibration: str = Field("isotonic", pattern="^(isotonic|platt)$")
-    num_boost_round: int = Field(800, ge=1)
-    learning_rate: float = Field(0.03, gt=0)
+    num_boost_round: int = Field(500, ge=1)
+    learning_rate: float = Field(0.1, gt=0)
     num_leaves: int = Field(15, ge=2)
     min_data_in_leaf: int = Field(200, ge=1)
+    max_users: int | None = Field(
+        200_000, ge=1000, description="Train on a seeded sample of at most this many users; None = everyone."
+    )
+    holdout: float = Field(
+        0.3, gt=0, lt=1, description="Lapse target: share of users held out of training (half valid, half test)."
+    )
     seed: int = 7
 
 

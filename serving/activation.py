@@ -51,6 +51,8 @@ from features.spec import AIPL_LAYERS
 ACTIONS: tuple[str, ...] = ("coupon_24h", "ad_retarget", "repurchase_reminder", "win_back", "nurture")
 """Actions in precedence order (first matching rule wins)."""
 NO_ACTION = "none"
+WIN_BACK = "win_back"
+"""The one action that rides on the lapse score (``p_lapse``); every other action rides on ``p_buy``."""
 DEFAULT_COSTS: Mapping[str, float] = MappingProxyType(
     {"coupon_24h": 3.0, "ad_retarget": 0.8, "repurchase_reminder": 0.1, "win_back": 2.0, "nurture": 0.05}
 )

@@ -44,51 +44,68 @@ def score_features(
     if not bundles:
         raise ValueError("no models to score with")
     out: pd.DataFrame | None = None
-    reasons_on = reasons
     for target, bundle in bundles.items():
-        segmented = bundle.segmenter.transform(raw)
-        x = bundle.matrix(segmented)
-        p = bundle.calibrator.transform(bundle.predict_raw(x))
-        reasons = top_reasons(bundle.contributions(x), bundle.feature_names, k=n_reasons) if len(x) and reasons_on else []
+        segmented = bundle.segmenter.transform(raw).reset_index(drop=True)
         if out is None:
             base = segmented if keep_features else segmented[["user_id", *SEGMENT_OUTPUT]]
-            out = base.reset_index(drop=True).copy()
-        score = SCORE_COLUMN[target]
-        out[score] = p
-        if target == "lapse_risk":
-            out.loc[out["lifecycle"].isin(["new"]).to_numpy(), score] = np.nan
-        out[REASONS_COLUMN[target]] = _list_column(reasons, len(x))
+            out = base.copy()
+        rows = population(target, segmented)
+        x = bundle.matrix(segmented if rows.all() else segmented.loc[rows])
+        p = np.full(len(segmented), np.nan)
+        p[rows] = bundle.calibrator.transform(bundle.predict_raw(x)) if len(x) else []
+        out[SCORE_COLUMN[target]] = p
+        names = top_reasons(bundle.contributions(x), bundle.feature_names, k=n_reasons) if len(x) and reasons else []
+        out[REASONS_COLUMN[target]] = _scatter(names, rows)
         out[VERSION_COLUMN[target]] = str(bundle.meta.get("version", ""))
     assert out is not None
     out["as_of"] = pd.Timestamp(as_of).isoformat()
     return out
 
 
+def population(target: str, segmented: pd.DataFrame) -> np.ndarray:
+    """Rows (boolean, shape (n,)) a model scores: everyone for last-mile buyers; for lapse risk the users who have
+    bought (lifecycle other than ``new``), the population it was trained on. Other rows get NaN."""
+    if target == "lapse_risk" and "lifecycle" in segmented.columns:
+        return (segmented["lifecycle"] != "new").to_numpy()
+    return np.ones(len(segmented), dtype=bool)
+
+
 def add_reasons(
-    scored: pd.DataFrame, raw: pd.DataFrame, bundles: Mapping[str, ModelBundle], mask: np.ndarray, n_reasons: int = 3
+    scored: pd.DataFrame,
+    raw: pd.DataFrame,
+    bundles: Mapping[str, ModelBundle],
+    masks: Mapping[str, np.ndarray],
+    n_reasons: int = 3,
 ) -> pd.DataFrame:
-    """Fill the reason columns of the rows of ``scored`` selected by ``mask`` (boolean, shape (n,)).
+    """Fill the reason columns of the rows of ``scored`` selected per target by ``masks[target]`` (boolean, (n,)).
 
     ``raw`` is the raw feature table the rows were scored from (same order). LightGBM's SHAP contributions cost
-    about 3 ms per user for a few hundred trees, so the batch computes them only for the users it will act on.
+    about 50x the score itself, so the batch computes them only for the users it will act on, and only for the
+    score the action rides on (see :func:`reason_masks`).
     """
-    rows = np.flatnonzero(mask)
-    if len(rows) == 0:
-        return scored
-    part = raw.iloc[rows]
     for target, bundle in bundles.items():
-        x = bundle.matrix(bundle.segmenter.transform(part))
+        rows = np.flatnonzero(masks.get(target, np.zeros(len(scored), dtype=bool)))
+        if len(rows) == 0:
+            continue
+        x = bundle.matrix(bundle.segmenter.transform(raw.iloc[rows]))
         names = top_reasons(bundle.contributions(x), bundle.feature_names, k=n_reasons)
-        column = scored[REASONS_COLUMN[target]].copy()
+        column = scored[REASONS_COLUMN[target]].to_numpy(dtype=object, copy=True)
         for i, row in enumerate(rows):
-            column.iat[row] = names[i]
-        scored[REASONS_COLUMN[target]] = column
+            column[row] = names[i]
+        scored[REASONS_COLUMN[target]] = pd.Series(column, index=scored.index, dtype=object)
     return scored
 
 
-def _list_column(values: list[list[str]], n: int) -> pd.Series:
-    """An object column of lists: ``values`` when computed, else ``n`` empty lists."""
-    return pd.Series(values if values else [[] for _ in range(n)], dtype=object)
+def _scatter(values: list[list[str]], rows: np.ndarray) -> pd.Series:
+    """An object column of lists, shape (len(rows),): ``values`` in order at the selected rows, empty lists elsewhere."""
+    column = np.empty(len(rows), dtype=object)
+    picked = np.flatnonzero(rows)
+    for i in range(len(rows)):
+        column[i] = []
+    if values:
+        for i, row in enumerate(picked):
+            column[row] = values[i]
+    return pd.Series(column, dtype=object)
 
 
 def score_events(

@@ -1,7 +1,9 @@
-"""Training sets stacked over several cutoffs, split by time only.
+"""Training sets stacked over several cutoffs, split by time (and by user when label windows overlap).
 
 Train on the earlier cutoffs, early-stop and calibrate on the second-to-last, test on the last. Every cutoff's
-features see only events before it; its labels only the window after it.
+features see only events before it; its labels only the window after it. When the label window is longer than
+the cutoff spacing (the lapse target), users are split too, so no user's later outcome is both trained on and
+tested (see :func:`time_split`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import ibis.expr.types as ir
+import numpy as np
 import pandas as pd
 
 from training.labels import LabelSpec, lapse_labels, last_mile_labels
@@ -65,14 +68,40 @@ def labelled_frame(
     return frame
 
 
-def time_split(frames: Sequence[pd.DataFrame]) -> TimeSplit:
-    """Frames ordered oldest cutoff first -> train (all but the last two), valid, test."""
+def time_split(frames: Sequence[pd.DataFrame], holdout: float | None = None, seed: int = 0) -> TimeSplit:
+    """Frames ordered oldest cutoff first -> train (all but the last two), valid, test.
+
+    When the label window is longer than the spacing of the cutoffs, the label of a training cutoff covers the
+    valid and test periods, so the same user's later outcome leaks into training and early stopping never stops
+    (the model memorises users). ``holdout`` (a share in (0, 1)) then splits the *users* as well: a seeded hash
+    holds that share of them out of training; training takes the other users at every cutoff, validation the
+    held-out users at the second-to-last cutoff and test the held-out users at the last one. Validation only
+    picks the number of trees and fits the monotone calibrator, so sharing its users with test leaks nothing a
+    model could memorise, and both stay large enough on a small shop.
+    """
     if len(frames) < 3:
         raise ValueError("need at least 3 cutoffs")
+    if holdout is None:
+        return TimeSplit(
+            train=pd.concat(frames[:-2], ignore_index=True), valid=frames[-2].reset_index(drop=True),
+            test=frames[-1].reset_index(drop=True),
+        )
+    if not 0.0 < holdout < 1.0:
+        raise ValueError(f"holdout must be a share in (0, 1), got {holdout}")
+    held = [held_out(f["user_id"], holdout, seed) for f in frames]
     return TimeSplit(
-        train=pd.concat(frames[:-2], ignore_index=True), valid=frames[-2].reset_index(drop=True),
-        test=frames[-1].reset_index(drop=True),
+        train=pd.concat([f[~h] for f, h in zip(frames, held, strict=True)], ignore_index=True),
+        valid=frames[-2][held[-2]].reset_index(drop=True),
+        test=frames[-1][held[-1]].reset_index(drop=True),
     )
+
+
+def held_out(user_ids: pd.Series, holdout: float, seed: int) -> np.ndarray:
+    """Boolean per user id, True for the ``holdout`` share of users kept out of training (seeded hash: the same
+    user gets the same answer at every cutoff)."""
+    key = f"{seed:016d}"[-16:]
+    unit = pd.util.hash_array(user_ids.astype("str").to_numpy(dtype=object), hash_key=key) / float(2**64)
+    return unit < holdout
 
 
 def check_eligible(target: str, split: TimeSplit, min_pos: int, min_neg: int) -> dict[str, int]:

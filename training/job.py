@@ -25,6 +25,7 @@ from training.evaluate import evaluate
 from training.labels import LabelSpec, data_end
 from training.models import BoosterParams
 from training.registry import CHAMPION, GateDecision, Registry, gate
+from training.sampling import sampled_events
 from training.train import TargetResult, train_target, write_plots
 
 Say = Callable[[str], None]
@@ -36,6 +37,11 @@ class TrainConfig:
     ``data_end``: the end of the observed period (label windows must fit before it); default the last event time.
     ``feature_source``: builds the raw feature table for a cutoff (default: ``build_features`` on DuckDB); the
     Spark engine passes a user sample of the Spark feature table here, so models still train on one machine.
+    ``max_users``: train on a deterministic sample of at most this many users (seeded by ``params.seed``; the
+    events are filtered once, before every feature build); None trains on everyone. Ignored with
+    ``feature_source``, which samples on its own. ``holdout``: share of users held out of training (half for
+    validation, half for test) for a target whose label window is longer than the cutoff spacing
+    (see :func:`training.datasets.time_split`).
     """
 
     events_path: Path
@@ -54,6 +60,8 @@ class TrainConfig:
     data_end: datetime | None = None
     targets: tuple[str, ...] = TARGETS
     feature_source: Callable[[datetime], pd.DataFrame] | None = None
+    max_users: int | None = None
+    holdout: float = 0.3
 
 
 @dataclass
@@ -73,6 +81,8 @@ class TrainReport:
     outcomes: dict[str, TargetOutcome] = field(default_factory=dict)
     fingerprint: str = ""
     lapse_days: int = 0
+    shop_users: int = 0
+    train_users: int = 0
 
 
 def data_fingerprint(events: Any) -> str:
@@ -88,9 +98,22 @@ def data_fingerprint(events: Any) -> str:
 def run_training(cfg: TrainConfig, registry: Registry, say: Say = lambda _: None) -> TrainReport:
     """Train every target in ``cfg.targets``, log each to MLflow as ``@challenger`` and gate it to ``@champion``."""
     con = default_connection()
-    events = events_table(cfg.events_path, con)
-    end = cfg.data_end or data_end(events)
-    report = TrainReport(fingerprint=data_fingerprint(events))
+    source = events_table(cfg.events_path, con)
+    report = TrainReport(fingerprint=data_fingerprint(source))
+    end = cfg.data_end or data_end(source)
+    limit = None if cfg.feature_source else cfg.max_users
+    with sampled_events(source, limit, cfg.params.seed, con) as (events, n_users):
+        report.shop_users = n_users
+        report.train_users = min(n_users, limit) if limit else n_users
+        if report.train_users < n_users:
+            say(f"training on a sample of {report.train_users:,} of {n_users:,} users")
+        _train_all(cfg, registry, say, con, events, end, report)
+    return report
+
+
+def _train_all(
+    cfg: TrainConfig, registry: Registry, say: Say, con: Any, events: Any, end: datetime, report: TrainReport
+) -> None:
     feature_cache: dict[datetime, pd.DataFrame] = {}
 
     def raw_features(as_of: datetime) -> pd.DataFrame:
@@ -123,10 +146,13 @@ def run_training(cfg: TrainConfig, registry: Registry, say: Say = lambda _: None
             segmenter.transform(labelled_frame(target, events, t, label_spec, raw_features(t)))
             for t in cutoffs[target]
         ]
-        split = time_split(frames)
+        overlapping = window_days(target, label_spec) > cfg.cutoff_spacing_days
+        split = time_split(frames, cfg.holdout if overlapping else None, seed=cfg.params.seed)
         counts = check_eligible(target, split, cfg.min_positives, cfg.min_negatives)
         oracle = _oracle(truth, target, split.test, label_spec) if truth is not None else None
         params = _params(cfg, target, cutoffs[target], label_spec, report.fingerprint, counts)
+        params.update(shop_users=report.shop_users, train_users=report.train_users,
+                      split=f"time + users ({cfg.holdout:.0%} held out)" if overlapping else "time")
         result = train_target(
             target, split, segmenter, cfg.spec, label_spec, cfg.params, calibration=cfg.calibration,
             oracle=oracle, meta={"trained_on": params["data_fingerprint"], "test_as_of": params["test_as_of"]},
@@ -145,7 +171,6 @@ def run_training(cfg: TrainConfig, registry: Registry, say: Say = lambda _: None
         report.outcomes[target] = TargetOutcome(
             target, result, version, run_id, decision, champion_metrics, counts, cutoffs[target]
         )
-    return report
 
 
 def _params(

@@ -429,14 +429,24 @@ def test_audience_route_matches_the_cli_selection_on_the_published_batch(
         store.close()
     frame = pd.read_parquet(result.audience_path)
     acted = frame["action"] != "none"
-    # reason codes only for the users a campaign will touch; they equal the full computation for those users
-    assert frame.loc[~acted, "reasons_buy"].map(len).eq(0).all()
+    win_back = frame["action"] == "win_back"
+    # reason codes only for the users a campaign will touch, from the score their action rides on; they equal the
+    # full computation for those users
+    assert frame.loc[~acted | win_back, "reasons_buy"].map(len).eq(0).all()
+    assert frame.loc[~win_back, "reasons_lapse"].map(len).eq(0).all()
     from serving.scoring import score_features
 
     full = score_features(trained.raw, bundles, AS_OF).set_index("user_id")
-    for uid, reasons in frame.loc[acted, ["user_id", "reasons_buy"]].head(20).itertuples(index=False):
+    buy_acted = frame.loc[acted & ~win_back, ["user_id", "reasons_buy"]]
+    for uid, reasons in buy_acted.head(20).itertuples(index=False):
         assert list(reasons) == list(full.loc[uid, "reasons_buy"])
-    assert frame.loc[acted, "reasons_buy"].map(len).gt(0).any()
+    for uid, reasons in frame.loc[win_back, ["user_id", "reasons_lapse"]].head(20).itertuples(index=False):
+        assert list(reasons) == list(full.loc[uid, "reasons_lapse"])
+    assert buy_acted["reasons_buy"].map(len).gt(0).any()
+    # the lapse model scores past buyers only; the others have no p_lapse and no lapse reasons in the full scoring
+    assert full.loc[full["lifecycle"] == "new", "p_lapse"].isna().all()
+    assert full.loc[full["lifecycle"] == "new", "reasons_lapse"].map(len).eq(0).all()
+    assert full.loc[full["lifecycle"] != "new", "p_lapse"].notna().all()
     action = frame.loc[acted, "action"].value_counts().index[0]
     _, expected = select_audience(frame, action, ActivationConfig(), top_k=5)
     r = server.client.post("/audience", json={"action": action, "top_k": 5})

@@ -159,3 +159,23 @@ def test_training_killed_midway_changes_no_alias_and_releases_the_lock(trained, 
     with exclusive_lock(lock, "after the crash"):  # the kernel released the dead holder's lock
         outcome = run_training(replace(cfg, targets=("lapse_risk",)), registry).outcomes["lapse_risk"]
     assert registry.version("lapse_risk", CHALLENGER) == outcome.version
+
+
+def test_training_on_a_user_sample_uses_only_the_sampled_users(shop, trained, tmp_path: Path):
+    data, end = shop
+    registry = Registry(f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "artifacts")
+    cfg = TrainConfig(
+        events_path=data.events_dir, out_dir=tmp_path / "plots", lapse_days=LAPSE, n_cutoffs=4, min_positives=20,
+        min_negatives=20, data_end=end, targets=("last_mile_buyer",), max_users=3000,
+        params=BoosterParams(num_boost_round=60, learning_rate=0.1),
+    )
+    report = run_training(cfg, registry)
+    outcome = report.outcomes["last_mile_buyer"]
+    import pandas as pd
+
+    shop_users = pd.read_parquet(data.events_dir, columns=["user_id"])["user_id"].nunique()
+    assert (report.shop_users, report.train_users) == (shop_users, 3000)
+    run = registry.client.get_run(outcome.run_id)
+    assert run.data.params["train_users"] == "3000" and run.data.params["shop_users"] == str(shop_users)
+    full_test_rows = len(trained[2].outcomes["last_mile_buyer"].result.test_labels)
+    assert 0 < len(outcome.result.test_labels) <= 3000 < full_test_rows
