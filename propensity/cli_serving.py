@@ -66,17 +66,33 @@ def run_audience(
     return summary
 
 
+def prebuilt_features(path: Path, as_of: datetime, spec: Any) -> Any:
+    """A feature file from ``propensity features``, checked against the cutoff and the champions' feature spec."""
+    from features.build import read_features
+
+    table, meta = read_features(path)
+    if meta["as_of"] != as_of:
+        raise typer.BadParameter(f"{path} holds features as of {meta['as_of'].isoformat()}, not {as_of.isoformat()}",
+                                 param_hint="--features")
+    if meta.get("spec", spec) != spec:
+        raise typer.BadParameter(f"{path} was built with feature spec {meta['spec_version']}, the champions use "
+                                 f"{spec.version}; rebuild it with `propensity features`", param_hint="--features")
+    return table
+
+
 def run_score(
     cfg: Settings, events: Path, as_of: datetime, out: Path | None = None, publish: bool = True,
-    engine: str = "duckdb", spark_master: str = "local[2]",
+    engine: str = "duckdb", spark_master: str = "local[2]", features: Path | None = None,
 ) -> Any:
     """Score everyone with the champions, write the audience Parquet, publish the snapshot; print a summary.
 
-    With ``engine="spark"`` features and scores are computed on Spark (partitioned audience directory)."""
+    With ``engine="spark"`` features and scores are computed on Spark (partitioned audience directory). With
+    ``features`` (a file written by ``propensity features``) the batch scores that table instead of building one."""
     from serving.batch import run_batch
     from training.job import load_champions
 
     bundles = load_champions(registry(cfg))
+    table = prebuilt_features(features, as_of, next(iter(bundles.values())).spec) if features else None
     suffix = "" if engine == "spark" else ".parquet"
     out = check_output(out or cfg.scores_dir / f"audience_{as_of:%Y%m%dT%H%M}{suffix}", cfg, is_dir=not suffix)
     store = open_score_store(cfg) if publish else None
@@ -94,7 +110,7 @@ def run_score(
             else:
                 result = run_batch(
                     events, as_of, bundles, store, out, chunk_users=cfg.serving.batch_chunk_users,
-                    progress=progress, **common,
+                    progress=progress, features=table, **common,
                 )
     finally:
         if store is not None:
@@ -121,12 +137,17 @@ def score(
     publish: Annotated[bool, typer.Option(help="Publish the scores to the score store.")] = True,
     engine: Engine = "duckdb",
     spark_master: SparkMaster = "local[2]",
+    features: Annotated[Path | None, typer.Option(
+        help="Score this feature file (from `propensity features`, same --as-of) instead of building features.",
+    )] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Batch-score every user with the @champion models and publish a new score snapshot atomically."""
     cfg = settings(data_dir=data_dir)
+    if features is not None and engine != "duckdb":
+        raise typer.BadParameter("--features works with the duckdb engine only", param_hint="--features")
     run_score(cfg, events or cfg.clean_dir / "events.parquet", _required_as_of(as_of), out, publish,
-              check_engine(engine), spark_master)
+              check_engine(engine), spark_master, features)
 
 
 @app.command()

@@ -119,15 +119,18 @@ def run_batch(
     con: Any = None,
     created_at: datetime,
     progress: Progress | None = None,
+    features: pd.DataFrame | None = None,
 ) -> BatchResult:
     """Score everyone with an event before ``as_of`` and publish the snapshot (when ``store`` is given).
 
-    ``created_at`` is the publish time recorded in the snapshot (passed in: no clock reads here).
+    ``created_at`` is the publish time recorded in the snapshot (passed in: no clock reads here). ``features``:
+    a feature table already built as of ``as_of`` with the champions' spec (``build_features`` output, e.g. read
+    back with ``features.build.read_features``); ``events`` is then not read.
     """
     spec = next(iter(bundles.values())).spec
     if any(b.spec != spec for b in bundles.values()):
         raise ValueError("the champion models use different feature specs; retrain both targets together")
-    raw = build_features(events, as_of, spec, con=con)
+    raw = build_features(events, as_of, spec, con=con) if features is None else features
     total = len(raw)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = out_path.with_suffix(".partial")

@@ -458,3 +458,34 @@ def test_audience_route_matches_the_cli_selection_on_the_published_batch(
     bad = server.client.post("/audience", json={"action": "spam_everyone"})
     assert bad.status_code == 422 and "action" in bad.json()["message"]
     assert server.anon.post("/audience", json={"action": action}).status_code == 401
+
+
+def test_cli_scores_a_prebuilt_feature_file_like_the_events(trained: Trained, tmp_path: Path, monkeypatch) -> None:
+    """`propensity score --features` publishes the same audience as scoring from the events, and refuses a feature
+    file of another cutoff with a one-line usage error."""
+    from typer.testing import CliRunner
+
+    from features.build import write_features
+    from features.spec import FeatureSpec
+    from propensity.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PROPENSITY_TRACKING_URI", trained.tracking_uri)
+    monkeypatch.setenv("PROPENSITY_ARTIFACT_ROOT", str(trained.artifact_root))
+    monkeypatch.delenv("PROPENSITY_REDIS_URL", raising=False)
+    events = tmp_path / "events.parquet"
+    trained.events.to_parquet(events)
+    write_features(trained.raw, tmp_path / "f.parquet", AS_OF, FeatureSpec())
+    runner = CliRunner()
+    as_of = AS_OF.isoformat()
+    common = ["score", "--as-of", as_of, "--events", str(events), "--no-publish"]
+    built = runner.invoke(app, [*common, "--out", "a.parquet"])
+    read = runner.invoke(app, [*common, "--out", "b.parquet", "--features", "f.parquet"])
+    assert built.exit_code == 0 and read.exit_code == 0, built.output + read.output
+    a, b = pd.read_parquet(tmp_path / "a.parquet"), pd.read_parquet(tmp_path / "b.parquet")
+    pd.testing.assert_frame_equal(a.drop(columns=["reasons_buy", "reasons_lapse"]),
+                                  b.drop(columns=["reasons_buy", "reasons_lapse"]))
+    assert a["reasons_buy"].map(list).tolist() == b["reasons_buy"].map(list).tolist()
+    other = runner.invoke(app, [*common[:2], (AS_OF + timedelta(days=1)).isoformat(), *common[3:],
+                                "--features", "f.parquet"])
+    assert other.exit_code == 2 and "holds features as of" in other.output and "Traceback" not in other.output
