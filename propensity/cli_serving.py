@@ -82,7 +82,7 @@ def prebuilt_features(path: Path, as_of: datetime, spec: Any) -> Any:
 
 def run_score(
     cfg: Settings, events: Path, as_of: datetime, out: Path | None = None, publish: bool = True,
-    engine: str = "duckdb", spark_master: str = "local[2]", features: Path | None = None,
+    engine: str = "duckdb", spark_master: str = "local[2]", features: Path | None = None, reasons: bool = True,
 ) -> Any:
     """Score everyone with the champions, write the audience Parquet, publish the snapshot; print a summary.
 
@@ -110,7 +110,7 @@ def run_score(
             else:
                 result = run_batch(
                     events, as_of, bundles, store, out, chunk_users=cfg.serving.batch_chunk_users,
-                    progress=progress, features=table, **common,
+                    progress=progress, features=table, reasons=reasons, **common,
                 )
     finally:
         if store is not None:
@@ -140,6 +140,9 @@ def score(
     features: Annotated[Path | None, typer.Option(
         help="Score this feature file (from `propensity features`, same --as-of) instead of building features.",
     )] = None,
+    reasons: Annotated[bool, typer.Option(
+        help="Reason codes (SHAP) for the users with an action; --no-reasons publishes scores and actions only.",
+    )] = True,
     data_dir: DataDir = None,
 ) -> None:
     """Batch-score every user with the @champion models and publish a new score snapshot atomically."""
@@ -147,7 +150,7 @@ def score(
     if features is not None and engine != "duckdb":
         raise typer.BadParameter("--features works with the duckdb engine only", param_hint="--features")
     run_score(cfg, events or cfg.clean_dir / "events.parquet", _required_as_of(as_of), out, publish,
-              check_engine(engine), spark_master, features)
+              check_engine(engine), spark_master, features, reasons)
 
 
 @app.command()

@@ -49,19 +49,21 @@ def score_chunks(
     as_of: datetime,
     activation: ActivationConfig,
     chunk_users: int,
+    reasons: bool = True,
 ) -> Iterator[pd.DataFrame]:
     """Yield audience records (:data:`AUDIENCE_COLUMNS`) for ``raw`` (one row per user), ``chunk_users`` at a time.
 
     Reason codes are computed for the users with an action (the ones a campaign will touch), from the model whose
     score the action rides on (:func:`reason_masks`); the other lists stay empty, because SHAP contributions cost
-    about 50x the score itself.
+    about 50x the score itself. ``reasons=False`` leaves every list empty.
     """
     for start in range(0, len(raw), chunk_users):
         part = raw.iloc[start : start + chunk_users]
         scored = score_features(part, bundles, as_of, keep_features=True, reasons=False)
         acted = recommend(scored, as_of, activation)
         acted = acted.reset_index(drop=True)
-        acted = add_reasons(acted, part.reset_index(drop=True), bundles, reason_masks(acted["action"]))
+        if reasons:
+            acted = add_reasons(acted, part.reset_index(drop=True), bundles, reason_masks(acted["action"]))
         yield acted[[c for c in AUDIENCE_COLUMNS if c in acted.columns]]
 
 
@@ -120,12 +122,14 @@ def run_batch(
     created_at: datetime,
     progress: Progress | None = None,
     features: pd.DataFrame | None = None,
+    reasons: bool = True,
 ) -> BatchResult:
     """Score everyone with an event before ``as_of`` and publish the snapshot (when ``store`` is given).
 
     ``created_at`` is the publish time recorded in the snapshot (passed in: no clock reads here). ``features``:
     a feature table already built as of ``as_of`` with the champions' spec (``build_features`` output, e.g. read
-    back with ``features.build.read_features``); ``events`` is then not read.
+    back with ``features.build.read_features``); ``events`` is then not read. ``reasons=False`` skips the reason
+    codes (SHAP), the bulk of the time on a large audience.
     """
     spec = next(iter(bundles.values())).spec
     if any(b.spec != spec for b in bundles.values()):
@@ -139,7 +143,7 @@ def run_batch(
     defaults: dict[str, Any] = {}
     writer: pq.ParquetWriter | None = None
 
-    scored = score_chunks(raw, bundles, as_of, activation, chunk_users)
+    scored = score_chunks(raw, bundles, as_of, activation, chunk_users, reasons)
     first = next(scored, None)
     if first is not None:  # the defaults for unknown users go into the snapshot meta, written before the rows
         defaults.update(population_defaults(first))

@@ -486,6 +486,12 @@ def test_cli_scores_a_prebuilt_feature_file_like_the_events(trained: Trained, tm
     pd.testing.assert_frame_equal(a.drop(columns=["reasons_buy", "reasons_lapse"]),
                                   b.drop(columns=["reasons_buy", "reasons_lapse"]))
     assert a["reasons_buy"].map(list).tolist() == b["reasons_buy"].map(list).tolist()
+    assert a["reasons_buy"].map(len).gt(0).any()
+    bare = runner.invoke(app, [*common, "--out", "c.parquet", "--features", "f.parquet", "--no-reasons"])
+    assert bare.exit_code == 0, bare.output
+    c = pd.read_parquet(tmp_path / "c.parquet")
+    assert c["p_buy"].tolist() == a["p_buy"].tolist() and c["action"].tolist() == a["action"].tolist()
+    assert c["reasons_buy"].map(len).eq(0).all() and c["reasons_lapse"].map(len).eq(0).all()
     other = runner.invoke(app, [*common[:2], (AS_OF + timedelta(days=1)).isoformat(), *common[3:],
                                 "--features", "f.parquet"])
     assert other.exit_code == 2 and "holds features as of" in other.output and "Traceback" not in other.output
