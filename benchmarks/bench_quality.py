@@ -150,7 +150,7 @@ def describe_training(cfg: Any) -> str:
     return (f"training: {cfg.n_cutoffs} cutoffs {cfg.cutoff_spacing_days} days apart, H = {cfg.horizon_days} d, "
             f"N = {cfg.lapse_days} d; LightGBM lr {b.learning_rate}, {b.num_leaves} leaves, min {b.min_data_in_leaf} "
             f"per leaf, <= {b.num_boost_round} rounds (early stop {b.early_stopping_rounds}), {b.num_threads} threads; "
-            f"{cfg.calibration} calibration")
+            f"{cfg.calibration} calibration; user sample <= {cfg.max_users or 'all'}; lapse holdout {cfg.holdout:.0%}")
 
 
 def save_bundles(report: Any, directory: Path) -> None:

@@ -40,11 +40,13 @@ for p in (ROOT, ROOT / "benchmarks"):
 
 from bench_quality import (
     CACHE,
+    bundle_dir,
     cpu_seconds,
     describe_training,
     load_note,
     make_shop,
     peak_rss_mib,
+    save_bundles,
     temp_registry,
     train_config,
 )
@@ -259,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             train.fit_booster = original_fit
         if profiler and args.profile:
             profiler.dump_stats(str(args.profile))
+        save_bundles(report, bundle_dir(args.users, args.days, args.seed, args.lapse_days, args.cache))
     base_wall, base_cpu, rounds = plain_lightgbm(captured)
     rows = {t: len(o.result.test_labels) for t, o in report.outcomes.items()}
     train_rows = [len(c[1]) for c in captured]
@@ -268,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_header:
         print(f"\nrun_training at {args.users:,} users ({shop.events:,} events): {total:.1f} s wall, {total_cpu:.1f} s CPU,"
               f" peak RSS {peak_rss_mib():,.0f} MiB; {load_note()}")
+        print(f"user sample (training.max_users): {report.train_users:,} of {report.shop_users:,} users")
         print(f"design matrices: train rows {train_rows} x {n_features} features; test rows {rows}; "
               f"LightGBM rounds {rounds}\n")
         print("| part | calls | wall s | CPU s | share of wall |\n|---|---|---|---|---|")
@@ -296,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "users": args.users, "events": shop.events, "seconds": total, "cpu": total_cpu,
+            "train_users": report.train_users,
             "baseline_seconds": base_wall, "baseline_cpu": base_cpu, "rounds": rounds, "train_rows": train_rows,
             "parts": {k: {"wall": watch.wall[k], "cpu": watch.cpu[k], "calls": watch.calls[k]} for k in watch.calls},
         }, indent=1))

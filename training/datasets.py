@@ -16,7 +16,7 @@ import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
 
-from training.labels import LabelSpec, lapse_labels, last_mile_labels
+from training.labels import LabelSpec, buyer_events, lapse_labels, last_mile_labels
 
 LabelFn = Callable[[ir.Table, datetime, LabelSpec], ir.Table]
 LABEL_FUNCTIONS: dict[str, LabelFn] = {"last_mile_buyer": last_mile_labels, "lapse_risk": lapse_labels}
@@ -24,6 +24,10 @@ LABEL_FUNCTIONS: dict[str, LabelFn] = {"last_mile_buyer": last_mile_labels, "lap
 
 class IneligibleError(ValueError):
     """Too few positives or negatives to train or judge a model."""
+
+
+POPULATION_EVENTS: dict[str, Callable[[ir.Table, datetime], ir.Table]] = {"lapse_risk": buyer_events}
+"""Targets whose labels cover only part of the users, and the events of that population at a cutoff."""
 
 
 def window_days(target: str, spec: LabelSpec) -> int:

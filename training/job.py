@@ -20,7 +20,14 @@ from features.build import build_features, default_connection, events_table
 from features.segments import Segmenter
 from features.spec import FeatureSpec
 from training.bundle import TARGETS, ModelBundle
-from training.datasets import check_eligible, cutoffs_for, labelled_frame, time_split, window_days
+from training.datasets import (
+    POPULATION_EVENTS,
+    check_eligible,
+    cutoffs_for,
+    labelled_frame,
+    time_split,
+    window_days,
+)
 from training.evaluate import evaluate
 from training.labels import LabelSpec, data_end
 from training.models import BoosterParams
@@ -114,15 +121,23 @@ def run_training(cfg: TrainConfig, registry: Registry, say: Say = lambda _: None
 def _train_all(
     cfg: TrainConfig, registry: Registry, say: Say, con: Any, events: Any, end: datetime, report: TrainReport
 ) -> None:
-    feature_cache: dict[datetime, pd.DataFrame] = {}
+    feature_cache: dict[tuple[datetime, str | None], pd.DataFrame] = {}
 
-    def raw_features(as_of: datetime) -> pd.DataFrame:
-        if as_of not in feature_cache:
-            say(f"features as of {as_of:%Y-%m-%d}")
-            feature_cache[as_of] = (
-                cfg.feature_source(as_of) if cfg.feature_source else build_features(events, as_of, cfg.spec, con=con)
-            )
-        return feature_cache[as_of]
+    def raw_features(as_of: datetime, target: str | None = None) -> pd.DataFrame:
+        """Features of everyone at ``as_of`` or, for a target whose labels cover only part of the users, of at least
+        that population (features are per user, so a smaller input gives the same rows for those users)."""
+        if (as_of, None) in feature_cache:
+            return feature_cache[(as_of, None)]
+        narrow = target is not None and cfg.feature_source is None and target in POPULATION_EVENTS
+        key = (as_of, target if narrow else None)
+        if key not in feature_cache:
+            say(f"features as of {as_of:%Y-%m-%d}" + (f" ({target} population)" if narrow else ""))
+            if cfg.feature_source:
+                feature_cache[key] = cfg.feature_source(as_of)
+            else:
+                source = POPULATION_EVENTS[target](events, as_of) if narrow else events
+                feature_cache[key] = build_features(source, as_of, cfg.spec, con=con)
+        return feature_cache[key]
 
     buy_cutoffs = cutoffs_for(end, cfg.n_cutoffs, cfg.cutoff_spacing_days, cfg.horizon_days)
     lapse_days = cfg.lapse_days
@@ -143,7 +158,7 @@ def _train_all(
     for target in cfg.targets:
         say(f"training {target}")
         frames = [
-            segmenter.transform(labelled_frame(target, events, t, label_spec, raw_features(t)))
+            segmenter.transform(labelled_frame(target, events, t, label_spec, raw_features(t, target)))
             for t in cutoffs[target]
         ]
         overlapping = window_days(target, label_spec) > cfg.cutoff_spacing_days

@@ -83,13 +83,25 @@ def lapse_labels(events: ir.Table, as_of: datetime, spec: LabelSpec) -> ir.Table
     (no purchase, no visit or view) in ``(as_of, as_of + N]``."""
     t0 = _ts(as_of)
     t1 = _ts(as_of + timedelta(days=spec.lapse_days))
-    buyers = events.filter((events.ts < t0) & (events.behavior == "buy")).select("user_id").distinct()
+    buyers = buyers_before(events, as_of)
     future = events.filter((events.ts > t0) & (events.ts <= t1))
     seen = future.select("user_id").distinct().mutate(hit=ibis.literal(1, type="int8"))
     joined = buyers.left_join(seen, "user_id")
     return joined.select(
         user_id=buyers.user_id, label=(1 - joined.hit.fill_null(0)).cast("int8")
     ).order_by("user_id")
+
+
+def buyers_before(events: ir.Table, as_of: datetime) -> ir.Table:
+    """``user_id`` of every user with a purchase before ``as_of`` (distinct): the lapse target's population."""
+    return events.filter((events.ts < _ts(as_of)) & (events.behavior == "buy")).select("user_id").distinct()
+
+
+def buyer_events(events: ir.Table, as_of: datetime) -> ir.Table:
+    """The events (all of them, before and after ``as_of``) of the users in :func:`buyers_before`, so the lapse
+    target's feature builds can skip everyone else."""
+    buyers = buyers_before(events, as_of).rename(_buyer="user_id")
+    return events.semi_join(buyers, events.user_id == buyers._buyer)
 
 
 def data_end(events: ir.Table) -> datetime:

@@ -1,12 +1,14 @@
 """Labels on hand-built frames, including the boundary timestamps T and T+H."""
 
+import tempfile
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import ibis
 import pandas as pd
 import pytest
 
-from training.labels import LabelSpec, last_mile_labels, lapse_labels
+from training.labels import LabelSpec, buyer_events, last_mile_labels, lapse_labels
 
 T = datetime(2026, 1, 10, tzinfo=timezone.utc)
 D = timedelta(days=1)
@@ -86,3 +88,32 @@ def test_naive_cutoff_is_refused():
     ev = _events([("a", T - D, "view")])
     with pytest.raises(ValueError, match="timezone-aware"):
         last_mile_labels(ev, T.replace(tzinfo=None), LabelSpec())
+
+
+def test_buyer_events_keep_every_event_of_past_buyers_only():
+    ev = _events(
+        [
+            ("buyer", T - 5 * D, "view"), ("buyer", T - D, "buy"), ("buyer", T + D, "view"),
+            ("at_t", T - D, "view"), ("at_t", T, "buy"),          # buys exactly at T: not before the cutoff
+            ("browser", T - D, "view"),
+        ]
+    )
+    kept = buyer_events(ev, T).to_pandas()
+    assert sorted(kept["user_id"]) == ["buyer", "buyer", "buyer"]
+    assert set(_labels(lapse_labels(ev, T, LabelSpec(lapse_days=30)))) == set(kept["user_id"])
+
+
+def test_lapse_features_from_buyer_events_equal_the_full_table_rows():
+    from features.build import build_features
+    from features.generate import GeneratorConfig, generate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = generate(GeneratorConfig(n_users=300, days=40, seed=3, chunk_users=300), Path(tmp))
+        events = pd.read_parquet(data.events_dir)
+    as_of = pd.Timestamp(events["ts"].max()).to_pydatetime() - 5 * D
+    table = ibis.memtable(events)
+    full = build_features(table, as_of).set_index("user_id")
+    narrow = build_features(buyer_events(table, as_of), as_of).set_index("user_id")
+    buyers = set(_labels(lapse_labels(table, as_of, LabelSpec(lapse_days=10))))
+    assert set(narrow.index) == buyers and 0 < len(buyers) < len(full)
+    pd.testing.assert_frame_equal(narrow, full.loc[narrow.index])
