@@ -70,11 +70,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def run_ibis(path: str, threads: int | None, queue: mp.Queue) -> None:
+def run_ibis(path: str, threads: int | None, memory_limit: str | None, queue: mp.Queue) -> None:
     from features.build import build_features, duckdb_connection
 
     start = time.perf_counter()
-    features = build_features(Path(path), AS_OF, con=duckdb_connection(threads=threads))
+    con = duckdb_connection(threads=threads, memory_limit=memory_limit)
+    features = build_features(Path(path), AS_OF, con=con)
     seconds = time.perf_counter() - start
     out = Path(path).with_name("ibis_features.parquet")
     features.to_parquet(out)
@@ -158,6 +159,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=None, help="default: events / 50")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: CPU count)")
+    parser.add_argument("--memory-limit", default=None,
+                        help="DuckDB memory limit, e.g. 6GB (default: half the RAM); beyond it DuckDB spills to disk")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
     parser.add_argument("--skip-pandas", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the generated events and both outputs")
@@ -170,13 +173,14 @@ def main() -> None:
     pq.write_table(synthetic_events(args.events, n_users, args.seed), path, row_group_size=1_000_000)
     print(f"generated {args.events:,} events for up to {n_users:,} users in {time.perf_counter() - start:.1f} s")
 
-    ibis_res = child(run_ibis, str(path), args.threads)
+    ibis_res = child(run_ibis, str(path), args.threads, args.memory_limit)
     result = {
         "events": args.events,
         "users": ibis_res["rows"],
         "ibis_duckdb_seconds": round(ibis_res["seconds"], 2),
         "ibis_events_per_s": round(args.events / ibis_res["seconds"]),
         "ibis_peak_rss_mb": round(ibis_res["peak_rss_mb"]),
+        "duckdb_memory_limit": args.memory_limit or "half the RAM",
     }
     if not args.skip_pandas:
         pandas_res = child(run_pandas, str(path))

@@ -78,12 +78,21 @@ class Shop:
     cached: bool
 
 
+TRAINING_OVERRIDES: dict[str, Any] = {}
+"""Training settings changed from the product defaults by ``--max-users`` (this script and ``bench_training``)."""
+
+
 def product_settings(lapse_days: int) -> Any:
     """The product's default settings (as ``propensity demo`` uses them: N = ``lapse_days``), ignoring the
-    environment and any ``propensity.toml`` for the training section."""
+    environment and any ``propensity.toml`` for the training section; plus :data:`TRAINING_OVERRIDES`."""
     from propensity.config import Settings, TrainingSettings
 
-    return Settings(training=TrainingSettings(lapse_days=lapse_days))
+    return Settings(training=TrainingSettings(lapse_days=lapse_days, **TRAINING_OVERRIDES))
+
+
+def max_users_arg(value: str) -> int | None:
+    """``--max-users``: a user count, or 0 for everyone."""
+    return int(value) or None
 
 
 def training_cutoffs(end: datetime, lapse_days: int) -> tuple[datetime, ...]:
@@ -388,9 +397,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the gap intervals")
     ap.add_argument("--cache", type=Path, default=CACHE)
     ap.add_argument("--fresh", action="store_true", help="regenerate the shop even when cached")
+    ap.add_argument("--max-users", type=max_users_arg, default=-1,
+                    help="training.max_users for this run (0 = everyone; default: the product default)")
     ap.add_argument("--no-ceiling", action="store_true", help="skip the fit of the true probabilities")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
+    if args.max_users != -1:
+        TRAINING_OVERRIDES["max_users"] = args.max_users
 
     from training.job import run_training
 

@@ -38,6 +38,7 @@ for p in (ROOT, ROOT / "benchmarks"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
+import bench_quality
 from bench_quality import (
     CACHE,
     bundle_dir,
@@ -45,6 +46,7 @@ from bench_quality import (
     describe_training,
     load_note,
     make_shop,
+    max_users_arg,
     peak_rss_mib,
     save_bundles,
     temp_registry,
@@ -216,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--cache", type=Path, default=CACHE)
     ap.add_argument("--fresh", action="store_true", help="regenerate the shop even when cached")
+    ap.add_argument("--max-users", type=max_users_arg, default=-1,
+                    help="training.max_users for this run (0 = everyone; default: the product default)")
     ap.add_argument("--profile", type=Path, default=None, help="write a cProfile of run_training here")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--no-header", action="store_true", help="print only the summary row")
@@ -224,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--busy", type=int, default=0, help="with --omp-check: CPU-bound processes to run alongside")
     ap.add_argument("--omp-child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.max_users != -1:
+        bench_quality.TRAINING_OVERRIDES["max_users"] = args.max_users
     if args.omp_child is not None:
         omp_child(args.omp_rows, args.omp_child)
         return 0
