@@ -67,6 +67,23 @@ def score_chunks(
         yield acted[[c for c in AUDIENCE_COLUMNS if c in acted.columns]]
 
 
+_NULLABLE_TYPES = {
+    "action_deadline": pa.string(),
+    "reasons_buy": pa.list_(pa.string()),
+    "reasons_lapse": pa.list_(pa.string()),
+}
+
+
+def _fixed_types(table: pa.Table) -> pa.Table:
+    """Columns that can be all-null or all-empty in a chunk (no action, no reasons) get their real type; Arrow
+    would infer ``null`` / ``list<null>``, and the Parquet writer needs one schema for every chunk."""
+    for name, typ in _NULLABLE_TYPES.items():
+        if name in table.column_names and table.schema.field(name).type != typ:
+            i = table.column_names.index(name)
+            table = table.set_column(i, pa.field(name, typ), table[name].cast(typ))
+    return table
+
+
 def reason_masks(actions: pd.Series) -> dict[str, np.ndarray]:
     """Which rows (boolean, shape (n,)) get reason codes from which model: ``win_back`` rides on the lapse score,
     every other action on the last-mile score, ``none`` on neither."""
@@ -152,9 +169,11 @@ def run_batch(
         nonlocal writer
         done = 0
         for chunk in itertools.chain([first] if first is not None else [], scored):
-            table = pa.Table.from_pandas(chunk, preserve_index=False)
+            table = _fixed_types(pa.Table.from_pandas(chunk, preserve_index=False))
             if writer is None:
                 writer = pq.ParquetWriter(tmp_path, table.schema)
+            elif not table.schema.equals(writer.schema, check_metadata=False):
+                table = table.cast(writer.schema)
             writer.write_table(table)
             for action, n in chunk["action"].value_counts().items():
                 counts[str(action)] = counts.get(str(action), 0) + int(n)

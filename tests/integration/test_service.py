@@ -495,3 +495,26 @@ def test_cli_scores_a_prebuilt_feature_file_like_the_events(trained: Trained, tm
     other = runner.invoke(app, [*common[:2], (AS_OF + timedelta(days=1)).isoformat(), *common[3:],
                                 "--features", "f.parquet"])
     assert other.exit_code == 2 and "holds features as of" in other.output and "Traceback" not in other.output
+
+
+def test_batch_file_has_one_schema_when_a_chunk_has_no_reasons(trained: Trained, tmp_path: Path) -> None:
+    """A chunk where nobody has an action (so no reason codes) after one with reasons writes the same schema."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from serving.batch import run_batch
+
+    bundles = _champions(trained)
+    first = run_batch(None, AS_OF, bundles, None, tmp_path / "a.parquet", features=trained.raw, created_at=AS_OF)
+    actions = pd.read_parquet(first.audience_path).set_index("user_id")["action"]
+    acted = trained.raw["user_id"].map(actions).ne("none").to_numpy()
+    assert 0 < acted.sum() < len(acted)
+    ordered = pd.concat([trained.raw[acted], trained.raw[~acted]], ignore_index=True)  # chunk 2: nobody acted
+    result = run_batch(None, AS_OF, bundles, None, tmp_path / "b.parquet", features=ordered,
+                       chunk_users=int(acted.sum()), created_at=AS_OF)
+    field = pq.read_schema(result.audience_path).field("reasons_buy")
+    assert pa.types.is_list(field.type) and field.type.value_type == pa.string()
+    frame = pd.read_parquet(result.audience_path)
+    assert len(frame) == len(ordered)
+    assert frame.loc[frame["action"].eq("none"), "reasons_buy"].map(len).eq(0).all()
+    assert frame.loc[frame["action"].ne("none"), ["reasons_buy", "reasons_lapse"]].map(len).sum(axis=1).gt(0).any()
