@@ -214,6 +214,14 @@ class CutoffFrames:
         self.con = default_connection()
         self.events = events_table(shop.events_dir, self.con)
         self._raw: dict[datetime, Any] = {}
+        self.sample: set[str] | None = None  # the job's user sample (training.max_users), when it took one
+        t = product_settings(30).training
+        if t.max_users:
+            from training.sampling import pick_users
+
+            users = self.con.to_pandas(self.events.select("user_id").distinct())["user_id"]
+            if len(users) > t.max_users:
+                self.sample = set(pick_users(users, t.max_users, t.seed))
 
     def frame(self, target: str, as_of: datetime, bundle: Any, held: bool | None = None) -> Any:
         """The labelled frame; with ``held`` only the users the job held out of training (True) or trained on
@@ -224,6 +232,8 @@ class CutoffFrames:
         if as_of not in self._raw:
             self._raw[as_of] = build_features(self.events, as_of, bundle.spec, con=self.con)
         frame = labelled_frame(target, self.events, as_of, bundle.label_spec, self._raw[as_of])
+        if self.sample is not None:
+            frame = frame[frame["user_id"].isin(self.sample)].reset_index(drop=True)
         t = product_settings(bundle.label_spec.lapse_days).training
         if held is None or window_days(target, bundle.label_spec) <= t.cutoff_spacing_days:
             return frame

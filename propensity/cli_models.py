@@ -110,7 +110,7 @@ def train(
     sample: Annotated[float, typer.Option(help="With --engine spark: share of users to train on (0-1].")] = 1.0,
     max_users: Annotated[int | None, typer.Option(
         help="DuckDB engine: train on a seeded sample of at most this many users; 0 = everyone "
-             "[default: the training.max_users setting, 200,000].", min=0)] = None,
+             "[default: the training.max_users setting, 100,000].", min=0)] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Train both targets over stacked cutoffs, log to MLflow as @challenger, promote through the gate."""

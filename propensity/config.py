@@ -53,7 +53,7 @@ class TrainingSettings(BaseModel):
     num_leaves: int = Field(15, ge=2)
     min_data_in_leaf: int = Field(200, ge=1)
     max_users: int | None = Field(
-        200_000, ge=1000, description="Train on a seeded sample of at most this many users; None = everyone."
+        100_000, ge=1000, description="Train on a seeded sample of at most this many users; None = everyone."
     )
     holdout: float = Field(
         0.3, gt=0, lt=1, description="Lapse target: share of users held out of training (half valid, half test)."
