@@ -67,6 +67,14 @@ def synthetic_events(n: int, n_users: int, seed: int) -> pa.Table:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident set (MiB). ``VmHWM`` belongs to the current address space; ``ru_maxrss`` would
+    also count the parent's size at the fork that started this child, since Linux keeps it across ``exec``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
@@ -164,14 +172,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
     parser.add_argument("--skip-pandas", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the generated events and both outputs")
+    parser.add_argument("--reuse", action="store_true", help="use the events file of an earlier --keep run")
     args = parser.parse_args()
     n_users = args.users or max(1, args.events // 50)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"bench_events_{args.events}.parquet"
 
     start = time.perf_counter()
-    pq.write_table(synthetic_events(args.events, n_users, args.seed), path, row_group_size=1_000_000)
-    print(f"generated {args.events:,} events for up to {n_users:,} users in {time.perf_counter() - start:.1f} s")
+    if args.reuse and path.exists():
+        print(f"reusing {path} (--reuse)")
+    else:
+        pq.write_table(synthetic_events(args.events, n_users, args.seed), path, row_group_size=1_000_000)
+        print(f"generated {args.events:,} events for up to {n_users:,} users in {time.perf_counter() - start:.1f} s")
 
     ibis_res = child(run_ibis, str(path), args.threads, args.memory_limit)
     result = {
