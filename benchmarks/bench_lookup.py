@@ -10,7 +10,8 @@ What it does:
    (request ``i`` is due at ``t0 + i / rate`` whatever the previous ones did; latency is measured from the
    due time, so queueing behind a slow response counts) over keep-alive connections opened on demand (and not
    reused after 3 s idle, as the server drops them at 5 s), with raw
-   asyncio sockets so the load generator stays light (it shares the machine's cores with the server);
+   asyncio sockets so the load generator stays light (it shares the machine's cores with the server; the
+   generator is ``bench_load_publish.open_loop``, which also checks that every answer is for the right user);
 4. prints p50/p95/p99/max latency, error counts and the server's CPU time per request (all its processes,
    user + system; a measure that stays meaningful when other work shares the cores) per server and rate
    (``--out`` also writes them as JSON).
@@ -25,10 +26,8 @@ Run from the project root::
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -41,11 +40,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "benchmarks"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from bench_load_publish import free_port, open_loop, run_async
 
 TOKEN = "bench-token"
-IDLE_REUSE_S = 3.0  # uvicorn closes keep-alive connections idle for 5 s
 
 
 @dataclass
@@ -103,12 +104,6 @@ def publish_snapshot(store_path: Path, n_users: int, seed: int = 7) -> list[str]
     finally:
         store.close()
     return ids
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(port: int, path: str, proc: subprocess.Popen[bytes], timeout: float = 180.0) -> None:
@@ -177,88 +172,6 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ load
-def build_requests(ids: list[str], n: int, unknown_share: float, port: int, seed: int = 1) -> list[bytes]:
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        uid = f"x{i:08d}" if rng.random() < unknown_share else rng.choice(ids)
-        body = json.dumps({"user_ids": [uid]}).encode()
-        out.append(
-            b"POST /lookup HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAuthorization: Bearer %s\r\n"
-            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-            % (port, TOKEN.encode(), len(body), body)
-        )
-    return out
-
-
-async def run_rate(
-    port: int, requests: list[bytes], rate: float, max_conns: int = 256
-) -> tuple[list[float], dict[str, int], float]:
-    """Send ``requests`` open-loop at ``rate``/s; returns (latencies of successes in s, errors by kind, elapsed s)."""
-    pool: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []  # (reader, writer, idle since)
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    open_conns = 0
-
-    def error(kind: str) -> None:
-        errors[kind] = errors.get(kind, 0) + 1
-    perf = time.perf_counter
-
-    async def one(req: bytes, due: float) -> None:
-        nonlocal errors, open_conns
-        conn = None
-        while pool:  # like any keep-alive client: never reuse a connection the server may have timed out
-            reader, writer, since = pool.pop()
-            if perf() - since < IDLE_REUSE_S:
-                conn = (reader, writer)
-                break
-            writer.close()
-            open_conns -= 1
-        try:
-            if conn is None:
-                if open_conns >= max_conns:
-                    error("too many connections")
-                    return
-                open_conns += 1
-                conn = await asyncio.open_connection("127.0.0.1", port)
-            reader, writer = conn
-            writer.write(req)
-            head = await reader.readuntil(b"\r\n\r\n")
-            i = head.lower().find(b"content-length:")
-            length = int(head[i + 15 : head.index(b"\r\n", i)])
-            await reader.readexactly(length)
-            if head[9:12] == b"200":
-                latencies.append(perf() - due)
-            else:
-                error(f"HTTP {head[9:12].decode()}")
-            pool.append((reader, writer, perf()))
-        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-            error(type(exc).__name__)
-            if conn is not None:
-                open_conns -= 1
-                conn[1].close()
-
-    tasks = set()
-    t0 = perf() + 0.05
-    for i, req in enumerate(requests):
-        due = t0 + i / rate
-        delay = due - perf()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        task = asyncio.create_task(one(req, due))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    if tasks:
-        await asyncio.wait(tasks, timeout=30)
-    elapsed = perf() - t0
-    for _, writer, _ in pool:
-        writer.close()
-    unfinished = sum(1 for t in tasks if not t.done())
-    if unfinished:
-        errors["no answer within 30 s"] = unfinished
-    return latencies, errors, elapsed
-
-
 def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` and all its descendants."""
     import psutil
@@ -277,16 +190,6 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
-def run_async(coro: Any) -> Any:
-    """Run ``coro`` on uvloop when installed (a lighter load generator), else asyncio."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
-
-
 def summarize(
     server: str, rate: int, sent: int, lat: list[float], errors: dict[str, int], elapsed: float, cpu_s: float
 ) -> Result:
@@ -301,14 +204,23 @@ def summarize(
 
 
 def bench(port: int, pid: int, name: str, ids: list[str], rates: list[int], duration: float, unknown: float) -> list[Result]:
+    """Each rate for ``duration`` s with the shared open-loop generator (``bench_load_publish.open_loop``, which
+    also checks every answer: the right user, ``found`` as expected)."""
+    strangers = [f"x{i:08d}" for i in range(1000)]
+
+    def run(rate: float, seconds: float, seed: int) -> dict[str, Any]:
+        return run_async(open_loop(port, TOKEN, ids, strangers, rate=rate, min_s=seconds, max_s=seconds,
+                                   unknown_share=unknown, seed=seed, max_conns=256))
+
+    run(250, 2.0, 99)  # warm up
     results = []
-    run_async(run_rate(port, build_requests(ids, 500, unknown, port, seed=99), 250))  # warm up
     for rate in rates:
-        n = int(rate * duration)
-        reqs = build_requests(ids, n, unknown, port, seed=rate)
         cpu0 = tree_cpu_seconds(pid)
-        lat, errors, elapsed = run_async(run_rate(port, reqs, rate))
-        results.append(summarize(name, rate, n, lat, errors, elapsed, tree_cpu_seconds(pid) - cpu0))
+        report = run(rate, duration, rate)
+        latencies = [ms / 1000 for _, ms in report["samples"]]
+        errors = dict(report["errors"])
+        results.append(summarize(name, rate, report["sent"], latencies, errors, report["elapsed_s"],
+                                 tree_cpu_seconds(pid) - cpu0))
         print(format_row(results[-1]), flush=True)
         time.sleep(1.0)
     return results
