@@ -231,6 +231,17 @@ def publish(store_path: Path, frame: Any, created_at: Any) -> Any:
         store.close()
 
 
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group of ``proc`` (a server started with ``start_new_session``), SIGKILL after 30 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -351,12 +362,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
             if load.wait(timeout=args.duration + 120) != 0:
                 raise RuntimeError("the load generator failed")
         finally:
-            if server.poll() is None:
-                os.killpg(server.pid, signal.SIGTERM)
-                try:
-                    server.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(server.pid, signal.SIGKILL)
+            stop(server)
         report = json.loads((work / "load.json").read_text())
 
     shift = report["t0_epoch"] - t0  # the driver's clock starts a few ms after t0

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -44,7 +43,7 @@ for _p in (ROOT, ROOT / "benchmarks"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from bench_load_publish import free_port, open_loop, run_async
+from bench_load_publish import free_port, open_loop, run_async, stop
 
 TOKEN = "bench-token"
 
@@ -159,16 +158,6 @@ def serve_floor(port: int, store_path: Path, model_dir: Path) -> None:
     options = service_options(Settings(serving={"api_token": TOKEN}), {})
     runtime = ServiceRuntime.create(options, lambda: open_store(store_path), DirectorySource(model_dir))
     uvicorn.run(build_app(AppState(runtime)), host="127.0.0.1", port=port, access_log=False, log_level="warning")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 # ------------------------------------------------------------------------------------------------ load
