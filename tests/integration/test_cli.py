@@ -98,3 +98,12 @@ def test_flow_between_two_cutoffs_shows_the_transitions(run, tmp_path: Path):
     assert "A->I │ 100.0%" in result.output and "P->L │ 100.0%" in result.output
     assert "new users        │ 1" in result.output
     assert run("flow", "--from", "2026-01-05", "--to", "2026-01-02").exit_code == 2
+
+
+def test_bad_training_sample_and_feature_file_options_are_usage_errors(run):
+    tiny = run("train", "--max-users", "5", "--events", "nothing.parquet")
+    assert tiny.exit_code == 2 and "at least 1,000 users" in tiny.output
+    negative = run("train", "--max-users", "-1", "--events", "nothing.parquet")
+    assert negative.exit_code == 2 and "--max-users" in negative.output
+    spark = run("score", "--as-of", "2026-02-01", "--engine", "spark", "--features", "f.parquet")
+    assert spark.exit_code == 2 and "duckdb engine only" in spark.output
