@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import ibis
+import ibis.expr.datatypes as dt
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -216,6 +217,7 @@ def run_feature_table(table: ibis.Table, as_of: datetime, spec: FeatureSpec, *, 
     """
     if getattr(con, "name", None) != "duckdb":
         return con.to_pandas(feature_table(table, as_of, spec))
+    table = _naive_utc_ts(table)
     schema = table.schema()
     sql = _aggregate_sql(con, spec, "item_id" in schema, "amount" in schema)
     token = uuid.uuid4().hex
@@ -227,6 +229,29 @@ def run_feature_table(table: ibis.Table, as_of: datetime, spec: FeatureSpec, *, 
     finally:
         con.raw_sql(f'DROP TABLE IF EXISTS "{prepared}"')
         con.raw_sql(f'DROP VIEW IF EXISTS "{view}"')
+
+
+@ibis.udf.scalar.builtin(name="epoch_us")
+def _epoch_us(ts: dt.Timestamp(timezone="UTC")) -> dt.int64:  # type: ignore[empty-body]
+    """DuckDB ``epoch_us``: microseconds since the Unix epoch of an instant."""
+
+
+@ibis.udf.scalar.builtin(name="make_timestamp")
+def _timestamp_from_us(us: dt.int64) -> dt.Timestamp(scale=6):  # type: ignore[empty-body]
+    """DuckDB ``make_timestamp(bigint)``: the naive timestamp ``us`` microseconds after the epoch."""
+
+
+def _naive_utc_ts(table: ibis.Table) -> ibis.Table:
+    """``table`` with a time-zone-aware ``ts`` replaced by the same instant as a naive UTC timestamp (DuckDB only).
+
+    The feature expression treats naive timestamps as UTC, so the features are unchanged. DuckDB computes the
+    microseconds between two zoned timestamps through its calendar extension (about 0.2 us per value, three
+    times per event), and between naive ones as a plain subtraction: on 10M events this is most of stage 1.
+    """
+    ts_type = table.schema().get("ts")
+    if ts_type is None or not ts_type.is_timestamp() or ts_type.timezone is None:
+        return table
+    return table.mutate(ts=_timestamp_from_us(_epoch_us(table.ts)))
 
 
 def _aggregate_sql(con: ibis.BaseBackend, spec: FeatureSpec, has_item: bool, has_amount: bool) -> str:

@@ -227,3 +227,26 @@ def test_ibis_memtable_with_integer_ids_and_epoch_seconds_matches_the_pandas_pat
     pd.testing.assert_frame_equal(via_ibis, build_features(raw, AS_OF))
     assert via_ibis.user_id.tolist() == ["1"] and via_ibis.loc[0, "view_count_1d"] == 1
     assert via_ibis.loc[0, "days_since_last_buy"] == pytest.approx(1 / 24)
+
+
+def test_duckdb_fast_path_equals_the_plain_expression_at_microsecond_boundaries_in_any_zone(tmp_path):
+    """The DuckDB path reads zoned timestamps as naive UTC; windows, day buckets and ages must not move by 1 us."""
+    us = timedelta(microseconds=1)
+    offsets = [us, timedelta(days=1) - us, timedelta(days=1), timedelta(days=1) + us, timedelta(days=7),
+               timedelta(days=30, microseconds=1), timedelta(days=400)]
+    rows = [(f"u{i}", AS_OF - off, b) for i, off in enumerate(offsets) for b in ("view", "buy")]
+    rows.append(("u0", AS_OF, "view"))  # at as_of: excluded
+    frame = pd.DataFrame(rows, columns=["user_id", "ts", "behavior"])
+    con = duckdb_connection(threads=1, memory_limit="512MB")
+    for zone in ("UTC", "Asia/Shanghai", "America/Los_Angeles"):
+        zoned = frame.assign(ts=frame.ts.dt.tz_convert(zone))
+        pq.write_table(pa.Table.from_pandas(zoned, preserve_index=False), tmp_path / f"{zone.replace('/', '_')}.parquet")
+        table = con.read_parquet(tmp_path / f"{zone.replace('/', '_')}.parquet")
+        assert table.schema()["ts"].timezone is not None
+        fast = build_features(table, AS_OF, con=con)
+        plain = finalize_features(con.to_pandas(feature_table(table, AS_OF, FeatureSpec())), FeatureSpec())
+        pd.testing.assert_frame_equal(fast, plain)
+    by_user = fast.set_index("user_id")
+    assert by_user.view_count_1d.tolist() == [1, 1, 1, 0, 0, 0, 0]
+    assert by_user.active_days_30d.tolist() == [1, 1, 1, 1, 1, 0, 0]
+    assert by_user.days_since_last_view["u1"] == pytest.approx(1 - 1e-6 / 86_400, abs=1e-12)
