@@ -172,15 +172,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
     parser.add_argument("--skip-pandas", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the generated events and both outputs")
-    parser.add_argument("--reuse", action="store_true", help="use the events file of an earlier --keep run")
+    parser.add_argument("--reuse", action="store_true", help="use (and keep) the events file of an earlier --keep run")
     args = parser.parse_args()
     n_users = args.users or max(1, args.events // 50)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"bench_events_{args.events}.parquet"
 
     start = time.perf_counter()
-    if args.reuse and path.exists():
-        print(f"reusing {path} (--reuse)")
+    reused = args.reuse and path.exists()
+    if reused:
+        print(f"reusing {path} (--reuse; kept afterwards)")
     else:
         pq.write_table(synthetic_events(args.events, n_users, args.seed), path, row_group_size=1_000_000)
         print(f"generated {args.events:,} events for up to {n_users:,} users in {time.perf_counter() - start:.1f} s")
@@ -209,7 +210,8 @@ def main() -> None:
         print(f"{key:>22}: {value:,}" if isinstance(value, int) else f"{key:>22}: {value}")
     (args.out / "bench_features.json").write_text(json.dumps(result, indent=1))
     if not args.keep:
-        for leftover in (path, Path(ibis_res["out"]), args.out / "pandas_features.parquet"):
+        inputs = () if reused else (path,)
+        for leftover in (*inputs, Path(ibis_res["out"]), args.out / "pandas_features.parquet"):
             leftover.unlink(missing_ok=True)
 
 

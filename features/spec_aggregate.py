@@ -180,11 +180,14 @@ def _comparison_shopping(ev: ibis.Table, spec: FeatureSpec) -> ibis.Table:
 def _unbought_carts(ev: ibis.Table, spec: FeatureSpec) -> ibis.Table:
     """Per user: items carted in the window whose last cart was not followed by a buy of the same item.
 
-    A buy at the same instant as the cart counts as following it.
+    A buy at the same instant as the cart counts as following it. A buy older than the window cannot follow a
+    cart inside it, so only the window's events are read.
     """
-    rows = ev.filter(ev.item_id.notnull() & ev.behavior.isin(("cart", "buy")))
+    rows = ev.filter(
+        ev.item_id.notnull() & ev.behavior.isin(("cart", "buy")) & (ev.age_days <= spec.cart_unbought_days)
+    )
     per_item = rows.group_by(["user_id", "item_id"]).aggregate(
-        _cart_age=rows.age_days.min(where=(rows.behavior == "cart") & (rows.age_days <= spec.cart_unbought_days)),
+        _cart_age=rows.age_days.min(where=rows.behavior == "cart"),
         _buy_age=rows.age_days.min(where=rows.behavior == "buy"),
     )
     open_carts = per_item.filter(
