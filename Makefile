@@ -28,6 +28,7 @@ demo: $(VENV)/.installed
 	$(BIN)/propensity demo
 
 test: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.installed-dev

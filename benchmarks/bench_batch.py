@@ -39,14 +39,7 @@ for p in (ROOT, ROOT / "benchmarks"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from bench_quality import (
-    CACHE,
-    cpu_seconds,
-    load_note,
-    make_shop,
-    peak_rss_mib,
-    trained_bundles,
-)
+from bench_quality import CACHE, cpu_seconds, load_note, make_shop, peak_rss_mib, trained_bundles
 from bench_training import Stopwatch, instrumented
 
 PARTS = (
@@ -165,9 +158,7 @@ def compiled(bundle: Any, x: np.ndarray, p_lgb: np.ndarray, workdir: Path, repea
 
 
 def start_redis(workdir: Path) -> tuple[str | None, Any]:
-    from bench_store import (
-        start_redis as start,  # the private redis-server helper of the store benchmark
-    )
+    from bench_store import start_redis as start  # the private redis-server helper of the store benchmark
 
     return start(workdir)
 

@@ -9,6 +9,7 @@ fixed dtypes, sorted by ``user_id``. The default engine is an in-process DuckDB 
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import uuid
@@ -159,8 +160,12 @@ def _string_array(col: pd.Series) -> pa.Array:
         arr = pa.array(col, from_pandas=True)
         return arr if pa.types.is_string(arr.type) else arr.cast(pa.string())
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError):
-        values = [None if v is None or v != v else str(v) for v in col.astype(object).tolist()]
+        values = [None if _is_null(v) else str(v) for v in col.astype(object).tolist()]
         return pa.array(values, type=pa.string())
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value))
 
 
 def _utc_timestamps(col: pd.Series) -> pd.Series:

@@ -66,7 +66,9 @@ def java_major_version(java: str | None = None) -> int | None:
     if java is None:
         return None
     try:
-        done = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            [java, "-version"], capture_output=True, text=True, timeout=30, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     match = re.search(r'version "(\d+)(?:\.(\d+))?', done.stderr + done.stdout)
@@ -124,7 +126,7 @@ def spark_connection(
         session = _start_session(master, app_name, settings, remote)
     try:
         return ibis.pyspark.connect(session, **_runtime_conf(settings))
-    except Exception as exc:  # noqa: BLE001 - py4j/grpc errors carry long Java traces
+    except Exception as exc:
         raise SparkUnavailableError(f"could not use the Spark session: {_first_line(exc)}") from exc
 
 
@@ -141,7 +143,7 @@ def _start_session(master: str, app_name: str, settings: Mapping[str, str], remo
         return builder.getOrCreate()
     except ImportError as exc:  # Spark Connect without grpc & co.
         raise SparkUnavailableError(f"Spark Connect needs 'pyspark[connect]': {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - py4j/JVM start-up errors
+    except Exception as exc:
         raise SparkUnavailableError(f"could not start a Spark session on {master!r}: {_first_line(exc)}") from exc
 
 
@@ -188,7 +190,7 @@ def _read_events(path: str | Path, con: ibis.BaseBackend) -> ibis.Table:
             raise FeatureInputError(f"directory {local} holds no *.parquet file")
     try:
         return con.read_parquet(text)
-    except Exception as exc:  # noqa: BLE001 - AnalysisException etc.
+    except Exception as exc:
         raise FeatureInputError(f"Spark could not read events from {text}: {_first_line(exc)}") from exc
 
 

@@ -48,23 +48,16 @@ from features.events_passes import (
     write_good_rows,
     write_quarantine,
 )
-from features.events_sources import (
-    EventsError,
-    MissingColumnError,
-    SourceError,
-    query,
-    resolve_sources,
-    sql_str,
-)
+from features.events_sources import EventsError, MissingColumnError, SourceError, query, resolve_sources, sql_str
 from features.events_sql import EPOCH_FACTORS, REASON_TEXT, REASONS, set_timezone_sql
 from features.schema import CANONICAL_COLUMNS, arrow_schema
 
 __all__ = [
+    "REASONS",
     "EventsError",
     "InvariantError",
     "MissingColumnError",
     "ReadOptions",
-    "REASONS",
     "SourceError",
     "TooManyBadRowsError",
     "ValidationConfig",
@@ -235,8 +228,10 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def _failure_message(report: ValidationReport) -> str:
     lines = [
-        f"{report.bad_share:.2%} of {report.rows_in:,} rows were quarantined, above the limit of "
-        f"{report.max_bad_share:.2%} (max_bad_share={report.max_bad_share:g}):"
+        (
+            f"{report.bad_share:.2%} of {report.rows_in:,} rows were quarantined, above the limit of "
+            f"{report.max_bad_share:.2%} (max_bad_share={report.max_bad_share:g}):"
+        )
     ]
     for reason in REASONS:
         n = report.by_reason.get(reason, 0)

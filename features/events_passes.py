@@ -22,8 +22,8 @@ from features.events_sources import (
     SourceError,
     SourceFiles,
     plan_columns,
-    sniff_csv_layout,
     query,
+    sniff_csv_layout,
     sql_path_list,
     sql_str,
 )

@@ -15,13 +15,13 @@ from features.generate_process import (
     Users,
     ad_prob,
     advance,
-    cart_prob,
     advance_sessions,
+    cart_prob,
     draw_browsing,
     draw_sessions,
     intent_after,
-    no_buy_factors,
     need,
+    no_buy_factors,
     session_prob,
 )
 

@@ -104,7 +104,7 @@ def asset_summary(df: pd.DataFrame, pl_target: float = PL_TARGET) -> dict[str, A
     the assets (users in layer A, I, P or L; ``none`` users have dropped out of every AIPL window). Groups
     absent from ``df`` (e.g. no ``lifecycle`` column) are omitted; every known label is listed, with 0 counts.
     """
-    n = int(len(df))
+    n = len(df)
     doc: dict[str, Any] = {"n_users": n}
     for col, key, labels in (
         ("aipl_layer", "aipl", AIPL_LAYERS),

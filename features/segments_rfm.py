@@ -54,7 +54,7 @@ class RFMSegmenter:
         buyers = features[_buyer_mask(features)]
         amounts = pd.to_numeric(buyers["amount_total"]).astype("float64")
         self.monetary_column_ = "amount_total" if bool((amounts > 0).any()) else "buy_count"
-        self.n_buyers_ = int(len(buyers))
+        self.n_buyers_ = len(buyers)
         if len(buyers) == 0:
             self.recency_threshold_ = self.frequency_threshold_ = self.monetary_threshold_ = float("nan")
             return self

@@ -11,7 +11,7 @@ may compile it once per spec and reuse it (see :mod:`features.build`).
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import ibis
 import ibis.expr.datatypes as dt
@@ -38,8 +38,8 @@ def as_utc(as_of: datetime) -> datetime:
     if not isinstance(as_of, datetime):
         raise FeatureInputError(f"as_of must be a datetime, got {type(as_of).__name__}")
     if as_of.tzinfo is None:
-        return as_of.replace(tzinfo=timezone.utc)
-    return as_of.astimezone(timezone.utc)
+        return as_of.replace(tzinfo=UTC)
+    return as_of.astimezone(UTC)
 
 
 def canonical_events(events: ibis.Table) -> ibis.Table:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -48,11 +48,10 @@ def _exit_code(exc: BaseException) -> int | None:
     from features.events import EventsError, TooManyBadRowsError
     from features.generate import GeneratorConfigError
     from features.spec import FeatureInputError, FeatureSpecError
+    from propensity.paths import UnsafeOutputError
     from training.datasets import IneligibleError
     from training.lock import LockBusyError
     from training.registry import RegistryError
-
-    from propensity.paths import UnsafeOutputError
 
     if isinstance(exc, UnsafeOutputError):
         return 1
@@ -91,7 +90,7 @@ def friendly(fn: F) -> F:
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
-        except Exception as exc:  # noqa: BLE001 - classified below, bugs re-raised
+        except Exception as exc:
             code = _exit_code(exc)
             if code is None:
                 raise
@@ -105,7 +104,7 @@ def utc(value: datetime | None) -> datetime | None:
     """Treat naive CLI datetimes as UTC."""
     if value is None:
         return None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def settings(**overrides: Any) -> Settings:
@@ -196,7 +195,7 @@ def run_validation(
     with progress_bar("validating events") as progress:
         try:
             return validate_events(
-                [str(s) for s in sources], out, vcfg, read, now=datetime.now(timezone.utc), progress=progress
+                [str(s) for s in sources], out, vcfg, read, now=datetime.now(UTC), progress=progress
             )
         except TooManyBadRowsError as exc:
             print_validation(exc.report)
@@ -325,8 +324,8 @@ def _required_as_of(as_of: datetime | None) -> datetime:
 
 def _register_commands() -> None:
     """Import the modules whose commands attach themselves to :data:`app`."""
-    import propensity.cli_models  # noqa: F401
-    import propensity.cli_serving  # noqa: F401
+    import propensity.cli_models
+    import propensity.cli_serving
     import propensity.demo  # noqa: F401
 
 

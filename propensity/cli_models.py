@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from propensity.cli import (
-    DataDir, Engine, SparkMaster, app, check_engine, feature_spec, friendly, run_validation, settings,
+    DataDir,
+    Engine,
+    SparkMaster,
+    app,
+    check_engine,
+    feature_spec,
+    friendly,
+    run_validation,
+    settings,
 )
 from propensity.config import Settings
 from propensity.ui import console, frame_table, kv_table
@@ -69,10 +77,12 @@ def run_train(
     tcfg = train_config(cfg, events, truth, data_end)
     if engine == "spark":
         tcfg = replace(tcfg, feature_source=spark_sample_source(events, tcfg.spec, spark_master, sample, cfg.seed))
-    started = datetime.now(timezone.utc).isoformat()
-    with exclusive_lock(cfg.artifact_root / ".train.lock", started):
-        with console().status("training") as status:
-            report = run_training(tcfg, registry(cfg), say=status.update)
+    started = datetime.now(UTC).isoformat()
+    with (
+        exclusive_lock(cfg.artifact_root / ".train.lock", started),
+        console().status("training") as status,
+    ):
+        report = run_training(tcfg, registry(cfg), say=status.update)
     print_training(report, cfg)
     return report
 
@@ -141,7 +151,7 @@ def retrain(
     from training.lock import exclusive_lock
 
     cfg = settings(data_dir=data_dir)
-    started = datetime.now(timezone.utc).isoformat()
+    started = datetime.now(UTC).isoformat()
     with exclusive_lock(cfg.artifact_root / ".retrain.lock", started):
         report = run_validation(cfg, events, taobao=taobao)
         run_train(cfg, report.events_path, truth)

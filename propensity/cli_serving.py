@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -96,7 +96,7 @@ def run_score(
     suffix = "" if engine == "spark" else ".parquet"
     out = check_output(out or cfg.scores_dir / f"audience_{as_of:%Y%m%dT%H%M}{suffix}", cfg, is_dir=not suffix)
     store = open_score_store(cfg) if publish else None
-    common = dict(activation=activation_config(cfg), created_at=datetime.now(timezone.utc))
+    common = {"activation": activation_config(cfg), "created_at": datetime.now(UTC)}
     try:
         with progress_bar("scoring users") as progress:
             if engine == "spark":
@@ -253,7 +253,7 @@ def run_report(cfg: Settings, out: Path | None = None, scores: Path | None = Non
         store.close()
     html = build_report(
         audience, previous=previous, model_info=model_info, calibration=calibration or None,
-        snapshot_info=snapshot, activation=activation_config(cfg), generated_at=datetime.now(timezone.utc),
+        snapshot_info=snapshot, activation=activation_config(cfg), generated_at=datetime.now(UTC),
     )
     return write_report(html, check_output(out or cfg.reports_dir / "report.html", cfg))
 

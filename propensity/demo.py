@@ -112,10 +112,9 @@ def _audiences(cfg: Settings, audience_path: Path) -> Path:
     import pandas as pd
     from rich.table import Table
 
+    from propensity.cli_serving import activation_config
     from serving.activation import ACTIONS
     from serving.audience import select_audience
-
-    from propensity.cli_serving import activation_config
 
     frame = pd.read_parquet(audience_path)
     out_dir = cfg.scores_dir / "audiences"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -67,5 +68,5 @@ def _fmt(value: Any, float_fmt: str = "{:.4f}") -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
-        return float_fmt.format(value) if value == value else "-"
+        return float_fmt.format(value) if not math.isnan(value) else "-"
     return str(value)

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -343,7 +343,7 @@ def _utc(as_of: datetime) -> pd.Timestamp:
     if not isinstance(as_of, datetime):
         raise ActivationError(f"as_of must be a datetime, got {type(as_of).__name__}")
     ts = pd.Timestamp(as_of)
-    return ts.tz_localize(timezone.utc) if ts.tzinfo is None else ts.tz_convert(timezone.utc)
+    return ts.tz_localize(UTC) if ts.tzinfo is None else ts.tz_convert(UTC)
 
 
 def _cutoff_shift(scored: pd.DataFrame, now: pd.Timestamp) -> float:

@@ -103,7 +103,7 @@ def select_audience(
     summary = AudienceSummary(
         action=action,
         size=size,
-        candidates=int(len(pool)),
+        candidates=len(pool),
         cost_per_user=cost,
         total_cost=total_cost,
         expected_conversions=float(p.sum()),

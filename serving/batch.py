@@ -19,8 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.build import build_features
-from serving.activation import ActivationConfig, recommend
-from serving.activation import NO_ACTION, WIN_BACK
+from serving.activation import NO_ACTION, WIN_BACK, ActivationConfig, recommend
 from serving.scoring import add_reasons, score_features
 from serving.store import ScoreStore, SnapshotInfo
 from training.bundle import ModelBundle

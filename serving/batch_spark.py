@@ -13,6 +13,7 @@ served until every row is in. docs/spark.md describes the per-partition Redis pu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -23,12 +24,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from features.build import finalize_features
-from features.engine_spark import (
-    META_FILE,
-    build_features_spark,
-    read_features_meta,
-    write_parquet_dir,
-)
+from features.engine_spark import META_FILE, build_features_spark, read_features_meta, write_parquet_dir
 from features.spec import FeatureSpec, output_columns
 from features.spec_table import as_utc
 from serving.activation import ActivationConfig
@@ -101,7 +97,7 @@ def _conform(frame: pd.DataFrame, schema: StructType) -> pd.DataFrame:
 
 
 def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and value != value)
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def score_partitions(

@@ -133,8 +133,8 @@ def aipl_flow(before: pd.DataFrame, after: pd.DataFrame, *, pl_target: float = P
         pl_share_after=pl_after,
         pl_target=float(pl_target),
         pl_target_met=bool(reach_after and pl_after >= pl_target),
-        n_before=int(len(left)),
-        n_after=int(len(right)),
+        n_before=len(left),
+        n_after=len(right),
         n_new=int(counts.loc["new"].sum()),
         n_gone=int(counts["gone"].sum()),
     )

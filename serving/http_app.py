@@ -16,9 +16,9 @@ Statuses: 400 body is not JSON; 401 missing/wrong bearer token; 413 body larger 
 from __future__ import annotations
 
 import hmac
-from abc import ABC, abstractmethod
 import json
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -129,7 +129,11 @@ def lookup_ids(doc: Any, max_ids: int) -> list[str]:
         raise HTTPError(422, "invalid", f"the body must be a JSON object with 'user_ids', got {type(doc).__name__}")
     ids = doc.get("user_ids")
     if ids is None:
-        raise HTTPError(422, "invalid", "'user_ids' is required: a list of 1 to %d user ids" % max_ids)
+        raise HTTPError(
+            422,
+            "invalid",
+            f"'user_ids' is required: a list of 1 to {max_ids:d} user ids",
+        )
     if type(ids) is not list:
         raise HTTPError(422, "invalid", f"'user_ids' must be a list of strings or integers, got {type(ids).__name__}")
     n = len(ids)

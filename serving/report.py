@@ -177,8 +177,10 @@ def build_report(
     }
     stamp = ", ".join(when(a) for a in as_of) or "unknown"
     body = [
-        f'<header><h1>Audience assets report</h1><p class="sub">Scores as of {esc(stamp)} &middot; '
-        f"report generated {esc(when(generated_at))}</p></header>",
+        (
+            f'<header><h1>Audience assets report</h1><p class="sub">Scores as of {esc(stamp)} &middot; '
+            f"report generated {esc(when(generated_at))}</p></header>"
+        ),
         *(f'<p class="warning" data-warning="{i}">{esc(w)}</p>'
           for i, w in enumerate(_warnings(frame, models, as_of, generated_at))),
         kpis(frame, summary, per_action),

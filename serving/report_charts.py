@@ -60,7 +60,7 @@ def _encode(fig: Figure, name: str, alt: str) -> Chart:
     buf = io.BytesIO()
     try:
         fig.savefig(buf, format="png", dpi=DPI)
-        width, height = (int(round(v * DPI)) for v in fig.get_size_inches())
+        width, height = (round(float(v) * DPI) for v in fig.get_size_inches())
     finally:
         fig.clear()
     return Chart(name, alt, base64.b64encode(buf.getvalue()).decode("ascii"), width, height)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -50,7 +50,7 @@ def utc(value: Any) -> pd.Timestamp | None:
         return None
     if pd.isna(ts):
         return None
-    return ts.tz_localize(timezone.utc) if ts.tzinfo is None else ts.tz_convert(timezone.utc)
+    return ts.tz_localize(UTC) if ts.tzinfo is None else ts.tz_convert(UTC)
 
 
 def when(value: Any) -> str:

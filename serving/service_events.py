@@ -59,7 +59,7 @@ def _id_text(value: str | int | None, *, required: bool) -> str | None:
     return m.group(1) if m else text
 
 
-def parse_ts(value: str | int | float) -> datetime:
+def parse_ts(value: str | float) -> datetime:
     """A UTC datetime from ISO text (naive = UTC) or epoch seconds (number or numeric text)."""
     seconds: float | None = None
     if isinstance(value, (int, float)):
@@ -112,7 +112,7 @@ class EventIn(BaseModel):
 
     @field_validator("ts")
     @classmethod
-    def _ts(cls, v: str | int | float) -> datetime:
+    def _ts(cls, v: str | float) -> datetime:
         return parse_ts(v)
 
     @field_validator("behavior")
@@ -133,7 +133,7 @@ class EventIn(BaseModel):
 
     @field_validator("amount")
     @classmethod
-    def _amount(cls, v: float | int | None) -> float | None:
+    def _amount(cls, v: float | None) -> float | None:
         if v is None:
             return None
         try:

@@ -150,7 +150,7 @@ class ModelManager:
         errors: dict[str, str] = {}
         try:
             keys = self.source.current_keys(self.targets)
-        except Exception as exc:  # the registry is down or broken: keep serving what we have
+        except Exception as exc:  # noqa: BLE001 - registry down or broken: keep serving
             errors["source"] = f"model {self.source.kind} check failed: {type(exc).__name__}: {exc}"
             self.errors = MappingProxyType({**{k: v for k, v in self.errors.items() if k != "source"}, **errors})
             return False
@@ -173,7 +173,7 @@ class ModelManager:
                 bundle, version = self.source.load(target, key)
                 if bundle.target != target:
                     raise ValueError(f"the bundle is for target {bundle.target!r}")
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - keep the old model, retry later
                 self._failed[(target, key)] = self._clock()
                 errors[target] = f"model {target} version {key} failed to load: {type(exc).__name__}: {exc}"
                 log.warning("%s", errors[target])

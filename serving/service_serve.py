@@ -16,13 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from propensity.config import Settings
-from serving.service_config import (
-    MODEL_DIR_ENV,
-    RELOAD_INTERVAL_ENV,
-    SETTINGS_ENV,
-    TOKEN_ENV,
-    service_options,
-)
+from serving.service_config import MODEL_DIR_ENV, RELOAD_INTERVAL_ENV, SETTINGS_ENV, TOKEN_ENV, service_options
 
 SERVICE_TARGET = "serving.service:PropensityService"
 SERVICE_NAME = "PropensityService"

@@ -21,7 +21,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -126,7 +126,7 @@ SNAPSHOT_ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
 def new_snapshot_id(created_at: datetime, token: str | None = None) -> str:
     """A sortable snapshot id ``YYYYmmddTHHMMSSZ-<6 hex>`` from a UTC time (``token``: the 6 hex digits)."""
     token = secrets.token_hex(3) if token is None else token
-    return validate_snapshot_id(f"{created_at.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{token}")
+    return validate_snapshot_id(f"{created_at.astimezone(UTC):%Y%m%dT%H%M%SZ}-{token}")
 
 
 def validate_snapshot_id(snapshot_id: object) -> str:
@@ -241,8 +241,8 @@ def parse_created_at(meta: Mapping[str, Any]) -> datetime:
     if not isinstance(raw, datetime):
         raise StoreInputError(f"meta['created_at'] must be a datetime or ISO string, got {type(raw).__name__}")
     if raw.tzinfo is None:
-        raw = raw.replace(tzinfo=timezone.utc)
-    return raw.astimezone(timezone.utc)
+        raw = raw.replace(tzinfo=UTC)
+    return raw.astimezone(UTC)
 
 
 def encode_meta(meta: Mapping[str, Any]) -> str:

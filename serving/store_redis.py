@@ -23,7 +23,7 @@ import re
 import secrets
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
@@ -119,7 +119,11 @@ class RedisScoreStore:
         self._data_keys: dict[str, str] = {}
         self._last_current: str | None = None
         try:
-            common = dict(decode_responses=True, socket_connect_timeout=socket_timeout, retry=Retry(NoBackoff(), 1))
+            common = {
+                "decode_responses": True,
+                "socket_connect_timeout": socket_timeout,
+                "retry": Retry(NoBackoff(), 1),
+            }
             self._client = redis.Redis.from_url(url, socket_timeout=socket_timeout, **common)
             self._writer = redis.Redis.from_url(url, socket_timeout=publish_timeout, **common)
         except ValueError as exc:
@@ -375,7 +379,7 @@ class RedisScoreStore:
         self._client.close()
         self._writer.close()
 
-    def __enter__(self) -> RedisScoreStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pandas as pd
 
@@ -418,7 +418,7 @@ class SQLiteScoreStore:
         with self._write_lock:
             self._writer.close()
 
-    def __enter__(self) -> SQLiteScoreStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

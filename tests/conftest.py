@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Self
 
 import pytest
 
@@ -47,7 +48,9 @@ def find_debian_binary(binary: str, package: str, timeout: float = 900) -> tuple
         return None, f"{binary} not found (install Debian's {package} package to run these tests)"
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
         if done.returncode != 0:
             return None, f"{binary} not found and `{' '.join(cmd)}` failed: {done.stderr.strip()[-300:]}"
     found = shutil.which(binary) or shutil.which(f"/usr/bin/{binary}")
@@ -80,7 +83,7 @@ class RedisServer(str):
     workdir: Path
     proc: subprocess.Popen[bytes] | None
 
-    def __new__(cls, binary: str, port: int, workdir: Path) -> RedisServer:
+    def __new__(cls, binary: str, port: int, workdir: Path) -> Self:
         self = super().__new__(cls, f"redis://127.0.0.1:{port}/0")
         self.binary, self.port, self.workdir, self.proc = binary, port, workdir, None
         return self

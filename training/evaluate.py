@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:  # pragma: no cover - re-exported lazily, see __getattr__ below
-    from training.plots import save_plots as save_plots
+    from training.plots import save_plots
 
 __all__ = [
     "DEFAULT_FRACTIONS",

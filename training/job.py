@@ -20,14 +20,7 @@ from features.build import build_features, default_connection, events_table
 from features.segments import Segmenter
 from features.spec import FeatureSpec
 from training.bundle import TARGETS, ModelBundle
-from training.datasets import (
-    POPULATION_EVENTS,
-    check_eligible,
-    cutoffs_for,
-    labelled_frame,
-    time_split,
-    window_days,
-)
+from training.datasets import POPULATION_EVENTS, check_eligible, cutoffs_for, labelled_frame, time_split, window_days
 from training.evaluate import evaluate
 from training.labels import LabelSpec, data_end
 from training.models import BoosterParams

@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pandas as pd
 import pytest
@@ -251,7 +251,7 @@ class SnapshotReader:
         while not self._stop.is_set():
             try:
                 info, found = self.store.lookup(ids)
-            except Exception as exc:  # reported by the test, not lost in the thread
+            except Exception as exc:  # noqa: BLE001 - reported by the test, not lost
                 self.problems.append(f"lookup raised {exc!r}")
                 return
             batch = info.meta["batch"] if info is not None else None
@@ -266,7 +266,7 @@ class SnapshotReader:
             self.seen[batch] += 1
             time.sleep(0.002)
 
-    def __enter__(self) -> SnapshotReader:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -370,7 +370,7 @@ def test_sigkill_mid_publish_leaves_one_complete_snapshot_and_the_next_publish_s
         kept = target.store.snapshots()
         assert tables == records == len(kept) <= 2 and states == {"ready"}, (tables, records, states)
         assert kept[0].meta["batch"] == served and target.store.current() == kept[0]
-        info, found = target.store.lookup(PROBE_IDS)
+        _info, found = target.store.lookup(PROBE_IDS)
         assert len(found) == len(PROBE_IDS) and {json.loads(v)["batch"] for v in found.values()} == {served}
         assert target.integrity() == "ok"
     print(f"\n{target.kind}: (kill point, rows written when killed, killed snapshot served): {outcomes}")
@@ -437,7 +437,7 @@ def test_lookups_at_500_per_second_never_fail_during_a_publish_and_a_champion_pr
         swapped = server.anon.get("/readyz").json()["models"]["last_mile_buyer"]
         time.sleep(1.0)
         stop_file.touch()
-        out, err = driver.communicate(timeout=LOAD_MAX_S + 60)
+        _out, err = driver.communicate(timeout=LOAD_MAX_S + 60)
     finally:
         if driver.poll() is None:
             driver.kill()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import subprocess
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,14 @@ def render(chromium: str, page: Path, screenshot: Path, profile: Path) -> Render
         "--hide-scrollbars", f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
         f"--window-size={WIDTH},{HEIGHT}", f"--screenshot={screenshot}", "--dump-dom", page.resolve().as_uri(),
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     assert done.returncode == 0, f"chromium exited {done.returncode}: {done.stderr[-2000:]}"
     console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
     return Rendered(done.stdout, console, screenshot, done.stderr)
@@ -108,7 +115,7 @@ def report_file() -> Path:
     html = build_report(
         audience, previous=previous, model_info=model_info, calibration=calibration,
         snapshot_info={"snapshot_id": "20240301T041000-ab12", "created_at": "2024-03-01T04:10:00Z", "rows": 5000},
-        activation=CFG, generated_at=datetime(2024, 3, 1, 6, 30, tzinfo=timezone.utc),
+        activation=CFG, generated_at=datetime(2024, 3, 1, 6, 30, tzinfo=UTC),
     )
     return write_report(html, ARTIFACTS / "audience_report.html")
 

@@ -7,6 +7,7 @@ must give the audience records of the one-machine batch. Skipped when PySpark or
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from datetime import timedelta
@@ -30,8 +31,8 @@ _REASON = spark_unavailable_reason()
 if _REASON:
     pytest.skip(f"Spark tests need PySpark and Java 17+: {_REASON}", allow_module_level=True)
 
-from features.build import build_features  # noqa: E402
-from features.engine_spark import (  # noqa: E402
+from features.build import build_features
+from features.engine_spark import (
     BUCKET_COLUMN,
     build_features_spark,
     read_features_meta,
@@ -39,12 +40,12 @@ from features.engine_spark import (  # noqa: E402
     session_of,
     spark_connection,
 )
-from features.generate import GeneratorConfig, generate  # noqa: E402
-from features.spec import FeatureInputError, FeatureSpec, integer_columns, output_columns  # noqa: E402
-from serving.activation import ActivationConfig  # noqa: E402
-from serving.batch import score_chunks  # noqa: E402
-from serving.batch_spark import SparkBatchError, iter_audience_chunks, run_batch_spark  # noqa: E402
-from serving.store import encode_chunk, open_store  # noqa: E402
+from features.generate import GeneratorConfig, generate
+from features.spec import FeatureInputError, FeatureSpec, integer_columns, output_columns
+from serving.activation import ActivationConfig
+from serving.batch import score_chunks
+from serving.batch_spark import SparkBatchError, iter_audience_chunks, run_batch_spark
+from serving.store import encode_chunk, open_store
 
 TEST_CONF = {
     "spark.sql.shuffle.partitions": "4",
@@ -314,7 +315,7 @@ def test_training_reads_a_user_sample_of_the_spark_features(events_dir: Path, co
     outcome = report.outcomes["last_mile_buyer"]
     users = {t: set(f["user_id"]) for t, f in seen.items()}
     ordered = [users[t] for t in sorted(users)]
-    assert all(a <= b for a, b in zip(ordered, ordered[1:]))  # the same draw at every cutoff (population grows)
+    assert all(a <= b for a, b in itertools.pairwise(ordered))  # the same draw at every cutoff (population grows)
     full = set(build_features(events_dir, outcome.cutoffs[-1], SPEC)["user_id"])
     assert users[outcome.cutoffs[-1]] < full  # a strict sample of the users
     assert set(outcome.result.bundle.feature_names) and outcome.version == "1"

@@ -81,7 +81,7 @@ def test_champion_round_trip_gives_the_same_probabilities(trained, shop):
 
 
 def test_worse_challenger_is_not_promoted(trained):
-    registry, cfg, report = trained
+    registry, cfg, _report = trained
     champion = registry.version("last_mile_buyer", CHAMPION)
     weak = replace(cfg, targets=("last_mile_buyer",), params=BoosterParams(num_boost_round=1, num_leaves=2))
     again = run_training(weak, registry).outcomes["last_mile_buyer"]
@@ -109,10 +109,12 @@ def test_bundle_files_round_trip(trained, tmp_path: Path):
 
 def test_lock_refuses_a_second_holder(tmp_path: Path):
     lock = tmp_path / "train.lock"
-    with exclusive_lock(lock, "first"):
-        with pytest.raises(LockBusyError, match="another training run holds"):
-            with exclusive_lock(lock, "second"):
-                pass
+    with (
+        exclusive_lock(lock, "first"),
+        pytest.raises(LockBusyError, match="another training run holds"),
+        exclusive_lock(lock, "second"),
+    ):
+        pass
     with exclusive_lock(lock, "third"):  # released after the first block
         pass
 

@@ -7,7 +7,7 @@ user-facing errors (EventsError) with a message; it never crashes with anything 
 from __future__ import annotations
 
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from features.events import EventsError, ValidationConfig, validate_events
 
-NOW = datetime(2026, 11, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 1, tzinfo=UTC)
 CFG = ValidationConfig(as_of=NOW, max_bad_share=1.0)
 HEADER = "user_id,ts,behavior,item_id,category_id,channel,amount\n"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import re
 import tempfile
 from collections import Counter
@@ -68,7 +69,7 @@ def _ts_seconds(text: str) -> float | None:
     except ValueError:
         pass
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+        return datetime.fromisoformat(text).timestamp()
     except ValueError:
         return None
 
@@ -92,7 +93,7 @@ def expected(row: list[str]) -> tuple[str | None, tuple | None]:
             value = float(amount)
         except ValueError:
             return "bad_amount", None
-        if value != value or value in (float("inf"), float("-inf")) or value < 0:
+        if math.isnan(value) or value in (float("inf"), float("-inf")) or value < 0:
             return "bad_amount", None
     if seconds > NOW_S + 3600:
         return "future_ts", None

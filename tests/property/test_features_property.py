@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -14,7 +14,7 @@ from features.schema import BEHAVIORS
 from features.spec import AIPL_BASE, FeatureSpec, count_column, integer_columns
 from features.spec_table import event_weights
 
-AS_OF = datetime(2024, 3, 1, tzinfo=timezone.utc)
+AS_OF = datetime(2024, 3, 1, tzinfo=UTC)
 SPEC = FeatureSpec(target_categories=("c0",))
 DAY = 86_400
 FAST = settings(

@@ -5,7 +5,7 @@ Convention under test: windows are half-open ``[opens, closes)``; at the closing
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -21,7 +21,7 @@ from serving.activation import (
     recommend,
 )
 
-AS_OF = datetime(2024, 3, 1, tzinfo=timezone.utc)
+AS_OF = datetime(2024, 3, 1, tzinfo=UTC)
 NAN = np.nan
 MINUTE = 1 / 1440
 CFG = ActivationConfig()

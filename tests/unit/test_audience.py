@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -72,7 +72,7 @@ def test_only_users_with_the_action_are_candidates_and_ties_break_by_user_id():
 
 
 def test_summary_sums_probabilities_revenue_and_value():
-    chosen, summary = select_audience(pool([6.0, 4.0, 1.0], p=[0.6, 0.2, 0.9]), "coupon_24h", CFG)
+    _chosen, summary = select_audience(pool([6.0, 4.0, 1.0], p=[0.6, 0.2, 0.9]), "coupon_24h", CFG)
     assert summary.size == 2
     assert summary.expected_conversions == pytest.approx(0.8)
     assert summary.expected_precision == pytest.approx(0.4)
@@ -113,7 +113,7 @@ def test_budget_and_top_k_together_take_the_tighter():
 
 
 def test_selection_on_recommend_output():
-    as_of = datetime(2024, 3, 1, tzinfo=timezone.utc)
+    as_of = datetime(2024, 3, 1, tzinfo=UTC)
     base = {"p_lapse": np.nan, "aipl_layer": "I", "rfm_group": "no_purchase", "days_since_last_fav": np.nan,
             "days_since_last_ad": np.nan, "days_since_last_buy": np.nan, "days_since_last_event": 0.1,
             "purchase_gap_mean_days": np.nan, "purchase_days": 0, "amount_mean": 100.0, "amount_365d": 0.0,

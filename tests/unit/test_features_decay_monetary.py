@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -11,7 +11,7 @@ from features.build import build_features, default_connection, events_table
 from features.spec import FeatureSpec
 from features.spec_table import event_weights
 
-AS_OF = datetime(2024, 3, 1, tzinfo=timezone.utc)
+AS_OF = datetime(2024, 3, 1, tzinfo=UTC)
 NAN = np.nan
 
 

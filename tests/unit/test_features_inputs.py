@@ -3,7 +3,7 @@ contract (columns, dtypes, order), the feature file round trip, clear errors, an
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import ibis
@@ -34,7 +34,7 @@ from features.spec import (
 )
 from features.spec_table import feature_table
 
-AS_OF = datetime(2024, 3, 1, tzinfo=timezone.utc)
+AS_OF = datetime(2024, 3, 1, tzinfo=UTC)
 TAOBAO = Path(__file__).resolve().parents[3] / "shared/data/taobao_user_behavior_sample.csv"
 
 
@@ -139,7 +139,7 @@ def test_required_columns_only_input_works():
 def test_no_events_before_as_of_gives_an_empty_table_with_the_contract():
     frame = sample_events()
     f = build_features(frame, AS_OF - timedelta(days=1000))
-    assert f.empty and list(f.columns)[0] == "user_id" and str(f["buy_count"].dtype) == "int64"
+    assert f.empty and f.columns[0] == "user_id" and str(f["buy_count"].dtype) == "int64"
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ Boundary convention under test: an event exactly at ``as_of`` is excluded; an ev
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -14,7 +14,7 @@ import pytest
 
 from features.build import build_features
 
-AS_OF = datetime(2024, 3, 1, tzinfo=timezone.utc)
+AS_OF = datetime(2024, 3, 1, tzinfo=UTC)
 NAN = np.nan
 
 

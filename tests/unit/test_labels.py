@@ -1,16 +1,16 @@
 """Labels on hand-built frames, including the boundary timestamps T and T+H."""
 
 import tempfile
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import ibis
 import pandas as pd
 import pytest
 
-from training.labels import LabelSpec, buyer_events, last_mile_labels, lapse_labels
+from training.labels import LabelSpec, buyer_events, lapse_labels, last_mile_labels
 
-T = datetime(2026, 1, 10, tzinfo=timezone.utc)
+T = datetime(2026, 1, 10, tzinfo=UTC)
 D = timedelta(days=1)
 
 

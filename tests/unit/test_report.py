@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 
 import numpy as np
@@ -19,8 +19,8 @@ from serving.store import SnapshotInfo
 from training.evaluate import reliability_table
 
 CFG = ActivationConfig()  # costs: coupon_24h 3.0, ad_retarget 0.8, win_back 2.0
-NOW = datetime(2024, 3, 1, 6, 0, tzinfo=timezone.utc)
-LATE = datetime(2024, 3, 6, tzinfo=timezone.utc)  # 5 days after the scores' cutoff
+NOW = datetime(2024, 3, 1, 6, 0, tzinfo=UTC)
+LATE = datetime(2024, 3, 6, tzinfo=UTC)  # 5 days after the scores' cutoff
 EVIL = "<script>alert(1)</script>"
 NAN = float("nan")
 
@@ -80,7 +80,7 @@ MODEL_INFO = {
                    "metrics": {"lightgbm.auc": 0.74, "lightgbm.lift_top10": 1.8}},
     "price $x$ model": {"version": "1", "metrics": {"lift_top1": 3.0}},  # '$' must not start math mode
 }
-SNAPSHOT = SnapshotInfo('"><img src=x onerror=alert(1)>', datetime(2024, 3, 1, 4, 10, tzinfo=timezone.utc), 12, {})
+SNAPSHOT = SnapshotInfo('"><img src=x onerror=alert(1)>', datetime(2024, 3, 1, 4, 10, tzinfo=UTC), 12, {})
 
 
 class Page(HTMLParser):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -17,15 +17,15 @@ from features.segments import (
     RFM_CODES,
     LifecycleSegmenter,
     RFMSegmenter,
-    SegmentError,
     Segmenter,
+    SegmentError,
     asset_summary,
     coverage_quantile,
     encode_segments,
     gap_samples,
 )
 
-AS_OF = datetime(2024, 3, 1, tzinfo=timezone.utc)
+AS_OF = datetime(2024, 3, 1, tzinfo=UTC)
 NAN = np.nan
 
 
