@@ -11,6 +11,7 @@ back on ``user_id``.
 from __future__ import annotations
 
 import ibis
+import ibis.expr.datatypes as dt
 
 from features.schema import ACTIVE_CHANNELS, PASSIVE_CHANNELS
 from features.spec import (
@@ -41,7 +42,7 @@ def aggregate_features(
     main = partial.group_by("user_id").aggregate(**_user_aggregates(partial, spec, slots, has_amount))
     if lookback := spec.lookback_days:
         main = main.filter(main.days_since_last_event <= lookback)
-    parts = [_day_counts(ev, spec), _distinct_counts(ev, spec, "category_id")]
+    parts = [_active_days(ev, spec), _purchase_days(ev, spec), _distinct_counts(ev, spec, "category_id")]
     if has_item:
         parts += [_distinct_counts(ev, spec, "item_id"), _comparison_shopping(ev, spec), _unbought_carts(ev, spec)]
     for part in parts:
@@ -142,14 +143,47 @@ def _user_aggregates(
     return agg
 
 
-def _day_counts(ev: ibis.Table, spec: FeatureSpec) -> ibis.Table:
-    """Per user: distinct active days and purchase days (day buckets; window ``w`` holds buckets ``0..w-1``)."""
-    days = ev.group_by(["user_id", "day"]).aggregate(_buys=ev.behavior.count(where=ev.behavior == "buy"))
-    bought = days._buys > 0
-    agg = {f"active_days_{w}d": days.day.count(where=days.day < w) for w in spec.active_day_windows}
-    agg["purchase_days"] = days.day.count(where=bought)
-    agg[f"purchase_days_{spec.purchase_days}d"] = days.day.count(where=bought & (days.day < spec.purchase_days))
-    return days.group_by("user_id").aggregate(**agg)
+_WORD_DAYS = 62
+"""Day buckets per bitmap word: bits 0..61 of an int64, so a word never reaches the sign bit."""
+
+
+@ibis.udf.agg.builtin(name="bit_or")
+def _bit_or(bits: dt.int64) -> dt.int64:  # type: ignore[empty-body]
+    """SQL ``bit_or`` aggregate (DuckDB and Spark SQL; Ibis' own ``BitOr`` does not compile on PySpark)."""
+
+
+@ibis.udf.scalar.builtin(name="bit_count")
+def _bit_count(bits: dt.int64) -> dt.int64:  # type: ignore[empty-body]
+    """SQL ``bit_count``: set bits of an integer (DuckDB and Spark SQL)."""
+
+
+def _active_days(ev: ibis.Table, spec: FeatureSpec) -> ibis.Table:
+    """Per user: distinct active day buckets per window (window ``w`` holds buckets ``0..w-1``).
+
+    One bitmap per (user, word of :data:`_WORD_DAYS` buckets), OR-ed over the user's events, instead of one group
+    per (user, day): about a tenth of the groups when users are active on many days. A window counts the set bits
+    of each word below its edge.
+    """
+    rows = ev.filter(ev.day < max(spec.active_day_windows))
+    one = ibis.literal(1).cast("int64")  # a BIGINT on every engine: Spark would shift a plain 1 as a 32-bit INT
+    words = rows.group_by(["user_id", (rows.day // _WORD_DAYS).cast("int64").name("_word")]).aggregate(
+        _bits=_bit_or(one << (rows.day % _WORD_DAYS).cast("int32"))
+    )
+    agg = {}
+    for w in spec.active_day_windows:
+        below = ibis.greatest(ibis.least(w - _WORD_DAYS * words._word, _WORD_DAYS), 0).cast("int32")
+        agg[f"active_days_{w}d"] = _bit_count(words._bits & ((one << below) - 1)).sum()
+    return words.group_by("user_id").aggregate(**agg)
+
+
+def _purchase_days(ev: ibis.Table, spec: FeatureSpec) -> ibis.Table:
+    """Per user: distinct day buckets with a buy, over all history and within ``purchase_days``."""
+    buys = ev.filter(ev.behavior == "buy")
+    days = buys.group_by(["user_id", "day"]).aggregate()
+    return days.group_by("user_id").aggregate(
+        purchase_days=days.day.count(),
+        **{f"purchase_days_{spec.purchase_days}d": days.day.count(where=days.day < spec.purchase_days)},
+    )
 
 
 def _distinct_counts(ev: ibis.Table, spec: FeatureSpec, column: str) -> ibis.Table:

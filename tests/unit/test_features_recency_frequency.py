@@ -109,6 +109,32 @@ def test_distinct_active_days_items_and_categories():
     pd.testing.assert_frame_equal(got(build_features(ev, AS_OF), cols), expected)
 
 
+def test_active_and_purchase_days_match_a_direct_count_over_long_histories():
+    """Distinct day buckets over 500 days of history (several 62-day bitmap words, edges on word boundaries)."""
+    rng = np.random.default_rng(11)
+    edges = [0.0, 1.0, 30.0, 30.000001, 62.0, 62.5, 124.0, 124.000001, 364.999, 365.0, 365.5, 372.0, 499.0]
+    rows = []
+    for u in range(40):
+        ages = np.concatenate([rng.uniform(0.0001, 500, rng.integers(1, 250)), rng.choice(edges[1:], 3)])
+        rows += [(f"u{u:02d}", float(a), str(rng.choice(["view", "buy", "cart"], p=[0.6, 0.3, 0.1]))) for a in ages]
+    ev = events(rows)
+    spec_cols = ["active_days_30d", "active_days_365d", "purchase_days", "purchase_days_365d"]
+    f = got(build_features(ev, AS_OF), spec_cols)
+    day = np.maximum(np.ceil(np.array([r[1] for r in rows])) - 1, 0).astype(int)  # bucket k: ages in (k, k+1]
+    frame = pd.DataFrame({"user_id": [r[0] for r in rows], "day": day, "buy": [r[2] == "buy" for r in rows]})
+    expected = pd.DataFrame(
+        {
+            "active_days_30d": frame[frame.day < 30].groupby("user_id").day.nunique(),
+            "active_days_365d": frame[frame.day < 365].groupby("user_id").day.nunique(),
+            "purchase_days": frame[frame.buy].groupby("user_id").day.nunique(),
+            "purchase_days_365d": frame[frame.buy & (frame.day < 365)].groupby("user_id").day.nunique(),
+        },
+        index=pd.Index(sorted(frame.user_id.unique()), name="user_id"),
+    ).fillna(0).astype("int64")
+    pd.testing.assert_frame_equal(f, expected)
+    assert (f.active_days_365d > 62).any()  # the long histories span more than one bitmap word
+
+
 def test_comparison_shopping_counts_distinct_items_viewed_in_one_category():
     ev = events(
         [("u1", 2, "view", "a1", "A"), ("u1", 2.1, "view", "a2", "A"), ("u1", 2.2, "view", "a3", "A"),
