@@ -37,8 +37,8 @@ CHANNEL_P = {None: 0.30, "search": 0.20, "recommend": 0.30, "ad": 0.10, "live": 
 def synthetic_events(n: int, n_users: int, seed: int, order: str = "user") -> pa.Table:
     """``n`` canonical events over ``n_users`` users, ages skewed towards the recent past (0-400 days).
 
-    ``order="user"``: rows grouped by user and sorted by time within a user, as the event validator writes clean
-    events; ``order="random"``: rows in draw order. Both hold the same events (same seed), so the same features.
+    ``order="user"``: rows sorted by user id (as text) and by time within a user, as the event validator writes
+    clean events; ``order="random"``: rows in draw order. Both hold the same events (same seed), so the same features.
     """
     from features.schema import arrow_schema
 
@@ -52,8 +52,10 @@ def synthetic_events(n: int, n_users: int, seed: int, order: str = "user") -> pa
     categories = rng.integers(0, 2_000, n)
     items = categories * 500 + rng.integers(0, 500, n)
     amount = np.where(behaviors == list(BEHAVIOR_P).index("buy"), rng.gamma(2.0, 40.0, n).round(2), np.nan)
-    if order == "user":
-        rows = np.lexsort((ts, users))
+    if order == "user":  # by the id's text, as the validator's ORDER BY user_id sorts it
+        label_rank = np.argsort(np.argsort(np.char.add("u", np.arange(n_users).astype(str)), kind="stable"))
+        rows = np.lexsort((ts, label_rank[users]))
+        del label_rank
         users, ts, behaviors, channels = users[rows], ts[rows], behaviors[rows], channels[rows]
         categories, items, amount = categories[rows], items[rows], amount[rows]
         del rows
@@ -89,12 +91,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def run_ibis(path: str, threads: int | None, memory_limit: str | None, queue: mp.Queue) -> None:
+def run_ibis(path: str, threads: int | None, memory_limit: str | None, chunk_events: int | None,
+             queue: mp.Queue) -> None:
     from features.build import build_features, duckdb_connection
 
     start = time.perf_counter()
     con = duckdb_connection(threads=threads, memory_limit=memory_limit)
-    features = build_features(Path(path), AS_OF, con=con)
+    features = build_features(Path(path), AS_OF, con=con, chunk_events=chunk_events)
     seconds = time.perf_counter() - start
     out = Path(path).with_name("ibis_features.parquet")
     features.to_parquet(out)
@@ -180,6 +183,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: CPU count)")
     parser.add_argument("--memory-limit", default=None,
                         help="DuckDB memory limit, e.g. 6GB (default: half the RAM); beyond it DuckDB spills to disk")
+    parser.add_argument("--chunk-events", type=int, default=None,
+                        help="events per user range of the build (default: the library's); 0 builds in one piece")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
     parser.add_argument("--skip-pandas", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the generated events and both outputs")
@@ -200,7 +205,11 @@ def main() -> None:
         pq.write_table(synthetic_events(args.events, n_users, args.seed, args.order), path, row_group_size=1_000_000)
         print(f"generated {args.events:,} events for up to {n_users:,} users in {time.perf_counter() - start:.1f} s")
 
-    ibis_res = child(run_ibis, str(path), args.threads, args.memory_limit)
+    from features.build_chunks import DEFAULT_CHUNK_EVENTS, parquet_files, plan_user_ranges
+
+    chunk_events = DEFAULT_CHUNK_EVENTS if args.chunk_events is None else (args.chunk_events or None)
+    n_ranges = len(plan_user_ranges(parquet_files(str(path)), chunk_events)) if chunk_events else 1
+    ibis_res = child(run_ibis, str(path), args.threads, args.memory_limit, chunk_events)
     result = {
         "events": args.events,
         "users": ibis_res["rows"],
@@ -209,6 +218,8 @@ def main() -> None:
         "ibis_events_per_s": round(args.events / ibis_res["seconds"]),
         "ibis_peak_rss_mb": round(ibis_res["peak_rss_mb"]),
         "duckdb_memory_limit": args.memory_limit or "half the RAM",
+        "chunk_events": chunk_events or "one piece",
+        "user_ranges": n_ranges,
     }
     if not args.skip_pandas:
         pandas_res = child(run_pandas, str(path))

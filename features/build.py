@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from features.build_chunks import DEFAULT_CHUNK_EVENTS, UserRange, parquet_files, plan_user_ranges
 from features.schema import BEHAVIOR_ALIASES, BEHAVIORS, CANONICAL_COLUMNS, REQUIRED_COLUMNS, arrow_schema
 from features.spec import (
     FEATURE_TABLE_KEY,
@@ -188,27 +189,57 @@ def build_features(
     *,
     con: ibis.BaseBackend | None = None,
     progress: Progress | None = None,
+    chunk_events: int | None = DEFAULT_CHUNK_EVENTS,
 ) -> pd.DataFrame:
     """Execute :func:`feature_table` and return one row per user (columns :func:`output_columns`).
 
     Dtypes: ``user_id`` and ``aipl_layer`` strings, counts and flags int64, everything else float64 (NaN where a
-    feature is undefined); rows sorted by ``user_id`` with a fresh RangeIndex. ``progress(done, total)`` is
-    called after resolving the input, after execution and at the end (total 3). Without ``con``, a pandas or
+    feature is undefined); rows sorted by ``user_id`` with a fresh RangeIndex. Without ``con``, a pandas or
     Parquet input runs on this thread's DuckDB connection and an Ibis table on its own backend; a connection
     passed as ``con`` must not be used by several threads at once.
+
+    A Parquet path sorted by ``user_id`` (as the event validator writes it) is built on DuckDB in user ranges of
+    about ``chunk_events`` events (:mod:`features.build_chunks`), which bounds the peak memory; ``None`` builds it
+    in one piece. ``progress(done, total)`` is called after resolving the input, after each range and at the end
+    (``total`` = ranges + 2).
     """
     spec = spec or FeatureSpec()
     as_of = as_utc(as_of)
-    table = events_table(events, con)
+    ranges = [UserRange()]
+    if isinstance(events, (str, Path)):
+        con = con or default_connection()
+        source = _parquet_source(Path(events))
+        table = con.read_parquet(source)
+        if chunk_events is not None and getattr(con, "name", None) == "duckdb":
+            ranges = plan_user_ranges(parquet_files(source), chunk_events)
+    else:
+        table = events_table(events, con)
+    con = con or _backend_of(table)
+    total = len(ranges) + 2
     if progress:
-        progress(1, 3)
-    raw = run_feature_table(table, as_of, spec, con=con or _backend_of(table))
+        progress(1, total)
+    pieces = []
+    for i, user_range in enumerate(ranges, start=2):
+        raw = run_feature_table(_in_range(table, user_range), as_of, spec, con=con)
+        pieces.append(finalize_features(raw, spec))
+        del raw
+        if progress:
+            progress(i, total)
+    out = pieces[0] if len(pieces) == 1 else pd.concat(pieces, ignore_index=True)
+    if len(pieces) > 1 and not out[FEATURE_TABLE_KEY].is_monotonic_increasing:  # pragma: no cover - ranges are ordered
+        out = out.sort_values(FEATURE_TABLE_KEY, kind="stable").reset_index(drop=True)
     if progress:
-        progress(2, 3)
-    out = finalize_features(raw, spec)
-    if progress:
-        progress(3, 3)
+        progress(total, total)
     return out
+
+
+def _in_range(table: ibis.Table, user_range: UserRange) -> ibis.Table:
+    """The events of the users in ``user_range`` (a pushed-down filter: DuckDB skips row groups outside it)."""
+    if user_range.lo is not None:
+        table = table.filter(table.user_id >= user_range.lo)
+    if user_range.hi is not None:
+        table = table.filter(table.user_id < user_range.hi)
+    return table
 
 
 def run_feature_table(table: ibis.Table, as_of: datetime, spec: FeatureSpec, *, con: ibis.BaseBackend) -> pd.DataFrame:

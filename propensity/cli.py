@@ -261,7 +261,7 @@ def features(
             build_features_spark(events, when, spec, spark_connection(spark_master), out_dir=out, progress=progress)
             users, columns = read_features_meta(out)["rows"], "partitioned Parquet"
         else:
-            table = build_features(events, when, spec, progress=progress)
+            table = build_features(events, when, spec, progress=progress, chunk_events=cfg.features.chunk_events)
             write_features(table, out, when, spec)
             users, columns = len(table), table.shape[1]
     console().print(kv_table("features", {

@@ -30,6 +30,9 @@ class FeatureSettings(BaseModel):
     windows: tuple[int, ...] = (1, 3, 7, 15, 30, 90, 365)
     target_categories: tuple[str, ...] = ()
     lookback_days: int | None = None
+    chunk_events: int = Field(
+        12_000_000, ge=1, description="Events per user range when building from Parquet sorted by user (memory bound)."
+    )
 
 
 class TrainingSettings(BaseModel):
