@@ -22,6 +22,7 @@ import ibis
 import ibis.expr.datatypes as dt
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.build_chunks import DEFAULT_CHUNK_EVENTS, UserRange, parquet_files, plan_user_ranges
@@ -242,17 +243,18 @@ def _in_range(table: ibis.Table, user_range: UserRange) -> ibis.Table:
     return table
 
 
-def run_feature_table(table: ibis.Table, as_of: datetime, spec: FeatureSpec, *, con: ibis.BaseBackend) -> pd.DataFrame:
-    """Execute ``feature_table(table, as_of, spec)`` on ``con`` and return the raw result.
+def run_feature_table(table: ibis.Table, as_of: datetime, spec: FeatureSpec, *, con: ibis.BaseBackend) -> pa.Table:
+    """Execute ``feature_table(table, as_of, spec)`` on ``con`` and return the raw result as an Arrow table.
 
     On DuckDB stage 1 (:func:`prepare_events`) is materialised once into a temporary table, which the stage-2
     subqueries then scan several times, and the as_of-independent stage 2 (:func:`aggregate_features`) is
     compiled once per spec and reused: this saves most of the per-call compile time (online scoring builds
     features for a few users per request) and a re-read of the source per subquery. Other backends run the Ibis
-    expression directly. Both paths execute the same expression.
+    expression directly. Both paths execute the same expression. The raw types are the engine's (DuckDB sums
+    counts as 128-bit decimals); :func:`finalize_features` fixes them.
     """
     if getattr(con, "name", None) != "duckdb":
-        return con.to_pandas(feature_table(table, as_of, spec))
+        return con.to_pyarrow(feature_table(table, as_of, spec))
     table = _naive_utc_ts(table)
     schema = table.schema()
     sql = _aggregate_sql(con, spec, "item_id" in schema, "amount" in schema)
@@ -261,7 +263,7 @@ def run_feature_table(table: ibis.Table, as_of: datetime, spec: FeatureSpec, *, 
     con.create_view(view, prepare_events(table, as_of, spec))
     try:
         con.raw_sql(f'CREATE TEMP TABLE "{prepared}" AS SELECT * FROM "{view}"')
-        return con.raw_sql(sql.replace(f'"{_PLACEHOLDER}"', f'"{prepared}"')).df()
+        return con.con.sql(sql.replace(f'"{_PLACEHOLDER}"', f'"{prepared}"')).to_arrow_table()
     finally:
         con.raw_sql(f'DROP TABLE IF EXISTS "{prepared}"')
         con.raw_sql(f'DROP VIEW IF EXISTS "{view}"')
@@ -317,12 +319,15 @@ def _backend_of(expr: ibis.Expr) -> ibis.BaseBackend:
     return backends[0] if backends else default_connection()
 
 
-def finalize_features(raw: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
-    """Fix column order, dtypes and row order of an executed feature table."""
+def finalize_features(raw: pd.DataFrame | pa.Table, spec: FeatureSpec) -> pd.DataFrame:
+    """Fix column order, dtypes and row order of an executed feature table (pandas or Arrow)."""
     cols = output_columns(spec)
-    missing = [c for c in cols if c not in raw.columns]
+    names = raw.column_names if isinstance(raw, pa.Table) else raw.columns
+    missing = [c for c in cols if c not in names]
     if missing:
         raise FeatureInputError(f"feature table lacks columns {missing[:5]} (spec mismatch?)")
+    if isinstance(raw, pa.Table):
+        return _finalize_arrow(raw, spec, cols)
     ints = set(integer_columns(spec))
     strings = {FEATURE_TABLE_KEY, *categorical_columns(spec)}
     frame = raw.loc[:, cols].copy()
@@ -337,6 +342,27 @@ def finalize_features(raw: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
         elif col.dtype != "float64":
             frame[name] = pd.to_numeric(col).astype("float64")
     return frame.sort_values(FEATURE_TABLE_KEY, kind="stable").reset_index(drop=True)
+
+
+def _finalize_arrow(raw: pa.Table, spec: FeatureSpec, cols: list[str]) -> pd.DataFrame:
+    """:func:`finalize_features` on Arrow: the casts run in Arrow's compute kernels, then one conversion."""
+    ints = set(integer_columns(spec))
+    strings = {FEATURE_TABLE_KEY, *categorical_columns(spec)}
+    arrays = []
+    for name in cols:
+        col = raw.column(name)
+        if name in strings:
+            target = pa.string()
+        elif name in ints:
+            target = pa.int64()
+            if col.null_count:
+                col = pc.fill_null(col.cast(target), 0)
+        else:
+            target = pa.float64()
+        arrays.append(col if col.type == target else col.cast(target))
+    table = pa.table(arrays, names=cols)
+    table = table.take(pc.sort_indices(table, sort_keys=[(FEATURE_TABLE_KEY, "ascending")]))
+    return table.to_pandas()
 
 
 def write_features(df: pd.DataFrame, path: Path, as_of: datetime, spec: FeatureSpec) -> Path:
