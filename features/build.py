@@ -361,7 +361,9 @@ def _finalize_arrow(raw: pa.Table, spec: FeatureSpec, cols: list[str]) -> pd.Dat
             target = pa.float64()
         arrays.append(col if col.type == target else col.cast(target))
     table = pa.table(arrays, names=cols)
-    table = table.take(pc.sort_indices(table, sort_keys=[(FEATURE_TABLE_KEY, "ascending")]))
+    keys = table.column(FEATURE_TABLE_KEY)
+    if len(keys) > 1 and not pc.all(pc.greater_equal(keys[1:], keys[:-1])).as_py():  # DuckDB returns it sorted
+        table = table.take(pc.sort_indices(table, sort_keys=[(FEATURE_TABLE_KEY, "ascending")]))
     return table.to_pandas()
 
 
