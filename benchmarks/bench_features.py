@@ -178,7 +178,8 @@ def child(target, *args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000_000)
-    parser.add_argument("--users", type=int, default=None, help="default: events / 50")
+    parser.add_argument("--users", type=int, default=1_000_000,
+                        help="users drawn from (default 1M: the Taobao UserBehavior data set has 988k users)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: CPU count)")
     parser.add_argument("--memory-limit", default=None,
@@ -193,9 +194,9 @@ def main() -> None:
                         help="row order of the events file: grouped by user and time, as the validator writes clean "
                         "events (default), or random")
     args = parser.parse_args()
-    n_users = args.users or max(1, args.events // 50)
+    n_users = max(1, min(args.users, args.events))
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"bench_events_{args.events}_{args.order}.parquet"
+    path = args.out / f"bench_events_{args.events}_{n_users}u_{args.order}.parquet"
 
     start = time.perf_counter()
     reused = args.reuse and path.exists()

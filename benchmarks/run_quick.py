@@ -8,7 +8,7 @@ Runs each benchmark script in its own process (so peak memory and imports are it
 step        command                                                              compares against
 ==========  ===================================================================  ==========================
 validate    bench_validate.py --rows 1000000                                     pandas.read_csv
-features    bench_features.py --events 2000000                                   a pandas groupby
+features    bench_features.py --events 2000000 --users 40000                     a pandas groupby
 generate    bench_generate.py --users 20000                                      (throughput, peak RSS)
 store       bench_store.py --users 200000 --repeats 1000                         encode only, raw SELECT/HMGET
 lookup      bench_lookup.py --users 100000 --rates 100,500 --duration 10         bare uvicorn floor
@@ -64,7 +64,7 @@ def steps(cache: Path) -> list[Step]:
     c = ["--cache", str(cache)]
     return [
         Step("validate", ["bench_validate.py", "--rows", "1000000"]),
-        Step("features", ["bench_features.py", "--events", "2000000"]),
+        Step("features", ["bench_features.py", "--events", "2000000", "--users", "40000"]),
         Step("generate", ["bench_generate.py", "--users", "20000"]),
         Step("store", ["bench_store.py", "--users", "200000", "--repeats", "1000"]),
         Step("lookup", ["bench_lookup.py", "--users", "100000", "--rates", "100,500", "--duration", "10"]),
