@@ -65,6 +65,14 @@ BROWSE_BEHAVIORS: tuple[str, ...] = ("view", "visit")
 INTEREST_BEHAVIORS: tuple[str, ...] = ("fav", "cart")
 POPULATIONS: tuple[str, ...] = ("any_event",)
 
+BEHAVIOR_CODES: dict[str, int] = {name: code for code, name in enumerate(RECENCY_BEHAVIORS)}
+"""Byte codes of the contract's behaviors in the prepared events (stage 2 groups and filters on them)."""
+OTHER_BEHAVIOR = len(RECENCY_BEHAVIORS)
+"""Code of a non-null behavior outside the contract (counted as an event, never as a named behavior)."""
+CHANNEL_CODES: dict[str, int] = {"neutral": 0, "ad": 1, "active": 2, "passive": 3}
+"""Channel classes in the prepared events: ``ad``, other ``ACTIVE_CHANNELS``, ``PASSIVE_CHANNELS``, any other
+non-null channel (neutral); a null channel stays null."""
+
 
 class FeatureSpecError(ValueError):
     """A :class:`FeatureSpec` field has an invalid value."""

@@ -1,7 +1,7 @@
 """Stage 2 of the feature expression: prepared events -> one row per user (portable Ibis, no ``as_of``).
 
 The bulk of the features comes from a two-level aggregation: events are first grouped by
-``(user, behavior, window slot)``, where the slot is the narrowest window holding the event, and the user row then
+``(user, behavior code, window slot)``, where the slot is the narrowest window holding the event, and the user row then
 sums those few partial rows with conditions on the slot. That evaluates the ~80 conditional aggregates over at
 most ``5 behaviors x (windows + 1)`` rows per user instead of over every event. Distinct counts (days, items,
 categories) and the per-(user, category) and per-(user, item) features come from small grouped tables joined
@@ -13,10 +13,11 @@ from __future__ import annotations
 import ibis
 import ibis.expr.datatypes as dt
 
-from features.schema import ACTIVE_CHANNELS, PASSIVE_CHANNELS
 from features.spec import (
     AIPL_BASE,
+    BEHAVIOR_CODES,
     BROWSE_BEHAVIORS,
+    CHANNEL_CODES,
     INTEREST_BEHAVIORS,
     RECENCY_BEHAVIORS,
     FeatureSpec,
@@ -52,6 +53,12 @@ def aggregate_features(
     return main.select(*output_columns(spec)).order_by("user_id")
 
 
+def _is(code: ibis.IntegerValue, *behaviors: str) -> ibis.BooleanValue:
+    """``code`` (a prepared ``behavior_code``) is one of ``behaviors``."""
+    codes = [BEHAVIOR_CODES[name] for name in behaviors]
+    return code == codes[0] if len(codes) == 1 else code.isin(codes)
+
+
 def _slots(spec: FeatureSpec) -> tuple[int, ...]:
     """Every window (days) used by any feature, ascending; slot ``i`` = narrowest window ``slots[i]`` holding an
     event, slot ``len(slots)`` = older than every window."""
@@ -71,51 +78,52 @@ def _slots(spec: FeatureSpec) -> tuple[int, ...]:
 
 
 def _partial(ev: ibis.Table, spec: FeatureSpec, slots: tuple[int, ...]) -> ibis.Table:
-    """Level 1: partial aggregates per ``(user_id, behavior, slot)``."""
+    """Level 1: partial aggregates per ``(user_id, behavior_code, slot)``."""
     slot = ibis.cases(*[(ev.age_days <= w, i) for i, w in enumerate(slots)], else_=len(slots)).cast("int64")
     ev = ev.mutate(slot=slot)
-    is_ad = ev.channel == "ad"
+    channel = ev.channel_code
+    is_ad = channel == CHANNEL_CODES["ad"]
     agg = {
-        "n": ev.behavior.count(),
+        "n": ev.behavior_code.count(),
         "min_age": ev.age_days.min(),
         "max_age": ev.age_days.max(),
         "weight": ev.weight.sum(),
         "amount": ev.amount.sum(),
         "n_amount": ev.amount.count(),
-        "n_ad": ev.behavior.count(where=is_ad),
+        "n_ad": ev.behavior_code.count(where=is_ad),
         "ad_min_age": ev.age_days.min(where=is_ad),
-        "n_channel": ev.channel.count(),
-        "n_active": ev.behavior.count(where=ev.channel.isin(ACTIVE_CHANNELS)),
-        "n_passive": ev.behavior.count(where=ev.channel.isin(PASSIVE_CHANNELS)),
+        "n_channel": channel.count(),
+        "n_active": ev.behavior_code.count(where=channel.isin((CHANNEL_CODES["ad"], CHANNEL_CODES["active"]))),
+        "n_passive": ev.behavior_code.count(where=channel == CHANNEL_CODES["passive"]),
     }
     if spec.target_categories:
         target = ev.category_id.isin(spec.target_categories)
-        agg["n_target"] = ev.behavior.count(where=target)
+        agg["n_target"] = ev.behavior_code.count(where=target)
         agg["target_max_age"] = ev.age_days.max(where=target)
-    return ev.group_by(["user_id", "behavior", "slot"]).aggregate(**agg)
+    return ev.group_by(["user_id", "behavior_code", "slot"]).aggregate(**agg)
 
 
 def _user_aggregates(
     g: ibis.Table, spec: FeatureSpec, slots: tuple[int, ...], has_amount: bool
 ) -> dict[str, ibis.Value]:
     """Level 2: the user's features as conditional sums/min/max over its partial rows."""
-    b = g.behavior
+    b = g.behavior_code
     within = {w: g.slot <= i for i, w in enumerate(slots)}
 
     def total(col: ibis.Column, where: ibis.BooleanValue | None = None) -> ibis.Value:
         return ibis.coalesce(col.sum(where=where), 0).cast("int64")
 
-    is_buy = b == "buy"
+    is_buy = _is(b, "buy")
     agg: dict[str, ibis.Value] = {}
     for beh in RECENCY_BEHAVIORS:
-        agg[f"days_since_last_{beh}"] = g.min_age.min(where=b == beh)
+        agg[f"days_since_last_{beh}"] = g.min_age.min(where=_is(b, beh))
     agg["days_since_last_event"] = g.min_age.min()
     agg["days_since_first_event"] = g.max_age.max()
     for w in spec.windows:
         for beh in RECENCY_BEHAVIORS:
-            agg[count_column(beh, w)] = total(g.n, (b == beh) & within[w])
+            agg[count_column(beh, w)] = total(g.n, _is(b, beh) & within[w])
         agg[count_column("event", w)] = total(g.n, within[w])
-    agg[f"favcart_count_{spec.favcart_days}d"] = total(g.n, b.isin(INTEREST_BEHAVIORS) & within[spec.favcart_days])
+    agg[f"favcart_count_{spec.favcart_days}d"] = total(g.n, _is(b, *INTEREST_BEHAVIORS) & within[spec.favcart_days])
     for w in spec.ad_windows:
         agg[count_column("ad", w)] = total(g.n_ad, within[w])
     agg["days_since_last_ad"] = g.ad_min_age.min()
@@ -124,7 +132,7 @@ def _user_aggregates(
     agg["_chan_active"] = total(g.n_active, cs)
     agg["_chan_passive"] = total(g.n_passive, cs)
     for layer, behaviors in _LAYERS.items():  # weights are 0 beyond the span: sum over the whole history
-        agg[f"decay_{layer}"] = ibis.coalesce(g.weight.sum(where=b.isin(behaviors)), 0.0)
+        agg[f"decay_{layer}"] = ibis.coalesce(g.weight.sum(where=_is(b, *behaviors)), 0.0)
     pw = spec.purchase_days
     agg["buy_count"] = total(g.n, is_buy)
     agg["_first_buy_age"] = g.max_age.max(where=is_buy)
@@ -133,13 +141,13 @@ def _user_aggregates(
         n_amount = g.n_amount.sum(where=is_buy)
         agg["amount_mean"] = ibis.ifelse(n_amount > 0, g.amount.sum(where=is_buy) / n_amount, ibis.null("float64"))
         agg[f"amount_{pw}d"] = ibis.coalesce(g.amount.sum(where=is_buy & within[pw]), 0.0)
-    agg["_interest_n"] = total(g.n, b.isin(INTEREST_BEHAVIORS) & within[spec.interest_days])
+    agg["_interest_n"] = total(g.n, _is(b, *INTEREST_BEHAVIORS) & within[spec.interest_days])
     agg["_browse_n"] = total(g.n, within[spec.browse_days])
     if spec.target_categories:
-        agg["target_view_count"] = total(g.n_target, b == "view")
-        agg["target_cart_count"] = total(g.n_target, b == "cart")
+        agg["target_view_count"] = total(g.n_target, _is(b, "view"))
+        agg["target_cart_count"] = total(g.n_target, _is(b, "cart"))
         agg["target_buy_count"] = total(g.n_target, is_buy)
-        agg["_target_first_browse_age"] = g.target_max_age.max(where=b != "buy")
+        agg["_target_first_browse_age"] = g.target_max_age.max(where=b != BEHAVIOR_CODES["buy"])
     return agg
 
 
@@ -178,7 +186,7 @@ def _active_days(ev: ibis.Table, spec: FeatureSpec) -> ibis.Table:
 
 def _purchase_days(ev: ibis.Table, spec: FeatureSpec) -> ibis.Table:
     """Per user: distinct day buckets with a buy, over all history and within ``purchase_days``."""
-    buys = ev.filter(ev.behavior == "buy")
+    buys = ev.filter(_is(ev.behavior_code, "buy"))
     days = buys.group_by(["user_id", "day"]).aggregate()
     return days.group_by("user_id").aggregate(
         purchase_days=days.day.count(),
@@ -197,7 +205,7 @@ def _distinct_counts(ev: ibis.Table, spec: FeatureSpec, column: str) -> ibis.Tab
 def _comparison_shopping(ev: ibis.Table, spec: FeatureSpec) -> ibis.Table:
     """Per user: the most distinct items viewed within one category, per comparison window."""
     views = ev.filter(
-        (ev.behavior == "view")
+        _is(ev.behavior_code, "view")
         & ev.item_id.notnull()
         & ev.category_id.notnull()
         & (ev.age_days <= max(spec.comparison_windows))
@@ -218,11 +226,11 @@ def _unbought_carts(ev: ibis.Table, spec: FeatureSpec) -> ibis.Table:
     cart inside it, so only the window's events are read.
     """
     rows = ev.filter(
-        ev.item_id.notnull() & ev.behavior.isin(("cart", "buy")) & (ev.age_days <= spec.cart_unbought_days)
+        ev.item_id.notnull() & _is(ev.behavior_code, "cart", "buy") & (ev.age_days <= spec.cart_unbought_days)
     )
     per_item = rows.group_by(["user_id", "item_id"]).aggregate(
-        _cart_age=rows.age_days.min(where=rows.behavior == "cart"),
-        _buy_age=rows.age_days.min(where=rows.behavior == "buy"),
+        _cart_age=rows.age_days.min(where=_is(rows.behavior_code, "cart")),
+        _buy_age=rows.age_days.min(where=_is(rows.behavior_code, "buy")),
     )
     open_carts = per_item.filter(
         per_item._cart_age.notnull() & (per_item._buy_age.isnull() | (per_item._buy_age > per_item._cart_age))

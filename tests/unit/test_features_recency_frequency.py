@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from features.build import build_features
@@ -193,3 +194,19 @@ def test_ad_events_recency_and_channel_shares():
         ["u1", "u2", "u3"],
     )
     pd.testing.assert_frame_equal(got(build_features(ev, AS_OF), cols), expected)
+
+
+def test_a_behavior_outside_the_contract_is_an_event_but_no_named_behavior():
+    """An Ibis table skips the pandas input checks: an unknown behavior still counts as an event (as it always has)."""
+    import ibis
+
+    from features.build import _arrow_events
+
+    table = _arrow_events(events([("u1", 0.5, "view"), ("u1", 2, "view"), ("u2", 3, "buy")]))
+    behavior = pa.array(["view", "share", "buy"])
+    table = table.set_column(table.schema.get_field_index("behavior"), "behavior", behavior)
+    f = got(build_features(ibis.memtable(table), AS_OF), ["event_count_3d", "view_count_3d", "days_since_last_event"])
+    expected = expect(
+        {"event_count_3d": [2, 1], "view_count_3d": [1, 0], "days_since_last_event": [0.5, 3.0]}, ["u1", "u2"]
+    )
+    pd.testing.assert_frame_equal(f, expected)
