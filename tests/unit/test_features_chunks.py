@@ -116,3 +116,19 @@ def test_a_directory_of_sorted_files_is_ranged_across_files(tmp_path: Path) -> N
     pd.testing.assert_frame_equal(
         build_features(folder, AS_OF, con=con, chunk_events=1_000), build_features(frame, AS_OF)
     )
+
+
+def test_the_validators_output_is_built_in_ranges(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The product's chain: validated events (sorted by user, one row group per write batch) plan into ranges."""
+    from features import events_passes
+    from features.events import ReadOptions, ValidationConfig, validate_events
+
+    frame = random_events(21, n_events=3_000)
+    raw = write_events(frame.sample(frac=1.0, random_state=4), tmp_path / "export.parquet", 3_000)
+    monkeypatch.setattr(events_passes, "BATCH_ROWS", 400)
+    report = validate_events(raw, tmp_path / "clean", ValidationConfig(max_bad_share=0.0), ReadOptions(), now=AS_OF)
+    ranges = plan_user_ranges([report.events_path], 900)
+    assert len(ranges) >= 3
+    pd.testing.assert_frame_equal(
+        build_features(report.events_path, AS_OF, chunk_events=900), build_features(frame, AS_OF)
+    )
