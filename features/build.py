@@ -204,18 +204,15 @@ def build_features(
     in one piece. ``progress(done, total)`` is called after resolving the input, after each range and at the end
     (``total`` = ranges + 2).
     """
+    if chunk_events is not None and chunk_events < 1:
+        raise ValueError(f"chunk_events must be >= 1 or None, got {chunk_events}")
     spec = spec or FeatureSpec()
     as_of = as_utc(as_of)
-    ranges = [UserRange()]
-    if isinstance(events, (str, Path)):
-        con = con or default_connection()
-        source = _parquet_source(Path(events))
-        table = con.read_parquet(source)
-        if chunk_events is not None and getattr(con, "name", None) == "duckdb":
-            ranges = plan_user_ranges(parquet_files(source), chunk_events)
-    else:
-        table = events_table(events, con)
+    table = events_table(events, con)
     con = con or _backend_of(table)
+    ranges = [UserRange()]
+    if isinstance(events, (str, Path)) and chunk_events is not None and getattr(con, "name", None) == "duckdb":
+        ranges = plan_user_ranges(parquet_files(_parquet_source(Path(events))), chunk_events)
     total = len(ranges) + 2
     if progress:
         progress(1, total)

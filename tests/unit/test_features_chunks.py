@@ -96,6 +96,8 @@ def test_unsorted_or_unusable_sources_are_built_in_one_piece(tmp_path: Path) -> 
     assert plan_user_ranges([not_parquet], 100) == [UserRange()]
     with pytest.raises(ValueError, match="chunk_events"):
         plan_user_ranges([small], 0)
+    with pytest.raises(ValueError, match="chunk_events"):
+        build_features(frame, AS_OF, chunk_events=0)
     pd.testing.assert_frame_equal(
         build_features(shuffled, AS_OF, chunk_events=50), build_features(frame, AS_OF)
     )
