@@ -5,7 +5,7 @@
 1. Bundles for both targets trained on a small generated shop (``--train-users``; cached and shared with
    ``bench_quality.py``), then a ``--users`` shop to score (generated without truth, cached).
 2. The feature table as of the end of the data is built once (timed, but not part of the target: the batch
-   starts from the feature table, as ``propensity score --features`` does). ``serving.batch.run_batch`` then
+   starts from the feature table, as ``propensity score --features`` does). ``serving.batch.run.run_batch`` then
    scores it and publishes to a SQLite store and, when ``redis-server`` is on PATH, to a private Redis on a free
    loopback port, once without reason codes (``--no-reasons``) and once with them. Its parts are timed by
    wrapping the real functions: ``score_features`` (segmenter, booster probabilities), ``recommend``,
@@ -56,8 +56,9 @@ TOP = ("score_features", "recommend", "add_reasons (users with an action)")
 
 def timed_points() -> list[tuple[Any, str, str]]:
     """Stopwatch points of the batch (the real functions, wrapped)."""
-    from features.segments import Segmenter
-    from serving import batch, scoring
+    from features.segments.segmenter import Segmenter
+    from serving import scoring
+    from serving.batch import run as batch
     from training.bundle import ModelBundle
 
     return [
@@ -73,7 +74,7 @@ def timed_points() -> list[tuple[Any, str, str]]:
 
 def build(shop: Any, bundles: dict[str, Any]) -> tuple[Any, float, float]:
     """The feature table as of the end of the shop's data (the batch's input), and its wall and CPU seconds."""
-    from features.build import build_features, default_connection, events_table
+    from features.build.builder import build_features, default_connection, events_table
 
     spec = next(iter(bundles.values())).spec
     con = default_connection()
@@ -84,7 +85,7 @@ def build(shop: Any, bundles: dict[str, Any]) -> tuple[Any, float, float]:
 
 def run_one(name: str, store: Any, shop: Any, raw: Any, bundles: dict[str, Any], out: Path, reasons: bool) -> dict:
     """``run_batch`` from the feature table ``raw`` to a published snapshot, timed by part."""
-    from serving import batch
+    from serving.batch import run as batch
 
     watch = Stopwatch()
     with instrumented(watch, timed_points()):
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
-    from serving.store import open_store
+    from serving.store.base import open_store
 
     t0 = time.perf_counter()
     bundles = trained_bundles(args.train_users, days=args.days, seed=args.seed, lapse_days=args.lapse_days,

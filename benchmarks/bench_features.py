@@ -40,7 +40,7 @@ def synthetic_events(n: int, n_users: int, seed: int, order: str = "user") -> pa
     ``order="user"``: rows sorted by user id (as text) and by time within a user, as the event validator writes
     clean events; ``order="random"``: rows in draw order. Both hold the same events (same seed), so the same features.
     """
-    from features.schema import arrow_schema
+    from features.events.schema import arrow_schema
 
     rng = np.random.default_rng(seed)
     activity = rng.lognormal(0.0, 1.2, n_users)
@@ -93,7 +93,7 @@ def peak_rss_mb() -> float:
 
 def run_ibis(path: str, threads: int | None, memory_limit: str | None, chunk_events: int | None,
              queue: mp.Queue) -> None:
-    from features.build import build_features, duckdb_connection
+    from features.build.builder import build_features, duckdb_connection
 
     start = time.perf_counter()
     con = duckdb_connection(threads=threads, memory_limit=memory_limit)
@@ -119,7 +119,7 @@ def pandas_core_features(df, as_of: datetime):
     """Baseline: recency per behavior, counts per behavior and window, decay sums per layer (pandas groupby)."""
     import pandas as pd
 
-    from features.spec import FeatureSpec
+    from features.spec.definition import FeatureSpec
 
     spec = FeatureSpec()
     df = df[df["ts"] < pd.Timestamp(as_of)]
@@ -206,7 +206,7 @@ def main() -> None:
         pq.write_table(synthetic_events(args.events, n_users, args.seed, args.order), path, row_group_size=1_000_000)
         print(f"generated {args.events:,} events for up to {n_users:,} users in {time.perf_counter() - start:.1f} s")
 
-    from features.build_chunks import DEFAULT_CHUNK_EVENTS, parquet_files, plan_user_ranges
+    from features.build.chunks import DEFAULT_CHUNK_EVENTS, parquet_files, plan_user_ranges
 
     chunk_events = DEFAULT_CHUNK_EVENTS if args.chunk_events is None else (args.chunk_events or None)
     n_ranges = len(plan_user_ranges(parquet_files(str(path)), chunk_events)) if chunk_events else 1

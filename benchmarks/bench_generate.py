@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from features.generate import GeneratorConfig, generate
+from features.simulate.shop import GeneratorConfig, generate
 
 
 def _peak_rss_mib() -> float:

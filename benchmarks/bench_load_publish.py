@@ -5,7 +5,7 @@ What it does (``main``):
 1. trains two tiny models (the integration tests' helpers: 1,500 simulated users), registers and promotes them
    in a temp MLflow registry, pre-trains a second ``last_mile_buyer`` bundle, and publishes a snapshot of
    ``--users`` synthetic score records to a temp SQLite store;
-2. starts the real service (``serving.service_serve.serve_args``: ``bentoml serve``, one worker, champions
+2. starts the real service (``propensity.service.launch.serve_args``: ``bentoml serve``, one worker, champions
    followed in the registry every 2 s) on 127.0.0.1;
 3. runs the load generator in its own process (``drive``, below) at ``--rate`` requests/s for ``--duration`` s;
    at ``--publish-at`` s it publishes a new snapshot of the same size, at ``--promote-at`` s it registers and
@@ -220,7 +220,7 @@ def synthetic_scores(n: int, seed: int, prefix: str = "u") -> Any:
 
 
 def publish(store_path: Path, frame: Any, created_at: Any) -> Any:
-    from serving.store import open_store
+    from serving.store.base import open_store
 
     store = open_store(store_path)
     try:
@@ -300,10 +300,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
     import pandas as pd
 
-    from features.build import build_features
-    from features.generate import GeneratorConfig, generate
+    from features.build.builder import build_features
+    from features.simulate.shop import GeneratorConfig, generate
     from propensity.config import Settings
-    from serving.service_serve import serve_args
+    from propensity.service.launch import serve_args
     from tests.integration.conftest import AS_OF, START, Trained, register, train_bundle
 
     with tempfile.TemporaryDirectory(prefix="bench-load-publish-") as tmp:

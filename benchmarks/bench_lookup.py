@@ -3,8 +3,8 @@
 What it does:
 
 1. publishes a snapshot of ``--users`` synthetic score records to a temp SQLite store;
-2. starts the real service (``serving.service_serve.serve_args``: ``bentoml serve``, ``--workers`` processes)
-   and, unless ``--no-floor``, the *floor*: the very same routes (:func:`serving.http_app.build_app`) on bare
+2. starts the real service (``propensity.service.launch.serve_args``: ``bentoml serve``, ``--workers`` processes)
+   and, unless ``--no-floor``, the *floor*: the very same routes (:func:`serving.http.app.build_app`) on bare
    uvicorn, one process, access log off: the same store read without BentoML around it;
 3. for each rate in ``--rates`` sends ``rate * --duration`` one-user lookups on an open-loop schedule
    (request ``i`` is due at ``t0 + i / rate`` whatever the previous ones did; latency is measured from the
@@ -70,7 +70,7 @@ def publish_snapshot(store_path: Path, n_users: int, seed: int = 7) -> list[str]
     import numpy as np
     import pandas as pd
 
-    from serving.store import open_store
+    from serving.store.base import open_store
 
     rng = np.random.default_rng(seed)
     ids = [f"u{i:08d}" for i in range(n_users)]
@@ -123,7 +123,7 @@ def wait_http(port: int, path: str, proc: subprocess.Popen[bytes], timeout: floa
 
 def start_service(store_path: Path, model_dir: Path, workers: int, log: Path) -> tuple[subprocess.Popen[bytes], int]:
     from propensity.config import Settings
-    from serving.service_serve import serve_args
+    from propensity.service.launch import serve_args
 
     port = free_port()
     settings = Settings(store_path=store_path, serving={"api_token": TOKEN})
@@ -149,11 +149,11 @@ def serve_floor(port: int, store_path: Path, model_dir: Path) -> None:
     import uvicorn
 
     from propensity.config import Settings
-    from serving.http_app import AppState, build_app
-    from serving.service_config import service_options
-    from serving.service_models import DirectorySource
-    from serving.service_runtime import ServiceRuntime
-    from serving.store import open_store
+    from propensity.service.options import service_options
+    from serving.http.app import AppState, build_app
+    from serving.http.models import DirectorySource
+    from serving.http.runtime import ServiceRuntime
+    from serving.store.base import open_store
 
     options = service_options(Settings(serving={"api_token": TOKEN}), {})
     runtime = ServiceRuntime.create(options, lambda: open_store(store_path), DirectorySource(model_dir))

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_quality.py --users 20000 [--days 120] [--lapse-days 30] [--truth-paths 1]
 
-1. Generates a shop (``features.generate``) whose ground truth is recorded exactly at the training cutoffs of
+1. Generates a shop (``features.simulate.shop``) whose ground truth is recorded exactly at the training cutoffs of
    both targets (``training.datasets.cutoffs_for``, as ``propensity demo`` does), then runs the real training
    job (``training.job.run_training``) into a temporary MLflow sqlite registry.
 2. For each target prints AUC, PR-AUC, log loss, ECE and lift at the top 5% of LightGBM, the rule score (raw
@@ -115,7 +115,7 @@ def settings_key(lapse_days: int) -> str:
 def make_shop(users: int, *, days: int = 120, seed: int = 7, lapse_days: int = 30, truth: bool = True,
               truth_paths: int = 1, cache: Path = CACHE, fresh: bool = False) -> Shop:
     """Generate (or reuse from ``cache``) a shop of ``users`` users over ``days`` days."""
-    from features.generate import GeneratorConfig, generate
+    from features.simulate.shop import GeneratorConfig, generate
 
     key = f"shop-u{users}-d{days}-s{seed}-" + (f"{settings_key(lapse_days)}-truth{truth_paths}" if truth else "notruth")
     where = cache / key
@@ -144,10 +144,10 @@ def temp_registry(root: Path) -> Any:
 
 
 def train_config(shop: Shop, out_dir: Path, lapse_days: int) -> Any:
-    """The product's training config (``propensity.cli_models.train_config`` over the default settings, N =
+    """The product's training config (``propensity.cli.models.train_config`` over the default settings, N =
     ``lapse_days``) for ``shop``, plots written under ``out_dir``."""
-    import propensity.cli  # noqa: F401  (registers the commands; importing cli_models first is circular)
-    from propensity.cli_models import train_config as product_config
+    import propensity.cli.main  # noqa: F401  (registers the commands; importing cli_models first is circular)
+    from propensity.cli.models import train_config as product_config
 
     cfg = product_config(product_settings(lapse_days), shop.events_dir, shop.truth_path, data_end=shop.end)
     return replace(cfg, out_dir=out_dir)
@@ -209,7 +209,7 @@ class CutoffFrames:
     the cutoff inner-joined with that cutoff's labels); raw feature tables are built once per cutoff."""
 
     def __init__(self, shop: Shop) -> None:
-        from features.build import default_connection, events_table
+        from features.build.builder import default_connection, events_table
 
         self.con = default_connection()
         self.events = events_table(shop.events_dir, self.con)
@@ -226,7 +226,7 @@ class CutoffFrames:
     def frame(self, target: str, as_of: datetime, bundle: Any, held: bool | None = None) -> Any:
         """The labelled frame; with ``held`` only the users the job held out of training (True) or trained on
         (False) when it split users as well as time (targets whose label window is longer than the spacing)."""
-        from features.build import build_features
+        from features.build.builder import build_features
         from training.datasets import held_out, labelled_frame, window_days
 
         if as_of not in self._raw:
@@ -373,8 +373,8 @@ def _verdict(name: str, gap: tuple[float, float, float], bound: float, *, below:
 # ------------------------------------------------------------------------------------------------- Taobao sample
 def taobao_check(sample: Path, workdir: Path) -> dict[str, Any]:
     """Validate the real sample, build features as of 2017-12-02 00:00 +08:00, label buys on Dec 2-3."""
-    from features.build import build_features, default_connection, events_table
-    from features.events import ReadOptions, ValidationConfig, validate_events
+    from features.build.builder import build_features, default_connection, events_table
+    from features.events.validate import ReadOptions, ValidationConfig, validate_events
     from training.evaluate import rank_metrics
     from training.labels import LabelSpec, last_mile_labels
 

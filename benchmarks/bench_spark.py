@@ -40,8 +40,8 @@ CLUSTER_NOTE = (
 
 
 def run_duckdb(path: str, out: str, threads: int | None, queue: mp.Queue) -> None:
-    from features.build import build_features, duckdb_connection, write_features
-    from features.spec import FeatureSpec
+    from features.build.builder import build_features, duckdb_connection, write_features
+    from features.spec.definition import FeatureSpec
 
     start = time.perf_counter()
     features = build_features(Path(path), AS_OF, con=duckdb_connection(threads=threads))
@@ -52,7 +52,7 @@ def run_duckdb(path: str, out: str, threads: int | None, queue: mp.Queue) -> Non
 
 
 def run_spark(path: str, out: str, master: str, memory: str, buckets: int, queue: mp.Queue) -> None:
-    from features.engine_spark import build_features_spark, session_of, spark_connection
+    from features.build.spark import build_features_spark, session_of, spark_connection
 
     start = time.perf_counter()
     con = spark_connection(master, app_name="bench-spark", conf={
@@ -86,8 +86,8 @@ def compare(duck_path: Path, spark_dir: Path) -> tuple[int, list[str]]:
     """(columns compared, columns that differ): ints and strings exactly, floats to 1e-9 absolute."""
     import pandas as pd
 
-    from features.build import finalize_features
-    from features.spec import FeatureSpec
+    from features.build.builder import finalize_features
+    from features.spec.definition import FeatureSpec
 
     spec = FeatureSpec()
     a = pd.read_parquet(duck_path)

@@ -38,8 +38,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serving.store import encode_chunk
-from serving.store_sqlite import SQLiteScoreStore, table_name
+from serving.store.base import encode_chunk
+from serving.store.sqlite import SQLiteScoreStore, table_name
 
 REASONS = np.array(["cart_24h", "fav_24h", "ad_click_3d", "repeat_cycle", "search_click", "views_7d", "price_drop"])
 
@@ -185,7 +185,7 @@ def start_redis(workdir: Path) -> tuple[str | None, subprocess.Popen | None]:
 def bench_redis(chunks: list[pd.DataFrame], users: int, repeats: int, url: str) -> tuple[list, list, dict]:
     import redis
 
-    from serving.store_redis import RedisScoreStore
+    from serving.store.redis import RedisScoreStore
 
     prefix = f"bench-{os.getpid()}"
     store = RedisScoreStore(url, prefix=prefix)

@@ -111,7 +111,7 @@ BREAKDOWN = (
 
 
 def points(captured: list[tuple[Any, ...]]) -> list[tuple[Any, str, str]]:
-    from features.segments import Segmenter
+    from features.segments.segmenter import Segmenter
     from training import job, train
     from training.bundle import ModelBundle
     from training.registry import Registry

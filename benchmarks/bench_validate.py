@@ -70,7 +70,7 @@ def _cpu_seconds() -> float:
 
 
 def _child_validate(csv: Path, workdir: Path) -> dict[str, float]:
-    from features.events import ReadOptions, ValidationConfig, validate_events
+    from features.events.validate import ReadOptions, ValidationConfig, validate_events
 
     t0, c0 = time.perf_counter(), _cpu_seconds()
     report = validate_events(

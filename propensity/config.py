@@ -25,7 +25,7 @@ class ValidationSettings(BaseModel):
 
 
 class FeatureSettings(BaseModel):
-    """Feature spec knobs (see features.spec.FeatureSpec)."""
+    """Feature spec knobs (see features.spec.definition.FeatureSpec)."""
 
     windows: tuple[int, ...] = (1, 3, 7, 15, 30, 90, 365)
     target_categories: tuple[str, ...] = ()

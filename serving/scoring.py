@@ -1,6 +1,6 @@
 """The one scoring path shared by the nightly batch and the online ``/score`` API.
 
-``score_features`` takes a raw feature table (``features.build.build_features`` output, one row per user) and the
+``score_features`` takes a raw feature table (``features.build.builder.build_features`` output, one row per user) and the
 champion bundles, and returns one score record per user. Batch scoring calls it chunk by chunk; the service calls
 it on the features of a few users built from the events in the request. Same inputs, same floats.
 """
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.build import build_features
+from features.build.builder import build_features
 from training.bundle import SCORE_COLUMN, ModelBundle
 from training.evaluate import top_reasons
 

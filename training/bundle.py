@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.segments import Segmenter, encode_segments
-from features.spec import FeatureSpec, feature_columns
+from features.segments.segmenter import Segmenter, encode_segments
+from features.spec.definition import FeatureSpec, feature_columns
 from training.calibration import Calibrator
 from training.labels import LabelSpec
 

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.build import build_features, default_connection, events_table
-from features.segments import Segmenter
-from features.spec import FeatureSpec
+from features.build.builder import build_features, default_connection, events_table
+from features.segments.segmenter import Segmenter
+from features.spec.definition import FeatureSpec
 from training.bundle import TARGETS, ModelBundle
 from training.datasets import POPULATION_EVENTS, check_eligible, cutoffs_for, labelled_frame, time_split, window_days
 from training.evaluate import evaluate

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.segments import Segmenter
-from features.spec import FeatureSpec
+from features.segments.segmenter import Segmenter
+from features.spec.definition import FeatureSpec
 from training.bundle import ModelBundle, design_matrix
 from training.calibration import Calibrator
 from training.datasets import TimeSplit

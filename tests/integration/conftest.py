@@ -4,7 +4,7 @@ a real ``bentoml serve`` process.
 ``trained`` (module scope) simulates 1,500 users over 60 days, builds features at ``AS_OF``, fits the
 segmenter, trains two small LightGBM boosters (one per target, on simple rule-based labels), calibrates them,
 logs and promotes them in ``sqlite:///<tmp>/mlflow.db`` and publishes their scores as a snapshot in a temp
-SQLite store. ``start_server`` runs the real server from :func:`serving.service_serve.serve_args` and waits
+SQLite store. ``start_server`` runs the real server from :func:`propensity.service.launch.serve_args` and waits
 for ``/readyz``.
 """
 
@@ -67,8 +67,8 @@ def train_bundle(target: str, raw: pd.DataFrame, events: Any, seed: int, rounds:
     """A small calibrated LightGBM bundle for ``target`` on simple labels derived from the features."""
     import lightgbm as lgb
 
-    from features.segments import Segmenter
-    from features.spec import FeatureSpec
+    from features.segments.segmenter import Segmenter
+    from features.spec.definition import FeatureSpec
     from training.bundle import ModelBundle, design_matrix
     from training.calibration import Calibrator
     from training.labels import LabelSpec
@@ -102,7 +102,7 @@ def register(trained: Trained, bundle: Any, x: np.ndarray, names: list[str]) -> 
 
 
 def publish(store_path: Path, scores: pd.DataFrame, defaults: dict[str, float], created_at: datetime) -> str:
-    from serving.store import open_store
+    from serving.store.base import open_store
 
     store = open_store(store_path)
     try:
@@ -128,8 +128,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
 
 
 def _train(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    from features.build import build_features
-    from features.generate import GeneratorConfig, generate
+    from features.build.builder import build_features
+    from features.simulate.shop import GeneratorConfig, generate
     from serving.scoring import score_features
 
     root = tmp_path_factory.mktemp("service")
@@ -180,7 +180,7 @@ def start_server(settings: Any, log_path: Path, *, require_ready: bool = True, t
                  **kwargs: Any) -> Server:
     """Start the real server (``serve_args``) on a free loopback port; wait until it answers ``/readyz``
     (200 when ``require_ready``, any answer otherwise)."""
-    from serving.service_serve import serve_args
+    from propensity.service.launch import serve_args
 
     port = free_port()
     argv, env = serve_args(settings, "127.0.0.1", port, 1, **kwargs)

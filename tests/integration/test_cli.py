@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from propensity.cli import app
+from propensity.cli.main import app
 
 pytestmark = pytest.mark.integration
 

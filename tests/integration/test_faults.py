@@ -39,9 +39,9 @@ from typing import Any, Self
 import pandas as pd
 import pytest
 
-from serving.store import StoreError
-from serving.store_redis import RedisScoreStore
-from serving.store_sqlite import SQLiteScoreStore
+from serving.store.base import StoreError
+from serving.store.redis import RedisScoreStore
+from serving.store.sqlite import SQLiteScoreStore
 from tests.integration.conftest import START, TOKEN, Server, Trained, register, train_bundle
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -57,8 +57,8 @@ UNKNOWN_IDS = ["nobody", "u9999999"]
 
 ZYGOTE = r"""
 import json, os, signal, sys
-from serving.store_redis import RedisScoreStore
-from serving.store_sqlite import SQLiteScoreStore
+from serving.store.redis import RedisScoreStore
+from serving.store.sqlite import SQLiteScoreStore
 from tests.integration.test_faults import frames
 
 
@@ -398,7 +398,7 @@ def _bench() -> Any:
 def test_lookups_at_500_per_second_never_fail_during_a_publish_and_a_champion_promotion(
     server: Server, trained: Trained, tmp_path: Path
 ) -> None:
-    from serving.store import open_store
+    from serving.store.base import open_store
 
     bench = _bench()
     known = list(trained.scores["user_id"].astype(str))

@@ -125,8 +125,8 @@ def http(server: Server) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="module")
 def audience_published(server: Server, trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> str:
     """Publish a batch with its audience file, so ``/audience`` requests reach the selection code."""
-    from serving.batch import run_batch
-    from serving.store import open_store
+    from serving.batch.run import run_batch
+    from serving.store.base import open_store
     from training.registry import Registry
 
     registry = Registry(trained.tracking_uri, trained.artifact_root)
@@ -291,7 +291,7 @@ def test_wrong_method_or_unknown_path_gets_a_json_error(
 # ------------------------------------------------------------------------------------------------- auth
 def served_routes(server: Server) -> dict[str, set[str]]:
     """Every route the server answers: the service's own (``build_app``) and BentoML's (its OpenAPI document)."""
-    from serving.http_app import AppState, build_app
+    from serving.http.app import AppState, build_app
 
     routes: dict[str, set[str]] = {}
     for route in build_app(AppState()).routes:

@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.activation import ACTIONS, ActivationConfig
-from serving.batch import AUDIENCE_COLUMNS
-from serving.report import CHART_NAMES, build_report, write_report
-from serving.report_charts import LAYER_COLORS, TARGET_COLORS
+from serving.activation.actions import ACTIONS, ActivationConfig
+from serving.batch.run import AUDIENCE_COLUMNS
+from serving.report.build import CHART_NAMES, build_report, write_report
+from serving.report.charts import LAYER_COLORS, TARGET_COLORS
 from training.evaluate import reliability_table
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"

@@ -1,4 +1,4 @@
-"""The real BentoML server (``bentoml serve serving.service:PropensityService``) against a temp MLflow registry
+"""The real BentoML server (``bentoml serve propensity.service.bento:PropensityService``) against a temp MLflow registry
 and score store: lookups, fresh scores, auth, limits, bad input, hot reloads, readiness and a store outage."""
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def test_limits_answer_413_and_422(server: Server) -> None:
 
 # ------------------------------------------------------------------------------------------------- score
 def _champions(trained: Trained) -> dict[str, Any]:
-    from serving.service_models import RegistrySource
+    from serving.http.models import RegistrySource
 
     source = RegistrySource(trained.tracking_uri, trained.artifact_root)
     return {t: source.load(t, "")[0] for t in ("last_mile_buyer", "lapse_risk")}
@@ -296,8 +296,8 @@ def test_new_champion_is_loaded_without_restart_or_failed_requests(server: Serve
 # ------------------------------------------------------------------------------------------------- config
 def test_serve_refuses_to_start_without_a_token(trained: Trained) -> None:
     from propensity.config import Settings
-    from serving.service_config import ServiceConfigError
-    from serving.service_serve import serve_args
+    from propensity.service.launch import serve_args
+    from propensity.service.options import ServiceConfigError
 
     settings = Settings(store_path=trained.store_path, serving={})
     env = {"PATH": "/usr/bin"}
@@ -320,7 +320,7 @@ def test_redis_outage_gives_503_and_recovers_and_a_broken_model_keeps_the_old_on
 ) -> None:
     import redis as redis_lib
 
-    from serving.store import open_store
+    from serving.store.base import open_store
 
     bundles = _champions(trained)
     pinned = tmp_path / "pinned"
@@ -371,14 +371,14 @@ def test_redis_outage_gives_503_and_recovers_and_a_broken_model_keeps_the_old_on
 
 # ------------------------------------------------------------------------------------------------- bento
 def test_built_bento_serves_the_pinned_champions_without_the_registry(trained: Trained, tmp_path: Path) -> None:
-    from serving.service_models import RegistrySource
-    from serving.service_serve import PROJECT_ROOT
+    from propensity.service.launch import PROJECT_ROOT
+    from serving.http.models import RegistrySource
 
     champions = RegistrySource(trained.tracking_uri, trained.artifact_root).current_keys(("last_mile_buyer", "lapse_risk"))
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml-home"), "BENTOML_DO_NOT_TRACK": "True"}
     pin = (
         "from pathlib import Path; from propensity.config import Settings; "
-        "from serving.bento_models import pin_champions; "
+        "from propensity.service.pin import pin_champions; "
         f"print(pin_champions(Settings(tracking_uri={trained.tracking_uri!r}, "
         f"artifact_root=Path({str(trained.artifact_root)!r}))))"
     )
@@ -413,10 +413,10 @@ def test_built_bento_serves_the_pinned_champions_without_the_registry(trained: T
 def test_audience_route_matches_the_cli_selection_on_the_published_batch(
     server: Server, trained: Trained, tmp_path: Path
 ) -> None:
-    from serving.activation import ActivationConfig
-    from serving.audience import select_audience
-    from serving.batch import run_batch
-    from serving.store import open_store
+    from serving.activation.actions import ActivationConfig
+    from serving.activation.audiences import select_audience
+    from serving.batch.run import run_batch
+    from serving.store.base import open_store
     from training.registry import Registry
 
     registry = Registry(trained.tracking_uri, trained.artifact_root)
@@ -465,9 +465,9 @@ def test_cli_scores_a_prebuilt_feature_file_like_the_events(trained: Trained, tm
     file of another cutoff with a one-line usage error."""
     from typer.testing import CliRunner
 
-    from features.build import write_features
-    from features.spec import FeatureSpec
-    from propensity.cli import app
+    from features.build.builder import write_features
+    from features.spec.definition import FeatureSpec
+    from propensity.cli.main import app
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PROPENSITY_TRACKING_URI", trained.tracking_uri)
@@ -502,7 +502,7 @@ def test_batch_file_has_one_schema_when_a_chunk_has_no_reasons(trained: Trained,
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from serving.batch import run_batch
+    from serving.batch.run import run_batch
 
     bundles = _champions(trained)
     first = run_batch(None, AS_OF, bundles, None, tmp_path / "a.parquet", features=trained.raw, created_at=AS_OF)

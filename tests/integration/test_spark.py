@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.engine_spark import spark_unavailable_reason
+from features.build.spark import spark_unavailable_reason
 
 pytestmark = [
     pytest.mark.integration,
@@ -31,8 +31,8 @@ _REASON = spark_unavailable_reason()
 if _REASON:
     pytest.skip(f"Spark tests need PySpark and Java 17+: {_REASON}", allow_module_level=True)
 
-from features.build import build_features
-from features.engine_spark import (
+from features.build.builder import build_features
+from features.build.spark import (
     BUCKET_COLUMN,
     build_features_spark,
     read_features_meta,
@@ -40,12 +40,12 @@ from features.engine_spark import (
     session_of,
     spark_connection,
 )
-from features.generate import GeneratorConfig, generate
-from features.spec import FeatureInputError, FeatureSpec, integer_columns, output_columns
-from serving.activation import ActivationConfig
-from serving.batch import score_chunks
-from serving.batch_spark import SparkBatchError, iter_audience_chunks, run_batch_spark
-from serving.store import encode_chunk, open_store
+from features.simulate.shop import GeneratorConfig, generate
+from features.spec.definition import FeatureInputError, FeatureSpec, integer_columns, output_columns
+from serving.activation.actions import ActivationConfig
+from serving.batch.run import score_chunks
+from serving.batch.spark import SparkBatchError, iter_audience_chunks, run_batch_spark
+from serving.store.base import encode_chunk, open_store
 
 TEST_CONF = {
     "spark.sql.shuffle.partitions": "4",
@@ -100,7 +100,7 @@ def _tiny_bundle(target: str, raw: pd.DataFrame, events_dir: Path, seed: int) ->
     """A small calibrated LightGBM bundle on labels derived from the features (as the service fixtures do)."""
     import lightgbm as lgb
 
-    from features.segments import Segmenter
+    from features.segments.segmenter import Segmenter
     from training.bundle import ModelBundle, design_matrix
     from training.calibration import Calibrator
     from training.labels import LabelSpec
@@ -243,8 +243,8 @@ def test_redis_publish_from_partitions_is_atomic(spark_batch, redis_server: Any,
     import shutil
     import uuid
 
-    from serving.batch_spark import publish_audience
-    from serving.store_redis import RedisScoreStore
+    from serving.batch.spark import publish_audience
+    from serving.store.redis import RedisScoreStore
 
     result, sqlite_store, _ = spark_batch
     redis_server.ensure_running()
@@ -274,7 +274,7 @@ def test_redis_publish_from_partitions_is_atomic(spark_batch, redis_server: Any,
 def test_in_memory_events_give_the_duckdb_features(con: Any):
     """Events from pandas (an Ibis memtable, as the online path builds them) run on Spark too, sub-second times
     included (ages are whole microseconds on both engines)."""
-    from features.build import events_table, finalize_features
+    from features.build.builder import events_table, finalize_features
 
     t0 = pd.Timestamp(AS_OF)
     frame = pd.DataFrame({
@@ -285,7 +285,7 @@ def test_in_memory_events_give_the_duckdb_features(con: Any):
         "channel": ["ad", None, "search", "recommend", "ad"],
         "amount": [None, 20.5, None, None, None],
     })
-    from features.engine_spark import feature_frame_spark
+    from features.build.spark import feature_frame_spark
 
     spark = finalize_features(feature_frame_spark(events_table(frame), AS_OF, SPEC, con).toPandas(), SPEC)
     duck = build_features(frame, AS_OF, SPEC)
@@ -295,7 +295,7 @@ def test_in_memory_events_give_the_duckdb_features(con: Any):
 
 
 def test_training_reads_a_user_sample_of_the_spark_features(events_dir: Path, con: Any, tmp_path: Path) -> None:
-    from features.engine_spark import feature_frame_spark, sample_users
+    from features.build.spark import feature_frame_spark, sample_users
     from training.job import TrainConfig, run_training
     from training.models import BoosterParams
     from training.registry import Registry

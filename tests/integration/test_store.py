@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from serving.store import (
+from serving.store.base import (
     ScoreStore,
     SnapshotInfo,
     SnapshotNotFoundError,
@@ -26,8 +26,8 @@ from serving.store import (
     StoreUnavailableError,
     open_store,
 )
-from serving.store_redis import RedisScoreStore
-from serving.store_sqlite import SQLiteScoreStore
+from serving.store.redis import RedisScoreStore
+from serving.store.sqlite import SQLiteScoreStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -256,8 +256,8 @@ CRASHING_PUBLISHER = textwrap.dedent(
     """
     import os, sys
     import pandas as pd
-    from serving.store_redis import RedisScoreStore
-    from serving.store_sqlite import SQLiteScoreStore
+    from serving.store.redis import RedisScoreStore
+    from serving.store.sqlite import SQLiteScoreStore
 
     kind, target, prefix = sys.argv[1:4]
     if kind == "sqlite":

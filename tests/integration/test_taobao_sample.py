@@ -10,8 +10,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from features.events import ReadOptions, TooManyBadRowsError, ValidationConfig, load_events, validate_events
-from features.schema import arrow_schema
+from features.events.schema import arrow_schema
+from features.events.validate import ReadOptions, TooManyBadRowsError, ValidationConfig, load_events, validate_events
 
 SAMPLE = Path(__file__).resolve().parents[3] / "shared/data/taobao_user_behavior_sample.csv"
 pytestmark = pytest.mark.skipif(not SAMPLE.exists(), reason=f"sample data not found at {SAMPLE}")

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from features.build import build_features
-from features.generate import GeneratorConfig, generate
+from features.build.builder import build_features
+from features.simulate.shop import GeneratorConfig, generate
 from training.bundle import ModelBundle
 from training.datasets import IneligibleError, cutoffs_for
 from training.job import TrainConfig, run_training

@@ -13,7 +13,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from features.events import EventsError, ValidationConfig, validate_events
+from features.events.validate import EventsError, ValidationConfig, validate_events
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 CFG = ValidationConfig(as_of=NOW, max_bad_share=1.0)

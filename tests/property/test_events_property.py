@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from features.events import ReadOptions, ValidationConfig, validate_events
-from features.schema import BEHAVIOR_ALIASES, BEHAVIORS
+from features.events.schema import BEHAVIOR_ALIASES, BEHAVIORS
+from features.events.validate import ReadOptions, ValidationConfig, validate_events
 
 NOW = datetime(2017, 12, 4, tzinfo=UTC)
 NOW_S = int(NOW.timestamp())

@@ -9,10 +9,10 @@ import pandas as pd
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from features.build import build_features, default_connection, events_table
-from features.schema import BEHAVIORS
-from features.spec import AIPL_BASE, FeatureSpec, count_column, integer_columns
-from features.spec_table import event_weights
+from features.build.builder import build_features, default_connection, events_table
+from features.events.schema import BEHAVIORS
+from features.spec.definition import AIPL_BASE, FeatureSpec, count_column, integer_columns
+from features.spec.table import event_weights
 
 AS_OF = datetime(2024, 3, 1, tzinfo=UTC)
 SPEC = FeatureSpec(target_categories=("c0",))

@@ -9,7 +9,7 @@ import hypothesis.strategies as st
 import pandas as pd
 from hypothesis import given, settings
 
-from serving.store import encode_chunk
+from serving.store.base import encode_chunk
 
 floats = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0.0, -0.0, 1.0, 1e16, 5e-324, 0.1])
 texts = st.text(max_size=12)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from propensity.config import ActivationSettings
-from serving.activation import (
+from serving.activation.actions import (
     ACTIONS,
     OUTPUT_COLUMNS,
     VALUABLE_RFM_GROUPS,

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.activation import ActivationConfig, ActivationError, recommend
-from serving.audience import select_audience
+from serving.activation.actions import ActivationConfig, ActivationError, recommend
+from serving.activation.audiences import select_audience
 
 CFG = ActivationConfig(cost={"coupon_24h": 3.0, "ad_retarget": 0.0})
 
@@ -149,5 +149,5 @@ def test_bad_arguments_raise_readable_errors(kwargs, message):
 
 
 def test_frame_without_recommend_columns_is_refused():
-    with pytest.raises(ActivationError, match="serving.activation.recommend"):
+    with pytest.raises(ActivationError, match="serving.activation.actions.recommend"):
         select_audience(pool([1.0]).drop(columns="priority"), "coupon_24h", CFG)

@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from features.events import (
+from features.events.schema import arrow_schema
+from features.events.validate import (
     MissingColumnError,
     ReadOptions,
     SourceError,
@@ -21,7 +22,6 @@ from features.events import (
     load_events,
     validate_events,
 )
-from features.schema import arrow_schema
 
 NOW = datetime(2017, 12, 4, tzinfo=UTC)
 LENIENT = ValidationConfig(max_bad_share=1.0)
@@ -433,7 +433,7 @@ def test_parquet_epoch_integers_and_tz_aware_timestamps(tmp_path):
 
 
 def test_broken_accounting_raises_invariant_error(tmp_path):
-    from features.events import InvariantError, _check_invariant
+    from features.events.validate import InvariantError, _check_invariant
 
     src = write(tmp_path / "e.csv", f"user_id,ts,behavior\nu1,{EPOCH},view\nu1,{EPOCH},view\nu2,bad,view\n")
     report = run(tmp_path, src)

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from features.build import build_features
-from features.spec import FeatureSpec, feature_columns
+from features.build.builder import build_features
+from features.spec.definition import FeatureSpec, feature_columns
 
 AS_OF = datetime(2024, 3, 1, tzinfo=UTC)
 
@@ -124,7 +124,7 @@ def test_population_any_event_and_lookback_restriction():
 
 @pytest.mark.parametrize("windows", [(3, 1), (0, 5), ()])
 def test_spec_rejects_bad_windows(windows):
-    from features.spec import FeatureSpecError
+    from features.spec.definition import FeatureSpecError
 
     with pytest.raises(FeatureSpecError, match="windows"):
         FeatureSpec(windows=windows)

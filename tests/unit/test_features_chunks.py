@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from features.build import _arrow_events, build_features, duckdb_connection
-from features.build_chunks import UserRange, parquet_files, plan_user_ranges
-from features.schema import arrow_schema
+from features.build.builder import _arrow_events, build_features, duckdb_connection
+from features.build.chunks import UserRange, parquet_files, plan_user_ranges
+from features.events.schema import arrow_schema
 
 AS_OF = datetime(2024, 3, 1, tzinfo=UTC)
 BEHAVIORS = np.array(["view", "view", "view", "visit", "fav", "cart", "buy"])
@@ -122,8 +122,8 @@ def test_a_directory_of_sorted_files_is_ranged_across_files(tmp_path: Path) -> N
 
 def test_the_validators_output_is_built_in_ranges(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The product's chain: validated events (sorted by user, one row group per write batch) plan into ranges."""
-    from features import events_passes
-    from features.events import ReadOptions, ValidationConfig, validate_events
+    from features.events import passes as events_passes
+    from features.events.validate import ReadOptions, ValidationConfig, validate_events
 
     frame = random_events(21, n_events=3_000)
     raw = write_events(frame.sample(frac=1.0, random_state=4), tmp_path / "export.parquet", 3_000)

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from features.build import build_features, default_connection, events_table
-from features.spec import FeatureSpec
-from features.spec_table import event_weights
+from features.build.builder import build_features, default_connection, events_table
+from features.spec.definition import FeatureSpec
+from features.spec.table import event_weights
 
 AS_OF = datetime(2024, 3, 1, tzinfo=UTC)
 NAN = np.nan

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from features.build import (
+from features.build.builder import (
     _arrow_events,
     build_features,
     duckdb_connection,
@@ -22,8 +22,8 @@ from features.build import (
     run_feature_table,
     write_features,
 )
-from features.schema import arrow_schema
-from features.spec import (
+from features.events.schema import arrow_schema
+from features.spec.definition import (
     FEATURE_TABLE_KEY,
     FeatureInputError,
     FeatureSpec,
@@ -32,7 +32,7 @@ from features.spec import (
     feature_columns,
     integer_columns,
 )
-from features.spec_table import feature_table
+from features.spec.table import feature_table
 
 AS_OF = datetime(2024, 3, 1, tzinfo=UTC)
 TAOBAO = Path(__file__).resolve().parents[3] / "shared/data/taobao_user_behavior_sample.csv"

@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from features.build import build_features
+from features.build.builder import build_features
 
 AS_OF = datetime(2024, 3, 1, tzinfo=UTC)
 NAN = np.nan
@@ -200,7 +200,7 @@ def test_a_behavior_outside_the_contract_is_an_event_but_no_named_behavior():
     """An Ibis table skips the pandas input checks: an unknown behavior still counts as an event (as it always has)."""
     import ibis
 
-    from features.build import _arrow_events
+    from features.build.builder import _arrow_events
 
     table = _arrow_events(events([("u1", 0.5, "view"), ("u1", 2, "view"), ("u2", 3, "buy")]))
     behavior = pa.array(["view", "share", "buy"])

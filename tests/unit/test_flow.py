@@ -8,7 +8,7 @@ import math
 import pandas as pd
 import pytest
 
-from serving.flow import FROM_STATES, TO_STATES, FlowError, aipl_flow
+from serving.activation.flow import FROM_STATES, TO_STATES, FlowError, aipl_flow
 
 
 def snapshot(layers: dict[str, str]) -> pd.DataFrame:

@@ -11,8 +11,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from features import generate_process as proc
-from features.generate import (
+from features.events.schema import BEHAVIORS, CANONICAL_COLUMNS, CHANNELS, arrow_schema
+from features.simulate import process as proc
+from features.simulate.dirty import DEFECTS
+from features.simulate.shop import (
     GeneratedData,
     GeneratorConfig,
     GeneratorConfigError,
@@ -20,9 +22,7 @@ from features.generate import (
     purchase_only,
     truth_schema,
 )
-from features.generate_dirty import DEFECTS
-from features.generate_truth import p_buy, p_lapse
-from features.schema import BEHAVIORS, CANONICAL_COLUMNS, CHANNELS, arrow_schema
+from features.simulate.truth import p_buy, p_lapse
 
 START = datetime(2026, 6, 1, tzinfo=UTC)
 

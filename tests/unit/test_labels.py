@@ -104,8 +104,8 @@ def test_buyer_events_keep_every_event_of_past_buyers_only():
 
 
 def test_lapse_features_from_buyer_events_equal_the_full_table_rows():
-    from features.build import build_features
-    from features.generate import GeneratorConfig, generate
+    from features.build.builder import build_features
+    from features.simulate.shop import GeneratorConfig, generate
 
     with tempfile.TemporaryDirectory() as tmp:
         data = generate(GeneratorConfig(n_users=300, days=40, seed=3, chunk_users=300), Path(tmp))

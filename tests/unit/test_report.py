@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.activation import ActivationConfig
-from serving.batch import AUDIENCE_COLUMNS
-from serving.report import CHART_NAMES, ReportError, build_report, write_report
-from serving.report_data import action_curves, prepare_audience
-from serving.store import SnapshotInfo
+from serving.activation.actions import ActivationConfig
+from serving.batch.run import AUDIENCE_COLUMNS
+from serving.report.build import CHART_NAMES, ReportError, build_report, write_report
+from serving.report.data import action_curves, prepare_audience
+from serving.store.base import SnapshotInfo
 from training.evaluate import reliability_table
 
 CFG = ActivationConfig()  # costs: coupon_24h 3.0, ad_retarget 0.8, win_back 2.0

@@ -6,7 +6,7 @@ import ibis
 import pandas as pd
 import pytest
 
-from features.build import duckdb_connection
+from features.build.builder import duckdb_connection
 from training.sampling import pick_users, sampled_events
 
 IDS = pd.Series([f"u{i}" for i in range(5000)])

@@ -19,8 +19,8 @@ import pytest
 
 from propensity.config import Settings
 from propensity.paths import UnsafeOutputError, check_output
-from serving.store import SnapshotNotFoundError, StoreUnavailableError, validate_snapshot_id
-from serving.store_sqlite import SQLiteScoreStore, table_name
+from serving.store.base import SnapshotNotFoundError, StoreUnavailableError, validate_snapshot_id
+from serving.store.sqlite import SQLiteScoreStore, table_name
 
 REPO = Path(__file__).resolve().parents[2]
 SCANNED_PACKAGES = ("serving", "features", "training")  # request handling, and the bundle loading it relies on
@@ -127,7 +127,7 @@ def _sources(*packages: str) -> Iterator[Path]:
 
 def test_no_pickle_joblib_eval_or_exec_in_the_serving_features_and_training_code() -> None:
     files = list(_sources(*SCANNED_PACKAGES))
-    assert len(files) > 20 and any(p.name == "http_app.py" for p in files)
+    assert len(files) > 20 and any(p.as_posix().endswith("serving/http/app.py") for p in files)
     findings = [f for p in files for f in scan_unsafe(p.read_text(), str(p.relative_to(REPO)))]
     assert findings == []
 
@@ -260,8 +260,8 @@ def test_the_sql_scanner_accepts_bound_parameters_and_validated_table_names() ->
 
 
 def test_sqlite_store_builds_sql_only_from_bound_parameters_and_validated_table_names() -> None:
-    path = REPO / "serving" / "store_sqlite.py"
-    findings, used = scan_sql(path.read_text(), "serving/store_sqlite.py")
+    path = REPO / "serving" / "store" / "sqlite.py"
+    findings, used = scan_sql(path.read_text(), "serving/store/sqlite.py")
     assert findings == []
     assert used == set(REVIEWED), f"stale entries in REVIEWED: {set(REVIEWED) - used}"
 
@@ -285,8 +285,8 @@ def test_snapshot_ids_with_trailing_line_breaks_are_refused(suffix: str) -> None
 
 
 def test_redis_key_prefixes_with_trailing_line_breaks_are_refused() -> None:
-    from serving.store import StoreInputError
-    from serving.store_redis import RedisScoreStore
+    from serving.store.base import StoreInputError
+    from serving.store.redis import RedisScoreStore
 
     with pytest.raises(StoreInputError, match="prefix"):
         RedisScoreStore("redis://127.0.0.1:1/0", prefix="propensity\n")
@@ -311,8 +311,8 @@ def test_hostile_ids_are_data_not_sql(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------- secrets, bind
 def test_token_stays_off_the_command_line_and_out_of_the_shipped_settings(clean_env: Path) -> None:
-    from serving.service_config import SETTINGS_ENV, TOKEN_ENV, service_options
-    from serving.service_serve import serve_args
+    from propensity.service.launch import serve_args
+    from propensity.service.options import SETTINGS_ENV, TOKEN_ENV, service_options
 
     settings = Settings(serving={"api_token": TOKEN})
     argv, env = serve_args(settings, environ={"PATH": "/usr/bin"})
@@ -330,7 +330,7 @@ def test_token_stays_off_the_command_line_and_out_of_the_shipped_settings(clean_
 
 
 def test_redis_password_is_redacted_from_urls_and_errors() -> None:
-    from serving.store_redis import RedisScoreStore
+    from serving.store.redis import RedisScoreStore
 
     store = RedisScoreStore("redis://:hunter2-pw@127.0.0.1:1/0", socket_timeout=0.5)  # nothing listens on port 1
     try:
@@ -343,7 +343,7 @@ def test_redis_password_is_redacted_from_urls_and_errors() -> None:
 
 
 def test_server_binds_loopback_unless_told_otherwise(clean_env: Path) -> None:
-    from serving.service_serve import serve_args
+    from propensity.service.launch import serve_args
 
     settings = Settings(serving={"api_token": TOKEN})
     assert settings.serving.host == "127.0.0.1"

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.build import build_features, default_connection, events_table
-from features.segments import (
+from features.build.builder import build_features, default_connection, events_table
+from features.segments.segmenter import (
     AIPL_CODES,
     LIFECYCLE_CODES,
     RFM_CODES,

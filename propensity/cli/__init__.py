@@ -1,0 +1,1 @@
+"""propensity.cli.main."""

@@ -1,0 +1,197 @@
+"""Model commands: train, retrain, promote, rollback."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from propensity.cli.main import (
+    DataDir,
+    Engine,
+    SparkMaster,
+    app,
+    check_engine,
+    feature_spec,
+    friendly,
+    run_validation,
+    settings,
+)
+from propensity.cli.ui import console, frame_table, kv_table
+from propensity.config import Settings
+
+TargetArg = Annotated[str, typer.Argument(help="last_mile_buyer or lapse_risk.")]
+Truth = Annotated[Path | None, typer.Option(help="truth.parquet from `propensity generate`, for the oracle AUC.")]
+
+
+def registry(cfg: Settings) -> Any:
+    from training.registry import Registry
+
+    return Registry(cfg.tracking_uri, cfg.artifact_root)
+
+
+def spark_sample_source(events: Path, spec: Any, master: str, fraction: float, seed: int) -> Any:
+    """Raw features per cutoff from Spark, for a deterministic user sample (the same users at every cutoff)."""
+    from features.build.spark import feature_frame_spark, sample_users, spark_connection
+
+    con = spark_connection(master)
+
+    def source(as_of: datetime) -> Any:
+        return sample_users(feature_frame_spark(str(events), as_of, spec, con), fraction, seed, spec=spec)
+
+    return source
+
+
+def train_config(cfg: Settings, events: Path, truth: Path | None, data_end: datetime | None = None) -> Any:
+    from training.job import TrainConfig
+    from training.models import BoosterParams
+
+    t = cfg.training
+    return TrainConfig(
+        events_path=events, out_dir=cfg.reports_dir / "training", spec=feature_spec(cfg),
+        horizon_days=t.horizon_days, lapse_days=t.lapse_days, n_cutoffs=t.n_cutoffs,
+        cutoff_spacing_days=t.cutoff_spacing_days, min_positives=t.min_positives, min_negatives=t.min_negatives,
+        params=BoosterParams(
+            num_boost_round=t.num_boost_round, learning_rate=t.learning_rate, num_leaves=t.num_leaves,
+            min_data_in_leaf=t.min_data_in_leaf, seed=t.seed,
+        ),
+        calibration=t.calibration, logloss_tolerance=t.gate_logloss_tolerance, truth_path=truth, data_end=data_end,
+        max_users=t.max_users, holdout=t.holdout,
+    )
+
+
+def run_train(
+    cfg: Settings, events: Path, truth: Path | None, data_end: datetime | None = None, *,
+    engine: str = "duckdb", spark_master: str = "local[2]", sample: float = 1.0,
+) -> Any:
+    """Train both targets under the training lock; print and return the report.
+
+    With ``engine="spark"`` the features of every cutoff come from Spark, for a ``sample`` share of the users."""
+    from dataclasses import replace
+
+    from training.job import run_training
+    from training.lock import exclusive_lock
+
+    tcfg = train_config(cfg, events, truth, data_end)
+    if engine == "spark":
+        tcfg = replace(tcfg, feature_source=spark_sample_source(events, tcfg.spec, spark_master, sample, cfg.seed))
+    started = datetime.now(UTC).isoformat()
+    with (
+        exclusive_lock(cfg.artifact_root / ".train.lock", started),
+        console().status("training") as status,
+    ):
+        report = run_training(tcfg, registry(cfg), say=status.update)
+    print_training(report, cfg)
+    return report
+
+
+def print_training(report: Any, cfg: Settings) -> None:
+    import pandas as pd
+
+    if report.train_users < report.shop_users:
+        console().print(f"trained on a seeded sample of {report.train_users:,} of {report.shop_users:,} users "
+                        "(training.max_users)")
+
+    keys = ["auc", "pr_auc", "log_loss", "brier", "ece", "precision_top5", "lift_top5"]
+    for target, out in report.outcomes.items():
+        rows = {name: {k: m.get(k, float("nan")) for k in keys} for name, m in out.result.metrics.items()}
+        if out.champion_metrics:
+            rows["previous champion"] = {k: out.champion_metrics.get(k, float("nan")) for k in keys}
+        table = pd.DataFrame(rows).T
+        table.index.name = "model"
+        title = f"{target}: test cutoff {out.cutoffs[-1]:%Y-%m-%d}, {len(out.result.test_labels):,} users"
+        console().print(frame_table(title, table))
+        verdict = "[green]promoted to @champion[/]" if out.decision.promote else "[yellow]champion kept[/]"
+        console().print(f"  version {out.version}: {verdict} ({out.decision.reason})")
+        console().print(f"  MLflow run {out.run_id} in experiment '{target}' at {cfg.tracking_uri}")
+        if out.result.plots:
+            console().print(f"  plots: {next(iter(out.result.plots.values())).parent}")
+
+
+@app.command()
+@friendly
+def train(
+    events: Annotated[Path | None, typer.Option(help="Clean events [default: <data-dir>/clean/events.parquet].")] = None,
+    truth: Truth = None,
+    engine: Engine = "duckdb",
+    spark_master: SparkMaster = "local[2]",
+    sample: Annotated[float, typer.Option(help="With --engine spark: share of users to train on (0-1].")] = 1.0,
+    max_users: Annotated[int | None, typer.Option(
+        help="DuckDB engine: train on a seeded sample of at most this many users; 0 = everyone "
+             "[default: the training.max_users setting, 100,000].", min=0)] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Train both targets over stacked cutoffs, log to MLflow as @challenger, promote through the gate."""
+    cfg = settings(data_dir=data_dir)
+    if max_users is not None:
+        if 0 < max_users < 1000:
+            raise typer.BadParameter("use at least 1,000 users (or 0 for everyone)", param_hint="--max-users")
+        training = cfg.training.model_copy(update={"max_users": max_users or None})
+        cfg = cfg.model_copy(update={"training": training})
+    run_train(cfg, events or cfg.clean_dir / "events.parquet", truth, engine=check_engine(engine),
+              spark_master=spark_master, sample=sample)
+
+
+@app.command()
+@friendly
+def retrain(
+    events: Annotated[list[Path], typer.Argument(help="Raw event file(s) (CSV/Parquet), validated first.")],
+    truth: Truth = None,
+    taobao: Annotated[bool, typer.Option(help="Input is the Taobao UserBehavior CSV (no header).")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """The scheduled job: validate -> features -> train both targets -> evaluate -> gate.
+
+    Idempotent (same data, same seed: same models; the gate keeps the champion unless the new model is better)
+    and locked, so two retrains never interleave. Exit codes: 0 done (promoted or kept), 1 bad input,
+    2 too many bad rows, 3 another run holds the lock.
+    """
+    from training.lock import exclusive_lock
+
+    cfg = settings(data_dir=data_dir)
+    started = datetime.now(UTC).isoformat()
+    with exclusive_lock(cfg.artifact_root / ".retrain.lock", started):
+        report = run_validation(cfg, events, taobao=taobao)
+        run_train(cfg, report.events_path, truth)
+
+
+@app.command()
+@friendly
+def promote(
+    target: TargetArg,
+    version: Annotated[str | None, typer.Option(help="Version to promote [default: the @challenger].")] = None,
+) -> None:
+    """Point @champion at a version by hand (the previous champion is remembered for rollback)."""
+    reg = registry(settings())
+    done = reg.promote(_target(target), version)
+    console().print(f"{target}: @champion -> version {done}")
+
+
+@app.command()
+@friendly
+def rollback(target: TargetArg) -> None:
+    """Move @champion back to the version it pointed to before the last promotion."""
+    reg = registry(settings())
+    done = reg.rollback(_target(target))
+    console().print(f"{target}: @champion -> version {done}")
+
+
+@app.command()
+@friendly
+def models() -> None:
+    """Show the champion and challenger versions of both targets."""
+    from training.bundle import TARGETS
+
+    reg = registry(settings())
+    rows = {f"{t} @{a}": reg.version(t, a) or "-" for t in TARGETS for a in ("champion", "challenger")}
+    console().print(kv_table("registry", rows))
+
+
+def _target(name: str) -> str:
+    from training.bundle import TARGETS
+
+    if name not in TARGETS:
+        raise typer.BadParameter(f"target must be one of {', '.join(TARGETS)}, got {name!r}")
+    return name

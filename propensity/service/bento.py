@@ -1,0 +1,95 @@
+"""The BentoML 1.4 service: ``bentoml serve propensity.service.bento:PropensityService``.
+
+The routes are a plain ASGI app (:mod:`serving.http.app`) mounted with ``@bentoml.asgi_app``: BentoML's typed
+``@bentoml.api`` path costs tens of milliseconds at the tail on a small machine (see DESIGN.md, "Known traps"),
+while the ad system's ``/lookup`` must answer in a few. BentoML still provides the process model (workers),
+``/metrics`` (request counts and durations per path, plus the ``propensity_*`` counters), ``/livez`` and the
+Bento packaging. :class:`serving.http.app.FastPathMiddleware` answers ``/lookup`` (the same endpoint, ahead of
+BentoML's router), ``/healthz`` and ``/readyz`` (so readiness carries its reasons).
+
+Configuration comes from :func:`propensity.service.options.settings_from_env` (see that module for the variables).
+Models come, in this order of preference, from ``PROPENSITY_MODEL_DIR``, from the pinned ``propensity_champions``
+model when running from a built Bento (see :mod:`propensity.service.pin`), else from the MLflow registry's
+``@champion`` aliases, checked every few seconds.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import logging
+from pathlib import Path
+
+import bentoml
+
+from propensity.service.launch import serve_args, serve_command
+from propensity.service.options import ServiceOptions, service_options, settings_from_env
+from serving.activation.actions import ActivationConfig
+from serving.http.app import AppState, FastPathMiddleware, build_app
+from serving.http.models import DirectorySource, ModelSource, RegistrySource
+from serving.http.runtime import ServiceMetrics, ServiceRuntime
+
+__all__ = ["PropensityService", "serve_args", "serve_command"]
+
+log = logging.getLogger(__name__)
+
+_STATE = AppState()
+
+
+@functools.cache
+def _metrics() -> ServiceMetrics:
+    """One set of counters per process (Prometheus refuses duplicate registrations)."""
+    return ServiceMetrics()
+
+
+def _model_source(tracking_uri: str, artifact_root: Path, options: ServiceOptions) -> ModelSource:
+    if options.model_dir is not None:
+        return DirectorySource(options.model_dir)
+    if PropensityService.bento is not None:  # running from a built Bento: the models pinned into it
+        from propensity.service.pin import pinned_model_dir
+
+        return DirectorySource(pinned_model_dir())
+    return RegistrySource(tracking_uri, artifact_root)
+
+
+@bentoml.service(
+    workers=1,
+    traffic={"timeout": 60},
+    logging={"access": {"enabled": False}},
+    tracing={"excluded_urls": ["/lookup", "/healthz", "/readyz", "/metrics"]},
+)
+@bentoml.asgi_app(build_app(_STATE), path="/")
+class PropensityService:
+    """Score lookups, fresh scoring and readiness for the ad system and batch jobs (routes in :mod:`serving.http.app`)."""
+
+    def __init__(self) -> None:
+        from serving.store.base import open_store
+
+        settings = settings_from_env()
+        options = service_options(settings)  # refuses to start without a token unless explicitly allowed
+        if options.allow_no_auth:
+            log.warning("authentication is disabled (PROPENSITY_SERVING__ALLOW_NO_AUTH): every caller is trusted")
+        source = _model_source(settings.tracking_uri, settings.artifact_root, options)
+        open_fn = functools.partial(
+            open_store, settings.store_path, settings.redis_url, keep=settings.serving.keep_snapshots
+        )
+        _STATE.activation = ActivationConfig.from_settings(settings.activation)
+        self.runtime = ServiceRuntime.create(options, open_fn, source, metrics=_metrics())
+        _STATE.runtime = self.runtime
+        ready, doc = self.runtime.readiness()
+        log.info("propensity service started (ready=%s, models=%s, source=%s)", ready, doc["models"], source.kind)
+        for error in doc["errors"]:
+            log.warning("not ready: %s", error)
+
+    @bentoml.on_startup
+    async def _start_reload(self) -> None:
+        self.runtime.start()
+        gc.freeze()  # the server's own long-lived objects, built after __init__, out of the collector's scans
+
+    @bentoml.on_shutdown
+    async def _shutdown(self) -> None:
+        _STATE.runtime = None
+        await self.runtime.stop()
+
+
+PropensityService.add_asgi_middleware(FastPathMiddleware, state=_STATE)

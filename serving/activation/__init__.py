@@ -1,0 +1,1 @@
+"""serving.activation.actions."""

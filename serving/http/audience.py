@@ -1,0 +1,101 @@
+"""``POST /audience``: the budget-aware audience for one action, from the current snapshot's audience file.
+
+Body: ``{"action": str, "budget": number?, "top_k": int?, "limit": int? (user ids returned, default 1000)}``.
+Answer: the :class:`serving.activation.audiences.AudienceSummary` fields, the snapshot id, and the selected ``user_ids``, best
+first (at most ``limit``). The same :func:`serving.activation.audiences.select_audience` as ``propensity audience``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from serving.activation.actions import ACTIONS, ActivationConfig, ActivationError
+from serving.activation.audiences import select_audience
+from serving.http.app import AppState, HTTPError, PostEndpoint
+
+MAX_LIMIT = 100_000
+
+
+class AudienceCache:
+    """The audience frame of the newest snapshot read so far (one frame in memory, replaced on a new snapshot)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: str | None = None
+        self._frame: pd.DataFrame | None = None
+
+    def frame(self, snapshot_id: str, path: str) -> pd.DataFrame:
+        with self._lock:
+            if self._key != snapshot_id or self._frame is None:
+                self._frame = pd.read_parquet(Path(path))
+                self._key = snapshot_id
+            return self._frame
+
+
+def parse_audience_request(doc: Any) -> tuple[str, float | None, int | None, int]:
+    """Validate a decoded body: (action, budget, top_k, limit); 422 :class:`HTTPError` when invalid."""
+    if type(doc) is not dict:
+        raise HTTPError(422, "invalid", "the body must be a JSON object with 'action'")
+    action = doc.get("action")
+    if action not in ACTIONS:
+        raise HTTPError(422, "invalid", f"'action' must be one of {list(ACTIONS)}, got {json.dumps(action)[:60]}")
+    budget, top_k, limit = doc.get("budget"), doc.get("top_k"), doc.get("limit", 1000)
+    if budget is not None and (type(budget) not in (int, float) or not 0 <= budget <= 1.7976931348623157e308):
+        raise HTTPError(422, "invalid", "'budget' must be a finite number >= 0")
+    for name, value in (("top_k", top_k), ("limit", limit)):
+        if value is not None and (type(value) is not int or value < 0 or value > 10**9):
+            raise HTTPError(422, "invalid", f"'{name}' must be a non-negative integer")
+    return action, (float(budget) if budget is not None else None), top_k, min(int(limit), MAX_LIMIT)
+
+
+class AudienceEndpoint(PostEndpoint):
+    """``POST /audience``: selection runs in a worker thread (it may read the audience Parquet file)."""
+
+    path = "/audience"
+
+    def __init__(self, state: AppState, activation: ActivationConfig | None = None) -> None:
+        super().__init__(state)
+        self.activation = activation  # None: the economics the service's entry point put on the state
+        self.cache = AudienceCache()
+
+    def _economics(self) -> ActivationConfig:
+        if self.activation is None:
+            self.activation = self.state.activation or ActivationConfig()
+        return self.activation
+
+    async def handle(self, rt: Any, doc: Any) -> bytes:
+        action, budget, top_k, limit = parse_audience_request(doc)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self._select, rt, action, budget, top_k, limit)
+
+    def _select(self, rt: Any, action: str, budget: float | None, top_k: int | None, limit: int) -> bytes:
+        from serving.store.base import StoreError
+
+        try:
+            snap = rt.store.current()
+        except StoreError as exc:
+            raise HTTPError(503, "store_unavailable", f"score store unavailable: {exc}") from None
+        path = snap.meta.get("audience_path") if snap is not None else None
+        if snap is None or not path or not Path(path).exists():
+            raise HTTPError(503, "no_audience", "no audience file for the current snapshot: run `propensity score`")
+        frame = self.cache.frame(snap.snapshot_id, path)
+        try:
+            picked, summary = select_audience(frame, action, self._economics(), budget=budget, top_k=top_k)
+        except ActivationError as exc:
+            raise HTTPError(422, "invalid", str(exc)) from None
+        doc = {**summary.to_dict(), "snapshot_id": snap.snapshot_id,
+               "user_ids": picked["user_id"].astype(str).head(limit).tolist()}
+        return json.dumps(doc, allow_nan=False, default=_plain).encode()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return str(value)

@@ -1,0 +1,290 @@
+"""The state behind the HTTP routes: score store, champion models, readiness, reload loop, metrics.
+
+One :class:`ServiceRuntime` lives in each server worker process. The HTTP layer (:mod:`serving.http.app`) only
+parses requests and writes responses; everything it needs is here:
+
+- :meth:`ServiceRuntime.lookup_body`: the ``/lookup`` response bytes, built by splicing the stored JSON
+  payloads (never decoded) between a per-snapshot header and the population defaults of unknown users;
+- :meth:`ServiceRuntime.score`: fresh scores through :func:`serving.scoring.score_events` (the batch code path)
+  in a small dedicated thread pool, so the event loop keeps answering lookups;
+- :meth:`ServiceRuntime.readiness`: models and store status with the reasons when not ready;
+- :meth:`ServiceRuntime.reload_loop`: checks the model source every ``reload_interval_s`` seconds and swaps in
+  new champions (see :class:`serving.http.models.ModelManager`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+
+from serving.http.models import LoadedModels, ModelManager, ModelSource
+from serving.http.options import ServiceOptions
+from serving.store.base import ScoreStore, SnapshotInfo, StoreError, dumps_compact, encode_chunk
+
+log = logging.getLogger(__name__)
+
+_encode_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # C implementation, ~0.2 us
+
+
+class LookupUnavailable(Exception):
+    """The score store cannot answer (the HTTP layer replies 503 with this message)."""
+
+
+class NoModelsError(Exception):
+    """No champion model is loaded, so ``/score`` cannot answer (503)."""
+
+
+class ServiceMetrics:
+    """Service counters in Prometheus (multiprocess-safe under BentoML); all methods are cheap."""
+
+    def __init__(self, namespace: str = "propensity") -> None:
+        from prometheus_client import Counter
+
+        users = Counter("lookup_users", "Users asked for in /lookup, by outcome", ["outcome"], namespace=namespace)
+        self._found = users.labels(outcome="found")
+        self._unknown = users.labels(outcome="unknown")
+        self._store_errors = Counter("store_errors", "Score store failures seen by /lookup", namespace=namespace)
+        self._scored = Counter("score_users", "Users scored by /score", namespace=namespace)
+        self._reloads = Counter("model_reloads", "Model reload checks, by result", ["result"], namespace=namespace)
+
+    def lookup(self, found: int, unknown: int) -> None:
+        self._found.inc(found)
+        self._unknown.inc(unknown)
+
+    def store_error(self) -> None:
+        self._store_errors.inc()
+
+    def scored(self, n: int) -> None:
+        self._scored.inc(n)
+
+    def reload(self, result: str) -> None:
+        self._reloads.labels(result=result).inc()
+
+
+class _NoMetrics:
+    def lookup(self, found: int, unknown: int) -> None: ...
+    def store_error(self) -> None: ...
+    def scored(self, n: int) -> None: ...
+    def reload(self, result: str) -> None: ...
+
+
+class ServiceRuntime:
+    """Store + models + options of one server process (see the module docstring).
+
+    Args:
+        options: resolved service options.
+        store: an open score store, or None when it could not be opened (``open_store`` is retried by
+            ``reopen_store`` when given).
+        models: the model manager (its first ``refresh`` is done by :meth:`start_models`).
+        metrics: a :class:`ServiceMetrics` or None for no metrics.
+        reopen_store: zero-argument callable that opens the store again after a failure to open it.
+    """
+
+    def __init__(
+        self,
+        options: ServiceOptions,
+        store: ScoreStore | None,
+        models: ModelManager,
+        *,
+        metrics: ServiceMetrics | None = None,
+        reopen_store: Any = None,
+        store_error: str | None = None,
+    ) -> None:
+        self.options = options
+        self.token_bytes: bytes | None = options.token.encode() if options.token else None
+        self.store = store
+        self.models = models
+        self.metrics: Any = metrics or _NoMetrics()
+        self._reopen_store = reopen_store
+        self._store_open_error = store_error
+        self._fragments: tuple[str, str, str] | None = None  # (snapshot id, header, unknown-user tail)
+        self._score_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="score")
+        self._reload_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-reload")
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def create(
+        cls, options: ServiceOptions, open_store_fn: Any, source: ModelSource, *, metrics: ServiceMetrics | None = None
+    ) -> ServiceRuntime:
+        """Open the store (a failure is reported by readiness, not raised) and load the models once."""
+        try:
+            store, error = open_store_fn(), None
+        except StoreError as exc:
+            store, error = None, str(exc)
+        runtime = cls(options, store, ModelManager(source), metrics=metrics, reopen_store=open_store_fn, store_error=error)
+        runtime.models.refresh()
+        gc.freeze()  # long-lived objects (models, modules) out of the collector's way
+        return runtime
+
+    # ------------------------------------------------------------------------------------------ lookup
+    def _snapshot_fragments(self, info: SnapshotInfo) -> tuple[str, str]:
+        cached = self._fragments
+        if cached is not None and cached[0] == info.snapshot_id:
+            return cached[1], cached[2]
+        meta = info.meta
+        head = dumps_compact(
+            {"snapshot_id": info.snapshot_id, "scored_at": info.created_at.isoformat(), "as_of": meta.get("as_of")}
+        )
+        head = head[:-1] + ',"results":['
+        defaults = meta.get("defaults")
+        defaults = {k: v for k, v in defaults.items() if k not in ("user_id", "found")} if isinstance(defaults, dict) else {}
+        text = dumps_compact(defaults)
+        tail = ',"found":false}' if text == "{}" else ',"found":false,' + text[1:]
+        self._fragments = (info.snapshot_id, head, tail)
+        return head, tail
+
+    def lookup_body(self, user_ids: Sequence[str]) -> bytes:
+        """The ``/lookup`` JSON response for ``user_ids`` (strings), in request order.
+
+        Raises :class:`LookupUnavailable` when the store is down or holds no snapshot yet.
+        """
+        store = self.store
+        if store is None:
+            store = self._try_reopen()
+        try:
+            info, found = store.lookup(user_ids)
+        except StoreError as exc:
+            self.metrics.store_error()
+            raise LookupUnavailable(f"store unavailable: {exc}") from None
+        if info is None:
+            raise LookupUnavailable("store unavailable: no score snapshot has been published yet (run the batch scoring)")
+        head, tail = self._snapshot_fragments(info)
+        parts = []
+        for uid in user_ids:
+            payload = found.get(uid)
+            if payload is None:
+                parts.append('{"user_id":' + _encode_str(uid) + tail)
+            else:
+                parts.append('{"found":true,' + payload[1:])
+        n_found = len(found)
+        self.metrics.lookup(n_found, len(user_ids) - n_found)
+        return (head + ",".join(parts) + "]}").encode()
+
+    def _try_reopen(self) -> ScoreStore:
+        if self._reopen_store is None:
+            raise LookupUnavailable(f"store unavailable: {self._store_open_error}")
+        try:
+            self.store = self._reopen_store()
+        except StoreError as exc:
+            self._store_open_error = str(exc)
+            raise LookupUnavailable(f"store unavailable: {exc}") from None
+        self._store_open_error = None
+        return self.store
+
+    # ------------------------------------------------------------------------------------------ score
+    async def score(self, events: pd.DataFrame, as_of: datetime, users: Sequence[str]) -> bytes:
+        """The ``/score`` JSON response: one record per user of ``users`` (first-seen order).
+
+        Users whose events all lie at or after ``as_of`` get ``{"user_id", "scored": false, "reason"}``.
+        """
+        loaded: LoadedModels = self.models.current  # one consistent set for the whole request
+        if not loaded.bundles:
+            errors = "; ".join(self.models.errors.values()) or "no model loaded yet"
+            raise NoModelsError(f"no model is loaded: {errors}")
+        loop = asyncio.get_running_loop()
+        bundles = dict(loaded.bundles)
+        frame = await loop.run_in_executor(self._score_pool, _score, events, as_of, bundles)
+        ids, payloads = encode_chunk(frame) if len(frame) else ([], [])
+        by_user = dict(zip(ids, payloads))
+        parts = []
+        for uid in users:
+            payload = by_user.get(uid)
+            if payload is None:
+                parts.append(
+                    '{"user_id":' + _encode_str(uid) + ',"scored":false,"reason":"no events before as_of"}'
+                )
+            else:
+                parts.append('{"scored":true,' + payload[1:])
+        self.metrics.scored(len(by_user))
+        head = dumps_compact({"as_of": as_of.isoformat(), "models": dict(loaded.versions)})
+        return (head[:-1] + ',"results":[' + ",".join(parts) + "]}").encode()
+
+    # ------------------------------------------------------------------------------------------ readiness
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """``(ready, document)``: ready when every target has a model and the store serves a snapshot."""
+        errors: list[str] = list(self.models.errors.values())
+        loaded = self.models.current
+        store_doc: dict[str, Any] = {"ok": False, "snapshot_id": None}
+        store = self.store
+        if store is None:
+            try:
+                store = self._try_reopen()
+            except LookupUnavailable as exc:
+                errors.append(str(exc))
+        if store is not None:
+            store_doc["backend"] = type(store).__name__
+            try:
+                store.ping()
+                info = store.current()
+                store_doc["ok"] = True
+                if info is None:
+                    errors.append("store unavailable: no score snapshot has been published yet")
+                else:
+                    store_doc.update(snapshot_id=info.snapshot_id, scored_at=info.created_at.isoformat())
+            except StoreError as exc:
+                errors.append(f"store unavailable: {exc}")
+        ready = self.models.complete and store_doc.get("snapshot_id") is not None
+        doc = {
+            "ready": ready,
+            "models": {t: loaded.versions.get(t) for t in self.models.targets},
+            "model_source": self.models.source.kind,
+            "store": store_doc,
+            "errors": errors,
+        }
+        if not ready:
+            doc["reason"] = "; ".join(errors) or "not ready"
+        return ready, doc
+
+    # ------------------------------------------------------------------------------------------ reload
+    async def refresh_models(self) -> bool:
+        """One model check in the reload thread; True when new models were swapped in."""
+        loop = asyncio.get_running_loop()
+        try:
+            changed = await loop.run_in_executor(self._reload_pool, self.models.refresh)
+        except Exception:  # never let the loop die
+            log.exception("model reload check failed")
+            self.metrics.reload("error")
+            return False
+        self.metrics.reload("swapped" if changed else ("error" if self.models.errors else "unchanged"))
+        if changed:
+            gc.freeze()
+        return changed
+
+    async def reload_loop(self) -> None:
+        """Check for new champions every ``options.reload_interval_s`` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(self.options.reload_interval_s)
+            await self.refresh_models()
+
+    def start(self) -> None:
+        """Start the reload loop on the running event loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self.reload_loop(), name="model-reload")
+
+    async def stop(self) -> None:
+        """Stop the reload loop, the thread pools and the store."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self._score_pool.shutdown(wait=False, cancel_futures=True)
+        self._reload_pool.shutdown(wait=False, cancel_futures=True)
+        if self.store is not None:
+            self.store.close()
+
+
+def _score(events: pd.DataFrame, as_of: datetime, bundles: dict[str, Any]) -> pd.DataFrame:
+    from serving.scoring import score_events
+
+    return score_events(events, as_of, bundles)
