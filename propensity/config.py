@@ -12,85 +12,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from features.settings import FeatureSettings, ValidationSettings
+from serving.settings import ActivationSettings, ServingSettings
+from training.settings import TrainingSettings
 
-class ValidationSettings(BaseModel):
-    """Event contract enforcement."""
-
-    max_bad_share: float = Field(0.01, ge=0.0, le=1.0, description="Share of bad rows that stops the run.")
-    future_tolerance_hours: float = Field(1.0, ge=0.0, description="Allowed clock skew past as_of, hours.")
-    source_tz: str = Field("UTC", description="Time zone of naive timestamps in the input.")
-
-
-class FeatureSettings(BaseModel):
-    """Feature spec knobs (see features.spec.definition.FeatureSpec)."""
-
-    windows: tuple[int, ...] = (1, 3, 7, 15, 30, 90, 365)
-    target_categories: tuple[str, ...] = ()
-    lookback_days: int | None = None
-    chunk_events: int = Field(
-        12_000_000, ge=1, description="Events per user range when building from Parquet sorted by user (memory bound)."
-    )
-
-
-class TrainingSettings(BaseModel):
-    """Labels, cutoffs, models and the promotion gate."""
-
-    horizon_days: int = Field(3, ge=1, description="H: last-mile buyer label window, days.")
-    lapse_days: int | None = Field(None, ge=1, description="N: lapse window, days; None = fitted 80/20 gap.")
-    n_cutoffs: int = Field(8, ge=3, description="Cutoffs stacked: train on all but the last two.")
-    cutoff_spacing_days: int = Field(4, ge=1)
-    min_positives: int = Field(100, ge=1)
-    min_negatives: int = Field(100, ge=1)
-    gate_logloss_tolerance: float = Field(0.005, ge=0.0, description="Allowed log-loss increase for promotion.")
-    calibration: str = Field("isotonic", pattern="^(isotonic|platt)$")
-    num_boost_round: int = Field(500, ge=1)
-    learning_rate: float = Field(0.1, gt=0)
-    num_leaves: int = Field(15, ge=2)
-    min_data_in_leaf: int = Field(200, ge=1)
-    max_users: int | None = Field(
-        100_000, ge=1000, description="Train on a seeded sample of at most this many users; None = everyone."
-    )
-    holdout: float = Field(
-        0.3, gt=0, lt=1, description="Lapse target: share of users held out of training (half valid, half test)."
-    )
-    seed: int = 7
-
-
-class ServingSettings(BaseModel):
-    """Score store and HTTP service."""
-
-    host: str = "127.0.0.1"
-    port: int = 3000
-    lookup_max_ids: int = Field(1000, ge=1)
-    score_max_users: int = Field(100, ge=1)
-    score_max_events: int = Field(20000, ge=1)
-    max_request_bytes: int = Field(2_000_000, ge=1024)
-    keep_snapshots: int = Field(3, ge=2)
-    batch_chunk_users: int = Field(200_000, ge=1000)
-    api_token: SecretStr | None = None
-    api_token_file: Path | None = None
-    allow_no_auth: bool = Field(False, description="Serve without a token (local experiments only).")
-    reload_interval_s: float = Field(5.0, gt=0, description="How often the service checks for a new champion.")
-    model_dir: Path | None = Field(None, description="Serve pinned bundles from here instead of the registry.")
-
-
-class ActivationSettings(BaseModel):
-    """Per-action economics used for priority and audience sizing (currency units)."""
-
-    default_order_value: float = 60.0
-    margin_rate: float = 0.3
-    cost: dict[str, float] = Field(
-        default_factory=lambda: {
-            "coupon_24h": 3.0,
-            "ad_retarget": 0.8,
-            "repurchase_reminder": 0.1,
-            "win_back": 2.0,
-            "nurture": 0.05,
-        }
-    )
+__all__ = [
+    "ActivationSettings", "FeatureSettings", "ServingSettings", "Settings", "TrainingSettings", "ValidationSettings",
+    "load_settings",
+]
 
 
 class Settings(BaseSettings):

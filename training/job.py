@@ -18,6 +18,7 @@ import pandas as pd
 
 from features.build.builder import build_features, default_connection, events_table
 from features.segments.segmenter import Segmenter
+from features.settings import FeatureSettings
 from features.spec.definition import FeatureSpec
 from training.bundle import TARGETS, ModelBundle
 from training.datasets import POPULATION_EVENTS, check_eligible, cutoffs_for, labelled_frame, time_split, window_days
@@ -26,9 +27,11 @@ from training.labels import LabelSpec, data_end
 from training.models import BoosterParams
 from training.registry import CHAMPION, GateDecision, Registry, gate
 from training.sampling import sampled_events
+from training.settings import TrainingSettings
 from training.train import TargetResult, train_target, write_plots
 
 Say = Callable[[str], None]
+_DEFAULTS = TrainingSettings()  # one source of defaults: the settings section
 
 
 @dataclass(frozen=True)
@@ -47,21 +50,36 @@ class TrainConfig:
     events_path: Path
     out_dir: Path
     spec: FeatureSpec = FeatureSpec()
-    horizon_days: int = 3
-    lapse_days: int | None = None
-    n_cutoffs: int = 6
-    cutoff_spacing_days: int = 7
-    min_positives: int = 100
-    min_negatives: int = 100
-    params: BoosterParams = BoosterParams()
-    calibration: str = "isotonic"
-    logloss_tolerance: float = 0.005
+    horizon_days: int = _DEFAULTS.horizon_days
+    lapse_days: int | None = _DEFAULTS.lapse_days
+    n_cutoffs: int = _DEFAULTS.n_cutoffs
+    cutoff_spacing_days: int = _DEFAULTS.cutoff_spacing_days
+    min_positives: int = _DEFAULTS.min_positives
+    min_negatives: int = _DEFAULTS.min_negatives
+    params: BoosterParams = BoosterParams.from_settings(_DEFAULTS)
+    calibration: str = _DEFAULTS.calibration
+    logloss_tolerance: float = _DEFAULTS.gate_logloss_tolerance
     truth_path: Path | None = None
     data_end: datetime | None = None
     targets: tuple[str, ...] = TARGETS
     feature_source: Callable[[datetime], pd.DataFrame] | None = None
-    max_users: int | None = None
-    holdout: float = 0.3
+    max_users: int | None = _DEFAULTS.max_users
+    holdout: float = _DEFAULTS.holdout
+
+    @classmethod
+    def from_settings(
+        cls, training: TrainingSettings, features: FeatureSettings, *, events_path: Path, out_dir: Path,
+        **overrides: Any,
+    ) -> TrainConfig:
+        """The run the settings describe; ``overrides`` set any other field (truth_path, data_end, targets...)."""
+        t = training
+        return cls(
+            events_path=events_path, out_dir=out_dir, spec=FeatureSpec.from_settings(features),
+            horizon_days=t.horizon_days, lapse_days=t.lapse_days, n_cutoffs=t.n_cutoffs,
+            cutoff_spacing_days=t.cutoff_spacing_days, min_positives=t.min_positives, min_negatives=t.min_negatives,
+            params=BoosterParams.from_settings(t), calibration=t.calibration,
+            logloss_tolerance=t.gate_logloss_tolerance, max_users=t.max_users, holdout=t.holdout, **overrides,
+        )
 
 
 @dataclass

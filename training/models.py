@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from training.settings import TrainingSettings
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,12 @@ class BoosterParams:
     seed: int = 7
     metric: str = "binary_logloss"
     balance: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: TrainingSettings) -> BoosterParams:
+        """The configured rounds, learning rate, tree size and seed (the other knobs at their defaults)."""
+        return cls(num_boost_round=settings.num_boost_round, learning_rate=settings.learning_rate,
+                   num_leaves=settings.num_leaves, min_data_in_leaf=settings.min_data_in_leaf, seed=settings.seed)
 
     def lgb_params(self, pos: int, neg: int) -> dict[str, Any]:
         skip = ("num_boost_round", "early_stopping_rounds", "balance")

@@ -49,7 +49,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from features.settings import FeatureSettings
 
 FEATURE_TABLE_KEY = "user_id"
 
@@ -123,6 +126,12 @@ class FeatureSpec:
     interest_weight: float = 2.0
     purchase_weight: float = 3.0
     rule_score_scale: float = 5.0
+
+    @classmethod
+    def from_settings(cls, settings: FeatureSettings) -> FeatureSpec:
+        """The spec of the configured windows, target categories and lookback (every other knob at its default)."""
+        return cls(windows=tuple(settings.windows), target_categories=tuple(settings.target_categories),
+                   lookback_days=settings.lookback_days)
 
     def __post_init__(self) -> None:
         for name in ("windows", "active_day_windows", "comparison_windows", "ad_windows", "target_categories"):

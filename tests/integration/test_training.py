@@ -39,8 +39,8 @@ def trained(shop, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("mlflow")
     registry = Registry(f"sqlite:///{root}/mlflow.db", root / "artifacts")
     cfg = TrainConfig(
-        events_path=data.events_dir, out_dir=root / "plots", lapse_days=LAPSE, n_cutoffs=4, min_positives=30,
-        min_negatives=30, truth_path=data.truth_path, data_end=end,
+        events_path=data.events_dir, out_dir=root / "plots", lapse_days=LAPSE, n_cutoffs=4, cutoff_spacing_days=7,
+        min_positives=30, min_negatives=30, truth_path=data.truth_path, data_end=end,
         params=BoosterParams(num_boost_round=300, learning_rate=0.06),
     )
     report = run_training(cfg, registry)
@@ -137,7 +137,7 @@ def test_training_killed_midway_changes_no_alias_and_releases_the_lock(trained, 
         "from training.lock import exclusive_lock\n"
         "from training.registry import Registry\n"
         f"cfg = TrainConfig(events_path=Path({str(cfg.events_path)!r}), out_dir=Path({str(tmp_path / 'p')!r}),"
-        f" lapse_days={cfg.lapse_days}, n_cutoffs=4, min_positives=30, min_negatives=30,"
+        f" lapse_days={cfg.lapse_days}, n_cutoffs=4, cutoff_spacing_days=7, min_positives=30, min_negatives=30,"
         f" data_end=__import__('datetime').datetime.fromisoformat({cfg.data_end.isoformat()!r}))\n"
         f"reg = Registry({registry.tracking_uri!r}, Path({str(registry.artifact_root)!r}))\n"
         f"with exclusive_lock(Path({str(lock)!r}), 'test'):\n"
@@ -167,7 +167,7 @@ def test_training_on_a_user_sample_uses_only_the_sampled_users(shop, trained, tm
     data, end = shop
     registry = Registry(f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "artifacts")
     cfg = TrainConfig(
-        events_path=data.events_dir, out_dir=tmp_path / "plots", lapse_days=LAPSE, n_cutoffs=4, min_positives=20,
+        events_path=data.events_dir, out_dir=tmp_path / "plots", lapse_days=LAPSE, n_cutoffs=4, cutoff_spacing_days=7, min_positives=20,
         min_negatives=20, data_end=end, targets=("last_mile_buyer",), max_users=3000,
         params=BoosterParams(num_boost_round=60, learning_rate=0.1),
     )

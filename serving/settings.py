@@ -1,0 +1,44 @@
+"""Settings sections owned by the serving package: the score store, the HTTP service and activation economics.
+
+The application composes this section into its typed settings (``propensity.config.Settings``); the library
+builds its own configs from it, so the Python API, the CLI and the service share one set of defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+
+
+class ServingSettings(BaseModel):
+    """Score store and HTTP service."""
+
+    host: str = "127.0.0.1"
+    port: int = 3000
+    lookup_max_ids: int = Field(1000, ge=1)
+    score_max_users: int = Field(100, ge=1)
+    score_max_events: int = Field(20000, ge=1)
+    max_request_bytes: int = Field(2_000_000, ge=1024)
+    keep_snapshots: int = Field(3, ge=2)
+    batch_chunk_users: int = Field(200_000, ge=1000)
+    api_token: SecretStr | None = None
+    api_token_file: Path | None = None
+    allow_no_auth: bool = Field(False, description="Serve without a token (local experiments only).")
+    reload_interval_s: float = Field(5.0, gt=0, description="How often the service checks for a new champion.")
+    model_dir: Path | None = Field(None, description="Serve pinned bundles from here instead of the registry.")
+
+class ActivationSettings(BaseModel):
+    """Per-action economics used for priority and audience sizing (currency units)."""
+
+    default_order_value: float = 60.0
+    margin_rate: float = 0.3
+    cost: dict[str, float] = Field(
+        default_factory=lambda: {
+            "coupon_24h": 3.0,
+            "ad_retarget": 0.8,
+            "repurchase_reminder": 0.1,
+            "win_back": 2.0,
+            "nurture": 0.05,
+        }
+    )
