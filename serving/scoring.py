@@ -18,6 +18,7 @@ import pandas as pd
 from features.build.builder import build_features
 from training.bundle import SCORE_COLUMN, ModelBundle
 from training.evaluate import top_reasons
+from training.labels import lapse_population
 
 _NO_REASONS: tuple[str, ...] = ()
 SEGMENT_OUTPUT = ("aipl_layer", "lifecycle", "rfm_group", "rule_score")
@@ -69,10 +70,11 @@ def score_features(
 
 
 def population(target: str, segmented: pd.DataFrame) -> np.ndarray:
-    """Rows (boolean, shape (n,)) a model scores: everyone for last-mile buyers; for lapse risk the users who have
-    bought (lifecycle other than ``new``), the population it was trained on. Other rows get NaN."""
-    if target == "lapse_risk" and "lifecycle" in segmented.columns:
-        return (segmented["lifecycle"] != "new").to_numpy()
+    """Rows (boolean, shape (n,)) a model scores: everyone for last-mile buyers; for lapse risk the users with a
+    purchase before the cutoff (:func:`training.labels.lapse_population`, the population its labels cover), whatever
+    their lifecycle stage: a ``churned`` user who never bought is outside it. Other rows get NaN."""
+    if target == "lapse_risk":
+        return lapse_population(segmented)
     return np.ones(len(segmented), dtype=bool)
 
 

@@ -12,6 +12,8 @@ from typing import Literal
 
 import ibis
 import ibis.expr.types as ir
+import numpy as np
+import pandas as pd
 
 BROWSE_DAYS = 15
 INTEREST_DAYS = 90
@@ -95,6 +97,21 @@ def lapse_labels(events: ir.Table, as_of: datetime, spec: LabelSpec) -> ir.Table
 def buyers_before(events: ir.Table, as_of: datetime) -> ir.Table:
     """``user_id`` of every user with a purchase before ``as_of`` (distinct): the lapse target's population."""
     return events.filter((events.ts < _ts(as_of)) & (events.behavior == "buy")).select("user_id").distinct()
+
+
+LAPSE_POPULATION_COLUMN = "purchase_days"
+"""Feature-table column that decides the lapse population: distinct purchase days before the cutoff (all history)."""
+
+
+def lapse_population(features: pd.DataFrame) -> np.ndarray:
+    """Rows (boolean, shape (n,)) of a feature table built at a cutoff that belong to the lapse target's
+    population: users with at least one purchase before the cutoff, the users :func:`buyers_before` selects from the
+    events (``purchase_days`` counts every buy before the cutoff, whatever its age). Scoring gives ``p_lapse`` to
+    these rows only."""
+    if LAPSE_POPULATION_COLUMN not in features.columns:
+        raise ValueError(f"feature table lacks {LAPSE_POPULATION_COLUMN!r}, which decides the lapse population")
+    days = pd.to_numeric(features[LAPSE_POPULATION_COLUMN]).fillna(0).to_numpy()
+    return np.asarray(days >= 1, dtype=bool)
 
 
 def buyer_events(events: ir.Table, as_of: datetime) -> ir.Table:

@@ -444,9 +444,10 @@ def test_audience_route_matches_the_cli_selection_on_the_published_batch(
         assert list(reasons) == list(full.loc[uid, "reasons_lapse"])
     assert buy_acted["reasons_buy"].map(len).gt(0).any()
     # the lapse model scores past buyers only; the others have no p_lapse and no lapse reasons in the full scoring
-    assert full.loc[full["lifecycle"] == "new", "p_lapse"].isna().all()
-    assert full.loc[full["lifecycle"] == "new", "reasons_lapse"].map(len).eq(0).all()
-    assert full.loc[full["lifecycle"] != "new", "p_lapse"].notna().all()
+    bought = trained.raw.set_index("user_id").loc[full.index, "purchase_days"].ge(1)
+    assert full.loc[~bought, "p_lapse"].isna().all()
+    assert full.loc[~bought, "reasons_lapse"].map(len).eq(0).all()
+    assert full.loc[bought, "p_lapse"].notna().all()
     action = frame.loc[acted, "action"].value_counts().index[0]
     _, expected = select_audience(frame, action, ActivationConfig(), top_k=5)
     r = server.client.post("/audience", json={"action": action, "top_k": 5})

@@ -8,7 +8,7 @@ import ibis
 import pandas as pd
 import pytest
 
-from training.labels import LabelSpec, buyer_events, lapse_labels, last_mile_labels
+from training.labels import LabelSpec, buyer_events, buyers_before, lapse_labels, lapse_population, last_mile_labels
 
 T = datetime(2026, 1, 10, tzinfo=UTC)
 D = timedelta(days=1)
@@ -117,3 +117,25 @@ def test_lapse_features_from_buyer_events_equal_the_full_table_rows():
     buyers = set(_labels(lapse_labels(table, as_of, LabelSpec(lapse_days=10))))
     assert set(narrow.index) == buyers and 0 < len(buyers) < len(full)
     pd.testing.assert_frame_equal(narrow, full.loc[narrow.index])
+
+
+def test_lapse_population_on_features_is_the_buyers_before_the_cutoff():
+    """The feature-table population that scoring uses (``lapse_population``) holds exactly the users the lapse
+    labels cover: a buy before T at any age, not a buy exactly at T, not a browser, a churned or a future buyer."""
+    from features.build.builder import build_features
+
+    ev = _events(
+        [
+            ("recent", T - 2 * D, "buy"),
+            ("old", T - 400 * D, "buy"), ("old", T - 300 * D, "view"),   # bought long ago, gone since
+            ("browser", T - 60 * D, "view"),                              # never bought
+            ("at_t", T - D, "view"), ("at_t", T, "buy"),                  # its buy is not before the cutoff
+            ("future", T - D, "view"), ("future", T + D, "buy"),
+        ]
+    )
+    raw = build_features(ev, T)
+    scored = set(raw.loc[lapse_population(raw), "user_id"])
+    assert scored == set(buyers_before(ev, T).to_pandas()["user_id"]) == {"recent", "old"}
+    assert set(_labels(lapse_labels(ev, T, LabelSpec(lapse_days=30)))) == scored
+    with pytest.raises(ValueError, match="purchase_days"):
+        lapse_population(raw.drop(columns=["purchase_days"]))
