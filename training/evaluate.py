@@ -29,13 +29,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
-
-if TYPE_CHECKING:  # pragma: no cover - re-exported lazily, see __getattr__ below
-    from training.plots import save_plots
 
 __all__ = [
     "DEFAULT_FRACTIONS",
@@ -46,7 +43,6 @@ __all__ = [
     "gain_curve",
     "rank_metrics",
     "reliability_table",
-    "save_plots",
     "top_k_size",
     "top_reasons",
 ]
@@ -421,13 +417,3 @@ def top_reasons(contrib: np.ndarray, feature_names: Sequence[str], k: int = 3) -
     for i, m in zip(short.tolist(), n_positive[short].tolist(), strict=True):
         del rows[i][m:]
     return rows
-
-
-def __getattr__(name: str) -> object:
-    # ``save_plots`` lives in training.plots; importing it lazily keeps matplotlib off the
-    # import path of code that only needs metrics.
-    if name == "save_plots":
-        from training.plots import save_plots
-
-        return save_plots
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

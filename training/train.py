@@ -14,9 +14,10 @@ from features.spec.definition import FeatureSpec
 from training.bundle import ModelBundle, design_matrix
 from training.calibration import Calibrator
 from training.datasets import TimeSplit
-from training.evaluate import evaluate, reliability_table, save_plots
+from training.evaluate import evaluate, reliability_table
 from training.labels import LabelSpec
 from training.models import BoosterParams, fit_booster, fit_logistic
+from training.plots import save_plots
 
 
 @dataclass

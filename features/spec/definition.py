@@ -289,13 +289,3 @@ def integer_columns(spec: FeatureSpec) -> list[str]:
     cols += ["buy_count", "purchase_days", f"purchase_days_{spec.purchase_days}d"]
     cols += category_columns(spec)
     return cols
-
-
-def __getattr__(name: str) -> Any:
-    # feature_table lives in features.spec.table (it imports ibis); re-exported lazily so importing the spec
-    # (names, dataclass) stays light for callers that only need column names.
-    if name == "feature_table":
-        from features.spec.table import feature_table
-
-        return feature_table
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

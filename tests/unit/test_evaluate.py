@@ -279,7 +279,7 @@ def test_top_reasons_rejects_mismatched_shapes() -> None:
 def test_save_plots_writes_png_files_and_returns_their_paths(tmp_path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from training.evaluate import save_plots  # re-exported lazily from training.plots
+    from training.plots import save_plots
 
     rng = np.random.default_rng(2)
     p = rng.beta(1.0, 6.0, 400)
