@@ -50,11 +50,6 @@ def sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def sql_ident(name: str) -> str:
-    """A quoted SQL identifier for ``name``."""
-    return '"' + name.replace('"', '""') + '"'
-
-
 def sql_path_list(paths: Sequence[Path]) -> str:
     """A DuckDB list literal of file names, for ``read_csv([...])`` / ``read_parquet([...])``."""
     return "[" + ", ".join(sql_str(str(p)) for p in paths) + "]"

@@ -90,7 +90,7 @@ class FeatureSpec:
     """Every tunable of the feature definition. Bump ``version`` whenever a definition (not a value) changes.
 
     Windows and spans are in days. Multipliers are dimensionless and apply on top of per-event decay weights
-    that lie in [0, 1]. The defaults follow DESIGN.md (AIPL windows 15 / 90 / 365 days).
+    that lie in [0, 1]. The defaults follow docs/architecture.md (AIPL windows 15 / 90 / 365 days).
     """
 
     version: str = "1"

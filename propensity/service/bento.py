@@ -1,7 +1,7 @@
 """The BentoML 1.4 service: ``bentoml serve propensity.service.bento:PropensityService``.
 
 The routes are a plain ASGI app (:mod:`serving.http.app`) mounted with ``@bentoml.asgi_app``: BentoML's typed
-``@bentoml.api`` path costs tens of milliseconds at the tail on a small machine (see DESIGN.md, "Known traps"),
+``@bentoml.api`` path costs tens of milliseconds at the tail on a small machine (see docs/architecture.md, "Serving"),
 while the ad system's ``/lookup`` must answer in a few. BentoML still provides the process model (workers),
 ``/metrics`` (request counts and durations per path, plus the ``propensity_*`` counters), ``/livez`` and the
 Bento packaging. :class:`serving.http.app.FastPathMiddleware` answers ``/lookup`` (the same endpoint, ahead of

@@ -1,8 +1,8 @@
 """Activation: which action each scored user should get now, by when, and what acting now is worth.
 
 :func:`recommend` reads a scored frame with its feature columns kept (``serving.scoring.score_features(...,
-keep_features=True)``) and assigns one action per user. The rules follow the activation windows of DESIGN.md and
-are tried in this order; the first that matches wins:
+keep_features=True)``) and assigns one action per user. The rules follow the activation windows of
+docs/architecture.md and are tried in this order; the first that matches wins:
 
 1. ``coupon_24h`` - a fav or cart less than 24 h before ``as_of`` and no purchase since. The I decision window is the
    shortest one (it closes 24 h after the fav/cart) and carries the strongest intent, so it goes first.
