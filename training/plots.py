@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -76,6 +76,15 @@ def _captured(y: np.ndarray, s: np.ndarray) -> np.ndarray:
     return np.cumsum(y[_descending_order(s)])
 
 
+def _label(
+    ax: Any, title: str, xlim: tuple[float, float], xlabel: str, ylabel: str, loc: str, **legend: Any
+) -> None:
+    """Title, x range (y from 0 to just above 1), axis labels, legend and grid of a curve panel."""
+    ax.set(xlim=xlim, ylim=(0, 1.01), title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.legend(loc=loc, **legend)
+    ax.grid(alpha=0.3, which="both")
+
+
 def _roc(
     path: Path, y: np.ndarray, scores: dict[str, np.ndarray], aucs: dict[str, float], title: str
 ) -> Path:
@@ -85,12 +94,9 @@ def _roc(
         fpr, tpr = _thin(*_roc_points(y, s))
         ax.plot(fpr, tpr, lw=2.2 if i == 0 else 1.4, label=f"{name} (AUC {aucs[name]:.3f})")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="random order (AUC 0.500)")
-    ax.set_title(f"{title}ROC curve: positives found vs. false alarms")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01))
-    ax.set_xlabel("Share of negatives ranked above the cut (false positive rate)")
-    ax.set_ylabel("Share of positives ranked above the cut (true positive rate)")
-    ax.legend(loc="lower right")
-    ax.grid(alpha=0.3)
+    _label(ax, f"{title}ROC curve: positives found vs. false alarms", (0, 1),
+           "Share of negatives ranked above the cut (false positive rate)",
+           "Share of positives ranked above the cut (true positive rate)", "lower right")
     return _write(fig, path)
 
 
@@ -112,11 +118,8 @@ def _pr(
     ax.axhline(
         base_rate, ls="--", color="grey", lw=1, label=f"random order (base rate {base_rate:.3f})"
     )
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), title=f"{title}Precision vs. recall")
-    ax.set_xlabel("Share of all positives found (recall)")
-    ax.set_ylabel("Share of selected users who are positive (precision)")
-    ax.legend(loc="upper right", fontsize="small")
-    ax.grid(alpha=0.3)
+    _label(ax, f"{title}Precision vs. recall", (0, 1), "Share of all positives found (recall)",
+           "Share of selected users who are positive (precision)", "upper right", fontsize="small")
     return _write(fig, path)
 
 
@@ -164,12 +167,8 @@ def _gain(
     base_rate = positives / n
     ax.plot([0, base_rate, 1], [0, 1, 1], ls=":", color="black", lw=1, label="perfect ranking")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="random order")
-    ax.set_title(f"{title}Cumulative gain: positives captured by audience size")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01))
-    ax.set_xlabel("Share of audience selected, highest scores first")
-    ax.set_ylabel("Share of all positives captured")
-    ax.legend(loc="lower right")
-    ax.grid(alpha=0.3)
+    _label(ax, f"{title}Cumulative gain: positives captured by audience size", (0, 1),
+           "Share of audience selected, highest scores first", "Share of all positives captured", "lower right")
     return _write(fig, path)
 
 
@@ -190,11 +189,9 @@ def _precision_vs_audience(
         base_rate, ls="--", color="grey", lw=1, label=f"whole audience (base rate {base_rate:.3f})"
     )
     ax.set_xscale("log")
-    ax.set(xlim=(smallest / n, 1), ylim=(0, 1.01), title=f"{title}Precision by audience size")
-    ax.set_xlabel("Share of audience selected, highest scores first (log scale)")
-    ax.set_ylabel("Share of selected users who are positive")
-    ax.legend(loc="upper right")
-    ax.grid(alpha=0.3, which="both")
+    _label(ax, f"{title}Precision by audience size", (smallest / n, 1),
+           "Share of audience selected, highest scores first (log scale)", "Share of selected users who are positive",
+           "upper right")
     return _write(fig, path)
 
 
