@@ -82,8 +82,21 @@ class LifecycleSegmenter:
     ``fit`` learns S = the ``coverage`` quantile (default 80%) of order-to-next-visit gaps and C = that quantile
     of gaps between consecutive active days. When the events hold no non-buy behavior, both use the gaps between
     purchase days; without any sample the ``default_*`` values are used. ``silent_days`` / ``churn_days`` given
-    to the constructor override the fit. Learned: ``silent_days_``, ``churn_days_``, ``silent_source_``,
-    ``churn_source_`` (``given``, ``fitted``, ``purchase_days`` or ``default``) and ``n_samples_`` per kind.
+    to the constructor override the fit.
+
+    Ordering rule: a buyer goes silent before churning, so C must exceed S. When the data put S at or above the
+    visit gap (buyers take longer to come back after an order than visitors between visits; always the case on
+    purchase-only data, where both come from the same gaps), C is set by the 80/20 rule applied once more, to the
+    buyers who had not returned within S: C = the ``coverage`` quantile of the gaps (of the kind that set S)
+    longer than S, i.e. the gap within which 80% of the late returns came back (``churn_source_ =
+    "late_returns"``); with no gap longer than S, C = 2 S (``"twice_silent"``). C stays one threshold for every
+    user, so a non-buyer is churned only after that longer gap too. Given values are never moved: a given
+    ``churn_days`` not above S (given or fitted) raises :class:`SegmentError`.
+
+    Learned: ``silent_days_``, ``churn_days_`` (days), ``silent_source_`` and ``churn_source_`` (``given``,
+    ``fitted``, ``purchase_days``, ``default``, and for C also ``late_returns`` or ``twice_silent``),
+    ``visit_gap_days_`` (C before the ordering rule), ``n_samples_`` per gap kind and ``rule_`` (one sentence
+    saying which rule set S and C, for summaries).
     """
 
     def __init__(
@@ -126,14 +139,50 @@ class LifecycleSegmenter:
             before = event_weights(table, as_of, FeatureSpec())
             has_nonbuy = int(runner.execute(before.filter(before.behavior != "buy").count())) > 0
         self.n_samples_ = {k: int(sum(v.values())) for k, v in hist.items()}
+        silent_kind = "order_return" if has_nonbuy else "purchase_day"
         self.silent_days_, self.silent_source_ = self._pick(
-            self.silent_days, hist["order_return" if has_nonbuy else "purchase_day"], hist, self.default_silent_days
+            self.silent_days, hist[silent_kind], hist, self.default_silent_days
         )
         self.churn_days_, self.churn_source_ = self._pick(
             self.churn_days, hist["active_day" if has_nonbuy else "purchase_day"], hist, self.default_churn_days
         )
+        self.visit_gap_days_ = self.churn_days_
+        silent_hist = hist["purchase_day"] if self.silent_source_ == "purchase_days" else hist[silent_kind]
+        parts = [f"S = {self.silent_days_:g} d: {self._describe(self.silent_source_, silent_kind)}"]
+        if self.churn_days_ > self.silent_days_:
+            parts.append(f"C = {self.churn_days_:g} d: {self._describe(self.churn_source_, 'active_day')}")
+        elif self.churn_source_ == "given":
+            raise SegmentError(
+                f"churn_days C = {self.churn_days_:g} must be above silent_days S = {self.silent_days_:g} "
+                f"({self.silent_source_}), or no buyer could be silent: give a larger churn_days"
+                + (" or a smaller silent_days" if self.silent_source_ == "given" else "")
+            )
+        else:
+            visit = f"the visit gap ({self.visit_gap_days_:g} d, {self._describe(self.churn_source_, 'active_day')})"
+            late = {g: n for g, n in silent_hist.items() if g > self.silent_days_ and n > 0}
+            value = coverage_quantile(late, self.coverage)
+            if value is not None:
+                self.churn_days_, self.churn_source_ = value, "late_returns"
+                how = f"{self.coverage:.0%} of the {sum(late.values()):,} returns slower than S came back within it"
+            else:
+                self.churn_days_, self.churn_source_ = max(2.0 * self.silent_days_, self.silent_days_ + 1.0), \
+                    "twice_silent"
+                how = "no return was slower than S, so C = 2 S"
+            parts.append(f"C = {self.churn_days_:g} d: {visit} is not above S, so {how}")
+        self.rule_ = "; ".join(parts)
         self.as_of_ = as_utc(as_of).isoformat()
         return self
+
+    def _describe(self, source: str, kind: str) -> str:
+        """How a threshold was set, in words (``kind``: the gap kind a fitted value came from)."""
+        what = {"order_return": "order-to-next-visit gaps", "active_day": "gaps between active days"}
+        if source == "given":
+            return "given"
+        if source == "default":
+            return "default (no gap samples)"
+        if source == "purchase_days":
+            return f"{self.coverage:.0%} of {self.n_samples_['purchase_day']:,} gaps between purchase days"
+        return f"{self.coverage:.0%} of {self.n_samples_[kind]:,} {what[kind]}"
 
     def _pick(
         self, given: float | None, primary: dict[int, int], hist: dict[str, dict[int, int]], default: float
@@ -187,6 +236,8 @@ class LifecycleSegmenter:
                 "churn_days_": self.churn_days_,
                 "silent_source_": self.silent_source_,
                 "churn_source_": self.churn_source_,
+                "visit_gap_days_": getattr(self, "visit_gap_days_", self.churn_days_),
+                "rule_": getattr(self, "rule_", ""),
                 "n_samples_": dict(self.n_samples_),
                 "as_of_": self.as_of_,
             }

@@ -45,6 +45,7 @@ __all__ = [
     "encode_segments",
     "gap_histogram",
     "gap_samples",
+    "lifecycle_rule",
 ]
 
 AIPL_CODES: dict[str, int] = {"none": 0, "A": 1, "I": 2, "P": 3, "L": 4}
@@ -96,13 +97,18 @@ def encode_segments(df: pd.DataFrame, columns: Sequence[str] = SEGMENT_COLUMNS) 
     return pd.DataFrame(out, index=df.index)
 
 
-def asset_summary(df: pd.DataFrame, pl_target: float = PL_TARGET) -> dict[str, Any]:
+def asset_summary(
+    df: pd.DataFrame, pl_target: float = PL_TARGET, segmenter: Segmenter | LifecycleSegmenter | None = None
+) -> dict[str, Any]:
     """Size and share of each AIPL layer, lifecycle stage and RFM group in a segmented feature table.
 
     ``{"n_users", "n_assets", "aipl": {layer: {"count", "share"}}, "lifecycle": {...}, "rfm_group": {...},
     "pl_share", "pl_target", "pl_target_met"}``. Shares are over all rows, except ``pl_share`` which is over
     the assets (users in layer A, I, P or L; ``none`` users have dropped out of every AIPL window). Groups
     absent from ``df`` (e.g. no ``lifecycle`` column) are omitted; every known label is listed, with 0 counts.
+    With the fitted ``segmenter`` that labelled ``df``, ``"lifecycle_rule"`` says how the stages were cut:
+    ``{"silent_days", "churn_days"}`` (S and C, days), their ``"silent_source"`` / ``"churn_source"`` and
+    ``"rule"``, one sentence (:attr:`LifecycleSegmenter.rule_`).
     """
     n = len(df)
     doc: dict[str, Any] = {"n_users": n}
@@ -125,7 +131,26 @@ def asset_summary(df: pd.DataFrame, pl_target: float = PL_TARGET) -> dict[str, A
         doc["pl_share"] = pl / assets if assets else 0.0
         doc["pl_target"] = pl_target
         doc["pl_target_met"] = bool(assets and doc["pl_share"] >= pl_target)
+    if segmenter is not None:
+        doc["lifecycle_rule"] = lifecycle_rule(segmenter)
     return doc
+
+
+def lifecycle_rule(segmenter: Segmenter | LifecycleSegmenter) -> dict[str, Any]:
+    """``{"silent_days", "churn_days", "silent_source", "churn_source", "rule"}`` of a fitted segmenter: the S and C
+    thresholds (days) that cut the lifecycle stages and the rule that set them."""
+    lifecycle = getattr(segmenter, "lifecycle_", segmenter)
+    if not hasattr(lifecycle, "churn_days_"):
+        raise SegmentError("the segmenter is not fitted; call fit before asking for its lifecycle rule")
+    return {
+        "silent_days": float(lifecycle.silent_days_),
+        "churn_days": float(lifecycle.churn_days_),
+        "silent_source": lifecycle.silent_source_,
+        "churn_source": lifecycle.churn_source_,
+        "rule": getattr(lifecycle, "rule_", "")
+        or f"S = {lifecycle.silent_days_:g} d ({lifecycle.silent_source_}); "
+        f"C = {lifecycle.churn_days_:g} d ({lifecycle.churn_source_})",
+    }
 
 
 class Segmenter:

@@ -14,6 +14,7 @@ from features.build.builder import build_features, default_connection, events_ta
 from features.segments.segmenter import (
     AIPL_CODES,
     LIFECYCLE_CODES,
+    LIFECYCLE_STAGES,
     RFM_CODES,
     LifecycleSegmenter,
     RFMSegmenter,
@@ -79,17 +80,68 @@ def test_coverage_quantile_is_the_smallest_gap_covering_the_share():
     assert coverage_quantile({}, 0.8) is None
 
 
-def test_lifecycle_fit_learns_s_and_c_by_the_80_20_rule():
-    seg = LifecycleSegmenter().fit(FIT_EVENTS, AS_OF)
-    assert (seg.silent_days_, seg.churn_days_) == (3.0, 2.0)
+# S below C: order-to-next-visit gaps [1 x3, 2 x2] -> S = 2; active-day gaps [1 x3, 2 x2, 5 x5] -> C = 5.
+BELOW_EVENTS = events(
+    [e for u in "bcd" for e in day_events(u, [20], "buy") + day_events(u, [19])]
+    + [e for u in "ef" for e in day_events(u, [20], "buy") + day_events(u, [18])]
+    + day_events("v", [40, 35, 30, 25, 20, 15])
+)
+# S at or above C: returns [2 x20] and late ones [4, 5, 6, 7, 20] -> S = 2; active-day gaps [1 x30, 2 x20, ...]
+# -> visit gap 2, not above S; 80% of the 5 returns slower than S came back within 7 days -> C = 7.
+LATE_EVENTS = events(
+    [e for i in range(20) for e in day_events(f"b{i}", [30], "buy") + day_events(f"b{i}", [28])]
+    + [e for i, g in enumerate([4, 5, 6, 7, 20]) for e in day_events(f"s{i}", [40], "buy") + day_events(f"s{i}", [40 - g])]
+    + day_events("v", list(range(31))) + day_events("quiet", [3], "buy")  # quiet: silent at AS_OF, no gap sample
+)
+
+
+def test_lifecycle_fit_learns_s_and_c_by_the_80_20_rule_when_s_is_below_c():
+    seg = LifecycleSegmenter().fit(BELOW_EVENTS, AS_OF)
+    assert (seg.silent_days_, seg.churn_days_, seg.visit_gap_days_) == (2.0, 5.0, 5.0)
     assert (seg.silent_source_, seg.churn_source_) == ("fitted", "fitted")
-    assert seg.n_samples_ == {"order_return": 3, "active_day": 10, "purchase_day": 0}
+    assert seg.n_samples_ == {"order_return": 5, "active_day": 10, "purchase_day": 0}
+    assert seg.rule_ == "S = 2 d: 80% of 5 order-to-next-visit gaps; C = 5 d: 80% of 10 gaps between active days"
+    features = pd.DataFrame({"days_since_last_event": [1, 1, 1, 2, 4.9, 5, 4.9, 5],
+                             "purchase_days": [0, 1, 2, 1, 3, 1, 0, 0]})
+    assert seg.predict(features).tolist() == ["new", "growth", "mature", "silent", "silent", "churned", "new",
+                                              "churned"]
+
+
+def test_lifecycle_keeps_every_stage_reachable_when_the_data_put_s_above_c():
+    """Buyers come back after an order more slowly than visitors between visits: the 80/20 rule applied to the
+    returns slower than S sets C, so silent buyers exist and a 3-day-old lone view is not churned."""
+    seg = LifecycleSegmenter().fit(LATE_EVENTS, AS_OF)
+    assert (seg.silent_days_, seg.visit_gap_days_, seg.churn_days_) == (2.0, 2.0, 7.0)
+    assert (seg.silent_source_, seg.churn_source_) == ("fitted", "late_returns")
+    assert seg.rule_ == (
+        "S = 2 d: 80% of 25 order-to-next-visit gaps; C = 7 d: the visit gap (2 d, 80% of 55 gaps between active "
+        "days) is not above S, so 80% of the 5 returns slower than S came back within it"
+    )
+    features = pd.DataFrame({"days_since_last_event": [1, 1, 1, 2, 6.9, 7, 3, 7],
+                             "purchase_days": [0, 1, 2, 1, 2, 1, 0, 0]})
+    stages = seg.predict(features).tolist()
+    assert stages == ["new", "growth", "mature", "silent", "silent", "churned", "new", "churned"]
+    assert set(stages) == set(LIFECYCLE_STAGES)
+    # no return slower than S at all: C = 2 S
+    lone = LifecycleSegmenter().fit(FIT_EVENTS, AS_OF)
+    assert (lone.silent_days_, lone.visit_gap_days_, lone.churn_days_) == (3.0, 2.0, 6.0)
+    assert lone.churn_source_ == "twice_silent" and lone.rule_.endswith("no return was slower than S, so C = 2 S")
+
+
+def test_lifecycle_given_thresholds_that_leave_silent_empty_are_refused():
+    with pytest.raises(SegmentError, match=r"churn_days C = 10 must be above silent_days S = 10 \(given\)"):
+        LifecycleSegmenter(silent_days=10, churn_days=10).fit(None, AS_OF)
+    with pytest.raises(SegmentError, match=r"must be above silent_days S = 2 \(fitted\).*larger churn_days$"):
+        LifecycleSegmenter(churn_days=2).fit(LATE_EVENTS, AS_OF)
+    given_s = LifecycleSegmenter(silent_days=5).fit(LATE_EVENTS, AS_OF)  # late returns > 5 days: [6, 7, 20] -> 20
+    assert (given_s.silent_days_, given_s.churn_days_, given_s.churn_source_) == (5.0, 20.0, "late_returns")
 
 
 def test_lifecycle_fit_on_purchase_only_data_uses_purchase_day_gaps_and_defaults_without_samples():
     seg = LifecycleSegmenter().fit(events([("p", 50.5, "buy", 1.0), ("p", 40.5, "buy"), ("p", 38.5, "buy")]), AS_OF)
-    assert (seg.silent_days_, seg.churn_days_) == (10.0, 10.0)
-    assert seg.silent_source_ == seg.churn_source_ == "purchase_days"
+    assert (seg.silent_days_, seg.visit_gap_days_, seg.churn_days_) == (10.0, 10.0, 20.0)
+    assert (seg.silent_source_, seg.churn_source_) == ("purchase_days", "twice_silent")
+    assert seg.rule_.startswith("S = 10 d: 80% of 2 gaps between purchase days; C = 20 d: the visit gap (10 d, ")
     lone = LifecycleSegmenter(default_silent_days=7, default_churn_days=21).fit(events([("x", 3, "view")]), AS_OF)
     assert (lone.silent_days_, lone.churn_days_, lone.churn_source_) == (7.0, 21.0, "default")
 
@@ -163,11 +215,12 @@ def test_segmenter_fit_transform_round_trips_through_json_and_pickle():
     seg = Segmenter().fit(FIT_EVENTS, features, AS_OF)
     out = seg.transform(features)
     assert list(out.columns[-2:]) == ["lifecycle", "rfm_group"] and len(out) == len(features)
-    # a: last event 23.5 d ago >= C = 2 -> churned; d never bought -> churned as well
+    # a: last event 23.5 d ago >= C = 6 (S = 3 >= the visit gap 2, no slower return: 2 S) -> churned; d as well
     assert dict(zip(out.user_id, out.lifecycle)) == {"a": "churned", "b": "churned", "c": "churned", "d": "churned"}
     assert set(out.rfm_group) <= set(RFM_CODES)
     restored = Segmenter.from_dict(json.loads(json.dumps(seg.to_dict())))
     pd.testing.assert_frame_equal(restored.transform(features), out)
+    assert restored.lifecycle_.rule_ == seg.lifecycle_.rule_ and restored.lifecycle_.churn_source_ == "twice_silent"
     pd.testing.assert_frame_equal(pickle.loads(pickle.dumps(seg)).transform(features), out)
     given = Segmenter(lifecycle=LifecycleSegmenter(silent_days=100, churn_days=200)).fit(FIT_EVENTS, features, AS_OF)
     assert given.transform(features).lifecycle.tolist() == ["growth", "growth", "growth", "new"]
@@ -210,3 +263,18 @@ def test_asset_summary_sizes_shares_and_pl_target():
     assert doc["pl_share"] == 0.5 and doc["pl_target_met"] is True
     assert asset_summary(labelled(), pl_target=0.6)["pl_target_met"] is False
     assert json.loads(json.dumps(doc)) == doc
+    assert "lifecycle_rule" not in doc
+
+
+def test_asset_summary_says_which_rule_set_s_and_c():
+    features = build_features(LATE_EVENTS, AS_OF)
+    seg = Segmenter().fit(LATE_EVENTS, features, AS_OF)
+    doc = asset_summary(seg.transform(features), segmenter=seg)
+    assert doc["lifecycle_rule"] == {
+        "silent_days": 2.0, "churn_days": 7.0, "silent_source": "fitted", "churn_source": "late_returns",
+        "rule": seg.lifecycle_.rule_,
+    }
+    assert doc["lifecycle"]["silent"]["count"] > 0
+    assert asset_summary(seg.transform(features), segmenter=seg.lifecycle_)["lifecycle_rule"] == doc["lifecycle_rule"]
+    with pytest.raises(SegmentError, match="not fitted"):
+        asset_summary(labelled(), segmenter=Segmenter())
