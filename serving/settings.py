@@ -42,3 +42,13 @@ class ActivationSettings(BaseModel):
             "nurture": 0.05,
         }
     )
+    lift: dict[str, float] = Field(
+        default_factory=lambda: {
+            "coupon_24h": 0.15,
+            "ad_retarget": 0.10,
+            "repurchase_reminder": 0.05,
+            "win_back": 0.10,
+            "nurture": 0.03,
+        },
+        description="Prior incremental effect per action: relative purchase lift; win_back: share of lapsers saved.",
+    )

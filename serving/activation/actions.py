@@ -25,13 +25,19 @@ Windows are half-open ``[opens, closes)``: a trigger exactly at the opening coun
 window is over (no action; its urgency would be 0). Times are compared in seconds rounded to the millisecond, so
 float noise in fractional-day features does not move a boundary.
 
-Economics per user (currency units): ``urgency`` is the share of the window still left at ``as_of`` (1 at the
-opening, 0 at the deadline); ``expected_revenue = p x value x urgency`` with ``p = p_buy`` and ``value`` the user's
-mean order value (``default_order_value`` when unknown or not positive), or, for ``win_back``, ``p = p_lapse`` and
-``value`` = the user's 365-day purchase amount (``purchase days x default_order_value`` without amounts), i.e. the
-revenue at risk; ``expected_value = expected_revenue x margin_rate``; ``priority = expected_value`` (the value of
-acting now) and ``expected_profit = expected_value - cost of the action``. Within one action, ordering by priority
-and by expected profit is the same; to rank users across actions, sort on ``expected_profit``.
+Economics per user (currency units), always **incremental**: what acting causes, not what would happen anyway.
+``action_p`` is the untreated course the action rides on (``p_buy``: the user buys in the window without the
+action; for ``win_back``, ``p_lapse``: the user lapses without it). ``lift`` is the action's relative effect over that
+course: for a p_buy action the relative rise of the purchase rate (coupon_24h +15% turns ``p`` into ``1.15 p``); for
+``win_back`` the share of would-be lapsers it saves. ``lift`` is the prior of :data:`DEFAULT_LIFTS` (or the config)
+until a campaign has measured it; ``lift_source`` says which was used. ``incremental_p = action_p x lift`` (extra
+buyers, or saved lapsers, per targeted user); ``urgency`` is the share of the window still left at ``as_of`` (1 at
+the opening, 0 at the deadline); ``expected_revenue = incremental_p x value x urgency`` with ``value`` the user's mean
+order value (``default_order_value`` when unknown or not positive), or, for ``win_back``, the user's 365-day purchase
+amount (``purchase days x default_order_value`` without amounts), the revenue a saved lapser keeps;
+``expected_value = expected_revenue x margin_rate``; ``priority = expected_value`` (the incremental value of acting
+now) and ``expected_profit = expected_value - cost of the action``. Within one action, ordering by priority and by
+expected profit is the same; to rank users across actions, sort on ``expected_profit``.
 """
 
 from __future__ import annotations
@@ -56,6 +62,12 @@ WIN_BACK = "win_back"
 DEFAULT_COSTS: Mapping[str, float] = MappingProxyType(
     {"coupon_24h": 3.0, "ad_retarget": 0.8, "repurchase_reminder": 0.1, "win_back": 2.0, "nurture": 0.05}
 )
+DEFAULT_LIFTS: Mapping[str, float] = MappingProxyType(
+    {"coupon_24h": 0.15, "ad_retarget": 0.10, "repurchase_reminder": 0.05, "win_back": 0.10, "nurture": 0.03}
+)
+"""Prior incremental effect per action: relative rise of the purchase rate, or for ``win_back`` the share of
+would-be lapsers saved. Replaced by the measured lift (shrunk toward this prior) once a campaign has been read."""
+LIFT_SOURCES: frozenset[str] = frozenset({"prior", "measured"})
 VALUABLE_RFM_GROUPS: frozenset[str] = frozenset(name for (_r, f, m), name in RFM_GROUPS.items() if f or m)
 """RFM groups with frequency or monetary high: the buyers worth winning back."""
 OUTPUT_COLUMNS: tuple[str, ...] = (
@@ -63,6 +75,8 @@ OUTPUT_COLUMNS: tuple[str, ...] = (
     "action_deadline",
     "urgency",
     "action_p",
+    "lift",
+    "incremental_p",
     "expected_revenue",
     "expected_value",
     "action_cost",
@@ -86,12 +100,16 @@ class ActivationConfig:
     ``ad_window_days = (opens, closes)`` days after an ad click, ``cycle_band = (low, high)`` as multiples of the
     user's mean purchase gap, ``win_back_days`` from ``as_of``, ``browse_days`` (the A window) after the last
     event. ``purchase_days`` is the ``FeatureSpec.purchase_days`` the features were built with (it names the
-    ``amount_{n}d`` / ``purchase_days_{n}d`` columns used as customer value).
+    ``amount_{n}d`` / ``purchase_days_{n}d`` columns used as customer value). ``lift`` is the incremental effect
+    per action (see the module docstring; actions not listed keep their :data:`DEFAULT_LIFTS`) and ``lift_source``
+    says for each action whether it is the ``prior`` or a ``measured`` lift.
     """
 
     default_order_value: float = 60.0
     margin_rate: float = 0.3
     cost: Mapping[str, float] = field(default_factory=lambda: DEFAULT_COSTS)
+    lift: Mapping[str, float] = field(default_factory=lambda: DEFAULT_LIFTS)
+    lift_source: Mapping[str, str] = field(default_factory=dict)
     coupon_window_hours: float = 24.0
     ad_window_days: tuple[float, float] = (1.0, 3.0)
     cycle_band: tuple[float, float] = (0.8, 1.2)
@@ -109,6 +127,18 @@ class ActivationConfig:
         if bad:
             raise ActivationError(f"action costs must be finite and >= 0, got {bad}")
         object.__setattr__(self, "cost", MappingProxyType(merged))
+        unknown = sorted(set(self.lift) - set(ACTIONS))
+        if unknown:
+            raise ActivationError(f"lift given for unknown action(s) {unknown}; actions are {list(ACTIONS)}")
+        lifts = {**DEFAULT_LIFTS, **{k: _number(f"lift[{k!r}]", v) for k, v in self.lift.items()}}
+        bad = {k: v for k, v in lifts.items() if not (np.isfinite(v) and -1 <= v <= (1 if k == WIN_BACK else 10))}
+        if bad:
+            raise ActivationError(f"action lifts must be in [-1, 10] (win_back: a share in [-1, 1]), got {bad}")
+        object.__setattr__(self, "lift", MappingProxyType(lifts))
+        sources = {a: "prior" for a in ACTIONS} | dict(self.lift_source)
+        if not set(sources.values()) <= LIFT_SOURCES or not set(sources) <= set(ACTIONS):
+            raise ActivationError(f"lift_source maps actions to 'prior' or 'measured', got {dict(self.lift_source)}")
+        object.__setattr__(self, "lift_source", MappingProxyType(sources))
         for name in ("ad_window_days", "cycle_band"):
             object.__setattr__(self, name, tuple(_number(name, v) for v in getattr(self, name)))
         for name in ("default_order_value", "margin_rate", "coupon_window_hours", "lapse_threshold", "win_back_days",
@@ -139,6 +169,14 @@ class ActivationConfig:
         if bad:
             raise ActivationError(f"unknown ActivationConfig field(s) {bad}")
         return cls(**{**values, **overrides})
+
+    def lift_of(self, action: str) -> float:
+        """Incremental effect of ``action`` (0 for ``none``): relative purchase lift, or share of lapsers saved."""
+        if action == NO_ACTION:
+            return 0.0
+        if action not in self.lift:
+            raise ActivationError(f"unknown action {action!r}; actions are {list(ACTIONS)}")
+        return float(self.lift[action])
 
     def cost_of(self, action: str) -> float:
         """Cost per targeted user of ``action`` (0 for ``none``)."""
@@ -205,10 +243,11 @@ def recommend(scored: pd.DataFrame, as_of: datetime, cfg: ActivationConfig | Non
     read from the frame's ``as_of`` column when present; acting later than the cutoff ages every trigger by the
     difference, acting before it is an error. Added columns: ``action`` (one of :data:`ACTIONS` or ``none``),
     ``action_deadline`` (ISO 8601 UTC string, e.g. ``2024-03-02T00:00:00Z``, when the window closes; None for
-    ``none``), ``urgency`` (share of the window left, [0, 1]), ``action_p`` (the probability the action rides on:
-    ``p_buy``, or ``p_lapse`` for ``win_back``; NaN for ``none``), ``expected_revenue``, ``expected_value``,
-    ``action_cost``, ``expected_profit`` and ``priority`` (currency; all 0 for ``none``). See the module docstring
-    for the rules, their order and the formulas.
+    ``none``), ``urgency`` (share of the window left, [0, 1]), ``action_p`` (the untreated course the action rides
+    on: ``p_buy``, or ``p_lapse`` for ``win_back``; NaN for ``none``), ``lift`` and ``incremental_p`` (0 for
+    ``none``), ``expected_revenue``, ``expected_value``, ``action_cost``, ``expected_profit`` and ``priority``
+    (currency, incremental; all 0 for ``none``). See the module docstring for the rules, their order and the
+    formulas.
     """
     cfg = cfg or ActivationConfig()
     missing = [c for c in required_columns(cfg) if c not in scored.columns]
@@ -301,6 +340,7 @@ def _assemble(scored: pd.DataFrame, now: pd.Timestamp, rules: dict[str, _Rule], 
     p = np.full(n, np.nan)
     value = np.zeros(n)
     cost = np.zeros(n)
+    lift = np.zeros(n)
     free = np.ones(n, dtype=bool)
     for name in ACTIONS:  # precedence order: first match wins
         rule = rules[name]
@@ -309,17 +349,21 @@ def _assemble(scored: pd.DataFrame, now: pd.Timestamp, rules: dict[str, _Rule], 
         remaining[take], length[take] = rule.remaining_s[take], rule.length_s[take]
         p[take], value[take] = rule.p[take], rule.value[take]
         cost[take] = cfg.cost_of(name)
+        lift[take] = cfg.lift_of(name)
         free &= ~take
     acted = ~free
     urgency = np.zeros(n)
     urgency[acted] = np.clip(remaining[acted] / length[acted], 0.0, 1.0)
-    revenue = np.where(acted, p * value * urgency, 0.0)
+    incremental_p = np.where(acted, p * lift, 0.0)
+    revenue = np.where(acted, incremental_p * value * urgency, 0.0)
     expected_value = revenue * cfg.margin_rate
     out = scored.copy()
     out["action"] = pd.Series(action, index=scored.index, dtype=object)
     out["action_deadline"] = pd.Series(_deadlines(now, remaining, acted), index=scored.index, dtype=object)
     out["urgency"] = urgency
     out["action_p"] = p
+    out["lift"] = lift
+    out["incremental_p"] = incremental_p
     out["expected_revenue"] = revenue
     out["expected_value"] = expected_value
     out["action_cost"] = cost

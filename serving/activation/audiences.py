@@ -24,7 +24,9 @@ import pandas as pd
 
 from serving.activation.actions import ACTIONS, ActivationConfig, ActivationError
 
-AUDIENCE_COLUMNS: tuple[str, ...] = ("user_id", "action", "priority", "expected_value", "expected_revenue", "action_p")
+AUDIENCE_COLUMNS: tuple[str, ...] = (
+    "user_id", "action", "priority", "expected_value", "expected_revenue", "action_p", "incremental_p",
+)
 """Columns of the recommended frame that :func:`select_audience` reads."""
 
 
@@ -32,10 +34,13 @@ AUDIENCE_COLUMNS: tuple[str, ...] = ("user_id", "action", "priority", "expected_
 class AudienceSummary:
     """Expected outcome of activating one audience (money in the shop's currency).
 
-    ``expected_conversions`` is the sum of the users' ``action_p`` (buyers for p_buy actions, would-be lapsers for
-    ``win_back``) and ``expected_precision`` its mean (NaN for an empty audience): forecasts comparable with the
-    measured outcome. ``expected_revenue`` / ``expected_value`` are the urgency-weighted revenue and margin of acting
-    now; ``expected_profit = expected_value - total_cost``. ``rule`` names the cut: ``max_profit``, ``budget``,
+    ``expected_incremental`` is the sum of the users' ``incremental_p``: the conversions the action causes (extra
+    buyers for p_buy actions, saved lapsers for ``win_back``). ``expected_untreated`` is the sum of ``action_p``, the
+    untreated course (buyers, or for ``win_back`` lapsers, expected without any action) and ``untreated_rate`` its
+    mean (NaN for an empty audience): the forecast a control group's realized rate checks. ``lift`` / ``lift_source``
+    are the effect used and where it came from (``prior`` or ``measured``). ``expected_revenue`` /
+    ``expected_value`` are the urgency-weighted incremental revenue and margin of acting now;
+    ``expected_profit = expected_value - total_cost``. ``rule`` names the cut: ``max_profit``, ``budget``,
     ``top_k``, or several joined by ``+`` when more than one limit applied. ``candidates`` counts the users who
     had the action before the cut.
     """
@@ -45,11 +50,14 @@ class AudienceSummary:
     candidates: int
     cost_per_user: float
     total_cost: float
-    expected_conversions: float
+    expected_incremental: float
+    expected_untreated: float
     expected_revenue: float
     expected_value: float
     expected_profit: float
-    expected_precision: float
+    untreated_rate: float
+    lift: float
+    lift_source: str
     rule: str
     budget: float | None = None
     top_k: int | None = None
@@ -81,7 +89,7 @@ def select_audience(
         raise ActivationError(f"unknown action {action!r}; choose one of {list(ACTIONS)}")
     missing = [c for c in AUDIENCE_COLUMNS if c not in frame.columns]
     if missing:
-        raise ActivationError(f"frame lacks column(s) {missing}; pass the output of serving.activation.actions.recommend")
+        raise ActivationError(f"the scores lack column(s) {missing}; use an audience file written by `propensity score`")
     if budget is not None and not (isinstance(budget, (int, float)) and np.isfinite(budget) and budget >= 0):
         raise ActivationError(f"budget must be a finite number >= 0, got {budget!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0):
@@ -106,11 +114,14 @@ def select_audience(
         candidates=len(pool),
         cost_per_user=cost,
         total_cost=total_cost,
-        expected_conversions=float(p.sum()),
+        expected_incremental=float(chosen["incremental_p"].to_numpy(dtype="float64", na_value=0.0).sum()),
+        expected_untreated=float(p.sum()),
         expected_revenue=float(chosen["expected_revenue"].to_numpy(dtype="float64", na_value=0.0).sum()),
         expected_value=total_value,
         expected_profit=total_value - total_cost,
-        expected_precision=float(p.mean()) if size else float("nan"),
+        untreated_rate=float(p.mean()) if size else float("nan"),
+        lift=cfg.lift_of(action),
+        lift_source=cfg.lift_source[action],
         rule=rule,
         budget=None if budget is None else float(budget),
         top_k=None if top_k is None else int(top_k),

@@ -96,15 +96,17 @@ _BLOCKS: dict[str, _Block] = {
         "How the scores are spread",
         "Most users sit near 0% chance of buying in the next days; the few on the right are the last-mile buyers. "
         "Past buyers right of the purple line are win-back candidates when they are valuable.", wide=True),
-    "expected_conversions": _Block(
-        "Expected conversions vs audience size, per action",
-        "Each curve adds users best first. It flattens when extra users add few conversions; the dot marks the "
-        "audience with the highest expected profit after the action's cost. For win-back the count is of valuable "
-        "buyers expected to lapse without it.", wide=True),
-    "expected_precision": _Block(
-        "Expected precision vs audience size",
-        "The share of targeted users expected to convert, as the audience grows from the best user to all "
-        "candidates. Dots: the best-profit audience.", wide=True),
+    "incremental_conversions": _Block(
+        "Conversions the actions cause vs audience size, per action",
+        "Each curve adds users best first and counts only what the action causes: the untreated chance times the "
+        "action's lift (the prior, or the lift a campaign measured against its control group). For win-back it "
+        "counts lapsers saved. The dot marks the audience with the highest expected profit after the action's "
+        "cost.", wide=True),
+    "untreated_rate": _Block(
+        "What happens without the action, vs audience size",
+        "The share of targeted users who would buy anyway (for win-back: lapse anyway), as the audience grows from "
+        "the best user to all candidates: the forecast a control group checks. Dots: the best-profit audience.",
+        wide=True),
     "calibration": _Block(
         "Do the predicted chances come true? (calibration)",
         "Measured on the held-out test cutoff at training time. Points on the dashed line mean a predicted 10% "
@@ -166,9 +168,9 @@ def build_report(
         "rfm_groups": _block("rfm_groups", users and partial(rfm_chart, summary), no_users),
         "score_distributions": _block(
             "score_distributions", users and partial(scores_chart, frame, activation.lapse_threshold), no_users),
-        "expected_conversions": _block("expected_conversions", bool(curves) and partial(conversions_chart, curves),
+        "incremental_conversions": _block("incremental_conversions", bool(curves) and partial(conversions_chart, curves),
                                        no_action),
-        "expected_precision": _block("expected_precision", bool(curves) and partial(precision_chart, curves),
+        "untreated_rate": _block("untreated_rate", bool(curves) and partial(precision_chart, curves),
                                      no_action),
         "calibration": _block("calibration", bool(tables) and partial(calibration_chart, tables),
                               "No calibration tables were given for this report."),
@@ -188,7 +190,7 @@ def build_report(
                                               blocks["lifecycle"], blocks["rfm_groups"]]),
         section("scores", "Scores", [blocks["score_distributions"]]),
         section("activation", "Who to activate, and what it is worth",
-                [blocks["expected_conversions"], blocks["expected_precision"], actions_table(per_action, frame)]),
+                [blocks["incremental_conversions"], blocks["untreated_rate"], actions_table(per_action, frame)]),
         section("models", "Model quality and data freshness",
                 [blocks["calibration"], blocks["lift"], freshness_table(snapshot, as_of, generated_at),
                  models_table(models, frame)]),

@@ -241,7 +241,7 @@ def scores_chart(audience: pd.DataFrame, lapse_threshold: float) -> Chart:
 
 
 def conversions_chart(curves: Mapping[str, ActionCurve]) -> Chart:
-    """Expected conversions vs audience size, one small panel per action, the max-profit cut marked."""
+    """Expected incremental conversions vs audience size, one small panel per action, the max-profit cut marked."""
     n = len(curves)
     ncols = min(n, 3)
     nrows = -(-n // ncols)
@@ -250,29 +250,29 @@ def conversions_chart(curves: Mapping[str, ActionCurve]) -> Chart:
     parts = []
     for ax, (action, curve) in zip(axes, curves.items(), strict=False):
         color = ACTION_COLORS.get(action, "#444444")
-        ax.plot(np.r_[0, curve.size], np.r_[0.0, curve.expected_conversions], color=color, lw=2)
+        ax.plot(np.r_[0, curve.size], np.r_[0.0, curve.expected_incremental], color=color, lw=2)
         s = curve.summary
         if s.size:
-            ax.plot([s.size], [s.expected_conversions], "o", color="black", ms=6)
-            ax.annotate(f"best profit: {s.size:,} users\n~{s.expected_conversions:,.1f} expected",
-                        (s.size, s.expected_conversions), textcoords="offset points", xytext=(6, -26), fontsize=8)
+            ax.plot([s.size], [s.expected_incremental], "o", color="black", ms=6)
+            ax.annotate(f"best profit: {s.size:,} users\n~{s.expected_incremental:,.1f} caused",
+                        (s.size, s.expected_incremental), textcoords="offset points", xytext=(6, -26), fontsize=8)
         ax.set_title(_plain(ACTION_LABELS.get(action, action)), fontsize=9)
         ax.set_xlabel("audience size (users, best first)", fontsize=8)
-        ax.set_ylabel("expected conversions", fontsize=8)
+        ax.set_ylabel("incremental conversions", fontsize=8)
         ax.set_xlim(0, None)
         ax.set_ylim(0, None)
         ax.tick_params(labelsize=8)
         _style(ax)
-        parts.append(f"{action}: {s.candidates:,} candidates, {float(curve.expected_conversions[-1]):,.1f} expected "
+        parts.append(f"{action}: {s.candidates:,} candidates, {float(curve.expected_incremental[-1]):,.1f} caused "
                      f"if all are reached, best-profit audience {s.size:,} users")
     for ax in axes[n:]:
         ax.set_visible(False)
-    alt = "Line charts of expected conversions against audience size per action. " + "; ".join(parts)
-    return _encode(fig, "expected_conversions", alt)
+    alt = "Line charts of incremental conversions against audience size per action. " + "; ".join(parts)
+    return _encode(fig, "incremental_conversions", alt)
 
 
 def precision_chart(curves: Mapping[str, ActionCurve]) -> Chart:
-    """Expected precision (mean action_p of the audience) vs the share of an action's candidates reached."""
+    """Untreated rate (mean action_p of the audience) vs the share of an action's candidates reached."""
     fig = _figure(10.0, 3.6)
     ax = fig.add_subplot()
     parts = []
@@ -280,23 +280,23 @@ def precision_chart(curves: Mapping[str, ActionCurve]) -> Chart:
         total = float(curve.size[-1])
         share = curve.size / total
         color = ACTION_COLORS.get(action, "#444444")
-        ax.plot(share, curve.expected_precision, color=color, lw=1.8,
+        ax.plot(share, curve.untreated_rate, color=color, lw=1.8,
                 label=_plain(ACTION_LABELS.get(action, action)))
         s = curve.summary
         if s.size:
-            ax.plot([s.size / total], [s.expected_precision], "o", color=color, ms=7, mec="black")
-        parts.append(f"{action}: {_pct(float(curve.expected_precision[0]))} for the top user, "
-                     f"{_pct(float(curve.expected_precision[-1]))} for all {int(total):,}")
+            ax.plot([s.size / total], [s.untreated_rate], "o", color=color, ms=7, mec="black")
+        parts.append(f"{action}: {_pct(float(curve.untreated_rate[0]))} for the top user, "
+                     f"{_pct(float(curve.untreated_rate[-1]))} for all {int(total):,}")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, None)
     ax.xaxis.set_major_formatter(_percent_formatter())
     ax.yaxis.set_major_formatter(_percent_formatter())
     ax.set_xlabel("share of the action's candidates reached (best first)")
-    ax.set_ylabel("expected precision\n(share expected to convert)")
+    ax.set_ylabel("untreated rate\n(share who would buy, or lapse,\nwithout the action)")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     _style(ax)
-    alt = "Line chart of expected precision against audience share per action. " + "; ".join(parts)
-    return _encode(fig, "expected_precision", alt)
+    alt = "Line chart of the untreated rate against audience share per action. " + "; ".join(parts)
+    return _encode(fig, "untreated_rate", alt)
 
 
 def calibration_chart(tables: Mapping[str, pd.DataFrame]) -> Chart:

@@ -46,6 +46,8 @@ MAX_CURVE_POINTS = 400
 class ReportError(ValueError):
     """The report cannot be built from this input (missing columns, bad values, bad metadata)."""
 
+    exit_code = 1  # CLI exit code: bad input
+
 
 def prepare_audience(audience: pd.DataFrame, activation: ActivationConfig) -> pd.DataFrame:
     """A copy of ``audience`` with numeric columns as float64, labels as strings and ``expected_revenue`` present.
@@ -80,6 +82,9 @@ def prepare_audience(audience: pd.DataFrame, activation: ActivationConfig) -> pd
     unknown = sorted(set(out["aipl_layer"].unique()) - set(AIPL_LAYERS))
     if unknown:
         raise ReportError(f"unknown aipl_layer value(s) {unknown[:5]}; expected one of {list(AIPL_LAYERS)}")
+    if "incremental_p" not in out.columns:  # audience files written before lifts: the configured lifts
+        out["incremental_p"] = out["action_p"].fillna(0.0) * out["action"].map(
+            lambda a: activation.lift_of(a) if a in ACTIONS else 0.0).astype("float64")
     if "expected_revenue" not in out.columns:
         out["expected_revenue"] = out["expected_value"] / activation.margin_rate
     return out
@@ -100,14 +105,15 @@ class ActionCurve:
     """Expected outcome of the top ``size`` users of one action, users taken by descending priority.
 
     ``size`` (users, 1..candidates, thinned to at most :data:`MAX_CURVE_POINTS` points keeping both ends),
-    ``expected_conversions`` (cumulative sum of ``action_p``), ``expected_precision`` (its running mean) and the
-    max-profit audience of :func:`select_audience` (``summary``).
+    ``expected_incremental`` (cumulative sum of ``incremental_p``: conversions the action causes, or lapsers it
+    saves), ``untreated_rate`` (running mean of ``action_p``: the share who would buy, or for win-back lapse,
+    without the action) and the max-profit audience of :func:`select_audience` (``summary``).
     """
 
     action: str
     size: np.ndarray
-    expected_conversions: np.ndarray
-    expected_precision: np.ndarray
+    expected_incremental: np.ndarray
+    untreated_rate: np.ndarray
     summary: AudienceSummary
 
 
@@ -120,6 +126,7 @@ def action_curves(audience: pd.DataFrame, activation: ActivationConfig) -> dict[
             continue
         ranked = pool.sort_values(["priority", "user_id"], ascending=[False, True], kind="mergesort")
         p = np.nan_to_num(ranked["action_p"].to_numpy(dtype="float64"), nan=0.0)
+        inc = np.cumsum(np.nan_to_num(ranked["incremental_p"].to_numpy(dtype="float64"), nan=0.0))
         cum = np.cumsum(p)
         size = np.arange(1, len(p) + 1)
         if len(p) > MAX_CURVE_POINTS:
@@ -127,7 +134,7 @@ def action_curves(audience: pd.DataFrame, activation: ActivationConfig) -> dict[
         else:
             keep = np.arange(len(p))
         summary = _select(ranked, action, activation)
-        curves[action] = ActionCurve(action, size[keep], cum[keep], cum[keep] / size[keep], summary)
+        curves[action] = ActionCurve(action, size[keep], inc[keep], cum[keep] / size[keep], summary)
     return curves
 
 

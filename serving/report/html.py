@@ -123,9 +123,9 @@ def kpis(frame: pd.DataFrame, summary: Mapping[str, Any], per_action: Sequence[A
         ("Audience assets (A, I, P, L)", f"{summary.get('n_assets', 0):,}", ""),
         pl,
         ("Users with an action now", f"{int(frame['action'].isin(ACTIONS).sum()):,}", ""),
-        ("Expected purchases from the best-profit audiences (win-back not counted)",
-         num(sum(s.expected_conversions for s in per_action if s.action != "win_back"), ",.1f"), ""),
-        ("Expected profit, best-profit audiences", num(sum(s.expected_profit for s in per_action), ",.2f"), ""),
+        ("Purchases the best-profit audiences cause (win-back saves not counted)",
+         num(sum(s.expected_incremental for s in per_action if s.action != "win_back"), ",.1f"), ""),
+        ("Incremental profit, best-profit audiences", num(sum(s.expected_profit for s in per_action), ",.2f"), ""),
     ]
     items = "".join(
         f'<div class="{f"kpi {cls}" if cls else "kpi"}" data-kpi="{i}"><div class="value">{esc(v)}</div>'
@@ -153,19 +153,21 @@ def aipl_table(summary: Mapping[str, Any]) -> str:
 def actions_table(per_action: Sequence[AudienceSummary], frame: pd.DataFrame) -> str:
     rows = [
         [s.action, ACTION_LABELS.get(s.action, ""), f"{s.candidates:,}", f"{s.size:,}", num(s.cost_per_user, ",.2f"),
-         num(s.total_cost, ",.2f"), num(s.expected_conversions, ",.1f"), share(s.expected_precision),
-         num(s.expected_profit, ",.2f")]
+         num(s.total_cost, ",.2f"), num(s.expected_untreated, ",.1f"), share(s.untreated_rate),
+         f"{s.lift:+.0%} ({s.lift_source})", num(s.expected_incremental, ",.1f"), num(s.expected_profit, ",.2f")]
         for s in per_action
     ]
-    caption = ("Best-profit audience: users ranked by the value of acting now, cut where expected margin minus the "
-               "action's cost is highest. Money in the shop's currency.")
+    caption = ("Best-profit audience: users ranked by the incremental value of acting now, cut where the margin the "
+               "action causes minus its cost is highest. Untreated: buyers (win-back: lapsers) expected without the "
+               "action; lift: the action's effect over that course (win-back: share of lapsers saved), a prior until "
+               "a campaign measured it. Money in the shop's currency.")
     extra = unknown_actions(frame)
     if extra:
         caption += f" Actions not recognised and left out: {', '.join(extra)}."
     return table_block(
         "actions", "Per-action audiences",
         ["action", "what it is", "candidates", "best-profit audience", "cost per user", "total cost",
-         "expected conversions", "expected precision", "expected profit"], rows, caption,
+         "untreated", "untreated rate", "lift", "incremental conversions", "incremental profit"], rows, caption,
     )
 
 

@@ -152,8 +152,10 @@ def test_win_back_at_the_lapse_threshold_with_deadline_and_value():
     assert row["action_deadline"] == iso(AS_OF + timedelta(days=7))
     assert row["urgency"] == 1.0
     assert row["action_p"] == 0.5
-    assert row["expected_value"] == pytest.approx(0.5 * 200.0 * 0.3)
-    assert row["expected_profit"] == pytest.approx(30.0 - 2.0)
+    # incremental: the prior saves 10% of would-be lapsers, never the whole revenue at risk (0.5 x 200)
+    assert (row["lift"], row["incremental_p"]) == (0.10, pytest.approx(0.05))
+    assert row["expected_value"] == pytest.approx(0.5 * 0.10 * 200.0 * 0.3)
+    assert row["expected_profit"] == pytest.approx(3.0 - 2.0)
 
 
 def test_win_back_below_threshold_or_low_value_group_gets_nothing():
@@ -171,7 +173,7 @@ def test_valuable_rfm_groups_are_those_with_frequency_or_monetary_high():
 
 def test_win_back_value_without_amounts_uses_purchase_days_times_default_order_value():
     row = one(**{**LAPSING, "amount_365d": NAN, "purchase_days_365d": 2})
-    assert row["expected_revenue"] == pytest.approx(0.5 * 2 * 60.0)
+    assert row["expected_revenue"] == pytest.approx(0.5 * 0.10 * 2 * 60.0)
 
 
 # --- nurture --------------------------------------------------------------------------------------------------------
@@ -239,8 +241,12 @@ def test_expected_value_formula_and_default_order_value():
         ),
         AS_OF,
     )
-    assert out["expected_value"].tolist() == pytest.approx([0.4 * 100 * 0.3 * 0.75, 0.4 * 60 * 0.3 * 0.75] + [5.4])
-    assert out["expected_revenue"].iloc[0] == pytest.approx(0.4 * 100 * 0.75)
+    lift = 0.15  # coupon_24h prior: +15% over the untreated purchase rate
+    assert out["incremental_p"].tolist() == pytest.approx([0.4 * lift] * 3)
+    assert out["expected_value"].tolist() == pytest.approx(
+        [0.4 * lift * 100 * 0.3 * 0.75, 0.4 * lift * 60 * 0.3 * 0.75, 0.4 * lift * 60 * 0.3 * 0.75]
+    )
+    assert out["expected_revenue"].iloc[0] == pytest.approx(0.4 * lift * 100 * 0.75)
     assert out["priority"].tolist() == out["expected_value"].tolist()
     assert out["expected_profit"].tolist() == pytest.approx((out["expected_value"] - 3.0).tolist())
 
@@ -250,8 +256,8 @@ def test_priority_falls_to_zero_as_the_deadline_approaches():
     out = recommend(frame(*({"days_since_last_cart": a} for a in ages)), AS_OF)
     assert (out["action"] == "coupon_24h").all()
     assert np.all(np.diff(out["priority"].to_numpy()) < 0)
-    assert out["priority"].iloc[0] == pytest.approx(0.5 * 60 * 0.3)
-    assert out["priority"].iloc[-1] == pytest.approx(0.5 * 60 * 0.3 / 86400)
+    assert out["priority"].iloc[0] == pytest.approx(0.5 * 0.15 * 60 * 0.3)
+    assert out["priority"].iloc[-1] == pytest.approx(0.5 * 0.15 * 60 * 0.3 / 86400)
 
 
 def test_higher_p_buy_ranks_higher_at_equal_urgency():
@@ -263,7 +269,27 @@ def test_none_users_have_zero_value_and_no_cost():
     row = one()
     assert row["action"] == "none"
     assert (row["expected_value"], row["action_cost"], row["priority"], row["urgency"]) == (0.0, 0.0, 0.0, 0.0)
+    assert (row["lift"], row["incremental_p"]) == (0.0, 0.0)
     assert np.isnan(row["action_p"])
+
+
+def test_a_measured_lift_replaces_the_prior_and_says_so():
+    cfg = ActivationConfig(lift={"win_back": 0.3}, lift_source={"win_back": "measured"})
+    row = recommend(frame(LAPSING), AS_OF, cfg).iloc[0]
+    assert row["expected_value"] == pytest.approx(0.5 * 0.3 * 200.0 * 0.3)
+    assert cfg.lift_source["win_back"] == "measured" and cfg.lift_source["coupon_24h"] == "prior"
+    assert cfg.lift_of("coupon_24h") == 0.15 and cfg.lift_of("none") == 0.0
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"lift": {"teleport": 0.1}}, "unknown action"),
+    ({"lift": {"win_back": 1.5}}, "lifts must be in"),
+    ({"lift": {"coupon_24h": float("nan")}}, "lifts must be in"),
+    ({"lift_source": {"coupon_24h": "guess"}}, "lift_source"),
+])
+def test_bad_lifts_are_refused(kwargs, message):
+    with pytest.raises(ActivationError, match=message):
+        ActivationConfig(**kwargs)
 
 
 # --- acting later than the feature cutoff ---------------------------------------------------------------------------

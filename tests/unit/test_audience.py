@@ -26,6 +26,7 @@ def pool(values: list[float], action: str = "coupon_24h", p: list[float] | None 
             "expected_value": values,
             "expected_revenue": [v / 0.3 for v in values],
             "action_p": p if p is not None else [0.5] * n,
+            "incremental_p": [0.15 * x for x in p] if p is not None else [0.075] * n,
         }
     )
 
@@ -53,9 +54,9 @@ def test_a_user_worth_exactly_the_cost_is_left_out():
 def test_nobody_worth_it_gives_an_empty_audience():
     chosen, summary = select_audience(pool([2.9, 1.0, 0.0]), "coupon_24h", CFG)
     assert len(chosen) == 0 and summary.size == 0
-    assert (summary.total_cost, summary.expected_profit, summary.expected_conversions) == (0.0, 0.0, 0.0)
-    assert math.isnan(summary.expected_precision)
-    assert summary.to_dict()["expected_precision"] is None
+    assert (summary.total_cost, summary.expected_profit, summary.expected_incremental) == (0.0, 0.0, 0.0)
+    assert math.isnan(summary.untreated_rate)
+    assert summary.to_dict()["untreated_rate"] is None
 
 
 def test_everyone_worth_it_gives_everyone():
@@ -74,8 +75,10 @@ def test_only_users_with_the_action_are_candidates_and_ties_break_by_user_id():
 def test_summary_sums_probabilities_revenue_and_value():
     _chosen, summary = select_audience(pool([6.0, 4.0, 1.0], p=[0.6, 0.2, 0.9]), "coupon_24h", CFG)
     assert summary.size == 2
-    assert summary.expected_conversions == pytest.approx(0.8)
-    assert summary.expected_precision == pytest.approx(0.4)
+    assert summary.expected_untreated == pytest.approx(0.8)
+    assert summary.expected_incremental == pytest.approx(0.15 * 0.8)  # caused by the action, not the untreated course
+    assert summary.untreated_rate == pytest.approx(0.4)
+    assert (summary.lift, summary.lift_source) == (0.15, "prior")
     assert summary.expected_revenue == pytest.approx(10.0 / 0.3)
     assert summary.cost_per_user == 3.0 and summary.action == "coupon_24h"
 
@@ -118,15 +121,17 @@ def test_selection_on_recommend_output():
             "days_since_last_ad": np.nan, "days_since_last_buy": np.nan, "days_since_last_event": 0.1,
             "purchase_gap_mean_days": np.nan, "purchase_days": 0, "amount_mean": 100.0, "amount_365d": 0.0,
             "purchase_days_365d": 0}
-    # p_buy x 100 x 0.3 x urgency vs coupon cost 3: u0 6.0, u1 1.5, u2 4.5 (half the window left)
+    # incremental: p_buy x lift 0.15 x 100 x 0.3 x urgency vs coupon cost 0.5: u0 0.9, u1 0.225, u2 0.675 (half the
+    # window left)
     scored = pd.DataFrame([
         {"user_id": "u0", "p_buy": 0.2, "days_since_last_cart": 0.0, **base},
         {"user_id": "u1", "p_buy": 0.05, "days_since_last_cart": 0.0, **base},
         {"user_id": "u2", "p_buy": 0.3, "days_since_last_cart": 0.5, **base},
     ])
-    chosen, summary = select_audience(recommend(scored, as_of, CFG), "coupon_24h", CFG)
+    cfg = ActivationConfig(cost={"coupon_24h": 0.5})
+    chosen, summary = select_audience(recommend(scored, as_of, cfg), "coupon_24h", cfg)
     assert ids(chosen) == ["u0", "u2"]
-    assert summary.expected_profit == pytest.approx(6.0 + 4.5 - 6.0)
+    assert summary.expected_profit == pytest.approx(0.9 + 0.675 - 1.0)
 
 
 @pytest.mark.parametrize(
@@ -149,5 +154,5 @@ def test_bad_arguments_raise_readable_errors(kwargs, message):
 
 
 def test_frame_without_recommend_columns_is_refused():
-    with pytest.raises(ActivationError, match="serving.activation.actions.recommend"):
+    with pytest.raises(ActivationError, match="propensity score"):
         select_audience(pool([1.0]).drop(columns="priority"), "coupon_24h", CFG)

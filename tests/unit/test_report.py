@@ -172,18 +172,22 @@ def test_headline_numbers(full):
     assert len(kpis) == 6
     text = full[full.index('id="summary"'): full.index('id="assets"')]
     for value, label in (("12", "Users scored"), ("10", "Audience assets"), ("40.0%", "P+L share"),
-                         ("4", "Users with an action now"), ("0.6", "Expected purchases"),
-                         ("10.00", "Expected profit")):
+                         ("4", "Users with an action now"), ("0.1", "Purchases the best-profit audiences cause"),
+                         ("10.00", "Incremental profit")):
         assert f'<div class="value">{value}</div><div class="label">{label}' in text, (value, label)
     assert 'class="kpi good"' in text  # 40% >= the 30% target
 
 
 def test_per_action_table_uses_the_best_profit_audience(full):
     page = Page(full)
-    # action, what it is, candidates, best-profit audience, cost/user, total cost, conversions, precision, profit
-    assert page.row("actions", "coupon_24h")[2:] == ["2", "1", "3.00", "3.00", "0.6", "60.0%", "2.00"]
-    assert page.row("actions", "win_back")[2:] == ["1", "1", "2.00", "2.00", "0.7", "70.0%", "8.00"]
-    assert page.row("actions", "ad_retarget")[2:] == ["1", "0", "0.80", "0.00", "0.0", "n/a", "0.00"]
+    # action, what it is, candidates, best-profit audience, cost/user, total cost, untreated, untreated rate, lift,
+    # incremental conversions (untreated x lift), incremental profit
+    assert page.row("actions", "coupon_24h")[2:] == [
+        "2", "1", "3.00", "3.00", "0.6", "60.0%", "+15% (prior)", "0.1", "2.00"]
+    assert page.row("actions", "win_back")[2:] == [
+        "1", "1", "2.00", "2.00", "0.7", "70.0%", "+10% (prior)", "0.1", "8.00"]
+    assert page.row("actions", "ad_retarget")[2:] == [
+        "1", "0", "0.80", "0.00", "0.0", "n/a", "+10% (prior)", "0.0", "0.00"]
     assert page.row("aipl", "L loyal")[:4] == ["L loyal", "2", "16.7%", "20.0%"]
 
 
@@ -255,8 +259,9 @@ def test_action_curves_take_users_by_priority():
     assert list(curves) == ["coupon_24h", "ad_retarget", "win_back"]  # precedence order, only actions with users
     coupon = curves["coupon_24h"]
     assert coupon.size.tolist() == [1, 2]
-    assert coupon.expected_conversions.tolist() == pytest.approx([0.6, 1.0])
-    assert coupon.expected_precision.tolist() == pytest.approx([0.6, 0.5])
+    # older files carry no incremental_p: the configured lift (coupon prior +15%) over action_p rebuilds it
+    assert coupon.expected_incremental.tolist() == pytest.approx([0.6 * 0.15, 1.0 * 0.15])
+    assert coupon.untreated_rate.tolist() == pytest.approx([0.6, 0.5])
     assert coupon.summary.size == 1 and math.isclose(coupon.summary.expected_profit, 2.0)
     # an audience without expected_revenue gets it rebuilt as value / margin
     assert frame.loc[4, "expected_revenue"] == pytest.approx(5.0 / CFG.margin_rate)
