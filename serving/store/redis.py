@@ -12,7 +12,9 @@ Keys (``P`` is the prefix, default ``propensity``):
 A publish registers the snapshot as ``building``, writes pipelines of multi-field ``HSET`` commands, then
 marks it ``ready`` and sets ``P:current`` in one MULTI/EXEC. Retention removes records and data hashes
 in one MULTI (``UNLINK`` frees memory in the background). A lookup reads ``P:current`` and the ``HMGET``
-in one MULTI/EXEC, so its payloads always come from the snapshot it reports.
+in one MULTI/EXEC, so its payloads always come from the snapshot it reports. The switch (WATCHing the lock)
+and a rollback (WATCHing the pointer and the records) retry when another client touches those keys before
+their EXEC, and give up with a :class:`StoreError` after ``WATCH_ATTEMPTS`` tries.
 """
 
 from __future__ import annotations
@@ -22,27 +24,20 @@ import logging
 import re
 import secrets
 import threading
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Self
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
-from serving.store.base import (
-    ProgressFn,
+from serving.store.encode import ProgressFn, iter_encoded, normalize_user_ids
+from serving.store.errors import StoreError, StoreInputError, StoreUnavailableError
+from serving.store.protocol import BaseScoreStore, Draft
+from serving.store.records import (
     SnapshotInfo,
-    StoreError,
-    StoreInputError,
-    StoreUnavailableError,
-    check_keep,
-    encode_meta,
     expired_snapshots,
     info_from_parts,
-    iter_encoded,
-    new_snapshot_id,
-    normalize_user_ids,
-    parse_created_at,
-    progress_total,
     rollback_target,
     snapshot_record,
     validate_snapshot_id,
@@ -59,6 +54,9 @@ log = logging.getLogger(__name__)
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:{}-]{1,64}$")
 _FIELDS_PER_HSET = 1_000
+WATCH_ATTEMPTS = 10
+"""Optimistic (WATCH/MULTI) updates give up after this many tries when another client keeps touching the keys."""
+T = TypeVar("T")
 
 # Extend the lock only while we still own it; delete it only if we own it.
 _REFRESH_LOCK = (
@@ -77,8 +75,8 @@ def _redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
-class RedisScoreStore:
-    """Score snapshots in Redis (see the module docstring).
+class RedisScoreStore(BaseScoreStore):
+    """Score snapshots in Redis (see the module docstring); publishing follows :class:`BaseScoreStore`.
 
     Args:
         url: ``redis://[:password@]host:port/db``.
@@ -90,6 +88,8 @@ class RedisScoreStore:
         lock_ttl_s: lifetime of the publish lock; refreshed every batch, so a crashed publisher blocks
             the next publish for at most this long.
     """
+
+    _errors = (redis.RedisError,) if redis is not None else ()
 
     def __init__(
         self,
@@ -108,14 +108,13 @@ class RedisScoreStore:
             raise StoreInputError(f"Redis key prefix must be 1-64 characters of [A-Za-z0-9_.:{{}}-], got {prefix!r}")
         self.url = _redact(url)
         self.prefix = prefix
-        self.keep = check_keep(keep)
+        super().__init__(self.url, keep)
         self.batch_rows = max(1, int(batch_rows))
         self._lock_ttl_ms = int(lock_ttl_s * 1000)
         self._k_current = f"{prefix}:current"
         self._k_snapshots = f"{prefix}:snapshots"
         self._k_seq = f"{prefix}:seq"
         self._k_lock = f"{prefix}:publish-lock"
-        self._infos: dict[str, SnapshotInfo] = {}
         self._data_keys: dict[str, str] = {}
         self._last_current: str | None = None
         try:
@@ -183,17 +182,13 @@ class RedisScoreStore:
                         if result[2] is None:
                             raise StoreError(f"Redis score store at {self.url}: record of {expected} is missing")
                         info = self._infos[expected] = _to_info(expected, json.loads(result[2]))
-                    return info, {u: v for u, v in zip(ids, result[1]) if v is not None} if ids else {}
+                    return info, {u: v for u, v in zip(ids, result[1], strict=True) if v is not None} if ids else {}
                 expected = result[0]
                 if expected is None:
                     return None, {}
         except redis.RedisError as exc:
             raise self._error(exc) from None
         raise StoreError(f"Redis score store at {self.url}: the current snapshot kept changing during a lookup")
-
-    def current(self) -> SnapshotInfo | None:
-        """The snapshot being served, or None before the first publish."""
-        return self.lookup([])[0]
 
     def snapshots(self) -> list[SnapshotInfo]:
         """Every complete snapshot kept, last published first."""
@@ -210,68 +205,34 @@ class RedisScoreStore:
         except redis.RedisError as exc:
             raise self._error(exc) from None
 
-    # ------------------------------------------------------------------------------------- writes
-    def publish(
-        self, chunks: Iterable[pd.DataFrame], meta: Mapping[str, Any], *, progress: ProgressFn | None = None
-    ) -> SnapshotInfo:
-        """Write every chunk into a new snapshot, switch the pointer to it, then prune old snapshots.
-
-        Exceptions raised by ``chunks`` propagate unchanged after the partial snapshot is discarded; the
-        previous snapshot stays current. Duplicate user ids raise :class:`StoreInputError`.
-        """
-        created_at = parse_created_at(meta)
-        meta_json = encode_meta(meta)
-        snapshot_id = new_snapshot_id(created_at)
-        info = SnapshotInfo(snapshot_id, created_at, 0, json.loads(meta_json))
-        w = self._writer
+    # ------------------------------------------------------------------------------------- publish hooks
+    @contextmanager
+    def _lock(self) -> Iterator[str]:
+        """``SET NX`` of the lock key with a TTL; yields the token that proves ownership, deletes it at the end."""
         token = secrets.token_hex(16)
+        if not self._writer.set(self._k_lock, token, nx=True, px=self._lock_ttl_ms):
+            ttl = max(0, self._writer.pttl(self._k_lock)) / 1000
+            raise StoreError(
+                f"another publish to {self.url} ({self.prefix}) is in progress (its lock expires in {ttl:.0f} s)"
+            )
         try:
-            if not w.set(self._k_lock, token, nx=True, px=self._lock_ttl_ms):
-                ttl = max(0, w.pttl(self._k_lock)) / 1000
-                raise StoreError(
-                    f"another publish to {self.url} ({self.prefix}) is in progress (its lock expires in {ttl:.0f} s)"
-                )
-        except redis.RedisError as exc:
-            raise self._error(exc) from None
-        try:
-            try:
-                self._drop_unfinished()
-                seq = int(w.incr(self._k_seq))
-                w.hset(self._k_snapshots, snapshot_id, snapshot_record(info, seq=seq, state="building"))
-            except redis.RedisError as exc:
-                raise self._error(exc) from None
-            heartbeat = _LockHeartbeat(self._refresh_lock, self._k_lock, token, self._lock_ttl_ms)
-            heartbeat.start()
-            try:
-                rows = self._bulk_write(snapshot_id, token, chunks, progress_total(meta), progress)
-                heartbeat.stop()  # its PEXPIRE would abort the WATCHed switch; the last flush renewed the lock
-                info = SnapshotInfo(snapshot_id, created_at, rows, info.meta)
-                self._switch(info, seq, token)
-            except BaseException as exc:
-                heartbeat.stop()
-                self._discard(snapshot_id)
-                if isinstance(exc, redis.RedisError):
-                    raise self._error(exc) from None
-                raise
-            self._infos[snapshot_id] = info
-            self._last_current = snapshot_id
-            self._prune(snapshot_id)
+            yield token
         finally:
             try:
                 self._release_lock(keys=[self._k_lock], args=[token])
             except redis.RedisError as exc:
                 log.warning("could not release the publish lock %s: %s", self._k_lock, exc)
-        return info
 
-    def _bulk_write(
-        self,
-        snapshot_id: str,
-        token: str,
-        chunks: Iterable[pd.DataFrame],
-        total: int | None,
-        progress: ProgressFn | None,
+    def _register(self, draft: Draft) -> None:
+        draft.seq = int(self._writer.incr(self._k_seq))
+        record = snapshot_record(draft.info, seq=draft.seq, state="building")
+        self._writer.hset(self._k_snapshots, draft.info.snapshot_id, record)
+
+    def _write(
+        self, draft: Draft, chunks: Iterable[pd.DataFrame], total: int | None, progress: ProgressFn | None
     ) -> int:
-        key = self._data_key(snapshot_id)
+        """Pipelines of multi-field ``HSET``, each flush renewing the lock; a heartbeat renews it in between."""
+        key, token = self._data_key(draft.info.snapshot_id), draft.lease
         pipe = self._writer.pipeline(transaction=False)
         rows = pending = 0
 
@@ -283,39 +244,58 @@ class RedisScoreStore:
             if sum(added) != pending:
                 raise StoreInputError("duplicate user_id in the published chunks (each user must appear once)")
 
-        for ids, payloads in iter_encoded(chunks, total, progress):
-            for start in range(0, len(ids), _FIELDS_PER_HSET):
-                part_ids = ids[start : start + _FIELDS_PER_HSET]
-                args: list[str] = [None] * (2 * len(part_ids))  # type: ignore[list-item]
-                args[0::2] = part_ids
-                args[1::2] = payloads[start : start + _FIELDS_PER_HSET]
-                pipe.execute_command("HSET", key, *args)
-                pending += len(part_ids)
-                if pending >= self.batch_rows:
-                    flush()
-                    rows += pending
-                    pending = 0
-        if pending:
-            flush()
-            rows += pending
+        heartbeat = _LockHeartbeat(self._refresh_lock, self._k_lock, token, self._lock_ttl_ms)
+        heartbeat.start()
+        try:
+            for ids, payloads in iter_encoded(chunks, total, progress):
+                for start in range(0, len(ids), _FIELDS_PER_HSET):
+                    part_ids = ids[start : start + _FIELDS_PER_HSET]
+                    args: list[str] = [None] * (2 * len(part_ids))  # type: ignore[list-item]
+                    args[0::2] = part_ids
+                    args[1::2] = payloads[start : start + _FIELDS_PER_HSET]
+                    pipe.execute_command("HSET", key, *args)
+                    pending += len(part_ids)
+                    if pending >= self.batch_rows:
+                        flush()
+                        rows += pending
+                        pending = 0
+            if pending:
+                flush()
+                rows += pending
+        finally:
+            heartbeat.stop()  # its PEXPIRE would abort the WATCHed switch; the last flush renewed the lock
         return rows
 
-    def _switch(self, info: SnapshotInfo, seq: int, token: str) -> None:
-        """Mark the snapshot ready and point at it in one MULTI, only while we hold the lock."""
-        with self._writer.pipeline(transaction=True) as pipe:
-            for _ in range(10):
-                pipe.watch(self._k_lock)
-                if pipe.get(self._k_lock) != token:
-                    raise StoreError(f"publish lock {self._k_lock} was lost before the switch; snapshot discarded")
-                pipe.multi()
-                pipe.hset(self._k_snapshots, info.snapshot_id, snapshot_record(info, seq=seq, state="ready"))
-                pipe.set(self._k_current, info.snapshot_id)
+    def _switch(self, draft: Draft) -> None:
+        """Mark the snapshot ready and point at it in one MULTI, only while we hold the lock (WATCHed)."""
+        info, seq = draft.info, draft.seq
+
+        def attempt(pipe: Any) -> None:
+            if pipe.get(self._k_lock) != draft.lease:
+                raise StoreError(f"publish lock {self._k_lock} was lost before the switch; snapshot discarded")
+            pipe.multi()
+            pipe.hset(self._k_snapshots, info.snapshot_id, snapshot_record(info, seq=seq, state="ready"))
+            pipe.set(self._k_current, info.snapshot_id)
+            pipe.execute()
+
+        self._watched(
+            self._writer, [self._k_lock], attempt,
+            f"another client kept touching the publish lock {self._k_lock} at {self.url}; gave up the switch after"
+            f" {WATCH_ATTEMPTS} attempts, snapshot discarded (the served snapshot is unchanged)",
+        )  # fmt: skip
+        self._last_current = info.snapshot_id
+
+    def _watched(self, client: Any, keys: Sequence[str], attempt: Callable[[Any], T], gave_up: str) -> T:
+        """``attempt(pipe)`` under WATCH of ``keys``, again while another client touches them before its EXEC;
+        after :data:`WATCH_ATTEMPTS` tries, :class:`StoreError` ``gave_up``."""
+        with client.pipeline(transaction=True) as pipe:
+            for _ in range(WATCH_ATTEMPTS):
+                pipe.watch(*keys)
                 try:
-                    pipe.execute()
-                    return
-                except redis.WatchError:  # the lock key was touched (e.g. expired): check again
+                    return attempt(pipe)
+                except redis.WatchError:
                     continue
-        raise StoreError(f"publish lock {self._k_lock} kept changing; snapshot discarded")
+        raise StoreError(gave_up)
 
     def _delete(self, snapshot_ids: Sequence[str]) -> None:
         if not snapshot_ids:
@@ -327,12 +307,8 @@ class RedisScoreStore:
         for sid in snapshot_ids:
             self._infos.pop(sid, None)
 
-    def _discard(self, snapshot_id: str) -> None:
-        """Best effort: remove a failed publish now (else the next publish drops it)."""
-        try:
-            self._delete([snapshot_id])
-        except redis.RedisError as exc:
-            log.warning("could not remove unfinished snapshot %s: %s", snapshot_id, exc)
+    def _discard_partial(self, snapshot_id: str) -> None:
+        self._delete([snapshot_id])
 
     def _drop_unfinished(self) -> None:
         """Drop snapshots left ``building`` by a crashed publish (called while holding the lock)."""
@@ -342,48 +318,33 @@ class RedisScoreStore:
             log.info("dropping unfinished snapshots %s from %s", unfinished, self.url)
         self._delete(unfinished)
 
-    def _prune(self, current: str) -> None:
-        """Delete snapshots beyond the newest ``keep`` (never ``current``); failures only log a warning."""
-        try:
-            records = self._records(self._writer)
-            self._delete(expired_snapshots(self._ready_newest_first(records), current, self.keep))
-        except redis.RedisError as exc:
-            log.warning("could not prune old snapshots in %s: %s", self.url, exc)
+    def _drop_expired(self, current: str) -> None:
+        records = self._records(self._writer)
+        self._delete(expired_snapshots(self._ready_newest_first(records), current, self.keep))
 
-    def rollback(self, to: str | None = None) -> SnapshotInfo:
-        """Serve snapshot ``to``, or the one published just before the current one when ``to`` is None."""
-        if to is not None:
-            validate_snapshot_id(to)
-        try:
-            with self._client.pipeline(transaction=True) as pipe:
-                while True:
-                    try:
-                        pipe.watch(self._k_current, self._k_snapshots)
-                        records = self._records(pipe)
-                        current = pipe.get(self._k_current)
-                        target = rollback_target(self._ready_newest_first(records), current, to, self.url)
-                        pipe.multi()
-                        pipe.set(self._k_current, target)
-                        pipe.execute()
-                        break
-                    except redis.WatchError:
-                        continue
-            self._last_current = target
+    def _rollback(self, to: str | None) -> SnapshotInfo:
+        """Set the pointer in a MULTI that fails when the pointer or the records changed since they were read."""
+
+        def attempt(pipe: Any) -> SnapshotInfo:
+            records = self._records(pipe)
+            target = rollback_target(self._ready_newest_first(records), pipe.get(self._k_current), to, self.url)
+            pipe.multi()
+            pipe.set(self._k_current, target)
+            pipe.execute()
             return _to_info(target, records[target])
-        except redis.RedisError as exc:
-            raise self._error(exc) from None
+
+        info = self._watched(
+            self._client, [self._k_current, self._k_snapshots], attempt,
+            f"another client kept changing the snapshot pointer {self._k_current} at {self.url}; rollback gave up"
+            f" after {WATCH_ATTEMPTS} attempts and changed nothing",
+        )  # fmt: skip
+        self._last_current = info.snapshot_id
+        return info
 
     # ------------------------------------------------------------------------------------- lifecycle
-    def close(self) -> None:
-        """Close the connection pools."""
+    def _close(self) -> None:
         self._client.close()
         self._writer.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"RedisScoreStore({self.url!r}, prefix={self.prefix!r}, keep={self.keep})"

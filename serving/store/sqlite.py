@@ -23,29 +23,19 @@ import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Self
 
 import pandas as pd
 
-from serving.store.base import (
-    ProgressFn,
+from serving.store.encode import ProgressFn, iter_encoded, normalize_user_ids
+from serving.store.errors import SnapshotNotFoundError, StoreError, StoreInputError, StoreUnavailableError
+from serving.store.protocol import BaseScoreStore, Draft
+from serving.store.records import (
     SnapshotInfo,
-    SnapshotNotFoundError,
-    StoreError,
-    StoreInputError,
-    StoreUnavailableError,
-    check_keep,
-    encode_meta,
     expired_snapshots,
     info_from_parts,
-    iter_encoded,
-    new_snapshot_id,
-    normalize_user_ids,
-    parse_created_at,
-    progress_total,
     rollback_target,
     validate_snapshot_id,
 )
@@ -79,14 +69,8 @@ def table_name(snapshot_id: str) -> str:
     return TABLE_PREFIX + validate_snapshot_id(snapshot_id).replace("-", "_")
 
 
-def _unavailable(path: Path, exc: sqlite3.Error) -> StoreError:
-    if isinstance(exc, sqlite3.IntegrityError):
-        return StoreError(f"score store {path}: {exc}")
-    return StoreUnavailableError(f"score store {path} is unavailable: {exc}")
-
-
-class SQLiteScoreStore:
-    """Score snapshots in one SQLite file (see the module docstring).
+class SQLiteScoreStore(BaseScoreStore):
+    """Score snapshots in one SQLite file (see the module docstring); publishing follows :class:`BaseScoreStore`.
 
     Args:
         path: database file (created with its parent directory when missing).
@@ -95,6 +79,8 @@ class SQLiteScoreStore:
         busy_timeout_s: how long a statement waits for a lock held by another connection.
         mmap_mb: memory-mapped read window of each reader connection (0 turns it off).
     """
+
+    _errors = (sqlite3.Error,)
 
     def __init__(
         self,
@@ -108,7 +94,7 @@ class SQLiteScoreStore:
         if str(path) in ("", ":memory:") or str(path).startswith("file:"):
             raise StoreInputError(f"SQLite score store needs a file path, got {str(path)!r}")
         self.path = Path(path)
-        self.keep = check_keep(keep)
+        super().__init__(str(self.path), keep)
         self.commit_rows = max(1, int(commit_rows))
         self._busy_ms = int(busy_timeout_s * 1000)
         self._mmap_bytes = int(mmap_mb) * 2**20
@@ -117,8 +103,6 @@ class SQLiteScoreStore:
         self._readers_lock = threading.Lock()
         self._readers: dict[int, tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = {}
         self._local = threading.local()
-        self._infos: dict[str, SnapshotInfo] = {}
-        self._closed = False
         self._pid = os.getpid()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,7 +111,7 @@ class SQLiteScoreStore:
         except OSError as exc:
             raise StoreUnavailableError(f"cannot create score store {self.path}: {exc}") from None
         except sqlite3.Error as exc:
-            raise _unavailable(self.path, exc) from None
+            raise self._error(exc) from None
 
     # ------------------------------------------------------------------------------------- connections
     def _connect(self, *, create: bool = False) -> sqlite3.Connection:
@@ -190,8 +174,14 @@ class SQLiteScoreStore:
             raise
         conn.execute("COMMIT")
 
+    def _error(self, exc: Exception) -> StoreError:
+        if isinstance(exc, sqlite3.IntegrityError):
+            return StoreError(f"score store {self.path}: {exc}")
+        return StoreUnavailableError(f"score store {self.path} is unavailable: {exc}")
+
     @contextmanager
-    def _publish_lock(self) -> Iterator[None]:
+    def _lock(self) -> Iterator[None]:
+        """This process's write lock, then an exclusive ``flock`` on ``<file>.lock`` (one publish per file)."""
         with self._write_lock:
             fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -199,6 +189,8 @@ class SQLiteScoreStore:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     raise StoreError(f"another publish to {self.path} is in progress") from None
+                if self._pid != os.getpid():  # forked: never use the parent's connection
+                    self._writer, self._pid = self._connect(), os.getpid()
                 yield
             finally:
                 os.close(fd)  # releases the flock
@@ -238,11 +230,7 @@ class SQLiteScoreStore:
             finally:
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise _unavailable(self.path, exc) from None
-
-    def current(self) -> SnapshotInfo | None:
-        """The snapshot being served, or None before the first publish."""
-        return self.lookup([])[0]
+            raise self._error(exc) from None
 
     def snapshots(self) -> list[SnapshotInfo]:
         """Every complete snapshot kept, last published first."""
@@ -251,7 +239,7 @@ class SQLiteScoreStore:
                 "SELECT snapshot_id, created_at, rows, meta FROM snapshots WHERE state = 'ready' ORDER BY seq DESC"
             ).fetchall()
         except sqlite3.Error as exc:
-            raise _unavailable(self.path, exc) from None
+            raise self._error(exc) from None
         return [info_from_parts(*row) for row in rows]
 
     def ping(self) -> None:
@@ -261,73 +249,35 @@ class SQLiteScoreStore:
         try:
             self._reader().execute("SELECT snapshot_id FROM pointer WHERE id = 1").fetchone()
         except sqlite3.Error as exc:
-            raise _unavailable(self.path, exc) from None
+            raise self._error(exc) from None
 
-    # ------------------------------------------------------------------------------------- writes
-    def publish(
-        self, chunks: Iterable[pd.DataFrame], meta: Mapping[str, Any], *, progress: ProgressFn | None = None
-    ) -> SnapshotInfo:
-        """Write every chunk into a new snapshot, switch the pointer to it, then prune old snapshots.
+    # ------------------------------------------------------------------------------------- publish hooks
+    def _register(self, draft: Draft) -> None:
+        """Insert the ``building`` record and create the snapshot's table, in one transaction."""
+        conn, info = self._writer, draft.info
+        with self._transaction(conn, immediate=True):
+            conn.execute(
+                "INSERT INTO snapshots (snapshot_id, state, created_at, rows, meta) VALUES (?, 'building', ?, 0, ?)",
+                (info.snapshot_id, info.created_at.isoformat(), draft.meta_json),
+            )
+            conn.execute(
+                f'CREATE TABLE "{table_name(info.snapshot_id)}"'
+                " (user_id TEXT PRIMARY KEY NOT NULL, payload TEXT NOT NULL) WITHOUT ROWID"
+            )
 
-        Exceptions raised by ``chunks`` propagate unchanged after the partial snapshot is discarded; the
-        previous snapshot stays current. Duplicate user ids raise :class:`StoreInputError`.
-        """
-        created_at = parse_created_at(meta)
-        meta_json = encode_meta(meta)
-        snapshot_id = new_snapshot_id(created_at)
-        table = table_name(snapshot_id)
-        if self._closed:
-            raise StoreError(f"score store {self.path} is closed")
-        with self._publish_lock():
-            if self._pid != os.getpid():  # forked: never use the parent's connection
-                self._writer, self._pid = self._connect(), os.getpid()
-            conn = self._writer
-            try:
-                self._drop_unfinished(conn)
-                with self._transaction(conn, immediate=True):
-                    conn.execute(
-                        "INSERT INTO snapshots (snapshot_id, state, created_at, rows, meta)"
-                        " VALUES (?, 'building', ?, 0, ?)",
-                        (snapshot_id, created_at.isoformat(), meta_json),
-                    )
-                    conn.execute(
-                        f'CREATE TABLE "{table}"'
-                        " (user_id TEXT PRIMARY KEY NOT NULL, payload TEXT NOT NULL) WITHOUT ROWID"
-                    )
-            except sqlite3.Error as exc:
-                raise _unavailable(self.path, exc) from None
-            try:
-                rows = self._bulk_insert(conn, table, chunks, progress_total(meta), progress)
-                conn.execute("PRAGMA synchronous = FULL")
-                with self._transaction(conn, immediate=True):
-                    conn.execute(
-                        "UPDATE snapshots SET state = 'ready', rows = ? WHERE snapshot_id = ?", (rows, snapshot_id)
-                    )
-                    conn.execute("UPDATE pointer SET snapshot_id = ? WHERE id = 1", (snapshot_id,))
-            except BaseException as exc:
-                self._discard(conn, snapshot_id)
-                if isinstance(exc, sqlite3.Error):
-                    raise _unavailable(self.path, exc) from None
-                raise
-            self._prune(conn, snapshot_id)
-            return self._info(conn, snapshot_id)
-
-    def _bulk_insert(
-        self,
-        conn: sqlite3.Connection,
-        table: str,
-        chunks: Iterable[pd.DataFrame],
-        total: int | None,
-        progress: ProgressFn | None,
+    def _write(
+        self, draft: Draft, chunks: Iterable[pd.DataFrame], total: int | None, progress: ProgressFn | None
     ) -> int:
-        sql = f'INSERT INTO "{table}" (user_id, payload) VALUES (?, ?)'
+        """Bulk-insert in transactions of ``commit_rows`` rows with ``synchronous=NORMAL``."""
+        conn = self._writer
+        sql = f'INSERT INTO "{table_name(draft.info.snapshot_id)}" (user_id, payload) VALUES (?, ?)'
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA cache_size = -65536")  # 64 MiB of pages while bulk-inserting
         rows = pending = 0
         conn.execute("BEGIN")
         for n_chunk, (ids, payloads) in enumerate(iter_encoded(chunks, total, progress)):
             try:
-                conn.executemany(sql, zip(ids, payloads))
+                conn.executemany(sql, zip(ids, payloads, strict=True))
             except sqlite3.IntegrityError:
                 raise StoreInputError(
                     f"duplicate user_id in chunk {n_chunk} (each user must appear once per snapshot)"
@@ -342,25 +292,33 @@ class SQLiteScoreStore:
         conn.execute("PRAGMA cache_size = -2000")  # back to SQLite's default
         return rows
 
-    def _discard(self, conn: sqlite3.Connection, snapshot_id: str) -> None:
-        """Best effort: remove a failed publish now (else the next publish drops it)."""
-        try:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA cache_size = -2000")
-            with self._transaction(conn, immediate=True):
-                self._drop(conn, snapshot_id)
-        except sqlite3.Error as exc:
-            log.warning("could not remove unfinished snapshot %s from %s: %s", snapshot_id, self.path, exc)
+    def _switch(self, draft: Draft) -> None:
+        """Mark the snapshot ``ready`` and move the pointer in one durable transaction."""
+        conn, info = self._writer, draft.info
+        conn.execute("PRAGMA synchronous = FULL")
+        with self._transaction(conn, immediate=True):
+            conn.execute(
+                "UPDATE snapshots SET state = 'ready', rows = ? WHERE snapshot_id = ?", (info.rows, info.snapshot_id)
+            )
+            conn.execute("UPDATE pointer SET snapshot_id = ? WHERE id = 1", (info.snapshot_id,))
+
+    def _discard_partial(self, snapshot_id: str) -> None:
+        conn = self._writer
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA cache_size = -2000")
+        with self._transaction(conn, immediate=True):
+            self._drop(conn, snapshot_id)
 
     @staticmethod
     def _drop(conn: sqlite3.Connection, snapshot_id: str) -> None:
         conn.execute(f'DROP TABLE IF EXISTS "{table_name(snapshot_id)}"')
         conn.execute("DELETE FROM snapshots WHERE snapshot_id = ?", (snapshot_id,))
 
-    def _drop_unfinished(self, conn: sqlite3.Connection) -> None:
+    def _drop_unfinished(self) -> None:
         """Drop snapshots left ``building`` by a crashed publish, and unregistered snapshot tables."""
+        conn = self._writer
         with self._transaction(conn, immediate=True):
             known = {sid: state for sid, state in conn.execute("SELECT snapshot_id, state FROM snapshots")}
             for sid, state in known.items():
@@ -376,25 +334,17 @@ class SQLiteScoreStore:
                 if name not in ready and name == _safe_table(sid):
                     conn.execute(f'DROP TABLE IF EXISTS "{name}"')
 
-    def _prune(self, conn: sqlite3.Connection, current: str) -> None:
-        """Delete snapshots beyond the newest ``keep`` (never ``current``); failures only log a warning."""
-        try:
-            with self._transaction(conn, immediate=True):
-                ids = [r[0] for r in conn.execute(_READY_NEWEST_FIRST)]
-                for sid in expired_snapshots(ids, current, self.keep):
-                    self._drop(conn, sid)
-                    self._infos.pop(sid, None)
-        except sqlite3.Error as exc:
-            log.warning("could not prune old snapshots in %s: %s", self.path, exc)
+    def _drop_expired(self, current: str) -> None:
+        conn = self._writer
+        with self._transaction(conn, immediate=True):
+            ids = [r[0] for r in conn.execute(_READY_NEWEST_FIRST)]
+            for sid in expired_snapshots(ids, current, self.keep):
+                self._drop(conn, sid)
+                self._infos.pop(sid, None)
 
-    def rollback(self, to: str | None = None) -> SnapshotInfo:
-        """Serve snapshot ``to``, or the one published just before the current one when ``to`` is None."""
-        if to is not None:
-            validate_snapshot_id(to)
-        try:
-            conn = self._connect()
-        except sqlite3.Error as exc:
-            raise _unavailable(self.path, exc) from None
+    def _rollback(self, to: str | None) -> SnapshotInfo:
+        """Move the pointer in one transaction of a connection of its own (no wait for a running publish)."""
+        conn = self._connect()
         try:
             with self._transaction(conn, immediate=True):
                 ids = [r[0] for r in conn.execute(_READY_NEWEST_FIRST)]
@@ -402,27 +352,17 @@ class SQLiteScoreStore:
                 target = rollback_target(ids, current, to, str(self.path))
                 conn.execute("UPDATE pointer SET snapshot_id = ? WHERE id = 1", (target,))
             return self._info(conn, target)
-        except sqlite3.Error as exc:
-            raise _unavailable(self.path, exc) from None
         finally:
             conn.close()
 
     # ------------------------------------------------------------------------------------- lifecycle
-    def close(self) -> None:
-        """Close every connection this store opened (the store cannot be used afterwards)."""
-        self._closed = True
+    def _close(self) -> None:
         with self._readers_lock:
             for _, conn in self._readers.values():
                 conn.close()
             self._readers.clear()
         with self._write_lock:
             self._writer.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"SQLiteScoreStore({str(self.path)!r}, keep={self.keep})"

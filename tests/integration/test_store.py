@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import pandas as pd
 import pytest
 
 from serving.store.base import (
+    BaseScoreStore,
     ScoreStore,
     SnapshotInfo,
     SnapshotNotFoundError,
@@ -26,60 +25,10 @@ from serving.store.base import (
     StoreUnavailableError,
     open_store,
 )
-from serving.store.redis import RedisScoreStore
 from serving.store.sqlite import SQLiteScoreStore
+from tests.integration.store_support import Backend, frames, meta_for
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-class Backend:
-    """Builds stores of one kind in a private namespace and counts what is physically stored."""
-
-    def __init__(self, kind: str, tmp_path: Path, redis_url: str | None) -> None:
-        self.kind, self.tmp_path, self.redis_url = kind, tmp_path, redis_url
-        self.db = tmp_path / "scores.db"
-        self.prefix = f"test-{uuid.uuid4().hex[:8]}"
-        self.opened: list[Any] = []
-
-    def make(self, **kwargs: Any) -> Any:
-        if self.kind == "sqlite":
-            store: Any = SQLiteScoreStore(self.db, commit_rows=kwargs.pop("commit_rows", 50), **kwargs)
-        else:
-            batch_rows = kwargs.pop("batch_rows", 50)
-            store = RedisScoreStore(self.redis_url, prefix=self.prefix, batch_rows=batch_rows, **kwargs)
-        self.opened.append(store)
-        return store
-
-    def stored(self) -> tuple[int, int]:
-        """(snapshot data tables/hashes, snapshot records) physically present, finished or not."""
-        if self.kind == "sqlite":
-            with sqlite3.connect(self.db) as conn:
-                tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE name LIKE 'scores_%'").fetchone()[0]
-                records = conn.execute("SELECT count(*) FROM snapshots").fetchone()[0]
-            return tables, records
-        import redis
-
-        client = redis.Redis.from_url(self.redis_url)
-        try:
-            return len(client.keys(f"{self.prefix}:data:*")), client.hlen(f"{self.prefix}:snapshots")
-        finally:
-            client.close()
-
-    def close(self) -> None:
-        for store in self.opened:
-            store.close()
-        if self.kind == "redis":
-            import redis
-
-            client = redis.Redis.from_url(self.redis_url)
-            try:
-                keys = client.keys(f"{self.prefix}:*")
-                if keys:
-                    client.delete(*keys)
-            except redis.RedisError:
-                pass
-            finally:
-                client.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
@@ -94,25 +43,13 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     b.close()
 
 
-def meta_for(batch: str, **extra: Any) -> dict[str, Any]:
-    return {"created_at": "2026-11-24T01:02:03+00:00", "as_of": "2026-11-23", "batch": batch, **extra}
-
-
-def frames(batch: str, n_chunks: int = 3, per_chunk: int = 20, delay: float = 0.0) -> Iterator[pd.DataFrame]:
-    """Chunks of users u<chunk>_<i>; every payload carries the ``batch`` marker of its snapshot."""
-    for c in range(n_chunks):
-        if delay:
-            time.sleep(delay)
-        ids = [f"u{c}_{i}" for i in range(per_chunk)]
-        yield pd.DataFrame(
-            {
-                "user_id": ids,
-                "p_buy": [0.1 + 0.8 * i / per_chunk for i in range(per_chunk)],
-                "rank": list(range(per_chunk)),
-                "reasons": [["cart_24h", f"views_{i}"] for i in range(per_chunk)],
-                "batch": batch,
-            }
-        )
+def test_a_closed_store_refuses_to_publish_and_keeps_what_it_served(backend: Backend) -> None:
+    with backend.make() as store:
+        assert isinstance(store, BaseScoreStore)
+        old = store.publish(frames("old", n_chunks=1), meta_for("old"))
+    with pytest.raises(StoreError, match="is closed"):
+        store.publish(frames("new", n_chunks=1), meta_for("new"))
+    assert backend.make().current() == old and backend.stored() == (1, 1)
 
 
 def test_publish_then_lookup_returns_each_users_record(backend: Backend) -> None:
@@ -355,32 +292,6 @@ def test_readers_never_see_a_mixed_snapshot_during_publishes(backend: Backend, k
     assert store.current().meta["batch"] == "v3"
 
 
-@pytest.mark.redis
-def test_redis_ping_fails_when_down_and_recovers_after_restart(redis_server: Any) -> None:
-    redis_server.ensure_running()
-    store = RedisScoreStore(redis_server.url, prefix=f"test-{uuid.uuid4().hex[:8]}", socket_timeout=0.5)
-    try:
-        store.publish(frames("a", n_chunks=1), meta_for("a"))
-        store.ping()
-        redis_server.stop()
-        started = time.monotonic()
-        with pytest.raises(StoreUnavailableError, match="unavailable"):
-            store.ping()
-        with pytest.raises(StoreUnavailableError):
-            store.lookup(["u0_1"])
-        with pytest.raises(StoreUnavailableError):
-            store.publish(frames("b", n_chunks=1), meta_for("b"))
-        assert time.monotonic() - started < 5
-        redis_server.start()
-        store.ping()
-        assert store.lookup(["u0_1"]) == (None, {})  # the test server keeps nothing across restarts
-        info = store.publish(frames("c", n_chunks=1), meta_for("c"))
-        assert store.lookup(["u0_1"])[0] == info
-    finally:
-        redis_server.ensure_running()
-        store.close()
-
-
 def test_sqlite_ping_fails_when_the_file_is_gone(tmp_path: Path) -> None:
     store = SQLiteScoreStore(tmp_path / "scores.db")
     store.ping()
@@ -411,23 +322,3 @@ def test_open_store_picks_the_backend(tmp_path: Path, request: pytest.FixtureReq
         open_store(tmp_path / "x.db", None, keep=0)
     with pytest.raises(StoreInputError, match="file path"):
         open_store(":memory:", None)
-
-
-@pytest.mark.redis
-def test_open_store_uses_redis_when_a_url_is_given(tmp_path: Path, redis_server: Any) -> None:
-    store = open_store(tmp_path / "unused.db", redis_server.url, prefix="open-store-test")
-    assert isinstance(store, RedisScoreStore) and store.prefix == "open-store-test"
-    assert not (tmp_path / "unused.db").exists()
-    store.close()
-
-
-@pytest.mark.redis
-def test_redis_publish_keeps_its_lock_while_chunks_are_slow(redis_server: Any, tmp_path: Path) -> None:
-    redis_server.ensure_running()
-    backend = Backend("redis", tmp_path, redis_server.url)
-    try:
-        store = backend.make(lock_ttl_s=0.3)  # far shorter than the publish below
-        info = store.publish(frames("slow", n_chunks=4, delay=0.25), meta_for("slow"))
-        assert store.current() == info and info.rows == 80
-    finally:
-        backend.close()

@@ -141,7 +141,6 @@ REVIEWED = {
     ("_reader", "self._mmap_bytes"): "int() of the mmap size set in __init__",
     ("_init_schema", "SCHEMA_VERSION"): "module constant",
     ("lookup", "where"): "'user_id = ?' or 'user_id IN (?,?,...)': placeholders only",
-    ("_bulk_insert", "table"): "parameter; its one caller, publish(), passes table_name(snapshot_id)",
     ("_drop_unfinished", "name"): "a table name read from sqlite_master, dropped only if equal to _safe_table(...)",
 }
 
