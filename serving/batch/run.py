@@ -1,12 +1,16 @@
 """Nightly batch: features as of T -> champion scores -> activation -> audience Parquet -> published snapshot.
 
-Features are built once for the whole audience (DuckDB), then scored, prioritised, written and published in
-chunks of users, so the score frames never hold more than one chunk.
+Features are built once for the whole audience (DuckDB), then scored, prioritised and written to the audience
+Parquet in chunks of users, so the score frames never hold more than one chunk. The snapshot is then published
+from the written file, chunk by chunk, with the defaults for unknown users computed over every scored user.
+
+Publish guard: a batch that scores nobody, or fewer users than ``min_share`` of the served snapshot (a cutoff
+before the data, a truncated events file), raises :class:`PublishRefusedError` before anything is written,
+unless ``force`` is set; the served snapshot stays.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from features.build.builder import build_features
@@ -91,19 +96,105 @@ def reason_masks(actions: pd.Series) -> dict[str, np.ndarray]:
     return {"last_mile_buyer": (action != NO_ACTION) & ~lapse, "lapse_risk": lapse}
 
 
+DEFAULT_MIN_SHARE = 0.5
+"""A batch below this share of the served snapshot's users is refused unless forced (:func:`check_publish`)."""
+LIST_COLUMNS = frozenset({"reasons_buy", "reasons_lapse"})
+
+
+class PublishRefusedError(ValueError):
+    """The batch would replace the served snapshot with an empty or much smaller one; nothing was published."""
+
+    exit_code = 1  # CLI exit code: bad input (a cutoff before the data, a truncated events file)
+
+
+def check_publish(
+    users: int, served: SnapshotInfo | None, *, min_share: float = DEFAULT_MIN_SHARE, force: bool = False
+) -> None:
+    """Refuse (:class:`PublishRefusedError`, one line naming both counts and how to force) to publish a batch of
+    ``users`` rows when it is empty, or when ``users < min_share * served.rows`` (``served``: the snapshot being
+    served, None before the first publish). ``force`` publishes anyway; ``min_share`` is a share in [0, 1]."""
+    if not 0.0 <= float(min_share) <= 1.0:
+        raise ValueError(f"min_share must be a share in [0, 1], got {min_share!r}")
+    if force:
+        return
+    how = "check --as-of (after the events?) and the events file, or publish anyway with --force"
+    if users == 0:
+        now = (f"the served snapshot {served.snapshot_id} has {served.rows:,}" if served is not None
+               else "no snapshot is served yet")
+        raise PublishRefusedError(f"refusing to publish an empty snapshot: the batch scored 0 users and {now}; {how}")
+    if served is not None and users < float(min_share) * served.rows:
+        raise PublishRefusedError(
+            f"refusing to publish: the batch scored {users:,} users, under {float(min_share):.0%} of the "
+            f"{served.rows:,} in the served snapshot {served.snapshot_id}; {how}"
+        )
+
+
+@dataclass
+class PopulationStats:
+    """Running sums over scored users for the defaults of unknown users (:meth:`defaults`): rows, and the sum and
+    count of known ``p_buy`` values, for the users in AIPL layer ``none`` and for everyone."""
+
+    rows: int = 0
+    p_buy_sum: float = 0.0
+    p_buy_n: int = 0
+    none_rows: int = 0
+    none_p_buy_sum: float = 0.0
+    none_p_buy_n: int = 0
+
+    def add(self, frame: pd.DataFrame) -> PopulationStats:
+        """Add one chunk of audience records (``aipl_layer`` and, when scored, ``p_buy``)."""
+        self.rows += len(frame)
+        none = (frame["aipl_layer"] == "none").to_numpy()
+        self.none_rows += int(none.sum())
+        if "p_buy" in frame.columns:
+            p = pd.to_numeric(frame["p_buy"]).to_numpy(dtype="float64", na_value=np.nan)
+            known = ~np.isnan(p)
+            self.p_buy_sum += float(p[known].sum())
+            self.p_buy_n += int(known.sum())
+            self.none_p_buy_sum += float(p[known & none].sum())
+            self.none_p_buy_n += int((known & none).sum())
+        return self
+
+    def defaults(self) -> dict[str, Any]:
+        """What ``/lookup`` returns for a user missing from the snapshot: no history, so the layer-``none`` prior
+        (``p_buy`` = mean over the layer-``none`` users, or over everyone when there are none); ``{}`` for an
+        empty batch."""
+        if self.rows == 0:
+            return {}
+        total, n = (self.none_p_buy_sum, self.none_p_buy_n) if self.none_rows else (self.p_buy_sum, self.p_buy_n)
+        return {
+            "p_buy": total / n if n else None,
+            "p_lapse": None,
+            "aipl_layer": "none",
+            "lifecycle": "new",
+            "rfm_group": "no_purchase",
+            "action": "none",
+            "priority": 0.0,
+        }
+
+
 def population_defaults(frame: pd.DataFrame) -> dict[str, Any]:
-    """What ``/lookup`` returns for a user missing from the snapshot: no history, so the layer-``none`` prior."""
-    none = frame[frame["aipl_layer"] == "none"]
-    base = none if len(none) else frame
-    return {
-        "p_buy": float(base["p_buy"].mean()) if "p_buy" in base and len(base) else None,
-        "p_lapse": None,
-        "aipl_layer": "none",
-        "lifecycle": "new",
-        "rfm_group": "no_purchase",
-        "action": "none",
-        "priority": 0.0,
-    }
+    """:meth:`PopulationStats.defaults` of one frame of audience records."""
+    return PopulationStats().add(frame).defaults()
+
+
+def read_audience_chunks(path: str | Path, chunk_rows: int = 200_000) -> Iterator[pd.DataFrame]:
+    """Audience records from an audience Parquet file (:func:`run_batch`) or a hive-partitioned directory of them
+    (the Spark batch), ``chunk_rows`` at a time: columns in :data:`AUDIENCE_COLUMNS` order (a partition column
+    comes back as a string), reasons as lists; the records :func:`score_chunks` yielded."""
+    dataset = pads.dataset(str(path), format="parquet", partitioning="hive")
+    names = [c for c in AUDIENCE_COLUMNS if c in dataset.schema.names]
+    for batch in dataset.to_batches(columns=names, batch_size=max(1, int(chunk_rows))):
+        if batch.num_rows == 0:
+            continue
+        table = pa.Table.from_batches([batch])
+        if "action" in names and table.schema.field("action").type != pa.string():  # a partition column
+            idx = table.schema.get_field_index("action")
+            table = table.set_column(idx, "action", table.column(idx).cast(pa.string()))
+        frame = table.to_pandas()
+        for name in LIST_COLUMNS & set(frame.columns):
+            frame[name] = pd.Series([None if v is None else list(v) for v in frame[name].tolist()], dtype=object)
+        yield frame
 
 
 def snapshot_meta(
@@ -139,35 +230,36 @@ def run_batch(
     progress: Progress | None = None,
     features: pd.DataFrame | None = None,
     reasons: bool = True,
+    force: bool = False,
+    min_share: float = DEFAULT_MIN_SHARE,
 ) -> BatchResult:
     """Score everyone with an event before ``as_of`` and publish the snapshot (when ``store`` is given).
 
     ``created_at`` is the publish time recorded in the snapshot (passed in: no clock reads here). ``features``:
     a feature table already built as of ``as_of`` with the champions' spec (``build_features`` output, e.g. read
     back with ``features.build.builder.read_features``); ``events`` is then not read. ``reasons=False`` skips the reason
-    codes (SHAP), the bulk of the time on a large audience.
+    codes (SHAP), the bulk of the time on a large audience. ``progress(done, total)`` counts scored users.
+
+    With a ``store``, a batch of no users, or of fewer than ``min_share`` times the served snapshot's users, raises
+    :class:`PublishRefusedError` before scoring (nothing written) unless ``force``. The audience is written to
+    ``<out_path>.partial`` and renamed to ``out_path`` once the snapshot is published; when scoring or the publish
+    fails, the partial file is removed and the served snapshot stays.
     """
     spec = next(iter(bundles.values())).spec
     if any(b.spec != spec for b in bundles.values()):
         raise ValueError("the champion models use different feature specs; retrain both targets together")
     raw = build_features(events, as_of, spec, con=con) if features is None else features
     total = len(raw)
+    if store is not None:
+        check_publish(total, store.current(), min_share=min_share, force=force)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = out_path.with_suffix(".partial")
     counts: dict[str, int] = {}
-    sums = {"p_buy": 0.0, "n": 0}
-    defaults: dict[str, Any] = {}
+    stats = PopulationStats()
     writer: pq.ParquetWriter | None = None
-
-    scored = score_chunks(raw, bundles, as_of, activation, chunk_users, reasons)
-    first = next(scored, None)
-    if first is not None:  # the defaults for unknown users go into the snapshot meta, written before the rows
-        defaults.update(population_defaults(first))
-
-    def chunks() -> Iterator[pd.DataFrame]:
-        nonlocal writer
+    try:
         done = 0
-        for chunk in itertools.chain([first] if first is not None else [], scored):
+        for chunk in score_chunks(raw, bundles, as_of, activation, chunk_users, reasons):
             table = _fixed_types(pa.Table.from_pandas(chunk, preserve_index=False))
             if writer is None:
                 writer = pq.ParquetWriter(tmp_path, table.schema)
@@ -176,28 +268,26 @@ def run_batch(
             writer.write_table(table)
             for action, n in chunk["action"].value_counts().items():
                 counts[str(action)] = counts.get(str(action), 0) + int(n)
-            sums["p_buy"] += float(np.nansum(chunk["p_buy"]))
-            sums["n"] += len(chunk)
+            stats.add(chunk)
             done += len(chunk)
             if progress:
                 progress(done, total)
-            yield chunk
-
-    meta = snapshot_meta(as_of, created_at, total, bundles, defaults, out_path)
-    try:
-        if store is not None:
-            snapshot = store.publish(chunks(), meta)
-        else:
-            for _ in chunks():
-                pass
-            snapshot = None
-    finally:
         if writer is not None:
             writer.close()
-    if total == 0:
-        pq.write_table(pa.table({c: pa.array([], pa.string()) for c in AUDIENCE_COLUMNS}), tmp_path)
+            writer = None
+        else:
+            pq.write_table(pa.table({c: pa.array([], pa.string()) for c in AUDIENCE_COLUMNS}), tmp_path)
+        snapshot = None
+        if store is not None:
+            meta = snapshot_meta(as_of, created_at, total, bundles, stats.defaults(), out_path)
+            snapshot = store.publish(read_audience_chunks(tmp_path, chunk_users), meta)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        tmp_path.unlink(missing_ok=True)
+        raise
     tmp_path.replace(out_path)
     return BatchResult(
         users=total, audience_path=out_path, snapshot=snapshot, action_counts=counts,
-        mean_p_buy=sums["p_buy"] / sums["n"] if sums["n"] else float("nan"),
+        mean_p_buy=stats.p_buy_sum / stats.p_buy_n if stats.p_buy_n else float("nan"),
     )

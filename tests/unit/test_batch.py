@@ -8,6 +8,7 @@ a failed publish leaves (none).
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,8 +19,9 @@ from features.build.builder import build_features
 from features.simulate.shop import GeneratorConfig, generate
 from features.spec.definition import FeatureSpec
 from serving.activation.actions import WIN_BACK, ActivationConfig, recommend
-from serving.batch.run import score_chunks
+from serving.batch.run import PublishRefusedError, check_publish, population_defaults, run_batch, score_chunks
 from serving.scoring import score_features
+from serving.store.base import StoreInputError, encode_chunk, open_store
 
 CONFIG = GeneratorConfig(n_users=400, days=45, seed=11, chunk_users=400)
 AS_OF = CONFIG.start_utc + timedelta(days=42)
@@ -85,3 +87,111 @@ def test_p_lapse_only_for_users_with_a_purchase_before_the_cutoff(shop, bundles)
     assert not (acted.loc[~buyers, "action"] == WIN_BACK).any()
     chunks = pd.concat(list(score_chunks(table, bundles, AS_OF, ActivationConfig(), 150)), ignore_index=True)
     assert chunks["p_lapse"].isna().tolist() == (~buyers).tolist()
+
+
+# ------------------------------------------------------------------------------------------ publish guard
+def _run(raw: pd.DataFrame, bundles: dict[str, Any], store: Any, out: Path, hours: int, **kwargs: Any) -> Any:
+    return run_batch(None, AS_OF, bundles, store, out, features=raw, reasons=False,
+                     created_at=AS_OF + timedelta(hours=hours), **kwargs)
+
+
+def test_an_empty_or_much_smaller_batch_is_not_published_unless_forced(shop, bundles, tmp_path: Path) -> None:
+    _, raw = shop
+    store = open_store(tmp_path / "scores.sqlite")
+    try:
+        with pytest.raises(PublishRefusedError, match="^refusing to publish an empty snapshot: the batch scored 0 "
+                                                      "users and no snapshot is served yet; .* --force$"):
+            _run(raw.iloc[:0], bundles, store, tmp_path / "none.parquet", 1)
+        full = _run(raw, bundles, store, tmp_path / "full.parquet", 2)
+        assert full.snapshot is not None and full.snapshot.rows == len(raw) == store.current().rows
+        served = full.snapshot.snapshot_id
+        with pytest.raises(PublishRefusedError) as empty:
+            _run(raw.iloc[:0], bundles, store, tmp_path / "empty.parquet", 3)
+        assert str(empty.value) == (
+            f"refusing to publish an empty snapshot: the batch scored 0 users and the served snapshot {served} has "
+            f"{len(raw):,}; check --as-of (after the events?) and the events file, or publish anyway with --force"
+        )
+        small = int(len(raw) * 0.4)
+        with pytest.raises(PublishRefusedError) as fewer:
+            _run(raw.iloc[:small], bundles, store, tmp_path / "small.parquet", 4)
+        assert str(fewer.value).startswith(
+            f"refusing to publish: the batch scored {small:,} users, under 50% of the {len(raw):,} in the served "
+            f"snapshot {served}; "
+        ) and "\n" not in str(fewer.value)
+        assert store.current().snapshot_id == served
+        assert not list(tmp_path.glob("empty.*")) and not list(tmp_path.glob("small.*"))  # nothing written
+        assert _run(raw.iloc[:small], bundles, None, tmp_path / "local.parquet", 5).users == small  # no publish
+        lower = _run(raw.iloc[:small], bundles, store, tmp_path / "lower.parquet", 6, min_share=0.3)
+        assert store.current() == lower.snapshot and lower.snapshot.rows == small
+        forced = _run(raw.iloc[:0], bundles, store, tmp_path / "forced.parquet", 7, force=True)
+        assert store.current() == forced.snapshot and forced.snapshot.rows == 0 and forced.users == 0
+        assert pd.read_parquet(tmp_path / "forced.parquet").empty
+    finally:
+        store.close()
+    with pytest.raises(ValueError, match=r"min_share must be a share in \[0, 1\], got 1.5"):
+        check_publish(10, None, min_share=1.5)
+
+
+# ------------------------------------------------------------------------------------------ defaults, partial file
+def test_unknown_user_defaults_come_from_every_chunk(shop, bundles, tmp_path: Path) -> None:
+    """The layer-``none`` prior is the mean over all such users, not over the first chunk's."""
+    _, raw = shop
+    scored = score_features(raw, bundles, AS_OF, reasons=False)
+    none = scored["aipl_layer"] == "none"
+    ranked = np.flatnonzero(none.to_numpy())[np.argsort(-scored.loc[none, "p_buy"].to_numpy(), kind="stable")]
+    order = np.concatenate([ranked[:5], np.flatnonzero(~none.to_numpy()), ranked[5:]])  # chunk 1: the top 5 of none
+    ordered = raw.iloc[order].reset_index(drop=True)
+    expected = float(scored.loc[none, "p_buy"].mean())
+    assert none.sum() > 10
+    assert float(scored.loc[ranked[:5], "p_buy"].mean()) - expected > 1e-3  # the first chunk's prior is far off
+    store = open_store(tmp_path / "scores.sqlite")
+    try:
+        result = _run(ordered, bundles, store, tmp_path / "a.parquet", 1, chunk_users=50)
+        defaults = store.current().meta["defaults"]
+    finally:
+        store.close()
+    assert defaults["p_buy"] == pytest.approx(expected, rel=1e-12)
+    whole = population_defaults(scored)
+    assert whole["p_buy"] == pytest.approx(expected, rel=1e-12)
+    assert {**defaults, "p_buy": 0} == {**whole, "p_buy": 0} and defaults["aipl_layer"] == "none"
+    assert result.mean_p_buy == pytest.approx(float(scored["p_buy"].mean()), rel=1e-12)
+    everyone = population_defaults(scored[~none])  # nobody in layer none: the mean over everyone
+    assert everyone["p_buy"] == pytest.approx(float(scored.loc[~none, "p_buy"].mean()), rel=1e-12)
+
+
+def test_published_records_are_the_scored_ones_byte_for_byte(shop, bundles, tmp_path: Path) -> None:
+    _, raw = shop
+    store = open_store(tmp_path / "scores.sqlite")
+    try:
+        result = run_batch(None, AS_OF, bundles, store, tmp_path / "a.parquet", features=raw, chunk_users=120,
+                           created_at=AS_OF)
+        expected = pd.concat(list(score_chunks(raw, bundles, AS_OF, ActivationConfig(), 120)), ignore_index=True)
+        ids, payloads = encode_chunk(expected)
+        _, found = store.lookup(ids)
+    finally:
+        store.close()
+    assert found == dict(zip(ids, payloads))
+    assert result.action_counts == {str(k): int(v) for k, v in expected["action"].value_counts().items()}
+    written = pd.read_parquet(result.audience_path)
+    assert written["user_id"].tolist() == expected["user_id"].tolist()
+
+
+def test_a_failed_publish_or_scoring_leaves_no_partial_file_and_the_old_snapshot(shop, bundles, tmp_path) -> None:
+    _, raw = shop
+    store = open_store(tmp_path / "scores.sqlite")
+    try:
+        served = _run(raw, bundles, store, tmp_path / "a.parquet", 1).snapshot
+        twice = pd.concat([raw, raw.iloc[:1]], ignore_index=True)  # a duplicate user: the store refuses it
+        with pytest.raises(StoreInputError, match="(?i)duplicate"):
+            _run(twice, bundles, store, tmp_path / "b.parquet", 2)
+        assert not (tmp_path / "b.partial").exists() and not (tmp_path / "b.parquet").exists()
+
+        def stop(done: int, total: int | None) -> None:
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            _run(raw, bundles, store, tmp_path / "c.parquet", 3, chunk_users=100, progress=stop)
+        assert not (tmp_path / "c.partial").exists() and not (tmp_path / "c.parquet").exists()
+        assert store.current() == served
+    finally:
+        store.close()
