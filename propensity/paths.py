@@ -10,6 +10,8 @@ from propensity.config import Settings
 class UnsafeOutputError(ValueError):
     """An output path points at data the service depends on."""
 
+    exit_code = 2  # CLI exit code: a bad option (choose another --out)
+
 
 def protected_paths(cfg: Settings) -> list[tuple[Path, str]]:
     """Files and folders no command may write its outputs into: the store, the MLflow database and artifacts."""
@@ -30,7 +32,9 @@ def check_output(path: Path, cfg: Settings, *, is_dir: bool = False) -> Path:
     target = path.resolve()
     for protected, what in protected_paths(cfg):
         if target == protected or protected in target.parents:
-            raise UnsafeOutputError(f"refusing to write {path}: it would overwrite {what} ({protected}); choose another --out")
+            raise UnsafeOutputError(
+                f"refusing to write {path}: it would overwrite {what} ({protected}); choose another --out"
+            )
         if is_dir and target in protected.parents:
             raise UnsafeOutputError(
                 f"refusing to write into {path}: it holds {what} ({protected}); choose another --out"

@@ -25,6 +25,8 @@ LABEL_FUNCTIONS: dict[str, LabelFn] = {"last_mile_buyer": last_mile_labels, "lap
 class IneligibleError(ValueError):
     """Too few positives or negatives to train or judge a model."""
 
+    exit_code = 1  # CLI exit code: bad input (the data cannot support the run)
+
 
 POPULATION_EVENTS: dict[str, Callable[[ir.Table, datetime], ir.Table]] = {"lapse_risk": buyer_events}
 """Targets whose labels cover only part of the users, and the events of that population at a cutoff."""

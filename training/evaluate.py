@@ -55,6 +55,8 @@ _EPS = float(np.finfo(np.float64).eps)
 class EvaluationInputError(ValueError):
     """Inputs that cannot be evaluated (wrong shape, values out of range, a single class)."""
 
+    exit_code = 1  # CLI exit code: bad input
+
 
 # ----------------------------------------------------------------------------- validation
 

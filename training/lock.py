@@ -17,6 +17,8 @@ from pathlib import Path
 class LockBusyError(RuntimeError):
     """Another run holds the lock."""
 
+    exit_code = 4  # CLI exit code: lock busy
+
 
 @contextmanager
 def exclusive_lock(path: Path, started_at: str) -> Iterator[None]:

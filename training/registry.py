@@ -26,6 +26,8 @@ PREVIOUS_TAG = "previous_champion"
 class RegistryError(RuntimeError):
     """The registry cannot do what was asked (unknown model, no version with that alias, ...)."""
 
+    exit_code = 6  # CLI exit code: a model is unavailable
+
 
 @dataclass(frozen=True)
 class GateDecision:

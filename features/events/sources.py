@@ -18,6 +18,8 @@ from features.events.schema import CANONICAL_COLUMNS, REQUIRED_COLUMNS
 class EventsError(ValueError):
     """Base class of every error raised while reading or validating events."""
 
+    exit_code = 1  # CLI exit code: bad input
+
 
 class SourceError(EventsError):
     """The event source cannot be found or read (no such file, mixed formats, unreadable CSV)."""
@@ -225,8 +227,10 @@ def plan_columns(described: Sequence[tuple[str, str]], mapping: Mapping[str, str
             "map source names with ReadOptions(columns={'<source name>': '<canonical name>'})"
             " or, for a file without a header, pass ReadOptions(header=False, names=(...))"
         )
-        raise MissingColumnError(
+        err = MissingColumnError(
             f"missing required column(s): {', '.join(missing)}; "
             f"columns seen: {', '.join(seen) if seen else '(none)'}; {hint}"
         )
+        err.missing, err.seen = tuple(missing), seen  # for callers that word their own hint (the CLI's --map)
+        raise err
     return ColumnPlan(source=source, types=types, seen=seen)

@@ -202,7 +202,7 @@ class TooManyBadRowsError(EventsError):
     """More than ``max_bad_share`` of the rows were quarantined. ``report`` holds the counts;
     the quarantine file and report were written. The CLI exits with ``exit_code``."""
 
-    exit_code = 2
+    exit_code = 3  # CLI exit code: too many bad rows
 
     def __init__(self, report: ValidationReport, message: str) -> None:
         super().__init__(message)

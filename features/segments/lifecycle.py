@@ -27,6 +27,8 @@ LIFECYCLE_INPUTS: tuple[str, ...] = ("days_since_last_event", "purchase_days")
 class SegmentError(ValueError):
     """A segmenter got input it cannot use, or was used before ``fit``."""
 
+    exit_code = 1  # CLI exit code: bad input
+
 
 def gap_samples(events: ibis.Table, as_of: datetime) -> ibis.Table:
     """Per-user gaps (days, int64) between active days before ``as_of``; columns ``user_id, kind, gap_days``.

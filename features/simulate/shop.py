@@ -47,6 +47,8 @@ PARQUET_OPTIONS: dict = {
 class GeneratorConfigError(ValueError):
     """The generator configuration is invalid; the message says which field and why."""
 
+    exit_code = 2  # CLI exit code: a bad option
+
 
 @dataclass(frozen=True)
 class GeneratorConfig:

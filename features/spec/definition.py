@@ -80,9 +80,13 @@ non-null channel (neutral); a null channel stays null."""
 class FeatureSpecError(ValueError):
     """A :class:`FeatureSpec` field has an invalid value."""
 
+    exit_code = 2  # CLI exit code: a bad setting
+
 
 class FeatureInputError(ValueError):
     """The events given to the feature builder cannot be used (missing column, wrong type, no files...)."""
+
+    exit_code = 1  # CLI exit code: bad input
 
 
 @dataclass(frozen=True)

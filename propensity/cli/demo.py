@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from propensity.cli.main import DataDir, app, friendly, print_assets, print_validation, run_validation, settings
+from propensity.cli.common import DataDir, settings
+from propensity.cli.data import generator_start, parse_day, print_assets, print_validation, run_validation, today_utc
 from propensity.cli.models import run_train
-from propensity.cli.serving import open_score_store, run_report, run_score
+from propensity.cli.serving import activation_config, open_score_store, run_report, run_score
 from propensity.cli.ui import console, kv_table, progress_bar
 from propensity.config import Settings
 
@@ -29,11 +30,12 @@ def truth_cutoffs(cfg: Settings, start: datetime, days: int, lapse_days: int) ->
     return tuple(sorted(found))
 
 
-@app.command()
-@friendly
 def demo(
-    users: Annotated[int, typer.Option(help="Simulated users.")] = 20_000,
-    days: Annotated[int, typer.Option(help="Simulated days.")] = 120,
+    users: Annotated[int, typer.Option(help="Simulated users.", min=1)] = 20_000,
+    days: Annotated[int, typer.Option(help="Simulated days.", min=1)] = 120,
+    end: Annotated[date | None, typer.Option(
+        help="The simulated data ends at the start of this day (UTC).", parser=parse_day, metavar="DATE",
+        show_default="today")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
     data_dir: DataDir = None,
 ) -> None:
@@ -49,19 +51,20 @@ def demo(
 
     con_.rule("1. generate a shop's behavior log (with the true propensities)")
     gen_dir = cfg.data_dir / "generated"
-    base = GeneratorConfig(n_users=users, days=days, seed=seed, dirty_share=0.004, lapse_days=lapse_days)
+    base = GeneratorConfig(n_users=users, days=days, start=generator_start(end or today_utc(), days), seed=seed,
+                           dirty_share=0.004, lapse_days=lapse_days)
     gcfg = GeneratorConfig(**{**base.__dict__, "truth_cutoffs": truth_cutoffs(cfg, base.start_utc, days, lapse_days)})
     with progress_bar("simulating users") as progress:
         gen = generate(gcfg, gen_dir, progress=progress)
     con_.print(f"{gen.n_events:,} events of {gen.n_users:,} users in {gen.events_dir}")
-    end = gcfg.start_utc + timedelta(days=days)
+    cutoff = gcfg.end
 
     con_.rule("2. validate: the contract, quarantine and the row accounting")
-    report = run_validation(cfg, [gen.events_dir], as_of=end)
+    report = run_validation(cfg, [gen.events_dir], as_of=cutoff)
     print_validation(report)
     if gen.raw_dirty_path is not None:
         con_.print("a raw export with bad rows, to show the quarantine:")
-        dirty = run_validation(cfg, [gen.raw_dirty_path], out=cfg.data_dir / "dirty_check", as_of=end,
+        dirty = run_validation(cfg, [gen.raw_dirty_path], out=cfg.data_dir / "dirty_check", as_of=cutoff,
                                max_bad_share=1.0)
         print_validation(dirty)
     if SAMPLE.is_file():
@@ -72,14 +75,14 @@ def demo(
     con_.rule("3. audience assets as of the end of the data")
     con = default_connection()
     table = events_table(report.events_path, con)
-    raw = build_features(table, end, con=con)
-    print_assets(asset_summary(Segmenter().fit(table, raw, end).transform(raw)))
+    raw = build_features(table, cutoff, con=con)
+    print_assets(asset_summary(Segmenter().fit(table, raw, cutoff).transform(raw)))
 
     con_.rule("4. train both targets, track in MLflow, gate to @champion")
-    run_train(cfg, report.events_path, gen.truth_path, data_end=end)
+    run_train(cfg, report.events_path, gen.truth_path, data_end=cutoff)
 
     con_.rule("5. batch scoring: champions -> audience file -> published snapshot")
-    result = run_score(cfg, report.events_path, end)
+    result = run_score(cfg, report.events_path, cutoff)
     _sample_lookup(cfg, result)
 
     con_.rule("6. activation: one audience file per action, and the asset report")
@@ -112,7 +115,6 @@ def _audiences(cfg: Settings, audience_path: Path) -> Path:
     import pandas as pd
     from rich.table import Table
 
-    from propensity.cli.serving import activation_config
     from serving.activation.actions import ACTIONS
     from serving.activation.audiences import select_audience
 
@@ -120,13 +122,13 @@ def _audiences(cfg: Settings, audience_path: Path) -> Path:
     out_dir = cfg.scores_dir / "audiences"
     out_dir.mkdir(parents=True, exist_ok=True)
     table = Table(title="who to activate first (profit-maximising cut per action)", title_justify="left")
-    for col in ("action", "candidates", "selected", "expected conversions", "expected profit", "file"):
+    for col in ("action", "candidates", "selected", "incremental conversions", "incremental profit", "file"):
         table.add_column(col, justify="left" if col in ("action", "file") else "right")
     for action in ACTIONS:
         picked, summary = select_audience(frame, action, activation_config(cfg))
         path = out_dir / f"{action}.csv"
         picked.drop(columns=[c for c in picked.columns if c.startswith("reasons_")]).to_csv(path, index=False)
-        table.add_row(action, f"{summary.candidates:,}", f"{summary.size:,}", f"{summary.expected_conversions:.1f}",
+        table.add_row(action, f"{summary.candidates:,}", f"{summary.size:,}", f"{summary.expected_incremental:.1f}",
                       f"{summary.expected_profit:,.2f}", str(path))
     console().print(table)
     return out_dir
@@ -142,5 +144,6 @@ def _outputs(cfg: Settings, result: Any, audiences: Path, report_path: Path) -> 
         "audiences per action": audiences,
         "asset report": report_path,
         "score store": cfg.redis_url or cfg.store_path,
-        "serve it": "propensity serve  (then POST /lookup)",
+        "serve it": "PROPENSITY_SERVING__API_TOKEN=<secret> propensity serve  (then POST /lookup with "
+                    "Authorization: Bearer <secret>)",
     }))

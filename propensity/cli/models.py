@@ -1,29 +1,34 @@
-"""Model commands: train, retrain, promote, rollback."""
+"""Model commands: train, retrain, promote, rollback, models."""
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from propensity.cli.main import (
+from propensity.cli.common import (
     DataDir,
     Engine,
+    Events,
     SparkMaster,
-    app,
     check_engine,
+    events_path,
     feature_spec,
-    friendly,
-    run_validation,
     settings,
 )
+from propensity.cli.data import run_validation
+from propensity.cli.inputs import check_events
 from propensity.cli.ui import console, frame_table, kv_table
 from propensity.config import Settings
 
-TargetArg = Annotated[str, typer.Argument(help="last_mile_buyer or lapse_risk.")]
+TARGET_HELP = "last_mile_buyer or lapse_risk."
+TargetArg = Annotated[str, typer.Argument(help=TARGET_HELP, metavar="TARGET", show_default=False)]
 Truth = Annotated[Path | None, typer.Option(help="truth.parquet from `propensity generate`, for the oracle AUC.")]
+CLEAN_FILES = ("events.parquet", "quarantine.csv", "validation.json")
+"""What a validation run writes into its folder (switched together by `retrain`)."""
 
 
 def registry(cfg: Settings) -> Any:
@@ -110,32 +115,32 @@ def print_training(report: Any, cfg: Settings) -> None:
             console().print(f"  plots: {next(iter(out.result.plots.values())).parent}")
 
 
-@app.command()
-@friendly
 def train(
-    events: Annotated[Path | None, typer.Option(help="Clean events [default: <data-dir>/clean/events.parquet].")] = None,
+    events: Events = None,
     truth: Truth = None,
     engine: Engine = "duckdb",
     spark_master: SparkMaster = "local[2]",
-    sample: Annotated[float, typer.Option(help="With --engine spark: share of users to train on (0-1].")] = 1.0,
+    sample: Annotated[float, typer.Option(
+        help="With --engine spark: share of users to train on, in (0, 1].", max=1.0)] = 1.0,
     max_users: Annotated[int | None, typer.Option(
-        help="DuckDB engine: train on a seeded sample of at most this many users; 0 = everyone "
-             "[default: the training.max_users setting, 100,000].", min=0)] = None,
+        help="DuckDB engine: train on a seeded sample of at most this many users (at least 1,000); 0 = everyone.",
+        min=0, show_default="the training.max_users setting, 100,000")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Train both targets over stacked cutoffs, log to MLflow as @challenger, promote through the gate."""
     cfg = settings(data_dir=data_dir)
+    check_engine(engine)
+    if not sample > 0:
+        raise typer.BadParameter(f"must be above 0 and at most 1, got {sample}", param_hint="--sample")
     if max_users is not None:
         if 0 < max_users < 1000:
             raise typer.BadParameter("use at least 1,000 users (or 0 for everyone)", param_hint="--max-users")
         training = cfg.training.model_copy(update={"max_users": max_users or None})
         cfg = cfg.model_copy(update={"training": training})
-    run_train(cfg, events or cfg.clean_dir / "events.parquet", truth, engine=check_engine(engine),
-              spark_master=spark_master, sample=sample)
+    source = check_events(events_path(cfg, events), default=events is None)
+    run_train(cfg, source, truth, engine=engine, spark_master=spark_master, sample=sample)
 
 
-@app.command()
-@friendly
 def retrain(
     events: Annotated[list[Path], typer.Argument(help="Raw event file(s) (CSV/Parquet), validated first.")],
     truth: Truth = None,
@@ -145,41 +150,55 @@ def retrain(
     """The scheduled job: validate -> features -> train both targets -> evaluate -> gate.
 
     Idempotent (same data, same seed: same models; the gate keeps the champion unless the new model is better)
-    and locked, so two retrains never interleave. Exit codes: 0 done (promoted or kept), 1 bad input,
-    2 too many bad rows, 3 another run holds the lock.
+    and locked, so two retrains never interleave. The new clean events replace <data-dir>/clean only when the
+    training run succeeds. Exit codes: 0 done (promoted or kept), 1 bad input or too little data to train,
+    2 a bad option, 3 too many bad rows, 4 another run holds the lock, 6 the registry is unavailable.
     """
     from training.lock import exclusive_lock
 
     cfg = settings(data_dir=data_dir)
-    started = datetime.now(UTC).isoformat()
-    with exclusive_lock(cfg.artifact_root / ".retrain.lock", started):
-        report = run_validation(cfg, events, taobao=taobao)
-        run_train(cfg, report.events_path, truth)
+    started = datetime.now(UTC)
+    with exclusive_lock(cfg.artifact_root / ".retrain.lock", started.isoformat()):
+        staging = cfg.data_dir / "retrain" / f"{started:%Y%m%dT%H%M%S}"
+        try:
+            report = run_validation(cfg, events, out=staging, taobao=taobao)
+            run_train(cfg, report.events_path, truth)
+        except BaseException:
+            console(stderr=True).print(f"{cfg.clean_dir} is unchanged; this run's validated events and "
+                                       f"quarantine stay in {staging}", soft_wrap=True, highlight=False)
+            raise
+        switch_clean_events(staging, cfg.clean_dir)
+    console().print(f"clean events of this run now in {cfg.clean_dir / 'events.parquet'}")
 
 
-@app.command()
-@friendly
+def switch_clean_events(staging: Path, clean_dir: Path) -> None:
+    """Move a validation run's outputs from ``staging`` into ``clean_dir`` (each file by an atomic rename)."""
+    clean_dir.mkdir(parents=True, exist_ok=True)
+    for name in CLEAN_FILES:
+        if (staging / name).exists():
+            (staging / name).replace(clean_dir / name)
+    shutil.rmtree(staging, ignore_errors=True)
+    if staging.parent.is_dir() and not any(staging.parent.iterdir()):
+        staging.parent.rmdir()
+
+
 def promote(
     target: TargetArg,
-    version: Annotated[str | None, typer.Option(help="Version to promote [default: the @challenger].")] = None,
+    version: Annotated[str | None, typer.Option(help="Version to promote.", show_default="the @challenger")] = None,
 ) -> None:
     """Point @champion at a version by hand (the previous champion is remembered for rollback)."""
-    reg = registry(settings())
-    done = reg.promote(_target(target), version)
-    console().print(f"{target}: @champion -> version {done}")
+    name = check_target(target)
+    done = registry(settings()).promote(name, version)
+    console().print(f"{name}: @champion -> version {done}")
 
 
-@app.command()
-@friendly
 def rollback(target: TargetArg) -> None:
     """Move @champion back to the version it pointed to before the last promotion."""
-    reg = registry(settings())
-    done = reg.rollback(_target(target))
-    console().print(f"{target}: @champion -> version {done}")
+    name = check_target(target)
+    done = registry(settings()).rollback(name)
+    console().print(f"{name}: @champion -> version {done}")
 
 
-@app.command()
-@friendly
 def models() -> None:
     """Show the champion and challenger versions of both targets."""
     from training.bundle import TARGETS
@@ -189,9 +208,9 @@ def models() -> None:
     console().print(kv_table("registry", rows))
 
 
-def _target(name: str) -> str:
+def check_target(name: str) -> str:
     from training.bundle import TARGETS
 
     if name not in TARGETS:
-        raise typer.BadParameter(f"target must be one of {', '.join(TARGETS)}, got {name!r}")
+        raise typer.BadParameter(f"choose {' or '.join(TARGETS)}, got {name!r}", param_hint="TARGET")
     return name

@@ -1,4 +1,4 @@
-"""Serving commands: score, snapshots, rollback-scores, lookup, serve."""
+"""Serving commands: score, snapshots, rollback-scores, lookup, audience, report, serve, pin."""
 
 from __future__ import annotations
 
@@ -9,21 +9,32 @@ from typing import Annotated, Any
 
 import typer
 
-from propensity.cli.main import (
+from propensity.cli.common import (
+    UNAVAILABLE,
     AsOf,
     DataDir,
     Engine,
+    Events,
     SparkMaster,
-    _required_as_of,
-    app,
     check_engine,
-    friendly,
+    events_path,
     settings,
 )
+from propensity.cli.inputs import InputError, check_audience, check_events, check_feature_file
 from propensity.cli.models import registry
-from propensity.cli.ui import console, kv_table, progress_bar
+from propensity.cli.ui import console, kv_table, progress_bar, warn
 from propensity.config import Settings
 from propensity.paths import check_output
+
+ScoresOpt = Annotated[Path | None, typer.Option(
+    help="Audience file from `propensity score` (Parquet, or its folder with --engine spark).",
+    show_default="the newest in <data-dir>/scores")]
+
+
+class UnavailableError(RuntimeError):
+    """Something the command needs is not there yet or cannot be used (no snapshot, port in use)."""
+
+    exit_code = UNAVAILABLE
 
 
 def open_score_store(cfg: Settings) -> Any:
@@ -48,8 +59,25 @@ def latest_audience(cfg: Settings) -> Path:
     """The newest audience file written by `propensity score`."""
     files = audience_files(cfg)
     if not files:
-        raise FileNotFoundError(f"no audience file in {cfg.scores_dir}: run `propensity score` first")
+        raise InputError(f"no audience file in {cfg.scores_dir}: run `propensity score --as-of T` first "
+                         "(or pass --scores)")
     return files[-1]
+
+
+def read_audience(path: Path, columns: Any, columns_read: list[str] | None = None) -> Any:
+    """An audience file checked for ``columns`` and read as pandas."""
+    import pandas as pd
+
+    check_audience(path, columns)
+    return pd.read_parquet(path, columns=columns_read)
+
+
+def check_action(action: str) -> str:
+    from serving.activation.actions import ACTIONS
+
+    if action not in ACTIONS:
+        raise typer.BadParameter(f"choose one of {', '.join(ACTIONS)}; got {action!r}", param_hint="--action")
+    return action
 
 
 def run_audience(
@@ -57,15 +85,12 @@ def run_audience(
     top: int | None = None,
 ) -> Any:
     """Pick the audience for one action from an audience file, write it as CSV, print the expected outcome."""
-    import pandas as pd
+    from serving.activation.audiences import AUDIENCE_COLUMNS, select_audience
 
-    from serving.activation.audiences import select_audience
-
+    check_action(action)
     check_output(out, cfg)
-    source = scores or latest_audience(cfg)
-    picked, summary = select_audience(
-        pd.read_parquet(source), action, activation_config(cfg), budget=budget, top_k=top
-    )
+    frame = read_audience(scores or latest_audience(cfg), AUDIENCE_COLUMNS)
+    picked, summary = select_audience(frame, action, activation_config(cfg), budget=budget, top_k=top)
     out.parent.mkdir(parents=True, exist_ok=True)
     columns = [c for c in ("audience_rank", "user_id", "action", "action_deadline", "action_p", "priority",
                            "expected_profit", "aipl_layer", "lifecycle", "rfm_group") if c in picked.columns]
@@ -80,7 +105,7 @@ def prebuilt_features(path: Path, as_of: datetime, spec: Any) -> Any:
     """A feature file from ``propensity features``, checked against the cutoff and the champions' feature spec."""
     from features.build.builder import read_features
 
-    table, meta = read_features(path)
+    table, meta = read_features(check_feature_file(path))
     if meta["as_of"] != as_of:
         raise typer.BadParameter(f"{path} holds features as of {meta['as_of'].isoformat()}, not {as_of.isoformat()}",
                                  param_hint="--features")
@@ -101,6 +126,11 @@ def run_score(
     from serving.batch.run import run_batch
     from training.job import load_champions
 
+    if features is None and engine == "duckdb":
+        from features.build.builder import default_connection, events_table
+        from propensity.cli.data import warn_cutoff
+
+        warn_cutoff(events_table(events, default_connection()), as_of, "the batch")
     bundles = load_champions(registry(cfg))
     table = prebuilt_features(features, as_of, next(iter(bundles.values())).spec) if features else None
     suffix = "" if engine == "spark" else ".parquet"
@@ -138,12 +168,12 @@ def run_score(
     return result
 
 
-@app.command()
-@friendly
 def score(
     as_of: AsOf,
-    events: Annotated[Path | None, typer.Option(help="Clean events [default: <data-dir>/clean/events.parquet].")] = None,
-    out: Annotated[Path | None, typer.Option(help="Audience Parquet [default: <data-dir>/scores/...].")] = None,
+    events: Events = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Audience Parquet file (a folder with --engine spark).",
+        show_default="<data-dir>/scores/audience_<as-of>.parquet")] = None,
     publish: Annotated[bool, typer.Option(help="Publish the scores to the score store.")] = True,
     engine: Engine = "duckdb",
     spark_master: SparkMaster = "local[2]",
@@ -157,47 +187,57 @@ def score(
 ) -> None:
     """Batch-score every user with the @champion models and publish a new score snapshot atomically."""
     cfg = settings(data_dir=data_dir)
+    check_engine(engine)
     if features is not None and engine != "duckdb":
         raise typer.BadParameter("--features works with the duckdb engine only", param_hint="--features")
-    run_score(cfg, events or cfg.clean_dir / "events.parquet", _required_as_of(as_of), out, publish,
-              check_engine(engine), spark_master, features, reasons)
+    source = events_path(cfg, events)
+    if features is not None:
+        check_feature_file(features)
+    else:
+        check_events(source, default=events is None)
+    run_score(cfg, source, as_of, out, publish, engine, spark_master, features, reasons)
 
 
-@app.command()
-@friendly
 def snapshots(data_dir: DataDir = None) -> None:
     """List the score snapshots kept in the store (newest first; * marks the one being served)."""
     cfg = settings(data_dir=data_dir)
     store = open_score_store(cfg)
     try:
         current = store.current()
-        for snap in store.snapshots():
+        found = store.snapshots()
+        for snap in found:
             mark = "*" if current and snap.snapshot_id == current.snapshot_id else " "
             console().print(f"{mark} {snap.snapshot_id}  rows={snap.rows:,}  as_of={snap.meta.get('as_of')}")
     finally:
         store.close()
+    if not found:
+        console().print(f"no snapshot in {cfg.redis_url or cfg.store_path}: run `propensity score --as-of T` first")
 
 
-@app.command("rollback-scores")
-@friendly
 def rollback_scores(
-    to: Annotated[str | None, typer.Option(help="Snapshot id [default: the previous snapshot].")] = None,
+    to: Annotated[str | None, typer.Option(help="Snapshot id (see `propensity snapshots`).",
+                                           show_default="the snapshot before the current one")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Serve an earlier score snapshot again (atomic pointer switch)."""
+    from serving.store.base import SnapshotNotFoundError
+
     cfg = settings(data_dir=data_dir)
     store = open_score_store(cfg)
     try:
         snap = store.rollback(to)
+    except SnapshotNotFoundError as exc:
+        if to is None:
+            raise
+        raise typer.BadParameter(f"{exc}; `propensity snapshots` lists them", param_hint="--to") from None
     finally:
         store.close()
     console().print(f"now serving snapshot {snap.snapshot_id} (as_of {snap.meta.get('as_of')})")
 
 
-@app.command()
-@friendly
 def lookup(
-    user_ids: Annotated[list[str], typer.Argument(help="User id(s) to look up in the current snapshot.")],
+    user_ids: Annotated[list[str], typer.Argument(help="User id(s) to look up in the current snapshot.",
+                                                  metavar="USER_ID...")],
     data_dir: DataDir = None,
 ) -> None:
     """Print the stored scores of some users, as the /lookup API would return them."""
@@ -208,22 +248,22 @@ def lookup(
     finally:
         store.close()
     if snap is None:
-        console().print("no snapshot published yet: run `propensity score` first")
-        raise typer.Exit(4)
+        raise UnavailableError(f"no snapshot published in {cfg.redis_url or cfg.store_path}: "
+                               "run `propensity score --as-of T` first")
     for uid in user_ids:
-        record = json.loads(found[uid]) if uid in found else {"user_id": uid, "found": False, **snap.meta.get("defaults", {})}
+        record = json.loads(found[uid]) if uid in found else {
+            "user_id": uid, "found": False, **snap.meta.get("defaults", {})}
         console().print_json(data=record)
     console().print(f"snapshot {snap.snapshot_id}, as_of {snap.meta.get('as_of')}")
 
 
-@app.command()
-@friendly
 def audience(
-    action: Annotated[str, typer.Option(help="coupon_24h, ad_retarget, repurchase_reminder, win_back or nurture.")],
+    action: Annotated[str, typer.Option(
+        help="coupon_24h, ad_retarget, repurchase_reminder, win_back or nurture.", metavar="ACTION")],
     out: Annotated[Path, typer.Option(help="CSV file to write.")],
-    budget: Annotated[float | None, typer.Option(help="Spend at most this much (currency).")] = None,
-    top: Annotated[int | None, typer.Option(help="Take the best K users.")] = None,
-    scores: Annotated[Path | None, typer.Option(help="Audience Parquet [default: the newest scored file].")] = None,
+    budget: Annotated[float | None, typer.Option(help="Spend at most this much (currency).", min=0.0)] = None,
+    top: Annotated[int | None, typer.Option(help="Take the best K users.", min=0)] = None,
+    scores: ScoresOpt = None,
     data_dir: DataDir = None,
 ) -> None:
     """Who to activate with one action: the profit-maximising audience (or the best under --budget / --top)."""
@@ -231,125 +271,115 @@ def audience(
     run_audience(cfg, action, out, scores=scores, budget=budget, top=top)
 
 
-def run_report(cfg: Settings, out: Path | None = None, scores: Path | None = None) -> Path:
-    """Write the audience-asset report for the newest (or given) audience file; returns its path."""
+def snapshot_of(cfg: Settings, source: Path) -> Any:
+    """The published snapshot whose audience file is ``source`` (else the current one; None without any)."""
+    store = open_score_store(cfg)
+    try:
+        found = store.snapshots()
+        current = store.current()
+    finally:
+        store.close()
+    resolved = str(Path(source).resolve())
+    match = [s for s in found if s.meta.get("audience_path") == resolved]
+    return match[0] if match else current
+
+
+def run_report(cfg: Settings, out: Path | None = None, scores: Path | None = None,
+               previous: Path | None = None) -> Path:
+    """Write the audience-asset report for the newest (or given) audience file; returns its path.
+
+    The AIPL flow compares it with ``previous`` (default: the audience file written before it, if any)."""
     import pandas as pd
 
     from serving.report.build import build_report, write_report
+    from serving.report.data import REQUIRED_COLUMNS
     from training.bundle import TARGETS
     from training.registry import CHAMPION
 
+    target = check_output(out or cfg.reports_dir / "report.html", cfg)
     source = scores or latest_audience(cfg)
-    audience = pd.read_parquet(source)
-    earlier = [f for f in audience_files(cfg) if f.name < source.name]
-    previous = pd.read_parquet(earlier[-1], columns=["user_id", "aipl_layer"]) if earlier else None
+    audience_frame = read_audience(source, REQUIRED_COLUMNS)
+    if previous is None:
+        earlier = [f for f in audience_files(cfg) if f.name < source.name]
+        previous = earlier[-1] if earlier else None
+    before = read_audience(previous, ("user_id", "aipl_layer"), ["user_id", "aipl_layer"]) if previous else None
     reg = registry(cfg)
     model_info: dict[str, Any] = {}
     calibration: dict[str, Any] = {}
-    for target in TARGETS:
-        if reg.version(target, CHAMPION) is None:
+    for name in TARGETS:
+        if reg.version(name, CHAMPION) is None:
             continue
-        bundle, version = reg.load_bundle(target, CHAMPION)
-        model_info[target] = {
-            "version": version, "metrics": reg.run_metrics(target, CHAMPION),
+        bundle, version = reg.load_bundle(name, CHAMPION)
+        model_info[name] = {
+            "version": version, "metrics": reg.run_metrics(name, CHAMPION),
             "test_as_of": bundle.meta.get("test_as_of"),
         }
         if bundle.meta.get("reliability"):
-            calibration[target] = pd.DataFrame(bundle.meta["reliability"])
-    store = open_score_store(cfg)
-    try:
-        snapshot = store.current()
-    finally:
-        store.close()
+            calibration[name] = pd.DataFrame(bundle.meta["reliability"])
     html = build_report(
-        audience, previous=previous, model_info=model_info, calibration=calibration or None,
-        snapshot_info=snapshot, activation=activation_config(cfg), generated_at=datetime.now(UTC),
+        audience_frame, previous=before, model_info=model_info, calibration=calibration or None,
+        snapshot_info=snapshot_of(cfg, source), activation=activation_config(cfg), generated_at=datetime.now(UTC),
     )
-    return write_report(html, check_output(out or cfg.reports_dir / "report.html", cfg))
+    return write_report(html, target)
 
 
-@app.command()
-@friendly
 def report(
-    out: Annotated[Path | None, typer.Option(help="HTML file [default: <data-dir>/reports/report.html].")] = None,
-    scores: Annotated[Path | None, typer.Option(help="Audience Parquet [default: the newest scored file].")] = None,
+    out: Annotated[Path | None, typer.Option(help="HTML file.", show_default="<data-dir>/reports/report.html")] = None,
+    scores: ScoresOpt = None,
+    previous: Annotated[Path | None, typer.Option(
+        help="An earlier audience file to compare with (the AIPL flow).",
+        show_default="the audience file written before --scores")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """One self-contained HTML page of the audience assets, flows, scores, audiences and model quality."""
     cfg = settings(data_dir=data_dir)
-    path = run_report(cfg, out, scores)
+    path = run_report(cfg, out, scores, previous)
     console().print(f"report written to {path} (open it in any browser; it needs no network)")
 
 
-@app.command()
-@friendly
+def check_port_free(host: str, port: int) -> None:
+    """Raise :class:`UnavailableError` when something already listens on ``host:port``."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except PermissionError:
+            raise UnavailableError(f"port {port} on {host} needs more privileges: choose one above 1023 with --port")
+        except OSError as exc:
+            reason = "is in use" if exc.errno in (98, 48, 10048) else f"cannot be bound ({exc.strerror})"
+            raise UnavailableError(f"port {port} on {host} {reason}: stop what runs there or choose another "
+                                   "with --port") from None
+
+
 def serve(
-    host: Annotated[str | None, typer.Option(help="Bind address [default: 127.0.0.1].")] = None,
-    port: Annotated[int | None, typer.Option(help="Port [default: 3000].")] = None,
-    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    host: Annotated[str | None, typer.Option(help="Bind address.", show_default="127.0.0.1")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.", min=1, max=65535, show_default="3000")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 1,
     model_dir: Annotated[Path | None, typer.Option(help="Serve pinned bundles from here, not the registry.")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Run the BentoML service (/lookup, /score, /audience, health, metrics). Needs PROPENSITY_SERVING__API_TOKEN
     (or _API_TOKEN_FILE), or PROPENSITY_SERVING__ALLOW_NO_AUTH=1 for a local experiment."""
     from propensity.service.launch import serve_command
-    from propensity.service.options import ServiceConfigError, service_options
+    from propensity.service.options import service_options
 
     cfg = settings(data_dir=data_dir)
-    try:
-        service_options(cfg)
-    except ServiceConfigError as exc:
-        console().print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(1) from None
-    raise typer.Exit(serve_command(cfg, host, port, workers, model_dir=model_dir))
+    service_options(cfg)
+    if model_dir is not None and not model_dir.is_dir():
+        raise InputError(f"{model_dir} is not a folder of pinned bundles (--model-dir); `propensity pin` makes one")
+    check_port_free(host or cfg.serving.host, port or cfg.serving.port)
+    code = serve_command(cfg, host, port, workers, model_dir=model_dir)
+    if code:
+        warn(f"the server stopped with exit code {code}")
+        raise typer.Exit(UNAVAILABLE)
 
 
-@app.command()
-@friendly
 def pin(data_dir: DataDir = None) -> None:
     """Copy both @champion bundles into a BentoML model, so `bentoml build` makes a Bento that needs no registry."""
     from propensity.service.pin import pin_champions
 
     path = pin_champions(settings(data_dir=data_dir))
     console().print(f"champions pinned in {path}; now run: bentoml build")
-
-
-@app.command()
-@friendly
-def flow(
-    before: Annotated[datetime, typer.Option("--from", help="The earlier cutoff (ISO date or time; naive = UTC).")],
-    after: Annotated[datetime, typer.Option("--to", help="The later cutoff.")],
-    events: Annotated[Path | None, typer.Option(help="Clean events [default: <data-dir>/clean/events.parquet].")] = None,
-    data_dir: DataDir = None,
-) -> None:
-    """How the audience moved between two cutoffs: the AIPL transition matrix, flow rates, reach, P+L share."""
-    import pandas as pd
-
-    from features.build.builder import build_features, default_connection, events_table
-    from features.spec.definition import FeatureSpec
-    from propensity.cli.main import utc
-    from propensity.cli.ui import frame_table
-    from serving.activation.flow import aipl_flow
-
-    cfg = settings(data_dir=data_dir)
-    t0, t1 = utc(before), utc(after)
-    assert t0 is not None and t1 is not None
-    if t0 >= t1:
-        raise typer.BadParameter("--from must be earlier than --to")
-    con = default_connection()
-    table = events_table(events or cfg.clean_dir / "events.parquet", con)
-    spec = FeatureSpec(windows=cfg.features.windows)
-    layers = [build_features(table, t, spec, con=con)[["user_id", "aipl_layer"]] for t in (t0, t1)]
-    report = aipl_flow(*layers)
-    counts = report.counts.copy()
-    counts.index.name = "from \\ to"
-    console().print(frame_table(f"AIPL flow {t0:%Y-%m-%d} -> {t1:%Y-%m-%d} (users)", counts, "{:,.0f}"))
-    rates = pd.DataFrame({"rate": report.rates}).rename_axis("flow")
-    console().print(frame_table("flow rates (share of the earlier layer)", rates, "{:.1%}"))
-    console().print(kv_table("assets", {
-        "reach before": report.reach_before, "reach after": report.reach_after,
-        "new users": report.n_new, "users gone": report.n_gone,
-        "P+L share before": f"{report.pl_share_before:.1%}",
-        "P+L share after": f"{report.pl_share_after:.1%} (target >= {report.pl_target:.0%}: "
-                           f"{'met' if report.pl_target_met else 'missed'})",
-    }))

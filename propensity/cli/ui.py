@@ -8,15 +8,26 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 ProgressFn = Callable[[int, int | None], None]
 
 
-def console() -> Console:
-    """The shared console (stderr stays free for errors)."""
-    return Console(highlight=False)
+def console(stderr: bool = False) -> Console:
+    """A console on stdout for results; ``stderr=True`` for errors and warnings."""
+    return Console(highlight=False, stderr=stderr)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr: the command goes on, but its result may be empty or stale."""
+    console(stderr=True).print(f"[bold yellow]warning:[/] {escape(message)}", soft_wrap=True)
+
+
+def error(message: str) -> None:
+    """The one-line message of an error that stops the command (on stderr)."""
+    console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
 
 
 @contextmanager

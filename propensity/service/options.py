@@ -35,6 +35,8 @@ _TRUE = {"1", "true", "yes", "on"}
 class ServiceConfigError(RuntimeError):
     """The service cannot start with this configuration; the message says what to set."""
 
+    exit_code = 2  # CLI exit code: a bad setting
+
 
 def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     """The settings passed by the parent process in ``PROPENSITY_SETTINGS_JSON``, else the usual sources."""

@@ -90,6 +90,8 @@ SECONDS_PER_DAY = 86_400.0
 class ActivationError(ValueError):
     """Bad activation input: missing or invalid columns, an invalid configuration, an unknown action."""
 
+    exit_code = 1  # CLI exit code: bad input
+
 
 @dataclass(frozen=True)
 class ActivationConfig:

@@ -39,6 +39,8 @@ FLOW_PAIRS: tuple[tuple[str, str], ...] = (
 class FlowError(ValueError):
     """A snapshot cannot be compared: missing columns, duplicate users or unknown layers."""
 
+    exit_code = 1  # CLI exit code: bad input
+
 
 @dataclass(frozen=True)
 class FlowReport:

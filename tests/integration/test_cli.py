@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from propensity.cli.common import EXIT_CODES
 from propensity.cli.main import app
 
 pytestmark = pytest.mark.integration
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture()
 def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
-    for var in ("PROPENSITY_REDIS_URL", "PROPENSITY_TRACKING_URI", "PROPENSITY_DATA_DIR"):
+    for var in ("PROPENSITY_REDIS_URL", "PROPENSITY_TRACKING_URI", "PROPENSITY_DATA_DIR", "PROPENSITY_STORE_PATH",
+                "PROPENSITY_ARTIFACT_ROOT", "PROPENSITY_CONFIG"):
         monkeypatch.delenv(var, raising=False)
     runner = CliRunner()
 
@@ -34,20 +39,40 @@ def _csv(path: Path, text: str) -> Path:
     return path
 
 
-def test_missing_required_column_names_it_and_the_columns_seen(run, tmp_path: Path):
+def one_error_line(result) -> str:
+    """The one line of the error on stderr (other stderr lines may be warnings or library logs, never a box)."""
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, result.output
+    assert "╭" not in result.output and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+EVENTS_CSV = (
+    "user_id,ts,behavior\n"
+    "a,2026-01-01T10:00:00,view\na,2026-01-03T10:00:00,fav\n"  # A on Jan 2 -> I on Jan 5
+    "b,2026-01-01T10:00:00,buy\nb,2026-01-03T10:00:00,buy\n"  # P on Jan 2 -> L on Jan 5
+    "c,2026-01-04T10:00:00,view\n"  # new between the cutoffs, A
+)
+
+
+def test_missing_required_column_names_it_the_columns_seen_and_the_cli_options(run, tmp_path: Path):
     src = _csv(tmp_path / "e.csv", "user_id,when,behavior\nu1,2026-01-01T00:00:00,view\n")
     result = run("validate", str(src), "--as-of", "2026-02-01")
     assert result.exit_code == 1
-    assert "ts" in result.output and "when" in result.output
+    line = one_error_line(result)
+    assert "ts" in line and "when" in line and "--map" in line and "--names" in line
+    assert "ReadOptions" not in result.output
+    fixed = run("validate", str(src), "--as-of", "2026-02-01", "--map", "when=ts")
+    assert fixed.exit_code == 0, fixed.output
 
 
-def test_too_many_bad_rows_exit_2_with_a_summary_by_reason(run, tmp_path: Path):
+def test_too_many_bad_rows_exit_3_with_a_summary_by_reason(run, tmp_path: Path):
     src = _csv(
         tmp_path / "e.csv",
         "user_id,ts,behavior\nu1,2026-01-01T00:00:00,view\n,2026-01-01T00:00:00,view\nu2,yesterday,view\n",
     )
     result = run("validate", str(src), "--as-of", "2026-02-01")
-    assert result.exit_code == 2
+    assert result.exit_code == 3
     assert "null_user_id" in result.output and "bad_ts" in result.output
     assert (tmp_path / "data" / "clean" / "quarantine.csv").is_file()
 
@@ -62,42 +87,56 @@ def test_validate_prints_the_row_accounting(run, tmp_path: Path):
     assert "3 == 2 + 0 + 1" in result.output
 
 
+def test_bad_reader_options_are_usage_errors_naming_the_option(run, tmp_path: Path):
+    src = _csv(tmp_path / "e.csv", EVENTS_CSV)
+    for args, option in ((["--map", "when"], "--map"), (["--map", "when=timestamp"], "--map"),
+                         (["--source-tz", "Mars/Olympus"], "--source-tz"), (["--names", "a,,b"], "--names")):
+        result = run("validate", str(src), *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert option in one_error_line(result)
+
+
 def test_outputs_never_overwrite_the_store_or_registry(run, tmp_path: Path):
     src = _csv(tmp_path / "e.csv", "user_id,ts,behavior\nu1,2026-01-01T00:00:00,view\n")
     result = run("validate", str(src), "--as-of", "2026-02-01", "--out", "mlruns")
-    assert result.exit_code == 1 and "refusing to write" in result.output
+    assert result.exit_code == 2 and "refusing to write" in one_error_line(result)
     result = run("audience", "--action", "nurture", "--out", "data/store/scores.sqlite")
-    assert result.exit_code == 1 and "score store" in result.output
+    assert result.exit_code == 2 and "score store" in one_error_line(result)
 
 
 def test_unknown_action_and_missing_inputs_are_explained(run):
-    assert run("audience", "--action", "bogus", "--out", "a.csv").exit_code == 1
+    bogus = run("audience", "--action", "bogus", "--out", "a.csv")
+    assert bogus.exit_code == 2 and "coupon_24h" in one_error_line(bogus)
     missing = run("audience", "--action", "nurture", "--out", "a.csv")
-    assert missing.exit_code == 1 and "propensity score" in missing.output
-    no_model = run("score", "--as-of", "2026-02-01", "--events", "nothing.parquet")
-    assert no_model.exit_code == 4 and "has no @champion" in no_model.output
+    assert missing.exit_code == 1 and "propensity score" in one_error_line(missing)
+    gone = run("audience", "--action", "nurture", "--out", "a.csv", "--scores", "nope.parquet")
+    line = one_error_line(gone)
+    assert gone.exit_code == 1 and "nope.parquet does not exist" in line and "propensity score" in line
+
+
+def test_score_without_champions_exits_6(run, tmp_path: Path):
+    src = _csv(tmp_path / "e.csv", EVENTS_CSV)
+    assert run("validate", str(src), "--as-of", "2026-02-01").exit_code == 0
+    no_model = run("score", "--as-of", "2026-01-05")
+    assert no_model.exit_code == 6 and "has no @champion" in one_error_line(no_model)
 
 
 def test_bad_as_of_is_a_usage_error(run):
     result = run("features", "--as-of", "not-a-date")
     assert result.exit_code == 2
-    assert "--as-of" in result.output
+    line = one_error_line(result)
+    assert "--as-of" in line and "ISO 8601" in line and "propensity features --help" in line
 
 
 def test_flow_between_two_cutoffs_shows_the_transitions(run, tmp_path: Path):
-    src = _csv(
-        tmp_path / "e.csv",
-        "user_id,ts,behavior\n"
-        "a,2026-01-01T10:00:00,view\na,2026-01-03T10:00:00,fav\n"      # A on Jan 2 -> I on Jan 5
-        "b,2026-01-01T10:00:00,buy\nb,2026-01-03T10:00:00,buy\n"       # P on Jan 2 -> L on Jan 5
-        "c,2026-01-04T10:00:00,view\n",                                 # new between the cutoffs, A
-    )
+    src = _csv(tmp_path / "e.csv", EVENTS_CSV)
     assert run("validate", str(src), "--as-of", "2026-02-01").exit_code == 0
     result = run("flow", "--from", "2026-01-02", "--to", "2026-01-05")
     assert result.exit_code == 0, result.output
     assert "A->I │ 100.0%" in result.output and "P->L │ 100.0%" in result.output
     assert "new users        │ 1" in result.output
-    assert run("flow", "--from", "2026-01-05", "--to", "2026-01-02").exit_code == 2
+    backwards = run("flow", "--from", "2026-01-05", "--to", "2026-01-02")
+    assert backwards.exit_code == 2 and "--from" in one_error_line(backwards)
 
 
 def test_bad_training_sample_and_feature_file_options_are_usage_errors(run):
@@ -107,3 +146,139 @@ def test_bad_training_sample_and_feature_file_options_are_usage_errors(run):
     assert negative.exit_code == 2 and "--max-users" in negative.output
     spark = run("score", "--as-of", "2026-02-01", "--engine", "spark", "--features", "f.parquet")
     assert spark.exit_code == 2 and "duckdb engine only" in spark.output
+    polars = run("features", "--as-of", "2026-02-01", "--engine", "polars")
+    assert polars.exit_code == 2 and "--engine" in one_error_line(polars)
+
+
+# ------------------------------------------------------------------------------------------------ exit codes ----------
+def test_every_documented_exit_code_is_the_one_the_commands_return(run, tmp_path: Path):
+    """0 ok, 1 bad input, 2 usage, 3 too many bad rows, 4 lock busy, 5 reserved for monitoring, 6 unavailable."""
+    from training.lock import exclusive_lock
+
+    good = _csv(tmp_path / "e.csv", EVENTS_CSV)
+    bad = _csv(tmp_path / "bad.csv", "user_id,ts,behavior\nu1,2026-01-01T00:00:00,view\nu2,never,view\n")
+    seen = {
+        0: run("validate", str(good), "--as-of", "2026-02-01"),
+        1: run("features", "--as-of", "2026-01-05", "--events", str(good)),
+        3: run("validate", str(bad), "--as-of", "2026-02-01", "--out", "elsewhere"),
+        6: run("lookup", "u1"),
+    }
+    usage = [run("promote", "foo"), run("rollback-scores", "--to", "nope"), run("features", "--as-of", "x"),
+             run("features", "--as-of", "2026-01-05", "--engine", "polars"), run("generate", "--days", "0"),
+             run("flow", "--from", "2026-01-05", "--to", "2026-01-02"), run("bogus-command")]
+    with exclusive_lock(tmp_path / "mlruns" / ".retrain.lock", "2026-01-01T00:00:00+00:00"):
+        seen[4] = run("retrain", str(good))
+    for code, result in seen.items():
+        assert result.exit_code == code, (code, result.output)
+    assert [r.exit_code for r in usage] == [2] * len(usage), [r.output for r in usage]
+    for result in [*usage, *(r for c, r in seen.items() if c)]:
+        one_error_line(result)
+    assert "holds" in seen[4].stderr and "unchanged" not in seen[4].output
+    assert set(EXIT_CODES) == {0, 1, 2, 3, 4, 5, 6}
+
+
+def test_exit_code_table_is_the_same_in_the_readme_and_in_help(run):
+    help_text = run("--help").output
+    readme = README.read_text()
+    table = dict(re.findall(r"^\| (\d) \| (.+?) \|$", readme, flags=re.MULTILINE))
+    assert {int(k) for k in table} == set(EXIT_CODES)
+    for code, text in EXIT_CODES.items():
+        kind = text.split(":")[0]
+        assert re.search(rf"^\s*{code}\s+{re.escape(text)}\s*$", help_text, flags=re.MULTILINE), code
+        assert table[str(code)].startswith(kind.split(" (")[0]), (code, table[str(code)])
+
+
+def test_every_expected_error_class_carries_a_documented_exit_code():
+    from features.build.spark import SparkUnavailableError
+    from features.events.validate import EventsError, TooManyBadRowsError
+    from features.segments.lifecycle import SegmentError
+    from features.simulate.shop import GeneratorConfigError
+    from features.spec.definition import FeatureInputError, FeatureSpecError
+    from propensity.cli.inputs import InputError
+    from propensity.cli.serving import UnavailableError
+    from propensity.paths import UnsafeOutputError
+    from propensity.service.options import ServiceConfigError
+    from serving.activation.flow import FlowError
+    from serving.report.data import ReportError
+    from training.datasets import IneligibleError
+    from training.evaluate import EvaluationInputError
+    from training.lock import LockBusyError
+    from training.registry import RegistryError
+
+    expected = {
+        EventsError: 1, TooManyBadRowsError: 3, FeatureInputError: 1, FeatureSpecError: 2, GeneratorConfigError: 2,
+        SegmentError: 1, SparkUnavailableError: 6, IneligibleError: 1, EvaluationInputError: 1, LockBusyError: 4,
+        RegistryError: 6, FlowError: 1, ReportError: 1, InputError: 1, UnavailableError: 6, UnsafeOutputError: 2,
+        ServiceConfigError: 2,
+    }
+    assert {cls: cls.exit_code for cls in expected} == expected
+
+
+# ------------------------------------------------------------------------------------------------- the sweep ----------
+def _sweep_inputs(tmp_path: Path) -> dict[str, Path]:
+    (tmp_path / "empty.parquet").write_bytes(b"")
+    (tmp_path / "empty.csv").write_bytes(b"")
+    _csv(tmp_path / "raw.parquet", EVENTS_CSV)  # a CSV under a Parquet name
+    _csv(tmp_path / "raw.csv", EVENTS_CSV)
+    (tmp_path / "folder").mkdir()
+    return {"missing": tmp_path / "missing.parquet", "empty": tmp_path / "empty.parquet",
+            "csv": tmp_path / "raw.csv", "csv named parquet": tmp_path / "raw.parquet", "folder": tmp_path / "folder"}
+
+
+SWEEP: dict[str, list[str]] = {
+    "features": ["features", "--as-of", "2026-01-05", "--events", "{}"],
+    "segments": ["segments", "--as-of", "2026-01-05", "--events", "{}"],
+    "flow": ["flow", "--from", "2026-01-02", "--to", "2026-01-05", "--events", "{}"],
+    "train": ["train", "--events", "{}"],
+    "score --events": ["score", "--as-of", "2026-01-05", "--events", "{}"],
+    "score --features": ["score", "--as-of", "2026-01-05", "--features", "{}"],
+    "audience": ["audience", "--action", "nurture", "--out", "a.csv", "--scores", "{}"],
+    "report --scores": ["report", "--scores", "{}"],
+    "report --previous": ["report", "--scores", "{}", "--previous", "{}"],
+}
+RAW_SWEEP: dict[str, list[str]] = {
+    "validate": ["validate", "{}"],
+    "retrain": ["retrain", "{}"],
+}
+
+
+@pytest.mark.parametrize("command", [*SWEEP, *RAW_SWEEP])
+def test_sweep_every_command_answers_a_bad_file_in_one_line(run, tmp_path: Path, command: str):
+    """A missing file, an empty file, a folder without Parquet and a raw CSV where Parquet is needed: a documented
+    non-zero exit code, one line on stderr that names the file, no traceback, and nothing written."""
+    inputs = _sweep_inputs(tmp_path)
+    raw = command in RAW_SWEEP
+    cases = ["missing", "empty", "folder"] if raw else list(inputs)
+    for case in cases:
+        path = inputs[case]
+        args = [a.replace("{}", str(path)) for a in (RAW_SWEEP if raw else SWEEP)[command]]
+        result = run(*args)
+        assert result.exit_code in (1, 2), (command, case, result.output)
+        line = one_error_line(result)
+        assert path.name in line, (command, case, line)
+        if not raw and case in ("csv", "csv named parquet"):
+            assert "not" in line and "Parquet" in line and "propensity" in line, line
+    assert not (tmp_path / "data" / "clean" / "events.parquet").exists()
+
+
+def test_unvalidated_parquet_is_refused_with_what_to_run(run, tmp_path: Path):
+    """A Parquet with a float user_id and an int behavior never becomes user "1.5"."""
+    path = tmp_path / "raw.parquet"
+    pd.DataFrame({"user_id": [1.5, 2.0], "ts": pd.to_datetime(["2026-01-01", "2026-01-02"], utc=True),
+                  "behavior": [1, 2]}).to_parquet(path)
+    for args in (["features", "--as-of", "2026-01-05"], ["segments", "--as-of", "2026-01-05"]):
+        result = run(*args, "--events", str(path))
+        assert result.exit_code == 1
+        line = one_error_line(result)
+        assert "user_id is double" in line and "behavior is int64" in line and "propensity validate" in line
+    assert not (tmp_path / "data" / "features").exists()
+
+
+def test_store_path_that_is_not_a_database_is_one_line(run, tmp_path: Path):
+    store = tmp_path / "data" / "store" / "scores.sqlite"
+    store.parent.mkdir(parents=True)
+    _csv(store, EVENTS_CSV)
+    for args in (["lookup", "u1"], ["snapshots"], ["rollback-scores"]):
+        result = run(*args)
+        assert result.exit_code in (1, 6), (args, result.output)
+        one_error_line(result)

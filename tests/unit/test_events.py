@@ -345,7 +345,7 @@ def test_too_many_bad_rows_writes_quarantine_and_report_then_raises(tmp_path):
     with pytest.raises(TooManyBadRowsError) as err:
         validate_events(src, out, ValidationConfig(max_bad_share=0.1), options, now=NOW)
     e = err.value
-    assert e.exit_code == 2
+    assert e.exit_code == 3
     msg = str(e)
     assert "20.00% of 10 rows" in msg and "10.00%" in msg
     assert "ts (source column 'when'): 2 rows unparseable" in msg and "'not-a-time'" in msg
