@@ -282,3 +282,84 @@ def test_store_path_that_is_not_a_database_is_one_line(run, tmp_path: Path):
         result = run(*args)
         assert result.exit_code in (1, 6), (args, result.output)
         one_error_line(result)
+
+
+# ------------------------------------------------------------------------------------------------ help, times ----------
+def test_help_shows_every_default_and_no_type_label_on_flags(run):
+    from propensity.cli.main import COMMANDS
+
+    names = [fn.__name__.replace("_", "-") for fn in COMMANDS]
+    for name in names:
+        text = run(name, "--help").output
+        assert "<bool>" not in text and "[default: data]" not in text, name
+        assert not re.search(r"\S \.\s", text), (name, text)  # help strings no longer end in " ." (eaten markup)
+        if name not in ("promote", "rollback", "models"):
+            assert "--data-dir" in text and "[default: (data)]" in text, name
+    features = run("features", "--help").output
+    assert "DATETIME" in features and "[default: duckdb]" in features and "<%Y" not in features
+    assert "(<data-dir>/clean/events.parquet)" in features
+    assert "[default: 20000]" in run("generate", "--help").output
+    validate = run("validate", "--help").output
+    assert "future_ts" in validate and "[default: (now)]" in validate
+    assert "Exit codes" in run("retrain", "--help").output
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("2026-09-01", "2026-09-01T00:00:00+00:00"),
+    ("2026-09-01T10:00", "2026-09-01T10:00:00+00:00"),
+    ("2026-09-01 10:00:30", "2026-09-01T10:00:30+00:00"),
+    ("2026-09-01T10:00:30.5", "2026-09-01T10:00:30.500000+00:00"),
+    ("2026-09-01T10:00Z", "2026-09-01T10:00:00+00:00"),
+    ("2026-09-01T12:00+02:00", "2026-09-01T10:00:00+00:00"),
+])
+def test_one_time_parser_reads_dates_minutes_seconds_offsets_and_z(text: str, expected: str):
+    from propensity.cli.common import parse_datetime
+
+    assert parse_datetime(text).isoformat() == expected
+
+
+def test_every_time_option_takes_the_same_formats(run, tmp_path: Path):
+    src = _csv(tmp_path / "e.csv", EVENTS_CSV)
+    assert run("validate", str(src), "--as-of", "2026-02-01T10:00Z").exit_code == 0
+    built = run("features", "--as-of", "2026-01-05T10:00", "--out", "f.parquet")
+    assert built.exit_code == 0, built.output
+    assert "2026-01-05T10:00:00+00:00" in built.output
+    assert run("segments", "--as-of", "2026-01-05T12:00+02:00").exit_code == 0
+    assert run("flow", "--from", "2026-01-02T10:00", "--to", "2026-01-05T10:00Z").exit_code == 0
+    help_text = {name: run(name, "--help").output for name in ("features", "segments", "score", "validate", "flow")}
+    assert all("DATETIME" in text for text in help_text.values())
+
+
+# ------------------------------------------------------------------------------------------------------ serve ----------
+def test_serve_on_a_port_in_use_names_the_port_and_the_option(run, monkeypatch: pytest.MonkeyPatch):
+    import socket
+
+    monkeypatch.setenv("PROPENSITY_SERVING__ALLOW_NO_AUTH", "1")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = run("serve", "--port", str(port))
+    assert result.exit_code == 6
+    line = one_error_line(result)
+    assert f"port {port}" in line and "in use" in line and "--port" in line
+
+
+# ---------------------------------------------------------------------------------------------------- retrain ----------
+def test_failed_retrain_keeps_the_clean_events(run, tmp_path: Path):
+    """`retrain ten_rows.csv` stops on eligibility and the clean events of the last good run stay in place."""
+    import pyarrow.parquet as pq
+
+    first = _csv(tmp_path / "e.csv", EVENTS_CSV)
+    assert run("validate", str(first), "--as-of", "2026-02-01").exit_code == 0
+    clean = tmp_path / "data" / "clean" / "events.parquet"
+    before = clean.read_bytes()
+    ten = _csv(tmp_path / "ten_rows.csv", "user_id,ts,behavior\n" + "".join(
+        f"u{i},2026-03-0{1 + i % 5}T10:00:00,{'buy' if i % 3 == 0 else 'view'}\n" for i in range(10)))
+    result = run("retrain", str(ten))
+    assert result.exit_code == 1, result.output
+    assert "positives" in one_error_line(result) or "too few" in one_error_line(result)
+    assert clean.read_bytes() == before and pq.read_metadata(clean).num_rows == 5
+    assert "unchanged" in result.stderr
+    staged = list((tmp_path / "data" / "retrain").glob("*/events.parquet"))
+    assert len(staged) == 1 and pq.read_metadata(staged[0]).num_rows == 10
