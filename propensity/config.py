@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from features.settings import FeatureSettings, ValidationSettings
@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     tracking_uri: str = "sqlite:///mlruns/mlflow.db"
     artifact_root: Path = Path("mlruns")
     store_path: Path = Path("data/store/scores.sqlite")
+    """The SQLite score store; unless set (``store_path``, ``PROPENSITY_STORE_PATH``) it follows ``data_dir``:
+    ``<data_dir>/store/scores.sqlite``."""
     redis_url: str | None = None
     seed: int = 7
 
@@ -46,6 +48,13 @@ class Settings(BaseSettings):
     training: TrainingSettings = TrainingSettings()
     serving: ServingSettings = ServingSettings()
     activation: ActivationSettings = ActivationSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _store_follows_data_dir(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("store_path") is None and data.get("data_dir") is not None:
+            data = {**data, "store_path": Path(data["data_dir"]) / "store" / "scores.sqlite"}
+        return data
 
     @field_validator("redis_url")
     @classmethod

@@ -184,7 +184,7 @@ def build_report(
             f"report generated {esc(when(generated_at))}</p></header>"
         ),
         *(f'<p class="warning" data-warning="{i}">{esc(w)}</p>'
-          for i, w in enumerate(_warnings(frame, models, as_of, generated_at))),
+          for i, w in enumerate(_warnings(frame, models, as_of, generated_at, snapshot))),
         kpis(frame, summary, per_action),
         section("assets", "Audience assets", [blocks["aipl_layers"], aipl_table(summary), blocks["aipl_flow"],
                                               blocks["lifecycle"], blocks["rfm_groups"]]),
@@ -260,13 +260,19 @@ def _snapshot_dict(info: Any) -> dict[str, Any]:
 
 
 def _warnings(frame: pd.DataFrame, models: Mapping[str, Mapping[str, Any]], as_of: list[str],
-              generated_at: datetime) -> list[str]:
-    """Banners for stale scores, mixed cutoffs, and model information that does not match the scoring versions."""
+              generated_at: datetime, snapshot: Mapping[str, Any] | None = None) -> list[str]:
+    """Banners for stale scores (counted from the scoring time when the snapshot gives it, else from the cutoff),
+    data far older than its scoring, mixed cutoffs, and model information that does not match the scoring versions."""
     out = []
     newest = max((ts for ts in map(utc, as_of) if ts is not None), default=None)
     report_at = utc(generated_at)
-    if newest is not None and report_at is not None and report_at - newest > STALE_AFTER:
-        out.append(f"These scores are {age(newest, report_at)} old: check that the nightly batch ran.")
+    scored_at = utc((snapshot or {}).get("created_at")) if newest is not None else None
+    since = scored_at or newest
+    if since is not None and report_at is not None and report_at - since > STALE_AFTER:
+        out.append(f"These scores are {age(since, report_at)} old: check that the nightly batch ran.")
+    if scored_at is not None and newest is not None and scored_at - newest > STALE_AFTER:
+        out.append(f"These scores were computed from data up to {when(newest)}, {age(newest, scored_at)} before "
+                   "they were scored: check that fresh events reach the batch.")
     if len(as_of) > 1:
         out.append(f"The audience mixes {len(as_of)} feature cutoffs; scores of different days are not comparable.")
     for target, info in models.items():

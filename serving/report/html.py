@@ -196,7 +196,8 @@ def freshness_table(snapshot: Mapping[str, Any], as_of: Sequence[str], generated
         ["snapshot published", when(created) if created is not None else "n/a"],
         ["users in the snapshot", num(snapshot["rows"]) if "rows" in snapshot else "n/a"],
         ["report generated", when(generated_at)],
-        ["age of the scores at report time", age(as_of[-1], generated_at) if as_of else "n/a"],
+        ["age of the scores at report time", age(created, generated_at) if created is not None else "n/a"],
+        ["age of the data at report time (since the cutoff)", age(as_of[-1], generated_at) if as_of else "n/a"],
     ]
     return table_block("freshness", "When the data is from", ["what", "when"], rows,
                        "Events up to the cutoff are used; anything after it is not in these scores.", wide=False)

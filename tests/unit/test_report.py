@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 
 import numpy as np
@@ -197,7 +197,8 @@ def test_models_and_freshness_tables(full):
         "Last-mile buyer (p_buy)", "7", "7", "0.810", "0.1200", "0.0040", "3.60", "2024-02-20 00:00 UTC"]
     lapse = page.row("models", "About to lapse (p_lapse)")
     assert lapse[1] == EVIL and lapse[3] == "0.740" and lapse[6] == "1.80"  # MLflow-prefixed metrics are read
-    assert page.row("freshness", "age of the scores at report time")[1] == "6.0 hours"
+    assert page.row("freshness", "age of the scores at report time")[1] == "1.8 hours"  # since scoring (04:10)
+    assert page.row("freshness", "age of the data at report time (since the cutoff)")[1] == "6.0 hours"
     assert page.row("freshness", "snapshot published")[1] == "2024-03-01 04:10 UTC"  # from a SnapshotInfo
     assert page.row("freshness", "users in the snapshot")[1] == "12"
     # the lapse model described (EVIL) is not the version that scored the audience (3): the page says so
@@ -235,6 +236,19 @@ def test_stale_scores_get_a_warning(full, bare):
     assert "These scores are 5.0 days old" in bare
     empty = build_report(audience().head(0), activation=CFG, generated_at=LATE)
     assert "days old" not in empty  # no users, no as_of: nothing to call stale
+
+
+def test_score_age_counts_from_the_scoring_time_and_the_cutoff_apart():
+    """A batch scored today from data that ended 10 days ago: fresh scores, stale data, each said once."""
+    scored = datetime(2024, 3, 11, 4, 0, tzinfo=UTC)
+    snap = {"snapshot_id": "20240311T040000Z-abcdef", "created_at": scored, "rows": 12}
+    html = build_report(audience(), snapshot_info=snap, activation=CFG, generated_at=scored + timedelta(hours=2))
+    page = Page(html)
+    assert page.row("freshness", "age of the scores at report time")[1] == "2.0 hours"
+    assert page.row("freshness", "age of the data at report time (since the cutoff)")[1] == "10.2 days"
+    assert "days old" not in html and "10.2 days before they were scored" in html
+    late = build_report(audience(), snapshot_info=snap, activation=CFG, generated_at=scored + timedelta(days=3))
+    assert "These scores are 3.0 days old" in late
 
 
 def test_bad_input_gets_a_clear_error():

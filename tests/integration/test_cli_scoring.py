@@ -1,0 +1,88 @@
+"""The scoring commands on real champions (the ``trained`` fixture): every output follows ``--data-dir``, a stale
+cutoff is warned about, and the report compares with the ``--previous`` audience file."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from propensity.cli.main import app
+from propensity.config import load_settings
+from tests.integration.conftest import AS_OF, Trained
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture()
+def cli(trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PROPENSITY_TRACKING_URI", trained.tracking_uri)
+    monkeypatch.setenv("PROPENSITY_ARTIFACT_ROOT", str(trained.artifact_root))
+    for var in ("PROPENSITY_REDIS_URL", "PROPENSITY_DATA_DIR", "PROPENSITY_STORE_PATH", "PROPENSITY_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    trained.events.to_parquet(tmp_path / "events.parquet")
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        result = runner.invoke(app, list(args))
+        assert "Traceback" not in result.output, result.output
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return result
+
+    return invoke
+
+
+def test_store_path_follows_the_data_dir_unless_set():
+    assert load_settings(data_dir=Path("x")).store_path == Path("x/store/scores.sqlite")
+    assert load_settings().store_path == Path("data/store/scores.sqlite")
+    assert load_settings(data_dir=Path("x"), store_path=Path("s.db")).store_path == Path("s.db")
+
+
+def test_store_path_from_the_environment_wins_over_the_data_dir(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("PROPENSITY_DATA_DIR", "elsewhere")
+    assert load_settings().store_path == Path("elsewhere/store/scores.sqlite")
+    monkeypatch.setenv("PROPENSITY_STORE_PATH", "pinned.sqlite")
+    assert load_settings(data_dir=Path("x")).store_path == Path("pinned.sqlite")
+
+
+def test_score_snapshots_lookup_and_report_follow_the_data_dir(cli, trained: Trained, tmp_path: Path):
+    scored = cli("score", "--as-of", AS_OF.isoformat(), "--events", "events.parquet", "--no-reasons",
+                 "--data-dir", "x")
+    assert scored.exit_code == 0, scored.output
+    assert (tmp_path / "x" / "store" / "scores.sqlite").is_file()
+    assert not (tmp_path / "data").exists()
+    listed = cli("snapshots", "--data-dir", "x")
+    assert listed.exit_code == 0 and "rows=" in listed.output, listed.output
+    assert "no snapshot" in cli("snapshots").output  # the default data dir has none
+    user = str(trained.scores["user_id"].iloc[0])
+    found = cli("lookup", user, "--data-dir", "x")
+    assert found.exit_code == 0 and f'"user_id": "{user}"' in found.output, found.output
+    assert '"found": false' not in found.output and '"aipl_layer"' in found.output
+    assert cli("lookup", user).exit_code == 6
+
+    earlier = cli("score", "--as-of", (AS_OF - timedelta(days=7)).isoformat(), "--events", "events.parquet",
+                  "--no-reasons", "--no-publish", "--out", "earlier.parquet", "--data-dir", "x")
+    assert earlier.exit_code == 0, earlier.output
+    report = cli("report", "--data-dir", "x", "--previous", "earlier.parquet")
+    assert report.exit_code == 0, report.output
+    html = (tmp_path / "x" / "reports" / "report.html").read_text()
+    assert "No previous snapshot was given" not in html  # the flow compares with --previous
+    assert "age of the data at report time (since the cutoff)" in html
+    bad = cli("report", "--data-dir", "x", "--previous", "events.parquet")
+    assert bad.exit_code == 1 and "not an audience file" in bad.output
+
+
+def test_score_long_after_the_last_event_warns(cli, trained: Trained):
+    last = trained.events["ts"].max()
+    late = (last + timedelta(days=40)).strftime("%Y-%m-%dT%H:%M")
+    result = cli("score", "--as-of", late, "--events", "events.parquet", "--no-reasons", "--no-publish",
+                 "--out", "late.parquet")
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.stderr and "days after the last event" in result.stderr
+    fresh = cli("score", "--as-of", AS_OF.isoformat(), "--events", "events.parquet", "--no-reasons",
+                "--no-publish", "--out", "fresh.parquet")
+    assert "warning:" not in fresh.stderr
