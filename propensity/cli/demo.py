@@ -144,6 +144,6 @@ def _outputs(cfg: Settings, result: Any, audiences: Path, report_path: Path) -> 
         "audiences per action": audiences,
         "asset report": report_path,
         "score store": cfg.redis_url or cfg.store_path,
-        "serve it": "PROPENSITY_SERVING__API_TOKEN=<secret> propensity serve  (then POST /lookup with "
-                    "Authorization: Bearer <secret>)",
     }))
+    console().print("serve it: PROPENSITY_SERVING__API_TOKEN=<secret> propensity serve   (then POST /lookup with the "
+                    "header Authorization: Bearer <secret>)", soft_wrap=True)

@@ -363,3 +363,50 @@ def test_failed_retrain_keeps_the_clean_events(run, tmp_path: Path):
     assert "unchanged" in result.stderr
     staged = list((tmp_path / "data" / "retrain").glob("*/events.parquet"))
     assert len(staged) == 1 and pq.read_metadata(staged[0]).num_rows == 10
+
+
+# --------------------------------------------------------------------------------------------------- warnings ----------
+def test_empty_or_stale_results_are_warned_about(run, tmp_path: Path):
+    src = _csv(tmp_path / "e.csv", EVENTS_CSV)
+    assert run("validate", str(src), "--as-of", "2026-02-01").exit_code == 0
+    before = run("segments", "--as-of", "2025-12-01")
+    assert before.exit_code == 0
+    assert "warning:" in before.stderr and "before the first event" in before.stderr
+    assert "0.0% of 0 assets" not in before.output
+    stale = run("segments", "--as-of", "2026-06-01")
+    assert "warning:" in stale.stderr and "days after the last event" in stale.stderr
+    empty_side = run("flow", "--from", "2025-12-01", "--to", "2026-01-05")
+    assert empty_side.exit_code == 0, empty_side.output
+    assert "warning:" in empty_side.stderr and "--from" in empty_side.stderr
+    assert "nan" not in empty_side.output.lower()
+    assert "warning:" not in run("segments", "--as-of", "2026-01-05").stderr
+
+
+# --------------------------------------------------------------------------------------------------- generate ----------
+def test_generated_data_ends_today_by_default_or_on_end(run, tmp_path: Path):
+    from datetime import UTC, datetime, timedelta
+
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    assert run("generate", "--users", "40", "--days", "6", "--out", "g").exit_code == 0
+    ts = pd.read_parquet(tmp_path / "g" / "events")["ts"]
+    assert ts.max() < today and ts.min() >= today - timedelta(days=6)
+    assert ts.max() >= today - timedelta(days=2)  # the data reaches (nearly) today: a batch of it is fresh
+    assert run("generate", "--users", "40", "--days", "6", "--end", "2026-03-01", "--out", "h").exit_code == 0
+    ts = pd.read_parquet(tmp_path / "h" / "events")["ts"]
+    assert ts.max() < datetime(2026, 3, 1, tzinfo=UTC) and ts.min() >= datetime(2026, 2, 23, tzinfo=UTC)
+    bad = run("generate", "--end", "March")
+    assert bad.exit_code == 2 and "--end" in one_error_line(bad)
+    days = run("generate", "--days", "0")
+    assert days.exit_code == 2 and "--days" in one_error_line(days) and "GeneratorConfig" not in days.output
+
+
+def test_demo_ends_with_how_to_serve_with_a_token(capsys: pytest.CaptureFixture[str], tmp_path: Path):
+    from types import SimpleNamespace
+
+    from propensity.cli.demo import _outputs
+    from propensity.config import load_settings
+
+    result = SimpleNamespace(audience_path=tmp_path / "a.parquet")
+    _outputs(load_settings(data_dir=tmp_path), result, tmp_path / "audiences", tmp_path / "report.html")
+    out = capsys.readouterr().out
+    assert "PROPENSITY_SERVING__API_TOKEN=" in out and "propensity serve" in out and "Bearer" in out
