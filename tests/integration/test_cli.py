@@ -410,3 +410,19 @@ def test_demo_ends_with_how_to_serve_with_a_token(capsys: pytest.CaptureFixture[
     _outputs(load_settings(data_dir=tmp_path), result, tmp_path / "audiences", tmp_path / "report.html")
     out = capsys.readouterr().out
     assert "PROPENSITY_SERVING__API_TOKEN=" in out and "propensity serve" in out and "Bearer" in out
+
+
+def test_readme_states_what_the_code_does(run):
+    from features.events.schema import BEHAVIOR_ALIASES
+    from propensity.config import Settings
+
+    readme = README.read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| behavior |"))
+    assert all(alias in row for alias in BEHAVIOR_ALIASES), [a for a in BEHAVIOR_ALIASES if a not in row]
+    cfg = Settings()
+    assert f"at most {cfg.training.max_users // 1000}k users by default" in readme
+    assert "PROPENSITY_STORE_PATH" in readme and "store_path" in readme
+    assert (f"at most {cfg.serving.score_max_users} users and {cfg.serving.score_max_events:,} events"
+            in readme.replace("\n", " "))
+    assert "--previous" in readme and "--previous" in run("report", "--help").output
+    assert "--end DATE" in readme and "--end" in run("generate", "--help").output
