@@ -31,6 +31,10 @@ ScoresOpt = Annotated[Path | None, typer.Option(
     show_default="the newest in <data-dir>/scores")]
 
 
+STOPPED_BY_SIGNAL = (0, -2, -15, 130, 143)
+"""Server exit codes of a normal stop (Ctrl-C or SIGTERM); any other is reported as unavailable (6)."""
+
+
 class UnavailableError(RuntimeError):
     """Something the command needs is not there yet or cannot be used (no snapshot, port in use)."""
 
@@ -372,8 +376,8 @@ def serve(
         raise InputError(f"{model_dir} is not a folder of pinned bundles (--model-dir); `propensity pin` makes one")
     check_port_free(host or cfg.serving.host, port or cfg.serving.port)
     code = serve_command(cfg, host, port, workers, model_dir=model_dir)
-    if code:
-        warn(f"the server stopped with exit code {code}")
+    if code not in STOPPED_BY_SIGNAL:
+        warn(f"the server stopped with exit code {code}; its log above says why")
         raise typer.Exit(UNAVAILABLE)
 
 
