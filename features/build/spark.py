@@ -1,10 +1,11 @@
 """The feature expression on PySpark: the same :func:`features.spec.table.feature_table`, run by Spark.
 
 Nothing here defines a feature. :func:`build_features_spark` hands the one Ibis expression to the Ibis PySpark
-backend, turns the compiled query into a Spark DataFrame and writes it as Parquet partitioned by a user bucket
-(``user_bucket = pmod(xxhash64(user_id), n_buckets)``), so downstream per-partition jobs (batch scoring, publish)
-see each user exactly once and in a bounded slice. :func:`sample_users` brings a deterministic user sample of a
-Spark feature table back to pandas, so models are still trained on one machine.
+backend, turns the compiled query into a Spark DataFrame and writes it as a Parquet directory of ``n_buckets``
+files hashed by user (each user in exactly one file, sorted by ``user_id`` inside it), so downstream per-partition
+jobs (batch scoring, publish) see each user exactly once and in a bounded slice. The files hold exactly the columns
+of the DuckDB feature file, in the same order and types (:func:`conform_features`). :func:`sample_users` brings a
+deterministic user sample of a Spark feature table back to pandas, so models are still trained on one machine.
 
 Engines: ``local[N]`` (default ``local[2]``), any Spark master URL (``spark://``, ``yarn``, ``k8s://``), a Spark
 Connect URL (``sc://host:15002``, needs ``pyspark[connect]``) or an existing ``SparkSession``. PySpark 4.0 needs
@@ -29,7 +30,14 @@ from typing import TYPE_CHECKING, Any
 import ibis
 
 from features.build.builder import finalize_features
-from features.spec.definition import FEATURE_TABLE_KEY, FeatureInputError, FeatureSpec
+from features.spec.definition import (
+    FEATURE_TABLE_KEY,
+    FeatureInputError,
+    FeatureSpec,
+    categorical_columns,
+    integer_columns,
+    output_columns,
+)
 from features.spec.table import as_utc, feature_table
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,7 +47,8 @@ if TYPE_CHECKING:  # pragma: no cover
 Progress = Callable[[int, int | None], None]
 
 BUCKET_COLUMN = "user_bucket"
-"""Partition column of Spark feature tables: ``pmod(xxhash64(user_id), n_buckets)`` (int)."""
+"""Partition column of Spark feature directories written before they matched the DuckDB file column for column;
+dropped when such a directory is read (:func:`sample_users`; the batch selects the spec's columns)."""
 META_FILE = "_propensity_features.json"
 """Side file of a Spark feature directory: spec, as_of, bucket count (Spark and Arrow skip ``_`` files)."""
 MIN_JAVA = 17
@@ -204,20 +213,21 @@ def build_features_spark(
     n_buckets: int = 8,
     progress: Progress | None = None,
 ) -> DataFrame:
-    """Run :func:`feature_table` on Spark; with ``out_dir``, write it as Parquet partitioned by ``user_bucket``.
+    """Run :func:`feature_table` on Spark; with ``out_dir``, write it as a Parquet directory of ``n_buckets`` files.
 
-    Returns a Spark DataFrame with the feature columns plus ``user_bucket`` (int in ``[0, n_buckets)``): read
-    back from ``out_dir`` when given (so later actions do not recompute the features), else lazy. A local
-    ``out_dir`` is written to a sibling temporary directory and renamed into place, so it is complete or absent;
-    it also gets :data:`META_FILE` (spec, as_of, bucket count, rows). ``con`` defaults to a new
-    :func:`spark_connection`. ``progress(done, 2)``: after planning, after writing.
+    Returns a Spark DataFrame with exactly the columns of :func:`features.build.builder.build_features` output
+    (:func:`conform_features`): read back from ``out_dir`` when given (so later actions do not recompute the
+    features), else lazy. The rows are hash-partitioned by ``user_id`` into ``n_buckets`` files (each user in exactly
+    one), sorted by ``user_id`` within a file. A local ``out_dir`` is written to a sibling temporary directory and
+    renamed into place, so it is complete or absent; it also gets :data:`META_FILE` (spec, as_of, bucket count,
+    rows). ``con`` defaults to a new :func:`spark_connection`. ``progress(done, 2)``: after planning, after writing.
     """
     if not isinstance(n_buckets, int) or isinstance(n_buckets, bool) or n_buckets < 1:
         raise FeatureInputError(f"n_buckets must be a positive integer, got {n_buckets!r}")
     spec = spec or FeatureSpec()
     as_of = as_utc(as_of)
     con = con or spark_connection()
-    frame = with_buckets(feature_frame_spark(events, as_of, spec, con), n_buckets)
+    frame = conform_features(feature_frame_spark(events, as_of, spec, con), spec)
     if progress:
         progress(1, 2)
     if out_dir is None:
@@ -225,19 +235,41 @@ def build_features_spark(
             progress(2, 2)
         return frame
     meta = {"spec_version": spec.version, "as_of": as_of.isoformat(), "spec": spec.to_dict(), "n_buckets": n_buckets}
-    written = write_parquet_dir(
-        frame.repartition(n_buckets, BUCKET_COLUMN), out_dir, partition_by=BUCKET_COLUMN, meta=(META_FILE, meta)
-    )
+    from pyspark.sql import functions as F
+
+    # hashed on xxhash64(user_id), not user_id: Spark drops a repartition on the key the joins already partition by,
+    # and adaptive execution then coalesces those small shuffle partitions into one file
+    bucketed = frame.repartition(n_buckets, F.xxhash64(F.col(FEATURE_TABLE_KEY)))
+    bucketed = bucketed.sortWithinPartitions(FEATURE_TABLE_KEY)
+    written = write_parquet_dir(bucketed, out_dir, meta=(META_FILE, meta))
     if progress:
         progress(2, 2)
     return written
 
 
-def with_buckets(frame: DataFrame, n_buckets: int) -> DataFrame:
-    """``frame`` with ``user_bucket = pmod(xxhash64(user_id), n_buckets)`` (stable across runs and Spark versions)."""
+def conform_features(frame: DataFrame, spec: FeatureSpec) -> DataFrame:
+    """``frame`` (a Spark feature table) with the columns and types of the DuckDB feature file: exactly
+    :func:`features.spec.definition.output_columns` in that order, ``user_id`` and the categorical columns as
+    strings, counts and flags as 64-bit integers (a missing count is 0, as :func:`finalize_features` makes it),
+    every other feature as a double."""
     from pyspark.sql import functions as F
 
-    return frame.withColumn(BUCKET_COLUMN, F.pmod(F.xxhash64(F.col(FEATURE_TABLE_KEY)), F.lit(n_buckets)).cast("int"))
+    missing = [c for c in output_columns(spec) if c not in frame.columns]
+    if missing:
+        raise FeatureInputError(f"Spark feature table lacks columns {missing[:5]} (spec mismatch?)")
+    ints = set(integer_columns(spec))
+    strings = {FEATURE_TABLE_KEY, *categorical_columns(spec)}
+    cols = []
+    for name in output_columns(spec):
+        col = F.col(name)
+        if name in strings:
+            col = col.cast("string")
+        elif name in ints:
+            col = F.coalesce(col.cast("long"), F.lit(0).cast("long"))
+        else:
+            col = col.cast("double")
+        cols.append(col.alias(name))
+    return frame.select(*cols)
 
 
 def write_parquet_dir(

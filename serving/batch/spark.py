@@ -8,7 +8,8 @@ on each Arrow batch of each partition through ``mapInPandas``. The audience is w
 Publishing: the score store switches snapshots atomically (``ScoreStore.publish``). The Redis store offers no
 separate begin / write / commit steps that executors could share, so :func:`publish_audience` streams the
 written audience files from the driver into one ``store.publish`` call, chunk by chunk: the old snapshot stays
-served until every row is in. docs/spark.md describes the per-partition Redis publish this would become.
+served until every row is in. docs/spark.md describes the per-partition Redis publish this would become. The same
+publish guard as the one-machine batch applies (:func:`serving.batch.run.check_publish`), before any Spark job.
 """
 
 from __future__ import annotations
@@ -20,15 +21,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.dataset as pads
 
 from features.build.builder import finalize_features
 from features.build.spark import META_FILE, build_features_spark, read_features_meta, write_parquet_dir
 from features.spec.definition import FeatureSpec, output_columns
 from features.spec.table import as_utc
 from serving.activation.actions import ActivationConfig
-from serving.batch.run import AUDIENCE_COLUMNS, BatchResult, population_defaults, score_chunks, snapshot_meta
+from serving.batch.run import (
+    DEFAULT_MIN_SHARE,
+    LIST_COLUMNS,
+    BatchResult,
+    PopulationStats,
+    check_publish,
+    read_audience_chunks,
+    score_chunks,
+    snapshot_meta,
+)
 from serving.store.base import ScoreStore, SnapshotInfo
 from training.bundle import ModelBundle
 
@@ -39,8 +47,6 @@ if TYPE_CHECKING:  # pragma: no cover
 Progress = Callable[[int, int | None], None]
 
 AUDIENCE_PARTITION = "action"
-LIST_COLUMNS = frozenset({"reasons_buy", "reasons_lapse"})
-DEFAULTS_SAMPLE_ROWS = 200_000
 
 
 class SparkBatchError(ValueError):
@@ -145,21 +151,10 @@ def iter_audience_chunks(audience_dir: str | Path, chunk_rows: int = 200_000) ->
     """Audience records from a Parquet directory written by :func:`run_batch_spark`, ``chunk_rows`` at a time.
 
     Columns come back in :data:`AUDIENCE_COLUMNS` order (the partition column ``action`` is moved back into
-    place, as a string), reasons as lists; the same records as :func:`serving.batch.run.score_chunks` yields.
+    place, as a string), reasons as lists; the same records as :func:`serving.batch.run.score_chunks` yields
+    (:func:`serving.batch.run.read_audience_chunks`).
     """
-    dataset = pads.dataset(str(audience_dir), format="parquet", partitioning="hive")
-    names = [c for c in AUDIENCE_COLUMNS if c in dataset.schema.names]
-    for batch in dataset.to_batches(columns=names, batch_size=max(1, int(chunk_rows))):
-        if batch.num_rows == 0:
-            continue
-        table = pa.Table.from_batches([batch])
-        if AUDIENCE_PARTITION in names:
-            idx = table.schema.get_field_index(AUDIENCE_PARTITION)
-            table = table.set_column(idx, AUDIENCE_PARTITION, table.column(idx).cast(pa.string()))
-        frame = table.to_pandas()
-        for name in LIST_COLUMNS & set(frame.columns):
-            frame[name] = pd.Series([None if v is None else list(v) for v in frame[name].tolist()], dtype=object)
-        yield frame
+    return read_audience_chunks(audience_dir, chunk_rows)
 
 
 def publish_audience(
@@ -192,6 +187,8 @@ def run_batch_spark(
     chunk_rows: int = 200_000,
     created_at: datetime,
     progress: Progress | None = None,
+    force: bool = False,
+    min_share: float = DEFAULT_MIN_SHARE,
 ) -> BatchResult:
     """Score everyone with an event before ``as_of`` on Spark and publish the snapshot (when ``store`` is given).
 
@@ -200,24 +197,21 @@ def run_batch_spark(
     ``features_dir``: where to write the features built from events (default ``<out_dir>.features``).
     ``out_dir``: the audience directory (Parquet, partitioned by ``action``). ``created_at`` is the publish time
     recorded in the snapshot. ``progress(done, total)`` counts published rows (total = users).
+
+    With a ``store``, a feature table of no users, or of fewer than ``min_share`` times the served snapshot's users,
+    raises :class:`serving.batch.run.PublishRefusedError` before scoring unless ``force`` (an empty table cannot be
+    scored on Spark even when forced). The defaults for unknown users are computed over every scored user.
     """
     spec = _spec_of(bundles)
     as_of = as_utc(as_of)
     features = _features(events, as_of, spec, con, features_dir or f"{str(out_dir).rstrip('/')}.features", n_buckets)
+    if store is not None:
+        check_publish(features.count(), store.current(), min_share=min_share, force=force)
     audience = score_partitions(features, bundles, as_of, activation)
     written = write_parquet_dir(audience, out_dir, partition_by=AUDIENCE_PARTITION)
-    from pyspark.sql import functions as F
-
-    per_action = written.groupBy(AUDIENCE_PARTITION).agg(F.count(F.lit(1)).alias("n"), F.sum("p_buy").alias("p"))
-    rows = per_action.collect()
-    counts = {str(r[AUDIENCE_PARTITION]): int(r["n"]) for r in rows}
-    total = sum(counts.values())
-    mean_p_buy = sum(float(r["p"] or 0.0) for r in rows) / total if total else float("nan")
-    sample = written.select("aipl_layer", "p_buy")
-    if total > DEFAULTS_SAMPLE_ROWS:
-        sample = sample.sample(fraction=DEFAULTS_SAMPLE_ROWS / total, seed=0)
-    defaults = population_defaults(sample.toPandas()) if total else {}
-    meta = snapshot_meta(as_of, created_at, total, bundles, defaults, Path(str(out_dir)), engine="spark")
+    counts, stats = _audience_totals(written)
+    total = stats.rows
+    meta = snapshot_meta(as_of, created_at, total, bundles, stats.defaults(), Path(str(out_dir)), engine="spark")
     snapshot = None
     if store is not None:
         snapshot = publish_audience(store, out_dir, meta, chunk_rows=chunk_rows, progress=progress)
@@ -225,8 +219,33 @@ def run_batch_spark(
         progress(total, total)
     return BatchResult(
         users=total, audience_path=Path(str(out_dir)), snapshot=snapshot, action_counts=counts,
-        mean_p_buy=mean_p_buy,
+        mean_p_buy=stats.p_buy_sum / stats.p_buy_n if stats.p_buy_n else float("nan"),
     )
+
+
+def _audience_totals(written: DataFrame) -> tuple[dict[str, int], PopulationStats]:
+    """Users per action and the :class:`serving.batch.run.PopulationStats` of a written audience, exact over every
+    user, in one Spark aggregation (grouped by action and by layer ``none`` or not)."""
+    from pyspark.sql import functions as F
+
+    aggs = [F.count(F.lit(1)).alias("n")]
+    if "p_buy" in written.columns:
+        known = F.col("p_buy").isNotNull() & ~F.isnan("p_buy")
+        aggs += [F.sum(F.when(known, F.col("p_buy"))).alias("p"), F.count(F.when(known, F.lit(1))).alias("k")]
+    none = (F.col("aipl_layer") == F.lit("none")).alias("is_none")
+    counts: dict[str, int] = {}
+    stats = PopulationStats()
+    for row in written.groupBy(AUDIENCE_PARTITION, none).agg(*aggs).collect():
+        doc = row.asDict()
+        n, p, k = int(doc["n"]), float(doc.get("p") or 0.0), int(doc.get("k") or 0)
+        action = str(doc[AUDIENCE_PARTITION])
+        counts[action] = counts.get(action, 0) + n
+        stats.rows, stats.p_buy_sum, stats.p_buy_n = stats.rows + n, stats.p_buy_sum + p, stats.p_buy_n + k
+        if doc["is_none"]:
+            stats.none_rows += n
+            stats.none_p_buy_sum += p
+            stats.none_p_buy_n += k
+    return counts, stats
 
 
 def _features(

@@ -32,18 +32,11 @@ if _REASON:
     pytest.skip(f"Spark tests need PySpark and Java 17+: {_REASON}", allow_module_level=True)
 
 from features.build.builder import build_features
-from features.build.spark import (
-    BUCKET_COLUMN,
-    build_features_spark,
-    read_features_meta,
-    sample_users,
-    session_of,
-    spark_connection,
-)
+from features.build.spark import build_features_spark, read_features_meta, sample_users, session_of, spark_connection
 from features.simulate.shop import GeneratorConfig, generate
 from features.spec.definition import FeatureInputError, FeatureSpec, integer_columns, output_columns
 from serving.activation.actions import ActivationConfig
-from serving.batch.run import score_chunks
+from serving.batch.run import PublishRefusedError, score_chunks
 from serving.batch.spark import SparkBatchError, iter_audience_chunks, run_batch_spark
 from serving.store.base import encode_chunk, open_store
 
@@ -156,15 +149,39 @@ def _plain(v: Any) -> Any:
 
 
 def test_spark_features_equal_duckdb_for_every_feature(features_dir: Path, spark_features: Any, duck: pd.DataFrame):
-    assert set(spark_features.columns) == {*output_columns(SPEC), BUCKET_COLUMN}
+    assert list(spark_features.columns) == output_columns(SPEC)
     spark = sample_users(spark_features, 1.0, spec=SPEC)  # the whole table, finalized like build_features output
     assert len(duck) > 500
     assert list(spark.columns) == output_columns(SPEC)
     assert (spark.dtypes == duck.dtypes).all()
     _assert_frames_close(spark, duck, exact=set(integer_columns(SPEC)) | {"user_id", "aipl_layer"})
-    buckets = sorted(p.name for p in features_dir.glob(f"{BUCKET_COLUMN}=*"))
-    assert buckets == [f"{BUCKET_COLUMN}={k}" for k in range(4)]
+    files = sorted(features_dir.glob("part-*.parquet"))
+    assert 1 < len(files) <= 4 and not list(features_dir.glob("*=*"))  # one file per bucket, no partition folders
+    users = [pd.read_parquet(f, columns=["user_id"])["user_id"].tolist() for f in files]
+    assert all(u == sorted(u) for u in users)  # sorted inside a file
+    assert sorted(x for u in users for x in u) == sorted(duck["user_id"])  # every user in exactly one file
     assert not list(features_dir.parent.glob("features.partial-*"))  # written aside, then renamed into place
+
+
+def test_feature_files_of_both_engines_are_equal_column_for_column(
+    features_dir: Path, duck: pd.DataFrame, tmp_path: Path
+) -> None:
+    """`propensity features` writes the same columns, in the same order and types, on either engine."""
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
+    from features.build.builder import write_features
+
+    duck_file = write_features(duck, tmp_path / "features.parquet", AS_OF, SPEC)
+
+    def columns(schema: Any) -> list[tuple[str, str]]:
+        return [(f.name, str(f.type).replace("large_string", "string")) for f in schema]
+
+    spark_schema = pads.dataset(str(features_dir), format="parquet", partitioning="hive").schema
+    assert len(spark_schema) == len(output_columns(SPEC)) == len(pq.read_schema(duck_file))
+    assert columns(spark_schema) == columns(pq.read_schema(duck_file))
+    from_spark, from_duck = pd.read_parquet(features_dir), pd.read_parquet(duck_file)
+    assert list(from_spark.columns) == list(from_duck.columns) and (from_spark.dtypes == from_duck.dtypes).all()
 
 
 def test_feature_directory_records_spec_as_of_and_rows(features_dir: Path, duck: pd.DataFrame):
@@ -194,6 +211,9 @@ def test_published_snapshot_serves_the_same_records(spark_batch, duck: pd.DataFr
     assert snapshot.meta["defaults"]["aipl_layer"] == "none"
     assert progress[-1] == (len(duck), len(duck)) and len(progress) >= len(duck) // 300
     expected = pd.concat(list(score_chunks(duck, bundles, AS_OF, ActivationConfig(), 1000)), ignore_index=True)
+    none = expected["aipl_layer"] == "none"
+    assert none.any()  # the defaults for unknown users: the mean over every layer-none user, computed exactly
+    assert snapshot.meta["defaults"]["p_buy"] == pytest.approx(float(expected.loc[none, "p_buy"].mean()), rel=1e-12)
     ids, payloads = encode_chunk(expected)
     _, found = store.lookup(ids)
     assert set(found) == set(ids)
@@ -229,6 +249,29 @@ def test_bad_inputs_give_clear_errors(features_dir: Path, bundles: dict[str, Any
     with pytest.raises(FeatureInputError, match="does not exist"):
         build_features_spark(tmp_path / "missing", AS_OF, SPEC, con, out_dir=tmp_path / "f")
     assert not (tmp_path / "a").exists() and not (tmp_path / "f").exists()
+
+
+def test_spark_batch_refuses_to_publish_a_much_smaller_batch_unless_forced(
+    spark_batch, spark_features: Any, bundles: dict[str, Any], con: Any, tmp_path: Path
+) -> None:
+    from serving.batch.spark import publish_audience
+
+    result, _, _ = spark_batch
+    store = open_store(tmp_path / "scores.sqlite")
+    try:
+        served = publish_audience(store, result.audience_path, {"created_at": AS_OF, "rows": result.users})
+        few = spark_features.limit(20)
+        with pytest.raises(PublishRefusedError, match=(
+            f"^refusing to publish: the batch scored 20 users, under 50% of the {result.users:,} in the served "
+            f"snapshot {served.snapshot_id}; .*--force$"
+        )):
+            run_batch_spark(few, AS_OF, bundles, store, tmp_path / "few", con=con, created_at=AS_OF)
+        assert store.current() == served and not (tmp_path / "few").exists()  # refused before any Spark job
+        forced = run_batch_spark(few, AS_OF, bundles, store, tmp_path / "few", con=con, created_at=AS_OF,
+                                 force=True)
+        assert forced.users == 20 and store.current() == forced.snapshot and forced.snapshot.rows == 20
+    finally:
+        store.close()
 
 
 def _with_spec(bundle: Any, spec: FeatureSpec) -> Any:
