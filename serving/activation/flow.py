@@ -3,19 +3,23 @@
 :func:`aipl_flow` compares the layer of every user in an earlier and a later snapshot (e.g. two nightly score
 tables, or feature tables at two cutoffs). Users only in the later snapshot come from ``new``; users only in the
 earlier one go to ``gone``. Layers are ordered ``gone < none < A < I < P < L``: a move to a higher layer is an
-upgrade, a move to a lower one (``none`` and ``gone`` included) is decay.
+upgrade, a move to a lower one (``none`` and ``gone`` included) is decay. :func:`flow_between` builds both
+snapshots from the events with the caller's full :class:`~features.spec.definition.FeatureSpec` (windows, lookback,
+target categories), so it counts the same population as the asset summary and the scores.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from features.build.builder import build_features
 from features.segments.segmenter import PL_TARGET
-from features.spec.definition import AIPL_LAYERS
+from features.spec.definition import AIPL_LAYERS, FeatureSpec
 
 FROM_STATES: tuple[str, ...] = (*AIPL_LAYERS, "new")
 """Rows of the transition matrix: the earlier layer, or ``new`` for users absent from the earlier snapshot."""
@@ -140,6 +144,29 @@ def aipl_flow(before: pd.DataFrame, after: pd.DataFrame, *, pl_target: float = P
         n_new=int(counts.loc["new"].sum()),
         n_gone=int(counts["gone"].sum()),
     )
+
+
+def flow_between(
+    events: Any,
+    before: datetime,
+    after: datetime,
+    spec: FeatureSpec,
+    *,
+    con: Any = None,
+    pl_target: float = PL_TARGET,
+) -> FlowReport:
+    """:func:`aipl_flow` of the audience between two cutoffs (``before`` < ``after``, aware datetimes).
+
+    Each snapshot is the feature table at its cutoff built from ``events`` (canonical frame, Ibis table or Parquet
+    path; ``con`` the engine) with ``spec``: pass the full spec the other commands use (``lookback_days`` decides who
+    is in the audience at all), so the flow counts the users ``segments`` and ``score`` count.
+    """
+    if not before < after:
+        raise FlowError(
+            f"the earlier cutoff ({before.isoformat()}) must come before the later one ({after.isoformat()})"
+        )
+    layers = [build_features(events, t, spec, con=con)[["user_id", "aipl_layer"]] for t in (before, after)]
+    return aipl_flow(*layers, pl_target=pl_target)
 
 
 def _transition_counts(left: pd.Series, right: pd.Series) -> pd.DataFrame:

@@ -107,3 +107,34 @@ def test_empty_snapshots():
 def test_bad_snapshots_raise_readable_errors(bad, message):
     with pytest.raises(FlowError, match=message):
         aipl_flow(bad, AFTER)
+
+
+def test_flow_between_cutoffs_counts_the_population_of_the_full_spec():
+    """The flow builds both snapshots with the caller's spec: a lookback leaves out users idle for longer, as the
+    asset summary does; a spec of the windows alone would count them."""
+    from datetime import UTC, datetime, timedelta
+
+    from features.build.builder import build_features
+    from features.spec.definition import FeatureSpec
+    from serving.activation.flow import flow_between
+
+    t0 = datetime(2026, 3, 1, tzinfo=UTC)
+    t1 = t0 + timedelta(days=20)
+    day = timedelta(days=1)
+    events = pd.DataFrame(
+        [("a", t0 - 30 * day, "view"), ("a", t1 - 2 * day, "view"),   # idle at t0, back by t1
+         ("b", t0 - 2 * day, "view"), ("b", t1 - 3 * day, "buy"),     # A -> P
+         ("c", t0 - 5 * day, "cart"),                                  # I, idle by t1
+         ("d", t0 - 50 * day, "view")],                               # idle throughout
+        columns=["user_id", "ts", "behavior"],
+    )
+    spec = FeatureSpec(lookback_days=10, target_categories=("c1",))
+    flow = flow_between(events, t0, t1, spec)
+    assert flow.n_before == len(build_features(events, t0, spec)) == 2
+    assert flow.n_after == len(build_features(events, t1, spec)) == 2
+    assert (flow.n_new, flow.n_gone) == (1, 1)  # a enters, c leaves
+    assert flow.counts.loc["A", "P"] == 1 and flow.counts.loc["new", "A"] == 1 and flow.counts.loc["I", "gone"] == 1
+    windows_only = flow_between(events, t0, t1, FeatureSpec(windows=spec.windows))
+    assert (windows_only.n_before, windows_only.n_after) == (4, 4)
+    with pytest.raises(FlowError, match="must come before the later one"):
+        flow_between(events, t1, t0, spec)
