@@ -22,6 +22,10 @@ class ServingSettings(BaseModel):
     max_request_bytes: int = Field(2_000_000, ge=1024)
     keep_snapshots: int = Field(3, ge=2)
     batch_chunk_users: int = Field(200_000, ge=1000)
+    min_publish_share: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="A batch scoring fewer users than this share of the served snapshot is not published unless forced.",
+    )
     api_token: SecretStr | None = None
     api_token_file: Path | None = None
     allow_no_auth: bool = Field(False, description="Serve without a token (local experiments only).")

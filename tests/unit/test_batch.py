@@ -19,7 +19,14 @@ from features.build.builder import build_features
 from features.simulate.shop import GeneratorConfig, generate
 from features.spec.definition import FeatureSpec
 from serving.activation.actions import WIN_BACK, ActivationConfig, recommend
-from serving.batch.run import PublishRefusedError, check_publish, population_defaults, run_batch, score_chunks
+from serving.batch.run import (
+    DEFAULT_MIN_SHARE,
+    PublishRefusedError,
+    check_publish,
+    population_defaults,
+    run_batch,
+    score_chunks,
+)
 from serving.scoring import score_features
 from serving.store.base import StoreInputError, encode_chunk, open_store
 
@@ -130,6 +137,15 @@ def test_an_empty_or_much_smaller_batch_is_not_published_unless_forced(shop, bun
         store.close()
     with pytest.raises(ValueError, match=r"min_share must be a share in \[0, 1\], got 1.5"):
         check_publish(10, None, min_share=1.5)
+
+
+def test_the_publish_share_setting_defaults_to_the_library_default() -> None:
+    from serving.settings import ServingSettings
+
+    assert ServingSettings().min_publish_share == DEFAULT_MIN_SHARE == 0.5
+    assert ServingSettings(min_publish_share=0.2).min_publish_share == 0.2
+    with pytest.raises(ValueError, match="min_publish_share"):
+        ServingSettings(min_publish_share=1.2)
 
 
 # ------------------------------------------------------------------------------------------ defaults, partial file
