@@ -27,6 +27,12 @@ def truth_cutoffs(cfg: Settings, start: datetime, days: int, lapse_days: int) ->
     found = set()
     for window in (t.horizon_days, lapse_days):
         found.update(cutoffs_for(end, t.n_cutoffs, t.cutoff_spacing_days, window))
+    first = min(found)
+    if first < start + timedelta(days=1):
+        needed = days + (start + timedelta(days=1) - first).days
+        raise typer.BadParameter(
+            f"use at least {needed} days: training takes {t.n_cutoffs} cutoffs {t.cutoff_spacing_days} days apart "
+            f"before a {lapse_days}-day lapse window", param_hint="--days")
     return tuple(sorted(found))
 
 

@@ -426,3 +426,11 @@ def test_readme_states_what_the_code_does(run):
             in readme.replace("\n", " "))
     assert "--previous" in readme and "--previous" in run("report", "--help").output
     assert "--end DATE" in readme and "--end" in run("generate", "--help").output
+
+
+def test_demo_too_short_for_the_training_cutoffs_names_days(run, tmp_path: Path):
+    result = run("demo", "--days", "20", "--users", "100")
+    assert result.exit_code == 2
+    line = one_error_line(result)
+    assert "--days" in line and "at least" in line and "GeneratorConfig" not in result.output
+    assert not (tmp_path / "data" / "generated").exists()
