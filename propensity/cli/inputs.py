@@ -135,6 +135,13 @@ def check_events(path: Path, *, default: bool = False) -> Path:
     return path
 
 
+def event_rows(path: Path) -> int:
+    """The number of rows of a checked clean-events path (from the Parquet footers, no data read)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.read_metadata(f).num_rows for f in parquet_files(path, "clean events", VALIDATE_HINT))
+
+
 def check_columns(path: Path, what: str, columns: Iterable[str], hint: str) -> Path:
     """``path`` when it is Parquet with every one of ``columns``; else :class:`InputError` saying what it is not."""
     needed = list(columns)

@@ -20,7 +20,7 @@ from propensity.cli.common import (
     settings,
 )
 from propensity.cli.data import run_validation
-from propensity.cli.inputs import check_events
+from propensity.cli.inputs import InputError, check_events, event_rows
 from propensity.cli.ui import console, frame_table, kv_table
 from propensity.config import Settings
 
@@ -79,6 +79,8 @@ def run_train(
     from training.job import run_training
     from training.lock import exclusive_lock
 
+    if event_rows(events) == 0:
+        raise InputError(f"{events} holds no events: nothing to train on")
     tcfg = train_config(cfg, events, truth, data_end)
     if engine == "spark":
         tcfg = replace(tcfg, feature_source=spark_sample_source(events, tcfg.spec, spark_master, sample, cfg.seed))

@@ -434,3 +434,26 @@ def test_demo_too_short_for_the_training_cutoffs_names_days(run, tmp_path: Path)
     line = one_error_line(result)
     assert "--days" in line and "at least" in line and "GeneratorConfig" not in result.output
     assert not (tmp_path / "data" / "generated").exists()
+
+
+def test_events_with_no_rows_are_warned_about_or_refused_for_training(run, tmp_path: Path):
+    import pyarrow.parquet as pq
+
+    from features.events.schema import arrow_schema
+
+    zero = tmp_path / "zero.parquet"
+    pq.write_table(arrow_schema().empty_table(), zero)
+    segments = run("segments", "--as-of", "2026-01-05", "--events", str(zero))
+    assert segments.exit_code == 0 and "no rows" in segments.stderr
+    train = run("train", "--events", str(zero))
+    assert train.exit_code == 1 and "holds no events" in one_error_line(train)
+    header_only = _csv(tmp_path / "header.csv", "user_id,ts,behavior\n")
+    retrain = run("retrain", str(header_only))
+    assert retrain.exit_code == 1 and "holds no events" in one_error_line(retrain)
+    assert not (tmp_path / "data" / "clean" / "events.parquet").exists()
+
+
+def test_serve_with_a_missing_model_dir_is_bad_input(run, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("PROPENSITY_SERVING__ALLOW_NO_AUTH", "1")
+    result = run("serve", "--model-dir", "nope")
+    assert result.exit_code == 1 and "propensity pin" in one_error_line(result)
