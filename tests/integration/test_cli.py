@@ -457,3 +457,11 @@ def test_serve_with_a_missing_model_dir_is_bad_input(run, monkeypatch: pytest.Mo
     monkeypatch.setenv("PROPENSITY_SERVING__ALLOW_NO_AUTH", "1")
     result = run("serve", "--model-dir", "nope")
     assert result.exit_code == 1 and "propensity pin" in one_error_line(result)
+
+
+def test_an_invalid_setting_is_a_usage_error_naming_it(run, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("PROPENSITY_TRAINING__MAX_USERS", "5")
+    result = run("segments", "--as-of", "2026-01-05")
+    assert result.exit_code == 2
+    line = one_error_line(result)
+    assert "training.max_users" in line and "PROPENSITY_" in line
