@@ -150,7 +150,7 @@ def test_bad_training_sample_and_feature_file_options_are_usage_errors(run):
     assert polars.exit_code == 2 and "--engine" in one_error_line(polars)
 
 
-# ------------------------------------------------------------------------------------------------ exit codes ----------
+# ----------------------------------------------------------------------------------------------- exit codes ----------
 def test_every_documented_exit_code_is_the_one_the_commands_return(run, tmp_path: Path):
     """0 ok, 1 bad input, 2 usage, 3 too many bad rows, 4 lock busy, 5 reserved for monitoring, 6 unavailable."""
     from training.lock import exclusive_lock
@@ -214,7 +214,7 @@ def test_every_expected_error_class_carries_a_documented_exit_code():
     assert {cls: cls.exit_code for cls in expected} == expected
 
 
-# ------------------------------------------------------------------------------------------------- the sweep ----------
+# ------------------------------------------------------------------------------------------------ the sweep ----------
 def _sweep_inputs(tmp_path: Path) -> dict[str, Path]:
     (tmp_path / "empty.parquet").write_bytes(b"")
     (tmp_path / "empty.csv").write_bytes(b"")
@@ -284,7 +284,7 @@ def test_store_path_that_is_not_a_database_is_one_line(run, tmp_path: Path):
         one_error_line(result)
 
 
-# ------------------------------------------------------------------------------------------------ help, times ----------
+# ----------------------------------------------------------------------------------------------- help, times ----------
 def test_help_shows_every_default_and_no_type_label_on_flags(run):
     from propensity.cli.main import COMMANDS
 
@@ -330,7 +330,7 @@ def test_every_time_option_takes_the_same_formats(run, tmp_path: Path):
     assert all("DATETIME" in text for text in help_text.values())
 
 
-# ------------------------------------------------------------------------------------------------------ serve ----------
+# ----------------------------------------------------------------------------------------------------- serve ----------
 def test_serve_on_a_port_in_use_names_the_port_and_the_option(run, monkeypatch: pytest.MonkeyPatch):
     import socket
 
@@ -345,7 +345,7 @@ def test_serve_on_a_port_in_use_names_the_port_and_the_option(run, monkeypatch: 
     assert f"port {port}" in line and "in use" in line and "--port" in line
 
 
-# ---------------------------------------------------------------------------------------------------- retrain ----------
+# --------------------------------------------------------------------------------------------------- retrain ----------
 def test_failed_retrain_keeps_the_clean_events(run, tmp_path: Path):
     """`retrain ten_rows.csv` stops on eligibility and the clean events of the last good run stay in place."""
     import pyarrow.parquet as pq
@@ -365,7 +365,7 @@ def test_failed_retrain_keeps_the_clean_events(run, tmp_path: Path):
     assert len(staged) == 1 and pq.read_metadata(staged[0]).num_rows == 10
 
 
-# --------------------------------------------------------------------------------------------------- warnings ----------
+# -------------------------------------------------------------------------------------------------- warnings ----------
 def test_empty_or_stale_results_are_warned_about(run, tmp_path: Path):
     src = _csv(tmp_path / "e.csv", EVENTS_CSV)
     assert run("validate", str(src), "--as-of", "2026-02-01").exit_code == 0
@@ -382,7 +382,7 @@ def test_empty_or_stale_results_are_warned_about(run, tmp_path: Path):
     assert "warning:" not in run("segments", "--as-of", "2026-01-05").stderr
 
 
-# --------------------------------------------------------------------------------------------------- generate ----------
+# -------------------------------------------------------------------------------------------------- generate ----------
 def test_generated_data_ends_today_by_default_or_on_end(run, tmp_path: Path):
     from datetime import UTC, datetime, timedelta
 
