@@ -191,10 +191,11 @@ def read_audience_chunks(path: str | Path, chunk_rows: int = 200_000) -> Iterato
         if "action" in names and table.schema.field("action").type != pa.string():  # a partition column
             idx = table.schema.get_field_index("action")
             table = table.set_column(idx, "action", table.column(idx).cast(pa.string()))
-        frame = table.to_pandas()
-        for name in LIST_COLUMNS & set(frame.columns):
-            frame[name] = pd.Series([None if v is None else list(v) for v in frame[name].tolist()], dtype=object)
-        yield frame
+        lists = [n for n in names if n in LIST_COLUMNS]
+        frame = table.drop_columns(lists).to_pandas()
+        for name in lists:  # Arrow's own list conversion: several times faster than converting numpy arrays
+            frame[name] = pd.Series(table.column(name).to_pylist(), dtype=object)
+        yield frame[names]
 
 
 def snapshot_meta(
