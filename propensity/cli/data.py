@@ -21,7 +21,7 @@ from propensity.cli.common import (
     settings,
     time_option,
 )
-from propensity.cli.inputs import check_events
+from propensity.cli.inputs import check_events, parquet_files
 from propensity.cli.ui import console, frame_table, kv_table, progress_bar, warn
 from propensity.config import Settings
 from propensity.paths import check_output
@@ -162,6 +162,9 @@ def run_validation(
         max_bad_share=cfg.validation.max_bad_share if max_bad_share is None else max_bad_share,
     )
     out = check_output(out or cfg.clean_dir, cfg, is_dir=True)
+    for source in sources:  # a Parquet name or folder must hold Parquet (a CSV renamed .parquet is said so)
+        if source.suffix == ".parquet" and source.is_file() or source.is_dir():
+            parquet_files(source, "events", "export the events again, or give a CSV file its .csv name")
     with progress_bar("validating events") as progress:
         try:
             return validate_events(

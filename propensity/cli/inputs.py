@@ -90,7 +90,7 @@ def _check_magic(file: Path, what: str, hint: str) -> None:
     if head[:4] == MAGIC and tail == MAGIC and size >= 12:
         return
     looks = "CSV or other text" if _looks_like_text(head) else "not Parquet"
-    raise InputError(f"{file} is {looks}, not {what} (Parquet); {hint}")
+    raise InputError(f"{file} is {looks}, not Parquet ({what}); {hint}")
 
 
 def _looks_like_text(head: bytes) -> bool:
