@@ -64,6 +64,8 @@ LOCAL_DEFAULTS: Mapping[str, str] = {
 class SparkUnavailableError(RuntimeError):
     """PySpark, Java or the Spark cluster is missing or cannot be started; the message says what to install."""
 
+    exit_code = 6  # CLI exit code: unavailable
+
 
 # --------------------------------------------------------------------------------------------- environment
 def java_major_version(java: str | None = None) -> int | None:

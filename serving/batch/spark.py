@@ -52,6 +52,8 @@ AUDIENCE_PARTITION = "action"
 class SparkBatchError(ValueError):
     """The Spark batch cannot run with these inputs (spec or as_of mismatch, missing columns, no models)."""
 
+    exit_code = 1  # CLI exit code: bad input
+
 
 def _spec_of(bundles: Mapping[str, ModelBundle]) -> FeatureSpec:
     if not bundles:
