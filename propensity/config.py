@@ -16,12 +16,12 @@ from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from features.settings import FeatureSettings, ValidationSettings
-from serving.settings import ActivationSettings, ServingSettings
+from serving.settings import ActivationSettings, CampaignSettings, ServingSettings
 from training.settings import TrainingSettings
 
 __all__ = [
-    "ActivationSettings", "FeatureSettings", "ServingSettings", "Settings", "TrainingSettings", "ValidationSettings",
-    "load_settings",
+    "ActivationSettings", "CampaignSettings", "FeatureSettings", "ServingSettings", "Settings", "TrainingSettings",
+    "ValidationSettings", "load_settings",
 ]
 
 
@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = TrainingSettings()
     serving: ServingSettings = ServingSettings()
     activation: ActivationSettings = ActivationSettings()
+    campaigns: CampaignSettings = CampaignSettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -93,6 +94,11 @@ class Settings(BaseSettings):
     @property
     def reports_dir(self) -> Path:
         return self.data_dir / "reports"
+
+    @property
+    def campaigns_dir(self) -> Path:
+        """Campaign records (one folder per campaign): ``campaigns.campaigns_dir``, else under ``data_dir``."""
+        return self.campaigns.campaigns_dir or self.data_dir / "campaigns"
 
     def api_token_value(self) -> str | None:
         """The bearer token from the settings or the secret file, or None when auth is not configured."""

@@ -56,3 +56,35 @@ class ActivationSettings(BaseModel):
         },
         description="Prior incremental effect per action: relative purchase lift; win_back: share of lapsers saved.",
     )
+
+
+class CampaignSettings(BaseModel):
+    """Campaign records, control groups and how measured lifts replace the priors."""
+
+    campaigns_dir: Path | None = Field(None, description="Campaign records; None = <data_dir>/campaigns.")
+    control_share: float = Field(0.10, gt=0, lt=1, description="Share of each audience held out as control.")
+    control_share_by_action: dict[str, float] = Field(default_factory=dict, description="Per-action control share.")
+    min_control: int = Field(100, ge=1, description="Smallest control group worth measuring, users.")
+    global_control_share: float = Field(0.0, ge=0, lt=1, description="Share of all users no campaign ever treats.")
+    global_seed: str = "global-control-v1"
+    window_days: dict[str, float] = Field(
+        default_factory=lambda: {
+            "coupon_24h": 1.0,
+            "ad_retarget": 2.0,
+            "repurchase_reminder": 7.0,
+            "win_back": 7.0,
+            "nurture": 7.0,
+        },
+        description="Days after as_of in which a campaign's conversions count, per action.",
+    )
+    prior_strength: float = Field(
+        1000.0, ge=0, description="Users a prior lift is worth when a measured lift is shrunk toward it."
+    )
+
+    def control_share_of(self, action: str) -> float:
+        """The control share of ``action`` (its override, else ``control_share``)."""
+        return float(self.control_share_by_action.get(action, self.control_share))
+
+    def window_days_of(self, action: str) -> float:
+        """The measurement window of ``action``, days (7 for an action not listed)."""
+        return float(self.window_days.get(action, 7.0))

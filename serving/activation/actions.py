@@ -103,8 +103,9 @@ class ActivationConfig:
     user's mean purchase gap, ``win_back_days`` from ``as_of``, ``browse_days`` (the A window) after the last
     event. ``purchase_days`` is the ``FeatureSpec.purchase_days`` the features were built with (it names the
     ``amount_{n}d`` / ``purchase_days_{n}d`` columns used as customer value). ``lift`` is the incremental effect
-    per action (see the module docstring; actions not listed keep their :data:`DEFAULT_LIFTS`) and ``lift_source``
-    says for each action whether it is the ``prior`` or a ``measured`` lift.
+    per action (see the module docstring; actions not listed keep their :data:`DEFAULT_LIFTS`), ``lift_source``
+    says for each action whether it is the ``prior`` or a ``measured`` lift and ``lift_n`` how many users (control
+    plus treatment) measured it.
     """
 
     default_order_value: float = 60.0
@@ -112,6 +113,7 @@ class ActivationConfig:
     cost: Mapping[str, float] = field(default_factory=lambda: DEFAULT_COSTS)
     lift: Mapping[str, float] = field(default_factory=lambda: DEFAULT_LIFTS)
     lift_source: Mapping[str, str] = field(default_factory=dict)
+    lift_n: Mapping[str, int] = field(default_factory=dict)
     coupon_window_hours: float = 24.0
     ad_window_days: tuple[float, float] = (1.0, 3.0)
     cycle_band: tuple[float, float] = (0.8, 1.2)
@@ -141,6 +143,7 @@ class ActivationConfig:
         if not set(sources.values()) <= LIFT_SOURCES or not set(sources) <= set(ACTIONS):
             raise ActivationError(f"lift_source maps actions to 'prior' or 'measured', got {dict(self.lift_source)}")
         object.__setattr__(self, "lift_source", MappingProxyType(sources))
+        object.__setattr__(self, "lift_n", MappingProxyType({k: int(v) for k, v in self.lift_n.items()}))
         for name in ("ad_window_days", "cycle_band"):
             object.__setattr__(self, name, tuple(_number(name, v) for v in getattr(self, name)))
         for name in ("default_order_value", "margin_rate", "coupon_window_hours", "lapse_threshold", "win_back_days",
