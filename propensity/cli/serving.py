@@ -122,6 +122,7 @@ def prebuilt_features(path: Path, as_of: datetime, spec: Any) -> Any:
 def run_score(
     cfg: Settings, events: Path, as_of: datetime, out: Path | None = None, publish: bool = True,
     engine: str = "duckdb", spark_master: str = "local[2]", features: Path | None = None, reasons: bool = True,
+    force: bool = False,
 ) -> Any:
     """Score everyone with the champions, write the audience Parquet, publish the snapshot; print a summary.
 
@@ -140,7 +141,8 @@ def run_score(
     suffix = "" if engine == "spark" else ".parquet"
     out = check_output(out or cfg.scores_dir / f"audience_{as_of:%Y%m%dT%H%M}{suffix}", cfg, is_dir=not suffix)
     store = open_score_store(cfg) if publish else None
-    common = {"activation": activation_config(cfg), "created_at": datetime.now(UTC)}
+    common = {"activation": activation_config(cfg), "created_at": datetime.now(UTC), "force": force,
+              "min_share": cfg.serving.min_publish_share}
     try:
         with progress_bar("scoring users") as progress:
             if engine == "spark":
@@ -187,6 +189,9 @@ def score(
     reasons: Annotated[bool, typer.Option(
         help="Reason codes (SHAP) for the users with an action; --no-reasons publishes scores and actions only.",
     )] = True,
+    force: Annotated[bool, typer.Option(
+        help="Publish even a batch that scores nobody or fewer users than serving.min_publish_share of the served "
+             "snapshot.")] = False,
     data_dir: DataDir = None,
 ) -> None:
     """Batch-score every user with the @champion models and publish a new score snapshot atomically."""
@@ -199,7 +204,7 @@ def score(
         check_feature_file(features)
     else:
         check_events(source, default=events is None)
-    run_score(cfg, source, as_of, out, publish, engine, spark_master, features, reasons)
+    run_score(cfg, source, as_of, out, publish, engine, spark_master, features, reasons, force)
 
 
 def snapshots(data_dir: DataDir = None) -> None:

@@ -86,3 +86,17 @@ def test_score_long_after_the_last_event_warns(cli, trained: Trained):
     fresh = cli("score", "--as-of", AS_OF.isoformat(), "--events", "events.parquet", "--no-reasons",
                 "--no-publish", "--out", "fresh.parquet")
     assert "warning:" not in fresh.stderr
+
+
+def test_score_before_the_data_is_warned_refused_and_forced(cli, trained: Trained, tmp_path: Path):
+    first = cli("score", "--as-of", AS_OF.isoformat(), "--events", "events.parquet", "--no-reasons")
+    assert first.exit_code == 0, first.output
+    early = (trained.events["ts"].min() - timedelta(days=3)).strftime("%Y-%m-%d")
+    refused = cli("score", "--as-of", early, "--events", "events.parquet", "--no-reasons", "--out", "e.parquet")
+    assert refused.exit_code == 1, refused.output
+    assert "before the first event" in refused.stderr and "--force" in refused.stderr
+    assert cli("snapshots").output.count("rows=") == 1
+    forced = cli("score", "--as-of", early, "--events", "events.parquet", "--no-reasons", "--out", "f.parquet",
+                 "--force")
+    assert forced.exit_code == 0, forced.output
+    assert cli("snapshots").output.count("rows=") == 2
