@@ -33,7 +33,8 @@ Progress = Callable[[int, int | None], None]
 
 AUDIENCE_COLUMNS = (
     "user_id", "p_buy", "p_lapse", "aipl_layer", "lifecycle", "rfm_group", "rule_score",
-    "action", "action_deadline", "urgency", "action_p", "expected_revenue", "expected_value", "action_cost", "expected_profit", "priority", "reasons_buy", "reasons_lapse",
+    "action", "action_deadline", "urgency", "action_p", "lift", "incremental_p", "expected_revenue", "expected_value",
+    "action_cost", "expected_profit", "priority", "reasons_buy", "reasons_lapse",
     "model_buy", "model_lapse", "as_of",
 )
 
