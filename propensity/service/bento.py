@@ -2,10 +2,12 @@
 
 The routes are a plain ASGI app (:mod:`serving.http.app`) mounted with ``@bentoml.asgi_app``: BentoML's typed
 ``@bentoml.api`` path costs tens of milliseconds at the tail on a small machine (see docs/architecture.md, "Serving"),
-while the ad system's ``/lookup`` must answer in a few. BentoML still provides the process model (workers),
-``/metrics`` (request counts and durations per path, plus the ``propensity_*`` counters), ``/livez`` and the
-Bento packaging. :class:`serving.http.app.FastPathMiddleware` answers ``/lookup`` (the same endpoint, ahead of
-BentoML's router), ``/healthz`` and ``/readyz`` (so readiness carries its reasons).
+while the ad system's ``/lookup`` must answer in a few. BentoML still provides the process model (workers, which
+share ``PROMETHEUS_MULTIPROC_DIR``), ``/livez`` and the Bento packaging. :class:`serving.http.app.FastPathMiddleware`
+answers ``/lookup`` (the same endpoint, ahead of BentoML's router), ``/healthz``, ``/readyz`` (so readiness carries
+its reasons), ``/metrics`` and the API documentation (``/openapi.json``, ``/docs``), and counts and times every
+request by route and status (:mod:`serving.http.metrics`): BentoML's own request metrics are turned off, they would
+count the same requests again, labelled by raw path.
 
 Configuration comes from :func:`propensity.service.options.settings_from_env` (see that module for the variables).
 Models come, in this order of preference, from ``PROPENSITY_MODEL_DIR``, from the pinned ``propensity_champions``
@@ -26,8 +28,9 @@ from propensity.service.launch import serve_args, serve_command
 from propensity.service.options import ServiceOptions, service_options, settings_from_env
 from serving.activation.actions import ActivationConfig
 from serving.http.app import AppState, FastPathMiddleware, build_app
+from serving.http.metrics import ServiceMetrics
 from serving.http.models import DirectorySource, ModelSource, RegistrySource
-from serving.http.runtime import ServiceMetrics, ServiceRuntime
+from serving.http.runtime import ServiceRuntime
 
 __all__ = ["PropensityService", "serve_args", "serve_command"]
 
@@ -56,6 +59,7 @@ def _model_source(tracking_uri: str, artifact_root: Path, options: ServiceOption
     workers=1,
     traffic={"timeout": 60},
     logging={"access": {"enabled": False}},
+    metrics={"enabled": False},  # FastPathMiddleware records the request metrics and serves /metrics
     tracing={"excluded_urls": ["/lookup", "/healthz", "/readyz", "/metrics"]},
 )
 @bentoml.asgi_app(build_app(_STATE), path="/")
@@ -74,7 +78,8 @@ class PropensityService:
             open_store, settings.store_path, settings.redis_url, keep=settings.serving.keep_snapshots
         )
         _STATE.activation = ActivationConfig.from_settings(settings.activation)
-        self.runtime = ServiceRuntime.create(options, open_fn, source, metrics=_metrics())
+        _STATE.metrics = _metrics()
+        self.runtime = ServiceRuntime.create(options, open_fn, source, metrics=_STATE.metrics)
         _STATE.runtime = self.runtime
         ready, doc = self.runtime.readiness()
         log.info("propensity service started (ready=%s, models=%s, source=%s)", ready, doc["models"], source.kind)

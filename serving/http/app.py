@@ -6,7 +6,13 @@ Routes (JSON in, JSON out; errors are ``{"error": code, "message": text}``):
   the snapshot's population defaults). The hot path: raw ASGI handler, no per-request objects beyond the
   body, the stored JSON payloads are spliced into the response without being decoded.
 - ``POST /score`` ``{"as_of": ISO, "events": [...]}`` -> fresh scores from the champion models.
+- ``POST /audience`` ``{"action": ..., "budget"?, "top_k"?, "limit"?}`` -> the audience of one action.
 - ``GET /healthz`` liveness, ``GET /readyz`` readiness (503 with the reason), both without authentication.
+- ``GET /metrics`` Prometheus text (:mod:`serving.http.metrics`), without authentication.
+- ``GET /openapi.json`` (also ``/docs.json``) the OpenAPI 3.1 document generated from :mod:`serving.http.api`;
+  ``GET /docs`` the same as a self-contained HTML page (``GET /`` redirects there); open, like the probes.
+
+The request and response models of every route are in :mod:`serving.http.api`.
 
 Statuses: 400 body is not JSON; 401 missing/wrong bearer token; 413 body larger than
 ``serving.max_request_bytes``; 422 valid JSON that breaks the contract (types, missing fields, counts);
@@ -20,11 +26,13 @@ import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from serving.http.metrics import ROUTES
 from serving.http.runtime import LookupUnavailable, NoModelsError, ServiceRuntime
 from serving.http.schemas import ScoreRequestError, parse_score_request
 
@@ -39,12 +47,14 @@ _NOT_READY = b'{"error":"starting","message":"the service is still starting"}'
 
 
 class AppState:
-    """Holds the process's :class:`ServiceRuntime` once the server has created it, and the activation economics
-    (costs, margin, lifts) the entry point resolved from its settings (None: the library defaults)."""
+    """Holds the process's :class:`ServiceRuntime` once the server has created it, the activation economics
+    (costs, margin, lifts) the entry point resolved from its settings (None: the library defaults), and the
+    :class:`serving.http.metrics.ServiceMetrics` that :class:`FastPathMiddleware` records requests in (None: none)."""
 
-    def __init__(self, runtime: ServiceRuntime | None = None, activation: Any = None) -> None:
+    def __init__(self, runtime: ServiceRuntime | None = None, activation: Any = None, metrics: Any = None) -> None:
         self.runtime = runtime
         self.activation = activation
+        self.metrics = metrics
 
 
 class HTTPError(Exception):
@@ -68,9 +78,11 @@ async def send_json(send: Send, status: int, body: bytes, headers: list[tuple[by
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(send: Send, err: HTTPError) -> None:
+async def send_error(send: Send, err: HTTPError) -> int:
+    """Send the error answer; returns its status."""
     headers = [(b"www-authenticate", b"Bearer")] if err.status == 401 else None
     await send_json(send, err.status, error_body(err.code, err.message), headers)
+    return err.status
 
 
 def check_auth(scope: Scope, token: bytes | None) -> int:
@@ -164,7 +176,8 @@ class PostEndpoint(ABC):
     """A JSON ``POST`` route as a raw ASGI app: auth, size-limited JSON body, then :meth:`handle`.
 
     Errors raised as :class:`HTTPError` become their 4xx/503 answer; anything else is logged and answered 500
-    with a generic message (the fuzz tests check that no request reaches that branch).
+    with a generic message (the fuzz tests check that no request reaches that branch). Calling the endpoint
+    returns the status it answered with (for the request metrics).
     """
 
     path = "/"
@@ -176,23 +189,23 @@ class PostEndpoint(ABC):
     async def handle(self, rt: ServiceRuntime, doc: Any) -> bytes:
         """The answer body for a decoded, authorised request; raise :class:`HTTPError` for a 4xx/503."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> int:
         rt = self.state.runtime
         if rt is None:
             await send_json(send, 503, _NOT_READY)
-            return
+            return 503
         try:
             declared = check_auth(scope, rt.token_bytes)
             doc = await read_json(receive, declared, rt.options.max_request_bytes)
             body = await self.handle(rt, doc)
         except HTTPError as err:
-            await send_error(send, err)
-            return
+            return await send_error(send, err)
         except Exception as exc:
             log.exception("%s failed", self.path)
             await send_json(send, 500, error_body("internal", f"{self.path} failed: {type(exc).__name__}"))
-            return
+            return 500
         await send_json(send, 200, body)
+        return 200
 
 
 class LookupEndpoint(PostEndpoint):
@@ -236,23 +249,83 @@ class ReadyzEndpoint:
     def __init__(self, state: AppState) -> None:
         self.state = state
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> int:
         rt = self.state.runtime
         if rt is None:
             await send_json(send, 503, b'{"ready":false,"reason":"the service is still starting","errors":[]}')
-            return
+            return 503
         ready, doc = rt.readiness()
-        await send_json(send, 200 if ready else 503, json.dumps(doc).encode())
+        status = 200 if ready else 503
+        await send_json(send, status, json.dumps(doc).encode())
+        return status
 
 
-async def healthz(scope: Scope, receive: Receive, send: Send) -> None:
+async def healthz(scope: Scope, receive: Receive, send: Send) -> int:
     """``GET /healthz``: the process is alive."""
     await send_json(send, 200, b'{"status":"ok"}')
+    return 200
 
 
 class _HealthRoute:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await healthz(scope, receive, send)
+
+
+class MetricsEndpoint:
+    """``GET /metrics``: Prometheus text (see :mod:`serving.http.metrics`); open, like the probes."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> int:
+        from serving.http.metrics import CONTENT_TYPE, exposition
+
+        rt = self.state.runtime
+        body = exposition() if rt is None else await rt.metrics_body()
+        headers = [(b"content-type", CONTENT_TYPE.encode()), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return 200
+
+
+class DocsEndpoint:
+    """``GET /openapi.json`` (and ``/docs.json``), ``GET /docs`` (HTML, no network needed) and ``GET /`` (a redirect
+    to ``/docs``). Built once per set of service options (the document carries their limits), then served from
+    memory."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self._cache: tuple[Any, bytes, bytes] | None = None
+
+    def _documents(self) -> tuple[bytes, bytes]:
+        rt = self.state.runtime
+        options = rt.options if rt is not None else None
+        cached = self._cache
+        if cached is None or cached[0] is not options:
+            from serving.http.openapi import docs_html, openapi_document
+
+            doc = openapi_document(options)
+            cached = self._cache = (options, json.dumps(doc).encode(), docs_html(doc).encode())
+        return cached[1], cached[2]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> int:
+        path = scope["path"]
+        if path in ("/", ""):
+            await send({"type": "http.response.start", "status": 307,
+                        "headers": [(b"location", b"/docs"), (b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return 307
+        spec, page = self._documents()
+        if path == "/docs":
+            headers = [(b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(page)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": page})
+            return 200
+        await send_json(send, 200, spec)
+        return 200
+
+
+DOC_PATHS = frozenset({"/", "/docs", "/openapi.json", "/docs.json"})
 
 
 def _audience_endpoint(state: AppState) -> Any:
@@ -270,9 +343,10 @@ async def _json_http_error(request: Any, exc: Any) -> Any:
 
 
 def build_app(state: AppState) -> Starlette:
-    """The Starlette app with the four routes, reading the runtime from ``state``."""
+    """The Starlette app with every route of the module docstring, reading the runtime from ``state``."""
     from starlette.exceptions import HTTPException
 
+    docs = DocsEndpoint(state)
     return Starlette(
         exception_handlers={HTTPException: _json_http_error},
         routes=[
@@ -281,66 +355,90 @@ def build_app(state: AppState) -> Starlette:
             Route("/audience", _audience_endpoint(state), methods=["POST"]),
             Route("/readyz", ReadyzEndpoint(state), methods=["GET", "HEAD"]),
             Route("/healthz", _HealthRoute(), methods=["GET", "HEAD"]),
+            Route("/metrics", MetricsEndpoint(state), methods=["GET", "HEAD"]),
+            *(Route(path, docs, methods=["GET", "HEAD"]) for path in sorted(DOC_PATHS)),
         ]
     )
 
 
 class FastPathMiddleware:
-    """Serves ``POST /lookup``, ``GET /healthz`` and ``GET /readyz`` with the endpoints above, ahead of the host
-    server's own routing; every other request passes through untouched.
+    """Serves ``POST /lookup``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics`` and the documentation routes with
+    the endpoints above, ahead of the host server's own routing; every other request passes through, its plain-text
+    404/405 answers turned into JSON errors. Every HTTP request is counted and timed in ``state.metrics`` by route
+    and status (:mod:`serving.http.metrics`).
 
     Inside BentoML this skips its router, the mount and the mounted app's middleware stack on the hot path
     (measured with ``benchmarks/bench_lookup.py`` at 1000 req/s: 389 -> 280 us of server CPU per lookup, the
     bare-uvicorn floor being 190 us), and lets ``/readyz`` carry its reasons instead of BentoML's plain-text
-    probe. BentoML's outer middlewares (Prometheus request metrics, tracing, timeout) still apply.
+    probe. BentoML's outer middlewares (tracing, timeout) still apply; its own request metrics are turned off by
+    the service definition, as this middleware records them.
     """
 
     def __init__(self, app: Any, state: AppState) -> None:
         self.app = app
+        self.state = state
         self._lookup = LookupEndpoint(state)
         self._readyz = ReadyzEndpoint(state)
+        self._docs = DocsEndpoint(state)
+        self._metrics = MetricsEndpoint(state)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            path, method = scope["path"], scope["method"]
-            if path == "/lookup" and method == "POST":
-                await self._lookup(scope, receive, send)
-                return
-            if method in ("GET", "HEAD"):
-                if path == "/readyz":
-                    await self._readyz(scope, receive, send)
-                    return
-                if path == "/healthz":
-                    await healthz(scope, receive, send)
-                    return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, _json_errors(scope, send))
+        start = perf_counter()
+        path, method = scope["path"], scope["method"]
+        status = 500
+        try:
+            if path == "/lookup" and method == "POST":
+                status = await self._lookup(scope, receive, send)
+            elif method in ("GET", "HEAD") and path in _OWN_GET:
+                if path == "/healthz":
+                    status = await healthz(scope, receive, send)
+                elif path == "/readyz":
+                    status = await self._readyz(scope, receive, send)
+                elif path == "/metrics":
+                    status = await self._metrics(scope, receive, send)
+                else:  # ahead of BentoML's own index page and API description
+                    status = await self._docs(scope, receive, send)
+            else:
+                relay = _Relay(scope, send)
+                await self.app(scope, receive, relay)
+                status = relay.status
+        finally:
+            metrics = self.state.metrics
+            if metrics is not None:
+                metrics.request(path if path in ROUTES else "other", status, perf_counter() - start)
 
 
-def _json_errors(scope: Scope, send: Send) -> Send:
-    """Wrap ``send`` so the host server's plain-text 404/405 answers become JSON error bodies."""
-    held: dict[str, Any] = {}
+_OWN_GET = frozenset({"/healthz", "/readyz", "/metrics", *DOC_PATHS})
 
-    async def wrapped(message: dict[str, Any]) -> None:
+
+class _Relay:
+    """``send`` for a passed-through request: notes the answer's status and turns the host server's plain-text
+    404/405 answers into JSON error bodies."""
+
+    def __init__(self, scope: Scope, send: Send) -> None:
+        self.scope, self.send, self.status = scope, send, 500
+        self._held: dict[str, Any] | None = None
+
+    async def __call__(self, message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
+            self.status = message["status"]
             headers = dict(message.get("headers", []))
             if message["status"] in (404, 405) and headers.get(b"content-type", b"").startswith(b"text/plain"):
-                held["start"] = message
+                self._held = message
                 return
-        elif message["type"] == "http.response.body" and "start" in held:
+        elif message["type"] == "http.response.body" and self._held is not None:
             if message.get("more_body"):
                 return
-            start = held.pop("start")
+            start, self._held = self._held, None
             code = "not_found" if start["status"] == 404 else "method_not_allowed"
             reason = "no such route" if start["status"] == 404 else "method not allowed"
-            body = error_body(code, f"{scope['method']} {scope['path']}: {reason}")
+            body = error_body(code, f"{self.scope['method']} {self.scope['path']}: {reason}")
             hdrs = [(k, v) for k, v in start.get("headers", []) if k not in (b"content-type", b"content-length")]
             hdrs += [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
-            await send({**start, "headers": hdrs})
-            await send({"type": "http.response.body", "body": body})
+            await self.send({**start, "headers": hdrs})
+            await self.send({"type": "http.response.body", "body": body})
             return
-        await send(message)
-
-    return wrapped
+        await self.send(message)

@@ -1,26 +1,28 @@
 """``POST /audience``: the budget-aware audience for one action, from the current snapshot's audience file.
 
-Body: ``{"action": str, "budget": number?, "top_k": int?, "limit": int? (user ids returned, default 1000)}``.
-Answer: the :class:`serving.activation.audiences.AudienceSummary` fields, the snapshot id, and the selected ``user_ids``, best
+Body: :class:`serving.http.api.AudienceRequest` (``{"action": str, "budget": number?, "top_k": int?, "limit": int?}``,
+``limit`` user ids returned, default 1000). Answer: :class:`serving.http.api.AudienceResponse`, the
+:class:`serving.activation.audiences.AudienceSummary` fields, the snapshot id, and the selected ``user_ids``, best
 first (at most ``limit``). The same :func:`serving.activation.audiences.select_audience` as ``propensity audience``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import math
 import threading
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pydantic import ValidationError
 
-from serving.activation.actions import ACTIONS, ActivationConfig, ActivationError
+from serving.activation.actions import ActivationConfig, ActivationError
 from serving.activation.audiences import select_audience
+from serving.http.api import MAX_AUDIENCE_IDS, AudienceRequest, AudienceResponse
 from serving.http.app import AppState, HTTPError, PostEndpoint
+from serving.http.schemas import describe
 
-MAX_LIMIT = 100_000
+MAX_LIMIT = MAX_AUDIENCE_IDS
 
 
 class AudienceCache:
@@ -40,19 +42,15 @@ class AudienceCache:
 
 
 def parse_audience_request(doc: Any) -> tuple[str, float | None, int | None, int]:
-    """Validate a decoded body: (action, budget, top_k, limit); 422 :class:`HTTPError` when invalid."""
+    """Validate a decoded body with :class:`AudienceRequest`: (action, budget, top_k, limit), ``limit`` cut to
+    :data:`MAX_LIMIT`; 422 :class:`HTTPError` naming the field when invalid."""
     if type(doc) is not dict:
         raise HTTPError(422, "invalid", "the body must be a JSON object with 'action'")
-    action = doc.get("action")
-    if action not in ACTIONS:
-        raise HTTPError(422, "invalid", f"'action' must be one of {list(ACTIONS)}, got {json.dumps(action)[:60]}")
-    budget, top_k, limit = doc.get("budget"), doc.get("top_k"), doc.get("limit", 1000)
-    if budget is not None and (type(budget) not in (int, float) or not 0 <= budget <= 1.7976931348623157e308):
-        raise HTTPError(422, "invalid", "'budget' must be a finite number >= 0")
-    for name, value in (("top_k", top_k), ("limit", limit)):
-        if value is not None and (type(value) is not int or value < 0 or value > 10**9):
-            raise HTTPError(422, "invalid", f"'{name}' must be a non-negative integer")
-    return action, (float(budget) if budget is not None else None), top_k, min(int(limit), MAX_LIMIT)
+    try:
+        req = AudienceRequest.model_validate(doc)
+    except ValidationError as exc:
+        raise HTTPError(422, "invalid", f"invalid /audience request: {describe(exc)}") from None
+    return req.action, req.budget, req.top_k, min(req.limit, MAX_LIMIT)
 
 
 class AudienceEndpoint(PostEndpoint):
@@ -78,6 +76,8 @@ class AudienceEndpoint(PostEndpoint):
     def _select(self, rt: Any, action: str, budget: float | None, top_k: int | None, limit: int) -> bytes:
         from serving.store.base import StoreError
 
+        if rt.store is None:
+            raise HTTPError(503, "store_unavailable", "score store unavailable: it could not be opened")
         try:
             snap = rt.store.current()
         except StoreError as exc:
@@ -90,12 +90,6 @@ class AudienceEndpoint(PostEndpoint):
             picked, summary = select_audience(frame, action, self._economics(), budget=budget, top_k=top_k)
         except ActivationError as exc:
             raise HTTPError(422, "invalid", str(exc)) from None
-        doc = {**summary.to_dict(), "snapshot_id": snap.snapshot_id,
-               "user_ids": picked["user_id"].astype(str).head(limit).tolist()}
-        return json.dumps(doc, allow_nan=False, default=_plain).encode()
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return str(value)
+        answer = AudienceResponse(**summary.to_dict(), snapshot_id=snap.snapshot_id,
+                                  user_ids=picked["user_id"].astype(str).head(limit).tolist())
+        return answer.model_dump_json().encode()

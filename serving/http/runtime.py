@@ -7,7 +7,9 @@ parses requests and writes responses; everything it needs is here:
   payloads (never decoded) between a per-snapshot header and the population defaults of unknown users;
 - :meth:`ServiceRuntime.score`: fresh scores through :func:`serving.scoring.score_events` (the batch code path)
   in a small dedicated thread pool, so the event loop keeps answering lookups;
-- :meth:`ServiceRuntime.readiness`: models and store status with the reasons when not ready;
+- :meth:`ServiceRuntime.readiness`: models and store status with the reasons when not ready (:meth:`probe`: the
+  same in a thread, so the event loop never waits for the store);
+- :meth:`ServiceRuntime.metrics_body`: the ``/metrics`` text (:mod:`serving.http.metrics`);
 - :meth:`ServiceRuntime.reload_loop`: checks the model source every ``reload_interval_s`` seconds and swaps in
   new champions (see :class:`serving.http.models.ModelManager`).
 """
@@ -25,6 +27,7 @@ from typing import Any
 
 import pandas as pd
 
+from serving.http.metrics import NoMetrics, ServiceMetrics
 from serving.http.models import LoadedModels, ModelManager, ModelSource
 from serving.http.options import ServiceOptions
 from serving.store.base import ScoreStore, SnapshotInfo, StoreError, dumps_compact, encode_chunk
@@ -34,46 +37,16 @@ log = logging.getLogger(__name__)
 _encode_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # C implementation, ~0.2 us
 
 
+PROBE_TIMEOUT_S = 2.0
+"""Longest a readiness or metrics probe waits for the store (seconds) before it answers "not ready"."""
+
+
 class LookupUnavailable(Exception):
     """The score store cannot answer (the HTTP layer replies 503 with this message)."""
 
 
 class NoModelsError(Exception):
     """No champion model is loaded, so ``/score`` cannot answer (503)."""
-
-
-class ServiceMetrics:
-    """Service counters in Prometheus (multiprocess-safe under BentoML); all methods are cheap."""
-
-    def __init__(self, namespace: str = "propensity") -> None:
-        from prometheus_client import Counter
-
-        users = Counter("lookup_users", "Users asked for in /lookup, by outcome", ["outcome"], namespace=namespace)
-        self._found = users.labels(outcome="found")
-        self._unknown = users.labels(outcome="unknown")
-        self._store_errors = Counter("store_errors", "Score store failures seen by /lookup", namespace=namespace)
-        self._scored = Counter("score_users", "Users scored by /score", namespace=namespace)
-        self._reloads = Counter("model_reloads", "Model reload checks, by result", ["result"], namespace=namespace)
-
-    def lookup(self, found: int, unknown: int) -> None:
-        self._found.inc(found)
-        self._unknown.inc(unknown)
-
-    def store_error(self) -> None:
-        self._store_errors.inc()
-
-    def scored(self, n: int) -> None:
-        self._scored.inc(n)
-
-    def reload(self, result: str) -> None:
-        self._reloads.labels(result=result).inc()
-
-
-class _NoMetrics:
-    def lookup(self, found: int, unknown: int) -> None: ...
-    def store_error(self) -> None: ...
-    def scored(self, n: int) -> None: ...
-    def reload(self, result: str) -> None: ...
 
 
 class ServiceRuntime:
@@ -102,12 +75,16 @@ class ServiceRuntime:
         self.token_bytes: bytes | None = options.token.encode() if options.token else None
         self.store = store
         self.models = models
-        self.metrics: Any = metrics or _NoMetrics()
+        self.metrics: Any = metrics or NoMetrics()
         self._reopen_store = reopen_store
         self._store_open_error = store_error
         self._fragments: tuple[str, str, str] | None = None  # (snapshot id, header, unknown-user tail)
+        self.snapshot: SnapshotInfo | None = None  # the served snapshot as last seen by a lookup or a probe
+        self.in_flight = 0  # lookups waiting for or reading the store
         self._score_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="score")
         self._reload_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-reload")
+        self._probe_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="probe")
+        self._probe: asyncio.Future[tuple[bool, dict[str, Any]]] | None = None
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -139,6 +116,7 @@ class ServiceRuntime:
         text = dumps_compact(defaults)
         tail = ',"found":false}' if text == "{}" else ',"found":false,' + text[1:]
         self._fragments = (info.snapshot_id, head, tail)
+        self.snapshot = info
         return head, tail
 
     def lookup_body(self, user_ids: Sequence[str]) -> bytes:
@@ -225,6 +203,7 @@ class ServiceRuntime:
                 store.ping()
                 info = store.current()
                 store_doc["ok"] = True
+                self.snapshot = info
                 if info is None:
                     errors.append("store unavailable: no score snapshot has been published yet")
                 else:
@@ -242,6 +221,35 @@ class ServiceRuntime:
         if not ready:
             doc["reason"] = "; ".join(errors) or "not ready"
         return ready, doc
+
+    async def probe(self, timeout_s: float = PROBE_TIMEOUT_S) -> tuple[bool, dict[str, Any]]:
+        """:meth:`readiness` in the probe thread, so a store that hangs never holds the event loop. Concurrent
+        callers share one check; one that takes longer than ``timeout_s`` seconds answers not ready with the
+        reason (the check goes on, and the next caller waits for it)."""
+        fut = self._probe
+        if fut is None or fut.done():
+            fut = self._probe = asyncio.get_running_loop().run_in_executor(self._probe_pool, self.readiness)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+        except TimeoutError:
+            loaded = self.models.current
+            return False, {
+                "ready": False,
+                "models": {t: loaded.versions.get(t) for t in self.models.targets},
+                "model_source": self.models.source.kind,
+                "store": {"ok": False, "snapshot_id": None},
+                "errors": [f"store unavailable: no answer within {timeout_s:g} s"],
+                "reason": f"store unavailable: no answer within {timeout_s:g} s",
+            }
+
+    async def metrics_body(self) -> bytes:
+        """The ``/metrics`` text: the counters of every worker and this worker's state (:mod:`serving.http.metrics`)."""
+        from serving.http.metrics import exposition, state_families
+
+        ready, _ = await self.probe()
+        families = state_families(ready=ready, snapshot=self.snapshot, versions=dict(self.models.current.versions),
+                                  source=self.models.source.kind, in_flight=self.in_flight)
+        return exposition(families)
 
     # ------------------------------------------------------------------------------------------ reload
     async def refresh_models(self) -> bool:
@@ -280,6 +288,7 @@ class ServiceRuntime:
             self._task = None
         self._score_pool.shutdown(wait=False, cancel_futures=True)
         self._reload_pool.shutdown(wait=False, cancel_futures=True)
+        self._probe_pool.shutdown(wait=False, cancel_futures=True)
         if self.store is not None:
             self.store.close()
 

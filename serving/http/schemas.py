@@ -88,7 +88,10 @@ def parse_ts(value: str | float) -> datetime:
 
 
 class EventIn(BaseModel):
-    """One posted event (see the module docstring for the rules)."""
+    """One posted event: ``user_id`` (text or integer, not empty), ``ts`` (ISO 8601 text, naive = UTC, or epoch
+    seconds), ``behavior`` (view, fav, cart, buy, visit, or an alias such as pv, addtocart, transaction),
+    optional ``item_id`` and ``category_id``, ``channel`` (search, recommend, ad, live, promo; other text counts as
+    other) and ``amount`` (a number >= 0). Unknown keys are refused."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -146,7 +149,8 @@ class EventIn(BaseModel):
 
 
 class ScoreRequest(BaseModel):
-    """``{"as_of": ISO 8601, "events": [event, ...]}``; ``as_of`` naive = UTC."""
+    """``POST /score`` body: ``{"as_of": ISO 8601, "events": [event, ...]}``; ``as_of`` naive = UTC; at most
+    ``serving.score_max_events`` events of at most ``serving.score_max_users`` distinct users."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

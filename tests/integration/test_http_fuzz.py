@@ -31,7 +31,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 TIMEOUT_S = 5.0  # a request without an answer by then is a hang
 POST_ROUTES = ("/lookup", "/score", "/audience")
 PUBLIC = {"/healthz", "/readyz", "/metrics", "/livez"}  # probes, open by design
-DOCS = {"/docs.json", "/schema.json"}  # BentoML's generated API description, open by design (checked below)
+DOCS = {"/", "/docs", "/openapi.json", "/docs.json", "/schema.json"}  # API descriptions, open by design (see below)
+BENTOML_ROUTES = {"/livez": {"GET"}, "/schema.json": {"GET"}}  # BentoML's own routes, not in the service's document
 WRONG_TOKEN = TOKEN + "-but-wrong"
 
 
@@ -290,13 +291,13 @@ def test_wrong_method_or_unknown_path_gets_a_json_error(
 
 # ------------------------------------------------------------------------------------------------- auth
 def served_routes(server: Server) -> dict[str, set[str]]:
-    """Every route the server answers: the service's own (``build_app``) and BentoML's (its OpenAPI document)."""
+    """Every route the server answers: the service's own (``build_app``, and its OpenAPI document) and BentoML's."""
     from serving.http.app import AppState, build_app
 
-    routes: dict[str, set[str]] = {}
+    routes: dict[str, set[str]] = {path: set(methods) for path, methods in BENTOML_ROUTES.items()}
     for route in build_app(AppState()).routes:
         routes.setdefault(route.path, set()).update(route.methods - {"HEAD"})
-    for path, ops in server.anon.get("/docs.json").json()["paths"].items():
+    for path, ops in server.anon.get("/openapi.json").json()["paths"].items():
         routes.setdefault(path, set()).update(op.upper() for op in ops)
     return routes
 
@@ -304,7 +305,7 @@ def served_routes(server: Server) -> dict[str, set[str]]:
 def test_every_route_but_the_probes_requires_the_token(server: Server, http: httpx.Client) -> None:
     routes = served_routes(server)
     assert {"/lookup", "/score", "/audience"} <= set(routes) and PUBLIC <= set(routes), routes
-    protected = {path: methods for path, methods in routes.items() if path not in PUBLIC}
+    protected = {path: methods for path, methods in routes.items() if path not in PUBLIC | DOCS}
     assert protected, routes
     for path, methods in sorted(protected.items()):
         for method in sorted(methods):
@@ -317,9 +318,11 @@ def test_every_route_but_the_probes_requires_the_token(server: Server, http: htt
             assert http.request(method, path, content=b'{"user_ids": ["u0000001"]}').status_code != 401
     for path in sorted(PUBLIC):
         assert server.anon.get(path).status_code in (200, 503), path  # open; 503 only means "not ready"
-    for path in sorted(DOCS):  # open BentoML descriptions: no secret, no score data
-        r = server.anon.get(path)
-        assert r.status_code == 200 and TOKEN not in r.text and "p_buy" not in r.text
+    for path in sorted(DOCS):  # open API descriptions: no secret, no score data (no user id, no snapshot)
+        r = server.anon.get(path, follow_redirects=True)
+        assert r.status_code == 200 and TOKEN not in r.text and "u0000001" not in r.text, path
+        snapshot = server.anon.get("/readyz").json()["store"]["snapshot_id"]
+        assert snapshot and snapshot not in r.text, path
 
 
 @fuzz(80)

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
 
@@ -25,6 +25,7 @@ from tests.integration.conftest import (
     TOKEN,
     Server,
     Trained,
+    free_port,
     publish,
     register,
     start_server,
@@ -35,9 +36,35 @@ pytestmark = pytest.mark.slow
 
 
 def lookup(server: Server, ids: list[Any]) -> dict[str, Any]:
-    r = server.client.post("/lookup", json={"user_ids": ids})
-    assert r.status_code == 200, r.text
-    return r.json()
+    """The ``/lookup`` answer through the typed client, as the JSON fields the server sent."""
+    from serving.http.client import PropensityClient
+
+    with PropensityClient(server.base, TOKEN) as client:
+        return client.lookup(ids).model_dump(exclude_unset=True)
+
+
+def closed(node: Any) -> Any:
+    """A copy of a JSON schema whose objects admit only their declared properties (the published document leaves
+    them open for later additions; the tests must see an undeclared field)."""
+    if isinstance(node, dict):
+        out = {k: closed(v) for k, v in node.items()}
+        if "properties" in out and "additionalProperties" not in out:
+            out["additionalProperties"] = False
+        return out
+    if isinstance(node, list):
+        return [closed(v) for v in node]
+    return node
+
+
+def answer_errors(doc: dict[str, Any], method: str, path: str, r: httpx.Response) -> list[str]:
+    """Where the JSON answer ``r`` of ``method path`` breaks its schema in the OpenAPI ``doc`` (closed objects)."""
+    from jsonschema import Draft202012Validator
+
+    responses = doc["paths"][path][method.lower()]["responses"]
+    assert str(r.status_code) in responses, f"{method} {path} answered {r.status_code}, not in the document"
+    schema = responses[str(r.status_code)]["content"]["application/json"]["schema"]
+    validator = Draft202012Validator({**schema, "components": closed(doc["components"])})
+    return [f"{e.message} at {list(e.absolute_path)}" for e in validator.iter_errors(r.json())]
 
 
 def request_events(events: pd.DataFrame) -> list[dict[str, Any]]:
@@ -234,7 +261,92 @@ def test_score_rejects_bad_as_of_and_empty_events(server: Server) -> None:
     assert r.status_code == 422 and "at least one event" in r.json()["message"]
 
 
+# ------------------------------------------------------------------------------------------------- api document
+def test_real_answers_match_the_openapi_document(server: Server, trained: Trained) -> None:
+    """Answers of every route, successes and errors, validate against the served document's schemas, whose objects
+    are closed here: a field the models do not declare fails."""
+    from serving.http.client import PropensityClient
+
+    with PropensityClient(server.base, TOKEN) as client:
+        doc = client.openapi()
+    assert doc["components"]["schemas"]["LookupRequest"]["properties"]["user_ids"]["maxItems"] == 50
+    known = trained.scores["user_id"].iloc[:2].tolist()
+    sample = trained.events[trained.events["user_id"].isin(known) & (trained.events["ts"] < AS_OF)]
+    late = {"user_id": "late", "ts": AS_OF.isoformat(), "behavior": "view"}
+    answers = [
+        ("POST", "/lookup", server.client.post("/lookup", json={"user_ids": [*known, "nobody", 7]})),
+        ("POST", "/score", server.client.post("/score", json={"as_of": AS_OF.isoformat(),
+                                                               "events": [*request_events(sample), late]})),
+        ("GET", "/healthz", server.anon.get("/healthz")),
+        ("GET", "/readyz", server.anon.get("/readyz")),
+        ("POST", "/lookup", server.client.post("/lookup", content=b"{", headers={"content-type": "application/json"})),
+        ("POST", "/score", server.anon.post("/score", json={})),
+        ("POST", "/lookup", server.client.post("/lookup", json={"user_ids": []})),
+        ("POST", "/lookup", server.client.post("/lookup", json={"user_ids": ["u"], "pad": "x" * 1_100_000})),
+        ("POST", "/audience", server.client.post("/audience", json={"action": "spam"})),
+    ]
+    statuses = [r.status_code for _, _, r in answers]
+    assert statuses == [200, 200, 200, 200, 400, 401, 422, 413, 422], [(r.status_code, r.text[:300]) for *_, r in answers]
+    for method, path, r in answers:
+        assert not answer_errors(doc, method, path, r), (method, path, r.status_code, answer_errors(doc, method, path, r))
+    results = answers[0][2].json()["results"]
+    assert [x["found"] for x in results] == [True, True, False, False]
+    scored = {x["user_id"]: x["scored"] for x in answers[1][2].json()["results"]}
+    assert scored == {known[0]: True, known[1]: True, "late": False}
+    # the check can fail: an undeclared field, an out-of-range probability and a wrong type are all caught
+    good = answers[0][2]
+    for broken in ({**good.json(), "extra": 1},
+                   {**good.json(), "results": [{**results[0], "p_buy": 1.5}]},
+                   {**good.json(), "results": [{**results[0], "found": "yes"}]}):
+        assert answer_errors(doc, "POST", "/lookup", httpx.Response(200, json=broken))
+
+
+def test_docs_page_works_offline_and_the_root_leads_to_it(server: Server) -> None:
+    page = server.anon.get("/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    text = page.text
+    assert "<script" not in text.lower() and "https:" not in text and "http:" not in text
+    for path in ("/lookup", "/score", "/audience", "/healthz", "/readyz", "/metrics"):
+        assert f"<code>{path}</code>" in text, path
+    root = server.anon.get("/", follow_redirects=False)
+    assert root.status_code == 307 and root.headers["location"] == "/docs"
+    assert server.anon.get("/docs.json").json() == server.anon.get("/openapi.json").json()
+
+
+def test_client_raises_the_servers_one_line_message(server: Server) -> None:
+    from serving.http.client import PropensityAPIError, PropensityClient
+
+    with PropensityClient(server.base, TOKEN) as client:
+        assert client.health().status == "ok" and client.ready().ready is True
+        with pytest.raises(PropensityAPIError, match=r"POST /lookup failed with 422 invalid: 'user_ids' must hold"):
+            client.lookup([])
+        with pytest.raises(PropensityAPIError) as err:
+            client.audience("spam_everyone")
+        assert err.value.status == 422 and "action" in err.value.message
+    with PropensityClient(server.base, "wrong") as client, pytest.raises(PropensityAPIError) as err:
+        client.lookup(["u1"])
+    assert (err.value.status, err.value.code, err.value.message) == (401, "unauthorized", "invalid bearer token")
+    with (PropensityClient(f"http://127.0.0.1:{free_port()}", TOKEN, timeout=2) as client,
+          pytest.raises(PropensityAPIError, match="GET /healthz failed: no answer from") as err):
+        client.health()
+    assert err.value.status == 0 and err.value.code == "unreachable"
+
+
 # ------------------------------------------------------------------------------------------------- ops
+def scrape(server: Server) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """``/metrics`` parsed with Prometheus' own parser: ``{(sample name, labels): value}``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = server.anon.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain"), r.text[:300]
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(r.text) for s in family.samples}
+
+
+def metric(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
 def test_readiness_and_metrics(server: Server, trained: Trained) -> None:
     r = server.anon.get("/readyz")
     doc = r.json()
@@ -242,11 +354,38 @@ def test_readiness_and_metrics(server: Server, trained: Trained) -> None:
     assert doc["model_source"] == "registry" and set(doc["models"]) == {"last_mile_buyer", "lapse_risk"}
     assert doc["store"]["ok"] is True and doc["store"]["snapshot_id"]
     assert server.anon.get("/healthz").json() == {"status": "ok"}
-    lookup(server, [trained.scores["user_id"].iloc[0], "nobody-here"])
-    text = server.anon.get("/metrics").text
-    assert 'endpoint="/lookup"' in text
-    found = [ln for ln in text.splitlines() if ln.startswith('propensity_lookup_users_total{outcome="found"}')]
-    assert found and float(found[0].split()[-1]) >= 1
+    before = scrape(server)
+    known = trained.scores["user_id"].iloc[:2].tolist()
+    lookup(server, [*known, "nobody-here"])
+    lookup(server, ["nobody-either"])
+    assert server.client.post("/lookup", json={"user_ids": []}).status_code == 422
+    assert server.anon.get("/no/such/route").status_code == 404
+    t0 = time.time()
+    after = scrape(server)
+
+    def delta(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    assert delta("propensity_lookup_users_total", outcome="found") == 2
+    assert delta("propensity_lookup_users_total", outcome="not_found") == 2
+    assert delta("propensity_http_requests_total", route="/lookup", status="200") == 2
+    assert delta("propensity_http_requests_total", route="/lookup", status="422") == 1
+    assert delta("propensity_http_requests_total", route="other", status="404") == 1
+    assert delta("propensity_http_requests_total", route="/metrics", status="200") == 1  # the first scrape
+    assert delta("propensity_http_request_duration_seconds_count", route="/lookup", status="200") == 2
+    assert delta("propensity_http_request_duration_seconds_bucket", route="/lookup", status="200", le="+Inf") == 2
+    assert 0 < delta("propensity_http_request_duration_seconds_sum", route="/lookup", status="200") < 10
+    assert not any(name.startswith("propensity_http_requests_total") and dict(labels).get("route") == "/no/such/route"
+                   for name, labels in after)  # unknown paths share the "other" label
+    assert not any(name.startswith("bentoml_service_request") for name, _ in after)  # counted once, here
+    scored_at = datetime.fromisoformat(doc["store"]["scored_at"])
+    age = metric(after, "propensity_snapshot_age_seconds")
+    assert abs(age - (t0 - scored_at.timestamp())) < 30, (age, scored_at)
+    assert metric(after, "propensity_snapshot_created_timestamp_seconds") == pytest.approx(scored_at.timestamp())
+    assert metric(after, "propensity_snapshot_users") == len(trained.scores)
+    assert metric(after, "propensity_ready") == 1
+    for target, version in doc["models"].items():
+        assert metric(after, "propensity_model_version_info", target=target, version=version, source="registry") == 1
 
 
 def test_new_snapshot_is_served_at_once_without_failed_requests(server: Server, trained: Trained) -> None:
@@ -449,13 +588,24 @@ def test_audience_route_matches_the_cli_selection_on_the_published_batch(
     assert full.loc[~bought, "reasons_lapse"].map(len).eq(0).all()
     assert full.loc[bought, "p_lapse"].notna().all()
     action = frame.loc[acted, "action"].value_counts().index[0]
-    _, expected = select_audience(frame, action, ActivationConfig(), top_k=5)
+    picked, expected = select_audience(frame, action, ActivationConfig(), top_k=5)
     r = server.client.post("/audience", json={"action": action, "top_k": 5})
     assert r.status_code == 200, r.text
+    assert not answer_errors(server.anon.get("/openapi.json").json(), "POST", "/audience", r)
     doc = r.json()
     assert doc["snapshot_id"] == result.snapshot.snapshot_id
     assert doc["size"] == expected.size == len(doc["user_ids"])
     assert doc["expected_profit"] == pytest.approx(expected.expected_profit)
+    from serving.http.client import PropensityClient
+
+    with PropensityClient(server.base, TOKEN) as client:
+        typed = client.audience(action, top_k=5, limit=2)
+    assert typed.user_ids == picked["user_id"].astype(str).head(2).tolist() and typed.size == expected.size
+    assert typed.action == action and typed.lift_source == "prior"
+    for uid in doc["user_ids"]:  # the stored records of the selected users validate too
+        stored = server.client.post("/lookup", json={"user_ids": [uid]})
+        assert not answer_errors(server.anon.get("/openapi.json").json(), "POST", "/lookup", stored)
+        assert stored.json()["results"][0]["action"] == action
     bad = server.client.post("/audience", json={"action": "spam_everyone"})
     assert bad.status_code == 422 and "action" in bad.json()["message"]
     assert server.anon.post("/audience", json={"action": action}).status_code == 401

@@ -1,0 +1,188 @@
+"""Prometheus metrics of the service (``GET /metrics``, text exposition format).
+
+Counted per request (every worker process adds to the same totals under BentoML, whose workers share
+``PROMETHEUS_MULTIPROC_DIR``):
+
+- ``propensity_http_requests_total{route, status}`` and ``propensity_http_request_duration_seconds{route, status}``
+  (histogram, seconds from the request reaching the service's middleware to the last byte of the answer); ``route``
+  is one of :data:`ROUTES` or ``other`` (unknown paths share one label, so a scan cannot grow the series);
+- ``propensity_lookup_users_total{outcome}``: users asked for in ``/lookup``, ``found`` or ``not_found`` in the
+  served snapshot;
+- ``propensity_store_errors_total{kind}``: ``/lookup`` calls the store failed (``error``) or that were refused
+  because too many lookups already waited for a store that does not answer (``busy``);
+- ``propensity_score_users_total``: users scored by ``/score``; ``propensity_model_reloads_total{result}``.
+
+Read when scraped, from the worker that answers the scrape (see :func:`state_families`):
+
+- ``propensity_ready`` (1 or 0), ``propensity_snapshot_age_seconds`` (now minus the served snapshot's publish time),
+  ``propensity_snapshot_created_timestamp_seconds``, ``propensity_snapshot_users``;
+- ``propensity_model_version_info{target, version, source}`` (value 1) for each loaded model;
+- ``propensity_lookups_in_flight``: lookups waiting for or reading the store in this worker.
+
+The hot path costs one dictionary read, one counter increment and one histogram observation per request (a few
+microseconds): the labelled children are created once per (route, status) and kept.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from serving.store.records import SnapshotInfo
+
+__all__ = ["BUCKETS", "CONTENT_TYPE", "ROUTES", "ServiceMetrics", "exposition", "route_label", "state_families"]
+
+ROUTES = frozenset({
+    "/lookup", "/score", "/audience", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs.json", "/",
+    "/livez", "/schema.json",
+})
+"""Paths counted under their own ``route`` label; any other path is counted as ``other``."""
+BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+"""Latency histogram bounds in seconds: fine below 10 ms, where ``/lookup`` answers."""
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_PREPARED = (("/lookup", 200), ("/score", 200), ("/audience", 200), ("/healthz", 200), ("/readyz", 200))
+
+
+def route_label(path: str) -> str:
+    """The ``route`` label of a request path."""
+    return path if path in ROUTES else "other"
+
+
+class ServiceMetrics:
+    """The service's counters and histograms in ``registry`` (Prometheus' default one unless given; one instance per
+    process, as Prometheus refuses two metrics of one name). Every method is cheap and thread-safe."""
+
+    def __init__(self, namespace: str = "propensity", registry: Any = None) -> None:
+        from prometheus_client import REGISTRY, Counter, Histogram
+
+        reg = REGISTRY if registry is None else registry
+        self._requests = Counter("http_requests", "HTTP requests answered, by route and status",
+                                 ["route", "status"], namespace=namespace, registry=reg)
+        self._duration = Histogram("http_request_duration_seconds", "HTTP request duration in seconds, by route and "
+                                   "status", ["route", "status"], namespace=namespace, buckets=BUCKETS, registry=reg)
+        users = Counter("lookup_users", "Users asked for in /lookup, by outcome (found or not_found in the served "
+                        "snapshot)", ["outcome"], namespace=namespace, registry=reg)
+        self._found = users.labels(outcome="found")
+        self._not_found = users.labels(outcome="not_found")
+        errors = Counter("store_errors", "/lookup calls the store failed (error) or refused while the store hangs "
+                         "(busy)", ["kind"], namespace=namespace, registry=reg)
+        self._store_error = errors.labels(kind="error")
+        self._store_busy = errors.labels(kind="busy")
+        self._scored = Counter("score_users", "Users scored by /score", namespace=namespace, registry=reg)
+        self._reloads = Counter("model_reloads", "Model reload checks, by result", ["result"], namespace=namespace,
+                                registry=reg)
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        for route, status in _PREPARED:  # zero series from the start: rate() works from the first request
+            self._child(route, status)
+
+    def _child(self, route: str, status: int) -> tuple[Any, Any]:
+        pair = self._children.get((route, status))
+        if pair is None:
+            code = str(status)
+            pair = self._children[(route, status)] = (
+                self._requests.labels(route=route, status=code), self._duration.labels(route=route, status=code)
+            )
+        return pair
+
+    def request(self, route: str, status: int, seconds: float) -> None:
+        """One answered request: ``route`` from :func:`route_label`, HTTP ``status``, duration in seconds."""
+        pair = self._children.get((route, status)) or self._child(route, status)
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+    def lookup(self, found: int, not_found: int) -> None:
+        self._found.inc(found)
+        self._not_found.inc(not_found)
+
+    def store_error(self) -> None:
+        self._store_error.inc()
+
+    def store_busy(self) -> None:
+        self._store_busy.inc()
+
+    def scored(self, n: int) -> None:
+        self._scored.inc(n)
+
+    def reload(self, result: str) -> None:
+        self._reloads.labels(result=result).inc()
+
+
+class NoMetrics:
+    """Stands in for :class:`ServiceMetrics` when metrics are off."""
+
+    def request(self, route: str, status: int, seconds: float) -> None: ...
+    def lookup(self, found: int, not_found: int) -> None: ...
+    def store_error(self) -> None: ...
+    def store_busy(self) -> None: ...
+    def scored(self, n: int) -> None: ...
+    def reload(self, result: str) -> None: ...
+
+
+def state_families(
+    *,
+    ready: bool,
+    snapshot: SnapshotInfo | None,
+    versions: Mapping[str, str | None],
+    source: str,
+    in_flight: int,
+    now: datetime | None = None,
+) -> list[Any]:
+    """The scrape-time gauges (see the module docstring) of one worker's state; ``now`` defaults to the clock."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    now = now or datetime.now(UTC)
+    out = [GaugeMetricFamily("propensity_ready", "1 when every model is loaded and a snapshot is served", value=int(ready))]
+    if snapshot is not None:
+        created = snapshot.created_at if snapshot.created_at.tzinfo else snapshot.created_at.replace(tzinfo=UTC)
+        out += [
+            GaugeMetricFamily("propensity_snapshot_age_seconds", "Seconds since the served snapshot was published",
+                              value=max((now - created).total_seconds(), 0.0)),
+            GaugeMetricFamily("propensity_snapshot_created_timestamp_seconds",
+                              "Publish time of the served snapshot, Unix seconds", value=created.timestamp()),
+            GaugeMetricFamily("propensity_snapshot_users", "Users in the served snapshot", value=snapshot.rows),
+        ]
+    info = GaugeMetricFamily("propensity_model_version_info", "Loaded model version per target (value 1)",
+                             labels=["target", "version", "source"])
+    for target, version in sorted(versions.items()):
+        if version is not None:
+            info.add_metric([target, str(version), source], 1)
+    out.append(info)
+    out.append(GaugeMetricFamily("propensity_lookups_in_flight", "Lookups waiting for or reading the store in the "
+                                 "worker that answered this scrape", value=in_flight))
+    return out
+
+
+class _Families:
+    def __init__(self, families: Iterable[Any]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> list[Any]:
+        return self._families
+
+
+def _histogram_order(sample: Any) -> tuple[Any, ...]:
+    labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "le"))
+    if sample.name.endswith("_bucket"):
+        return labels, 0, float(sample.labels.get("le", 0))
+    return labels, (1 if sample.name.endswith("_count") else 2), 0.0
+
+
+def exposition(extra: Iterable[Any] = ()) -> bytes:
+    """The text exposition of every counter and histogram (summed over the worker processes when
+    ``PROMETHEUS_MULTIPROC_DIR`` is set, as under BentoML), followed by the ``extra`` metric families."""
+    from prometheus_client import REGISTRY, generate_latest
+
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory and os.path.isdir(directory):
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        collected = list(MultiProcessCollector(None, path=directory).collect())
+        for metric in collected:
+            if metric.type == "histogram":  # buckets, then count, then sum, per label set
+                metric.samples.sort(key=_histogram_order)
+        text = generate_latest(_Families(collected))  # type: ignore[arg-type]
+    else:
+        text = generate_latest(REGISTRY)
+    return text + generate_latest(_Families(extra))  # type: ignore[arg-type]
