@@ -8,13 +8,22 @@ from typing import Annotated, Any
 
 import typer
 
+from propensity.cli.campaigns import print_kpis, run_outcomes
 from propensity.cli.common import DataDir, settings
 from propensity.cli.data import generator_start, parse_day, print_assets, print_validation, run_validation, today_utc
 from propensity.cli.models import run_train
-from propensity.cli.serving import activation_config, open_score_store, run_report, run_score
+from propensity.cli.serving import launch, open_score_store, run_report, run_score, write_send_list
 from propensity.cli.ui import console, kv_table, progress_bar
 from propensity.config import Settings
 
+FOLLOW_DAYS = 7
+"""Days the demo simulates after the cutoff, with the campaigns applied, before it reads their outcomes."""
+MEASURE_ALL = 10**9
+"""The demo's campaigns take every candidate (top-k above any audience): a test of each action's lift."""
+TEST_CONTROL_SHARE = 0.5
+TEST_MIN_CONTROL = 50
+"""A lift test on a 20k-user shop splits each action's candidates half and half, so even the few hundred win-back
+candidates leave a control group worth measuring (production audiences keep the configured 10%)."""
 SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "taobao_user_behavior_sample.csv"
 
 
@@ -45,7 +54,8 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
     data_dir: DataDir = None,
 ) -> None:
-    """Generate data, validate, segment, train both models, promote, batch-score, publish, look up, report."""
+    """Generate data, validate, segment, train, promote, score, publish, look up, launch campaigns, simulate the week
+    after, measure what the campaigns caused, report."""
     from features.build.builder import build_features, default_connection, events_table
     from features.segments.segmenter import Segmenter, asset_summary
     from features.simulate.shop import GeneratorConfig, generate
@@ -54,6 +64,9 @@ def demo(
     lapse_days = cfg.training.lapse_days or 30
     cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"lapse_days": lapse_days})})
     con_ = console()
+
+    from features.simulate.continuation import continue_shop
+    from serving.activation.campaign_records import CampaignError
 
     con_.rule("1. generate a shop's behavior log (with the true propensities)")
     gen_dir = cfg.data_dir / "generated"
@@ -91,10 +104,25 @@ def demo(
     result = run_score(cfg, report.events_path, cutoff)
     _sample_lookup(cfg, result)
 
-    con_.rule("6. activation: one audience file per action, and the asset report")
-    audiences = _audiences(cfg, result.audience_path)
+    con_.rule("6. activation: one campaign per action (treatment | control), send lists")
+    test = cfg.campaigns.model_copy(update={"control_share": TEST_CONTROL_SHARE, "min_control": TEST_MIN_CONTROL})
+    launched = _campaigns(cfg.model_copy(update={"campaigns": test}), result.audience_path, cutoff)
+
+    con_.rule(f"7. the next {FOLLOW_DAYS} days, simulated with the campaigns applied; what they caused")
+    with progress_bar("simulating the week after") as progress:
+        nxt = continue_shop(gcfg, cutoff, FOLLOW_DAYS, _members(launched, "treatment"), cfg.data_dir / "generated_next",
+                            seed=seed, controls=_members(launched, "control"), progress=progress)
+    con_.print(f"{nxt.n_events:,} events after the cutoff in {nxt.events_dir}")
+    if not launched:
+        raise CampaignError("no action had an audience large enough for a control group: use more --users")
+    results = run_outcomes(cfg, [nxt.events_dir], until=nxt.end,
+                           campaign_ids=[done.campaign.campaign_id for done in launched.values()])
+    print_kpis(results)
+    _measured_vs_true(results, launched, nxt.uplift_path)
+
+    con_.rule("8. the asset report")
     report_path = run_report(cfg, scores=result.audience_path)
-    _outputs(cfg, result, audiences, report_path)
+    _outputs(cfg, result, cfg.scores_dir / "audiences", report_path)
 
 
 def _sample_lookup(cfg: Settings, result: Any) -> None:
@@ -116,28 +144,73 @@ def _sample_lookup(cfg: Settings, result: Any) -> None:
     console().print(f"unknown users get the population defaults: {snap.meta.get('defaults')}")
 
 
-def _audiences(cfg: Settings, audience_path: Path) -> Path:
-    """The profit-maximising audience of every action, as CSV files, with one summary table."""
-    import pandas as pd
+def _campaigns(cfg: Settings, audience_path: Path, as_of: datetime) -> dict[str, Any]:
+    """One campaign per action from the profit-maximising audience, its send list as CSV; one summary table."""
     from rich.table import Table
 
     from serving.activation.actions import ACTIONS
-    from serving.activation.audiences import select_audience
+    from serving.activation.campaign_records import CampaignError
 
-    frame = pd.read_parquet(audience_path)
     out_dir = cfg.scores_dir / "audiences"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table = Table(title="who to activate first (profit-maximising cut per action)", title_justify="left")
-    for col in ("action", "candidates", "selected", "incremental conversions", "incremental profit", "file"):
-        table.add_column(col, justify="left" if col in ("action", "file") else "right")
+    table = Table(title="campaigns: every candidate of each action, half held out as control (a lift test)",
+                  title_justify="left")
+    for col in ("action", "candidates", "selected", "to send", "control", "incremental conversions",
+                "incremental profit", "send list"):
+        table.add_column(col, justify="left" if col in ("action", "send list") else "right")
+    launched = {}
     for action in ACTIONS:
-        picked, summary = select_audience(frame, action, activation_config(cfg))
+        try:  # the whole candidate pool: the demo measures every action's lift, profitable or not yet
+            done = launch(cfg, audience_path, action, top=MEASURE_ALL)
+        except CampaignError as exc:  # too small an audience to keep a control group
+            console().print(f"[yellow]{action}: no campaign[/] ({exc})", soft_wrap=True)
+            continue
         path = out_dir / f"{action}.csv"
-        picked.drop(columns=[c for c in picked.columns if c.startswith("reasons_")]).to_csv(path, index=False)
-        table.add_row(action, f"{summary.candidates:,}", f"{summary.size:,}", f"{summary.expected_incremental:.1f}",
-                      f"{summary.expected_profit:,.2f}", str(path))
+        write_send_list(done.send, path)
+        counts = done.campaign.to_dict().get("counts", {})
+        s = done.summary
+        table.add_row(action, f"{s.candidates:,}", f"{s.size:,}", f"{counts.get('treatment', 0):,}",
+                      f"{counts.get('control', 0):,}", f"{s.expected_incremental:.1f}", f"{s.expected_profit:,.2f}",
+                      str(path))
+        launched[action] = done
     console().print(table)
-    return out_dir
+    return launched
+
+
+def _members(launched: dict[str, Any], group: str) -> dict[str, str]:
+    """user id -> action of every campaign member in ``group``."""
+    out: dict[str, str] = {}
+    for action, done in launched.items():
+        members = done.campaign.members
+        out.update(dict.fromkeys(members.loc[members["group"] == group, "user_id"].astype(str), action))
+    return out
+
+
+def _measured_vs_true(results: list[Any], launched: dict[str, Any], uplift_path: Path) -> None:
+    """Measured relative lift (with its interval) next to the simulator's true lift over the same members."""
+    import pandas as pd
+    from rich.table import Table
+
+    truth = pd.read_parquet(uplift_path)
+    table = Table(title="measured vs true lift (relative to the untreated course; win_back: share of lapsers "
+                        "saved)", title_justify="left")
+    for col in ("action", "treated", "control", "measured lift", "95% interval", "credible", "true lift",
+                "prior used"):
+        table.add_column(col, justify="left" if col == "action" else "right")
+    for result in results:
+        members = set(launched[result.action].campaign.members["user_id"].astype(str)) if result.action in launched \
+            else set()
+        own = truth[truth["user_id"].astype(str).isin(members)]
+        if own.empty or result.lift is None:
+            continue
+        if result.action == "win_back":
+            true = float(own["uplift"].mean() / (1.0 - own["p_untreated"]).mean())
+        else:
+            true = float(own["p_treated"].mean() / own["p_untreated"].mean() - 1.0)
+        lift = result.lift
+        table.add_row(result.action, f"{result.groups['treatment'].users:,}", f"{result.groups['control'].users:,}",
+                      f"{lift.relative_lift:+.1%}", f"{lift.relative_lift_low:+.1%} to {lift.relative_lift_high:+.1%}",
+                      "yes" if lift.credible else "no", f"{true:+.1%}", f"{result.lift_used['value']:+.1%}")
+    console().print(table)
 
 
 def _outputs(cfg: Settings, result: Any, audiences: Path, report_path: Path) -> None:
@@ -147,7 +220,8 @@ def _outputs(cfg: Settings, result: Any, audiences: Path, report_path: Path) -> 
         "MLflow (runs, registry)": f"{cfg.tracking_uri}  (browse: mlflow ui --backend-store-uri {cfg.tracking_uri})",
         "evaluation plots": cfg.reports_dir / "training",
         "audience file": result.audience_path,
-        "audiences per action": audiences,
+        "send lists per action": audiences,
+        "campaign records and outcome reads": cfg.campaigns_dir,
         "asset report": report_path,
         "score store": cfg.redis_url or cfg.store_path,
     }))

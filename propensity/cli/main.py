@@ -1,7 +1,7 @@
 """The ``propensity`` command line: one command per pipeline stage, thin over features / training / serving.
 
 This module defines the Typer :data:`app` and registers the functions of the command modules (``data``, ``models``,
-``serving``, ``demo``), which never import it. Every command builds the typed :class:`~propensity.config.Settings`
+``serving``, ``campaigns``, ``demo``), which never import it. Every command builds the typed :class:`~propensity.config.Settings`
 once, calls the libraries and prints where its outputs went. An expected error ends the command with a one-line
 message on stderr and the exit code its class carries (:data:`propensity.cli.common.EXIT_CODES`), never a stack
 trace; anything else is a bug and keeps its traceback.
@@ -16,7 +16,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from propensity.cli import data, demo, models, serving
+from propensity.cli import campaigns, data, demo, models, serving
 from propensity.cli.common import USAGE, error_message, exit_code_of, exit_codes_help
 from propensity.cli.ui import error
 
@@ -87,12 +87,14 @@ COMMANDS: tuple[Callable[..., Any], ...] = (
     models.train, models.retrain, models.promote, models.rollback, models.models,
     serving.score, serving.snapshots, serving.rollback_scores, serving.lookup, serving.audience, serving.report,
     serving.serve, serving.pin,
+    campaigns.outcomes,
     demo.demo,
 )
 """Every command, in the order ``propensity --help`` lists them (names from the functions, ``_`` as ``-``)."""
 
 for _command in COMMANDS:
     app.command(cls=Command)(_command)
+app.add_typer(campaigns.campaigns_app, name="campaigns", cls=Group)
 
 
 def main() -> None:  # pragma: no cover - the console script

@@ -48,9 +48,13 @@ def open_score_store(cfg: Settings) -> Any:
 
 
 def activation_config(cfg: Settings) -> Any:
+    """The activation economics of the settings, each action's prior lift replaced by what its closed campaigns
+    measured (shrunk toward the prior; see :func:`serving.activation.loop.measured_activation`)."""
     from serving.activation.actions import ActivationConfig
+    from serving.activation.loop import measured_activation
 
-    return ActivationConfig.from_settings(cfg.activation)
+    prior = ActivationConfig.from_settings(cfg.activation)
+    return measured_activation(cfg.campaigns_dir, prior, cfg.campaigns.prior_strength)
 
 
 def audience_files(cfg: Settings) -> list[Path]:
@@ -88,21 +92,50 @@ def run_audience(
     cfg: Settings, action: str, out: Path, *, scores: Path | None = None, budget: float | None = None,
     top: int | None = None,
 ) -> Any:
-    """Pick the audience for one action from an audience file, write it as CSV, print the expected outcome."""
-    from serving.activation.audiences import AUDIENCE_COLUMNS, select_audience
-
+    """Pick the audience for one action from an audience file and record it as a campaign (treatment and control);
+    write the send list (treatment users only) as CSV and print the expected incremental outcome."""
     check_action(action)
     check_output(out, cfg)
-    frame = read_audience(scores or latest_audience(cfg), AUDIENCE_COLUMNS)
-    picked, summary = select_audience(frame, action, activation_config(cfg), budget=budget, top_k=top)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    columns = [c for c in ("audience_rank", "user_id", "action", "action_deadline", "action_p", "priority",
-                           "expected_profit", "aipl_layer", "lifecycle", "rfm_group") if c in picked.columns]
-    picked[columns].to_csv(out, index=False)
+    launched = launch(cfg, scores or latest_audience(cfg), action, budget=budget, top=top)
+    write_send_list(launched.send, out)
+    summary, campaign = launched.summary, launched.campaign
     rows = {k: v for k, v in summary.to_dict().items() if v is not None}
-    rows["written to"] = out
+    counts = campaign.to_dict().get("counts", {})
+    rows["campaign"] = f"{campaign.campaign_id} ({counts.get('treatment', 0):,} to send, " \
+                       f"{counts.get('control', 0):,} held out as control)"
+    rows["send list written to"] = out
+    rows["campaign record"] = campaign.path
     console().print(kv_table(f"audience: {action}", rows))
-    return summary
+    return launched
+
+
+def launch(cfg: Settings, source: Path, action: str, *, budget: float | None = None, top: int | None = None,
+           created_at: datetime | None = None) -> Any:
+    """The campaign of one action's audience from an audience file (its snapshot and model versions recorded)."""
+    import pandas as pd
+
+    from serving.activation.audiences import AUDIENCE_COLUMNS
+    from serving.activation.loop import launch_campaign
+
+    frame = read_audience(source, AUDIENCE_COLUMNS)
+    snap = snapshot_of(cfg, source)
+    models = {t: str(frame[c].dropna().iloc[0]) for t, c in (("last_mile_buyer", "model_buy"),
+                                                              ("lapse_risk", "model_lapse"))
+              if c in frame.columns and frame[c].notna().any()}
+    as_of = pd.Timestamp(frame["as_of"].dropna().iloc[0]).to_pydatetime() if "as_of" in frame.columns else None
+    if as_of is None:
+        raise InputError(f"{source} has no as_of column: use an audience file written by `propensity score`")
+    return launch_campaign(cfg.campaigns_dir, frame, action, activation_config(cfg), cfg.campaigns, as_of=as_of,
+                           created_at=created_at or datetime.now(UTC), model_versions=models,
+                           snapshot_id=snap.snapshot_id if snap is not None else None, budget=budget, top_k=top)
+
+
+def write_send_list(send: Any, out: Path) -> None:
+    """The send list as CSV: who to act on, best first, with deadline and expected incremental value."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    columns = [c for c in ("audience_rank", "user_id", "action", "action_deadline", "action_p", "incremental_p",
+                           "priority", "expected_profit", "aipl_layer", "lifecycle", "rfm_group") if c in send.columns]
+    send[columns].to_csv(out, index=False)
 
 
 def prebuilt_features(path: Path, as_of: datetime, spec: Any) -> Any:

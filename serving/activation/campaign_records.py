@@ -38,6 +38,8 @@ _STRING_COLUMNS = frozenset({"user_id", "group", "action", "aipl_layer", "lifecy
 class CampaignError(ValueError):
     """A campaign cannot be built, written or read; the message is one line a CLI can print."""
 
+    exit_code = 1  # CLI exit code: bad input
+
 
 def utc(value: datetime | str) -> pd.Timestamp:
     """``value`` as an aware UTC timestamp (naive datetimes are taken as UTC)."""

@@ -23,6 +23,8 @@ AIPL_TARGETS = MappingProxyType({"P": 0.50, "I": 0.20, "A": 0.05})
 class OutcomeError(ValueError):
     """Events or a result that cannot be read against a campaign; the message is one line a CLI can print."""
 
+    exit_code = 1  # CLI exit code: bad input
+
 
 @dataclass(frozen=True)
 class GroupOutcome:
