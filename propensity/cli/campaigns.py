@@ -55,7 +55,7 @@ def print_campaigns(cfg: Settings) -> None:
         return
     table = Table(title=f"campaigns in {cfg.campaigns_dir}", title_justify="left")
     for col in ("id", "action", "as_of", "window closes", "treatment", "control", "last read"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "id")
     for c in found:
         facts = c.to_dict()
         counts = facts.get("counts", {})

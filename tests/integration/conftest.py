@@ -213,3 +213,28 @@ def server(trained: Trained) -> Iterator[Server]:
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture()
+def cli(trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Runs `propensity ...` in a fresh working directory against the trained champions; no traceback allowed."""
+    from typer.testing import CliRunner
+
+    from propensity.cli.main import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PROPENSITY_TRACKING_URI", trained.tracking_uri)
+    monkeypatch.setenv("PROPENSITY_ARTIFACT_ROOT", str(trained.artifact_root))
+    for var in ("PROPENSITY_REDIS_URL", "PROPENSITY_DATA_DIR", "PROPENSITY_STORE_PATH", "PROPENSITY_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    trained.events.to_parquet(tmp_path / "events.parquet")
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        result = runner.invoke(app, list(args))
+        assert "Traceback" not in result.output, result.output
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return result
+
+    return invoke

@@ -7,33 +7,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from propensity.cli.main import app
 from propensity.config import load_settings
 from tests.integration.conftest import AS_OF, Trained
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture()
-def cli(trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PROPENSITY_TRACKING_URI", trained.tracking_uri)
-    monkeypatch.setenv("PROPENSITY_ARTIFACT_ROOT", str(trained.artifact_root))
-    for var in ("PROPENSITY_REDIS_URL", "PROPENSITY_DATA_DIR", "PROPENSITY_STORE_PATH", "PROPENSITY_CONFIG"):
-        monkeypatch.delenv(var, raising=False)
-    trained.events.to_parquet(tmp_path / "events.parquet")
-    runner = CliRunner()
-
-    def invoke(*args: str):
-        result = runner.invoke(app, list(args))
-        assert "Traceback" not in result.output, result.output
-        if result.exception is not None and not isinstance(result.exception, SystemExit):
-            raise result.exception
-        return result
-
-    return invoke
 
 
 def test_store_path_follows_the_data_dir_unless_set():
