@@ -209,14 +209,15 @@ class PostEndpoint(ABC):
 
 
 class LookupEndpoint(PostEndpoint):
-    """``POST /lookup``: the hot path (no decoding of the stored payloads)."""
+    """``POST /lookup``: the hot path (no decoding of the stored payloads; the store is read in a lookup thread, see
+    :meth:`ServiceRuntime.lookup`)."""
 
     path = "/lookup"
 
     async def handle(self, rt: ServiceRuntime, doc: Any) -> bytes:
         ids = lookup_ids(doc, rt.options.lookup_max_ids)
         try:
-            return rt.lookup_body(ids)
+            return await rt.lookup(ids)
         except LookupUnavailable as exc:
             raise HTTPError(503, "store_unavailable", str(exc)) from None
 
@@ -244,7 +245,8 @@ class ScoreEndpoint(PostEndpoint):
 
 
 class ReadyzEndpoint:
-    """``GET /readyz``: 200 with the status document when ready, else 503 with ``reason``."""
+    """``GET /readyz``: 200 with the status document when ready, else 503 with ``reason`` (checked in the probe
+    thread, see :meth:`ServiceRuntime.probe`: a store that hangs makes it answer 503 within seconds)."""
 
     def __init__(self, state: AppState) -> None:
         self.state = state
@@ -254,7 +256,7 @@ class ReadyzEndpoint:
         if rt is None:
             await send_json(send, 503, b'{"ready":false,"reason":"the service is still starting","errors":[]}')
             return 503
-        ready, doc = rt.readiness()
+        ready, doc = await rt.probe()
         status = 200 if ready else 503
         await send_json(send, status, json.dumps(doc).encode())
         return status
