@@ -3,7 +3,8 @@
 The worker processes rebuild the settings from ``PROPENSITY_SETTINGS_JSON`` (see
 :mod:`propensity.service.options`); relative paths are made absolute first, so the server resolves them exactly as
 the command that started it did. The token travels in ``PROPENSITY_SERVING__API_TOKEN`` (or stays in its file),
-never on the command line.
+never on the command line. The server runs in its own process group, and stopping ``propensity serve`` (SIGTERM,
+SIGINT, SIGHUP) stops the whole group (:func:`supervise`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -87,6 +90,11 @@ def serve_args(
     return argv, env
 
 
+STOP_TIMEOUT_S = 20.0
+"""Seconds the server's process group gets to stop after SIGTERM before it is killed."""
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 def serve_command(
     settings: Settings,
     host: str | None = None,
@@ -95,19 +103,76 @@ def serve_command(
     *,
     model_dir: Path | None = None,
     bento: str | None = None,
+    stop_timeout_s: float = STOP_TIMEOUT_S,
 ) -> int:
-    """Run the server in the foreground until it exits or Ctrl-C; returns its exit code.
+    """Run the server in the foreground until it exits or this process gets SIGTERM, SIGINT (Ctrl-C) or SIGHUP;
+    returns the server's exit code, or 0 when it was stopped on request.
 
-    Binds ``settings.serving.host`` (127.0.0.1 by default) unless ``host`` is given.
+    Binds ``settings.serving.host`` (127.0.0.1 by default) unless ``host`` is given. The server runs in its own
+    session and process group (the BentoML arbiter and its workers), so a stop request reaches all of it: see
+    :func:`supervise`.
     """
     argv, env = serve_args(settings, host, port, workers, model_dir=model_dir, bento=bento)
-    proc = subprocess.Popen(argv, env=env)
+    return supervise(argv, env, stop_timeout_s=stop_timeout_s)
+
+
+def supervise(argv: list[str], env: Mapping[str, str], *, stop_timeout_s: float = STOP_TIMEOUT_S,
+              poll_s: float = 0.2) -> int:
+    """Run ``argv`` as the leader of a new process group and wait for it.
+
+    On SIGTERM, SIGINT or SIGHUP to this process (the handlers are installed only when called from the main
+    thread), SIGTERM goes to the whole group; what is still running ``stop_timeout_s`` seconds later (or at once,
+    on a second signal) gets SIGKILL. When the leader exits by itself, processes it left in the group are stopped
+    the same way. Returns the leader's exit code, or 0 when it was stopped on request.
+    """
+    requested: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        requested.append(signum)
+
+    previous: dict[int, object] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in _STOP_SIGNALS:
+            previous[sig] = signal.signal(sig, on_signal)
     try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        try:
-            return proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
+        proc = subprocess.Popen(argv, env=dict(env), start_new_session=True)
+        deadline: float | None = None
+        while True:
+            if requested and deadline is None:
+                _signal_group(proc.pid, signal.SIGTERM)
+                deadline = time.monotonic() + stop_timeout_s
+            try:
+                code = proc.wait(timeout=poll_s)
+                break
+            except subprocess.TimeoutExpired:
+                if deadline is not None and (len(requested) > 1 or time.monotonic() > deadline):
+                    _signal_group(proc.pid, signal.SIGKILL)
+                    code = proc.wait()
+                    break
+        _stop_group(proc.pid, stop_timeout_s, poll_s)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+    return 0 if requested else code
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to the process group ``pgid``; False when the group has no process left."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _stop_group(pgid: int, timeout_s: float, poll_s: float) -> None:
+    """Stop what is left of the process group ``pgid`` (its leader already reaped): SIGTERM, then SIGKILL after
+    ``timeout_s`` seconds."""
+    if not _signal_group(pgid, signal.SIGTERM):
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _signal_group(pgid, 0):
+            return
+        time.sleep(poll_s)
+    _signal_group(pgid, signal.SIGKILL)
