@@ -360,9 +360,20 @@ def run_report(cfg: Settings, out: Path | None = None, scores: Path | None = Non
             calibration[name] = pd.DataFrame(bundle.meta["reliability"])
     html = build_report(
         audience_frame, previous=before, model_info=model_info, calibration=calibration or None,
-        snapshot_info=snapshot_of(cfg, source), activation=activation_config(cfg), generated_at=datetime.now(UTC),
+        snapshot_info=snapshot_of(cfg, source), activation=activation_config(cfg), outcomes=latest_reads(cfg),
+        generated_at=datetime.now(UTC),
     )
     return write_report(html, target)
+
+
+def latest_reads(cfg: Settings) -> list[dict[str, Any]]:
+    """The latest outcome read of every campaign that has one, oldest campaign first."""
+    from serving.activation.campaign_records import list_campaigns, outcome_reads
+
+    if not cfg.campaigns_dir.is_dir():
+        return []
+    reads = (outcome_reads(cfg.campaigns_dir, c.campaign_id) for c in list_campaigns(cfg.campaigns_dir))
+    return [r[-1] for r in reads if r]
 
 
 def report(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -22,6 +22,7 @@ import pandas as pd
 
 from serving.activation.actions import ActivationConfig
 from serving.activation.flow import FlowError, FlowReport, aipl_flow
+from serving.report.campaigns import campaigns_section
 from serving.report.charts import (
     Chart,
     aipl_chart,
@@ -128,6 +129,7 @@ def build_report(
     calibration: Mapping[str, pd.DataFrame] | None = None,
     snapshot_info: Mapping[str, Any] | None = None,
     activation: ActivationConfig | None = None,
+    outcomes: Sequence[Mapping[str, Any]] | None = None,
     generated_at: datetime,
 ) -> str:
     """The report as one HTML document (str; about 0.6 MB with every chart, whatever the audience size).
@@ -138,7 +140,9 @@ def build_report(
     MLflow's ``lightgbm.`` prefix). ``calibration``: ``{target: reliability table}`` with ``mean_predicted``,
     ``observed_rate`` and ``count`` (:func:`training.evaluate.reliability_table`). ``snapshot_info``: the published
     snapshot (``snapshot_id``, ``created_at``, ``rows``; a :class:`serving.store.base.SnapshotInfo` works too).
-    ``activation``: the economics used to size the per-action audiences. ``generated_at``: the report time (passed
+    ``activation``: the economics used to size the per-action audiences. ``outcomes``: the latest outcome read of
+    each campaign (dicts of :class:`serving.activation.outcome_result.OutcomeResult`) for the "did it work"
+    section. ``generated_at``: the report time (passed
     in, never read from the clock). Raises :class:`ReportError` on input it cannot use.
     """
     if not isinstance(generated_at, datetime):
@@ -191,6 +195,7 @@ def build_report(
         section("scores", "Scores", [blocks["score_distributions"]]),
         section("activation", "Who to activate, and what it is worth",
                 [blocks["incremental_conversions"], blocks["untreated_rate"], actions_table(per_action, frame)]),
+        campaigns_section(outcomes),
         section("models", "Model quality and data freshness",
                 [blocks["calibration"], blocks["lift"], freshness_table(snapshot, as_of, generated_at),
                  models_table(models, frame)]),

@@ -23,6 +23,7 @@ from serving.activation.actions import ACTIONS, ActivationConfig
 from serving.batch.run import AUDIENCE_COLUMNS
 from serving.report.build import CHART_NAMES, build_report, write_report
 from serving.report.charts import LAYER_COLORS, TARGET_COLORS
+from tests.unit.test_report import outcome_read
 from training.evaluate import reliability_table
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -71,7 +72,9 @@ def synthetic_audience(n: int, seed: int, as_of: str) -> pd.DataFrame:
     acting = action != "none"
     action_p = np.where(action == "win_back", p_lapse, p_buy)
     action_p[~acting] = np.nan
-    revenue = np.where(acting, action_p * 60 * rng.uniform(0.2, 1.0, n), 0.0)
+    lift = np.array([CFG.lift_of(a) for a in action])
+    incremental = np.where(acting, action_p * lift, 0.0)
+    revenue = incremental * 60 * rng.uniform(0.2, 1.0, n)
     value = revenue * CFG.margin_rate
     cost = np.array([CFG.cost_of(a) for a in action])
     frame = pd.DataFrame({
@@ -80,7 +83,7 @@ def synthetic_audience(n: int, seed: int, as_of: str) -> pd.DataFrame:
                               rng.choice(["new", "churned"], n, p=[0.8, 0.2])),
         "rfm_group": np.where(buyer, rng.choice(["champions", "promising", "at_risk_big", "lost"], n), "no_purchase"),
         "rule_score": rng.uniform(0, 1, n), "action": action, "action_deadline": None, "urgency": 1.0,
-        "action_p": action_p, "expected_revenue": revenue, "expected_value": value, "action_cost": cost,
+        "action_p": action_p, "lift": lift, "incremental_p": incremental, "expected_revenue": revenue, "expected_value": value, "action_cost": cost,
         "expected_profit": value - cost, "priority": value, "reasons_buy": None, "reasons_lapse": None,
         "model_buy": "12", "model_lapse": "9", "as_of": as_of,
     })
@@ -115,7 +118,7 @@ def report_file() -> Path:
     html = build_report(
         audience, previous=previous, model_info=model_info, calibration=calibration,
         snapshot_info={"snapshot_id": "20240301T041000-ab12", "created_at": "2024-03-01T04:10:00Z", "rows": 5000},
-        activation=CFG, generated_at=datetime(2024, 3, 1, 6, 30, tzinfo=UTC),
+        activation=CFG, outcomes=[outcome_read()], generated_at=datetime(2024, 3, 1, 6, 30, tzinfo=UTC),
     )
     return write_report(html, ARTIFACTS / "audience_report.html")
 

@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 
 from serving.activation.actions import ActivationConfig
+from serving.activation.campaigns import build_campaign
+from serving.activation.outcomes import measure
 from serving.batch.run import AUDIENCE_COLUMNS
 from serving.report.build import CHART_NAMES, ReportError, build_report, write_report
 from serving.report.data import action_curves, prepare_audience
@@ -49,6 +51,8 @@ def audience() -> pd.DataFrame:
         "expected_value": [10.0, 0, 0, 0, 5.0, 1.0, 0, 0.5, 0, 0, 0, 0],
         "action_cost": [2.0, 0, 0, 0, 3.0, 3.0, 0, 0.8, 0, 0, 0, 0],
     })
+    frame["lift"] = [CFG.lift.get(a, 0.0) for a in frame["action"]]
+    frame["incremental_p"] = frame["action_p"].fillna(0.0) * frame["lift"]
     frame["expected_profit"] = frame["expected_value"] - frame["action_cost"]
     frame["priority"] = frame["expected_value"]
     frame["expected_revenue"] = frame["expected_value"] / CFG.margin_rate
@@ -124,10 +128,31 @@ class Page(HTMLParser):
         return next(r for r in self.tables[table] if r and r[0] == first_cell)
 
 
+CAMPAIGN_AS_OF = datetime(2024, 3, 1, tzinfo=UTC)
+
+
+def outcome_read(close_days: float = 7.0, events_days: float = 8.0) -> dict:
+    """A coupon campaign of 1,000 layer-I users: 30% of the treated and 10% of the control buy (amount 50)."""
+    n = 1000
+    members = pd.DataFrame({"user_id": [f"u{i}" for i in range(n)], "action_p": 0.1, "priority": 1.0,
+                            "aipl_layer": "I", "expected_profit": 1.0})
+    campaign = build_campaign(
+        members, action="coupon_24h", as_of=CAMPAIGN_AS_OF, created_at=CAMPAIGN_AS_OF, window_days=close_days, control_share=0.2,
+        cost_per_user=3.0, model_versions={"last_mile_buyer": "1"}, snapshot_id="s1",
+        selection_rule={"rule": "top_k", "budget": None, "top_k": n}, lift_used={"value": 0.15, "source": "prior"})
+    rng = np.random.default_rng(1)
+    m = campaign.members
+    buys = m[rng.random(n) < np.where(m["group"] == "treatment", 0.3, 0.1)]
+    events = pd.DataFrame({"user_id": buys["user_id"], "ts": pd.Timestamp(CAMPAIGN_AS_OF) + pd.Timedelta(hours=5),
+                           "behavior": "buy", "amount": 50.0})
+    return measure(campaign, events, events_end=CAMPAIGN_AS_OF + timedelta(days=events_days), margin_rate=0.3,
+                   order_value_default=60.0).to_dict()
+
+
 @pytest.fixture(scope="module")
 def full() -> str:
     return build_report(audience(), previous=previous(), model_info=MODEL_INFO, calibration=calibration(),
-                        snapshot_info=SNAPSHOT, activation=CFG, generated_at=NOW)
+                        snapshot_info=SNAPSHOT, activation=CFG, outcomes=[outcome_read()], generated_at=NOW)
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +239,7 @@ def test_flow_chart_summarises_the_moves(full):
 def test_without_previous_calibration_or_models_notes_replace_charts(bare):
     page = Page(bare)
     notes, charts = page.with_attr("data-note"), page.with_attr("data-chart")
-    assert set(notes) == {"aipl_flow", "calibration", "lift"}
+    assert set(notes) == {"aipl_flow", "calibration", "lift", "outcomes"}  # outcomes: no campaign read yet
     assert set(charts) == set(CHART_NAMES) - set(notes)
     assert "No previous snapshot was given" in bare and "No calibration tables" in bare
     assert page.row("freshness", "snapshot")[1] == "n/a"
@@ -224,7 +249,7 @@ def test_empty_audience_as_read_back_from_parquet():
     empty = pd.DataFrame({c: pd.Series([], dtype="string") for c in AUDIENCE_COLUMNS})
     html = build_report(empty, model_info=None, activation=CFG, generated_at=NOW)
     page = Page(html)
-    assert set(page.with_attr("data-note")) == set(CHART_NAMES)
+    assert set(page.with_attr("data-note")) == {*CHART_NAMES, "outcomes"}
     assert not page.with_attr("data-chart")
     assert '<div class="value">0</div><div class="label">Users scored' in html
     assert '<div class="value">n/a</div><div class="label">P+L share' in html  # no assets: no share to judge
@@ -268,7 +293,7 @@ def test_bad_input_gets_a_clear_error():
 
 
 def test_action_curves_take_users_by_priority():
-    frame = prepare_audience(audience().drop(columns="expected_revenue"), CFG)  # as older batch files
+    frame = prepare_audience(audience().drop(columns=["expected_revenue", "incremental_p"]), CFG)  # older files
     curves = action_curves(frame, CFG)
     assert list(curves) == ["coupon_24h", "ad_retarget", "win_back"]  # precedence order, only actions with users
     coupon = curves["coupon_24h"]
