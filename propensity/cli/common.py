@@ -140,7 +140,4 @@ def feature_spec(cfg: Settings) -> Any:
     """The feature spec of the settings (windows, target categories, lookback)."""
     from features.spec.definition import FeatureSpec
 
-    return FeatureSpec(
-        windows=cfg.features.windows, target_categories=cfg.features.target_categories,
-        lookback_days=cfg.features.lookback_days,
-    )
+    return FeatureSpec.from_settings(cfg.features)

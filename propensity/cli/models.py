@@ -9,16 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from propensity.cli.common import (
-    DataDir,
-    Engine,
-    Events,
-    SparkMaster,
-    check_engine,
-    events_path,
-    feature_spec,
-    settings,
-)
+from propensity.cli.common import DataDir, Engine, Events, SparkMaster, check_engine, events_path, settings
 from propensity.cli.data import run_validation
 from propensity.cli.inputs import InputError, check_events, event_rows
 from propensity.cli.ui import console, frame_table, kv_table
@@ -50,21 +41,11 @@ def spark_sample_source(events: Path, spec: Any, master: str, fraction: float, s
 
 
 def train_config(cfg: Settings, events: Path, truth: Path | None, data_end: datetime | None = None) -> Any:
+    """The training run the settings describe (the same defaults as the Python API's ``TrainConfig``)."""
     from training.job import TrainConfig
-    from training.models import BoosterParams
 
-    t = cfg.training
-    return TrainConfig(
-        events_path=events, out_dir=cfg.reports_dir / "training", spec=feature_spec(cfg),
-        horizon_days=t.horizon_days, lapse_days=t.lapse_days, n_cutoffs=t.n_cutoffs,
-        cutoff_spacing_days=t.cutoff_spacing_days, min_positives=t.min_positives, min_negatives=t.min_negatives,
-        params=BoosterParams(
-            num_boost_round=t.num_boost_round, learning_rate=t.learning_rate, num_leaves=t.num_leaves,
-            min_data_in_leaf=t.min_data_in_leaf, seed=t.seed,
-        ),
-        calibration=t.calibration, logloss_tolerance=t.gate_logloss_tolerance, truth_path=truth, data_end=data_end,
-        max_users=t.max_users, holdout=t.holdout,
-    )
+    return TrainConfig.from_settings(cfg.training, cfg.features, events_path=events,
+                                     out_dir=cfg.reports_dir / "training", truth_path=truth, data_end=data_end)
 
 
 def run_train(

@@ -23,6 +23,11 @@ def test_python_api_trains_like_the_settings_say(monkeypatch, tmp_path: Path) ->
     assert BoosterParams() == BoosterParams.from_settings(s.training)
     assert FeatureSpec() == FeatureSpec.from_settings(s.features)
     assert ActivationConfig() == ActivationConfig.from_settings(s.activation)
+    # the CLI trains exactly what the Python API trains
+    from propensity.cli.models import train_config
+
+    cli = train_config(s, Path("e.parquet"), None)
+    assert cli == TrainConfig(events_path=Path("e.parquet"), out_dir=s.reports_dir / "training")
 
 
 def test_settings_reach_every_library_config(tmp_path: Path) -> None:
