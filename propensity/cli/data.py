@@ -273,8 +273,8 @@ def segments(as_of: AsOf, events: Events = None, data_dir: DataDir = None) -> No
     if raw.empty:
         console().print(f"no user has an event before {as_of.isoformat()}: no audience assets to summarise")
         return
-    segmented = Segmenter().fit(table, raw, as_of).transform(raw)
-    print_assets(asset_summary(segmented))
+    segmenter = Segmenter().fit(table, raw, as_of)
+    print_assets(asset_summary(segmenter.transform(raw), segmenter=segmenter))
 
 
 def print_assets(summary: dict[str, Any]) -> None:
@@ -289,6 +289,10 @@ def print_assets(summary: dict[str, Any]) -> None:
         for name, value in part.items():
             table.add_row(str(name), f"{value['count']:,}", f"{value['share']:.1%}")
         console().print(table)
+    rule = summary.get("lifecycle_rule")
+    if rule:
+        console().print(f"lifecycle: silent after {rule['silent_days']:g} days without a visit after an order, "
+                        f"churned after {rule['churn_days']:g} days; {rule['rule']}", soft_wrap=True)
     pl = summary.get("pl_share")
     if pl is not None:
         ok = pl >= summary.get("pl_target", 0.30)

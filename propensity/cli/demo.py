@@ -95,7 +95,8 @@ def demo(
     con = default_connection()
     table = events_table(report.events_path, con)
     raw = build_features(table, cutoff, con=con)
-    print_assets(asset_summary(Segmenter().fit(table, raw, cutoff).transform(raw)))
+    segmenter = Segmenter().fit(table, raw, cutoff)
+    print_assets(asset_summary(segmenter.transform(raw), segmenter=segmenter))
 
     con_.rule("4. train both targets, track in MLflow, gate to @champion")
     run_train(cfg, report.events_path, gen.truth_path, data_end=cutoff)
