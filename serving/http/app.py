@@ -12,7 +12,8 @@ Routes (JSON in, JSON out; errors are ``{"error": code, "message": text}``):
 - ``GET /openapi.json`` (also ``/docs.json``) the OpenAPI 3.1 document generated from :mod:`serving.http.api`;
   ``GET /docs`` the same as a self-contained HTML page (``GET /`` redirects there); open, like the probes.
 
-The request and response models of every route are in :mod:`serving.http.api`.
+The request and response models of every route are in :mod:`serving.http.api`; what the routes share (process
+state, JSON errors, the token check, the size-limited body, :class:`PostEndpoint`) in :mod:`serving.http.base`.
 
 Statuses: 400 body is not JSON; 401 missing/wrong bearer token; 413 body larger than
 ``serving.max_request_bytes``; 422 valid JSON that breaks the contract (types, missing fields, counts);
@@ -21,121 +22,37 @@ Statuses: 400 body is not JSON; 401 missing/wrong bearer token; 413 body larger 
 
 from __future__ import annotations
 
-import hmac
 import json
-import logging
-from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from serving.http.audience import AudienceEndpoint
+from serving.http.base import (
+    _JSON_HEADERS,
+    AppState,
+    HTTPError,
+    PostEndpoint,
+    Receive,
+    Scope,
+    Send,
+    check_auth,
+    error_body,
+    read_json,
+    send_error,
+    send_json,
+)
 from serving.http.metrics import ROUTES
 from serving.http.runtime import LookupUnavailable, NoModelsError, ServiceRuntime
 from serving.http.schemas import ScoreRequestError, parse_score_request
 
-log = logging.getLogger(__name__)
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-_JSON_HEADERS = [(b"content-type", b"application/json")]
-_NOT_READY = b'{"error":"starting","message":"the service is still starting"}'
-
-
-class AppState:
-    """Holds the process's :class:`ServiceRuntime` once the server has created it, the activation economics
-    (costs, margin, lifts) the entry point resolved from its settings (None: the library defaults), and the
-    :class:`serving.http.metrics.ServiceMetrics` that :class:`FastPathMiddleware` records requests in (None: none)."""
-
-    def __init__(self, runtime: ServiceRuntime | None = None, activation: Any = None, metrics: Any = None) -> None:
-        self.runtime = runtime
-        self.activation = activation
-        self.metrics = metrics
-
-
-class HTTPError(Exception):
-    """An error answer: ``status``, machine-readable ``code`` and a readable ``message``."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def error_body(code: str, message: str) -> bytes:
-    return json.dumps({"error": code, "message": message}, ensure_ascii=False).encode()
-
-
-async def send_json(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    """Send a complete JSON response."""
-    hdrs = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
-    if headers:
-        hdrs.extend(headers)
-    await send({"type": "http.response.start", "status": status, "headers": hdrs})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def send_error(send: Send, err: HTTPError) -> int:
-    """Send the error answer; returns its status."""
-    headers = [(b"www-authenticate", b"Bearer")] if err.status == 401 else None
-    await send_json(send, err.status, error_body(err.code, err.message), headers)
-    return err.status
-
-
-def check_auth(scope: Scope, token: bytes | None) -> int:
-    """Check the bearer token; return the declared Content-Length (-1 when absent). Raises 401 :class:`HTTPError`."""
-    auth: bytes | None = None
-    length = -1
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            auth = value
-        elif name == b"content-length":
-            try:
-                length = int(value)
-            except ValueError:
-                raise HTTPError(400, "bad_request", "Content-Length is not an integer") from None
-    if token is None:
-        return length
-    if auth is None:
-        raise HTTPError(401, "unauthorized", "missing bearer token: send the header 'Authorization: Bearer <token>'")
-    scheme, _, given = auth.partition(b" ")
-    if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), token):
-        raise HTTPError(401, "unauthorized", "invalid bearer token")
-    return length
-
-
-async def read_json(receive: Receive, declared: int, limit: int) -> Any:
-    """Read the request body (at most ``limit`` bytes, else 413) and decode it as JSON (else 400)."""
-    if declared > limit:
-        raise HTTPError(413, "too_large", f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    msg = await receive()
-    body = msg.get("body", b"")
-    if msg.get("more_body"):
-        chunks, size = [body], len(body)
-        while msg.get("more_body"):
-            msg = await receive()
-            chunk = msg.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise HTTPError(413, "too_large", f"request body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-        body = b"".join(chunks)
-    elif len(body) > limit:
-        raise HTTPError(413, "too_large", f"request body exceeds the limit of {limit} bytes")
-    if msg["type"] == "http.disconnect":
-        raise HTTPError(400, "bad_request", "client disconnected")
-    if not body:
-        raise HTTPError(400, "bad_json", "the request body is empty; send a JSON object")
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HTTPError(400, "bad_json", f"the request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise HTTPError(400, "bad_json", "the request body nests JSON too deeply") from None
-
+__all__ = [
+    "AppState", "AudienceEndpoint", "DocsEndpoint", "FastPathMiddleware", "HTTPError", "LookupEndpoint",
+    "MetricsEndpoint", "PostEndpoint", "ReadyzEndpoint", "ScoreEndpoint", "build_app", "check_auth", "error_body",
+    "healthz", "lookup_ids", "read_json", "send_error", "send_json",
+]
 
 def lookup_ids(doc: Any, max_ids: int) -> list[str]:
     """The ``user_ids`` of a decoded ``/lookup`` body as strings (422 :class:`HTTPError` when invalid)."""
@@ -172,45 +89,9 @@ def lookup_ids(doc: Any, max_ids: int) -> list[str]:
     return out
 
 
-class PostEndpoint(ABC):
-    """A JSON ``POST`` route as a raw ASGI app: auth, size-limited JSON body, then :meth:`handle`.
-
-    Errors raised as :class:`HTTPError` become their 4xx/503 answer; anything else is logged and answered 500
-    with a generic message (the fuzz tests check that no request reaches that branch). Calling the endpoint
-    returns the status it answered with (for the request metrics).
-    """
-
-    path = "/"
-
-    def __init__(self, state: AppState) -> None:
-        self.state = state
-
-    @abstractmethod
-    async def handle(self, rt: ServiceRuntime, doc: Any) -> bytes:
-        """The answer body for a decoded, authorised request; raise :class:`HTTPError` for a 4xx/503."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> int:
-        rt = self.state.runtime
-        if rt is None:
-            await send_json(send, 503, _NOT_READY)
-            return 503
-        try:
-            declared = check_auth(scope, rt.token_bytes)
-            doc = await read_json(receive, declared, rt.options.max_request_bytes)
-            body = await self.handle(rt, doc)
-        except HTTPError as err:
-            return await send_error(send, err)
-        except Exception as exc:
-            log.exception("%s failed", self.path)
-            await send_json(send, 500, error_body("internal", f"{self.path} failed: {type(exc).__name__}"))
-            return 500
-        await send_json(send, 200, body)
-        return 200
-
-
 class LookupEndpoint(PostEndpoint):
-    """``POST /lookup``: the hot path (no decoding of the stored payloads; the store is read in a lookup thread, see
-    :meth:`ServiceRuntime.lookup`)."""
+    """``POST /lookup``: the hot path (no decoding of the stored payloads; a network store is read in a lookup
+    thread, see :meth:`ServiceRuntime.lookup`)."""
 
     path = "/lookup"
 
@@ -330,12 +211,6 @@ class DocsEndpoint:
 DOC_PATHS = frozenset({"/", "/docs", "/openapi.json", "/docs.json"})
 
 
-def _audience_endpoint(state: AppState) -> Any:
-    from serving.http.audience import AudienceEndpoint
-
-    return AudienceEndpoint(state)
-
-
 async def _json_http_error(request: Any, exc: Any) -> Any:
     from starlette.responses import Response
 
@@ -354,7 +229,7 @@ def build_app(state: AppState) -> Starlette:
         routes=[
             Route("/lookup", LookupEndpoint(state), methods=["POST"]),
             Route("/score", ScoreEndpoint(state), methods=["POST"]),
-            Route("/audience", _audience_endpoint(state), methods=["POST"]),
+            Route("/audience", AudienceEndpoint(state), methods=["POST"]),
             Route("/readyz", ReadyzEndpoint(state), methods=["GET", "HEAD"]),
             Route("/healthz", _HealthRoute(), methods=["GET", "HEAD"]),
             Route("/metrics", MetricsEndpoint(state), methods=["GET", "HEAD"]),

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from serving.activation.actions import ActivationConfig, ActivationError
 from serving.activation.audiences import select_audience
 from serving.http.api import MAX_AUDIENCE_IDS, AudienceRequest, AudienceResponse
-from serving.http.app import AppState, HTTPError, PostEndpoint
+from serving.http.base import AppState, HTTPError, PostEndpoint
 from serving.http.schemas import describe
 
 MAX_LIMIT = MAX_AUDIENCE_IDS

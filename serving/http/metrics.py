@@ -17,7 +17,8 @@ Read when scraped, from the worker that answers the scrape (see :func:`state_fam
 - ``propensity_ready`` (1 or 0), ``propensity_snapshot_age_seconds`` (now minus the served snapshot's publish time),
   ``propensity_snapshot_created_timestamp_seconds``, ``propensity_snapshot_users``;
 - ``propensity_model_version_info{target, version, source}`` (value 1) for each loaded model;
-- ``propensity_lookups_in_flight``: lookups waiting for or reading the store in this worker.
+- ``propensity_lookups_in_flight``: lookups waiting for or reading a network store (Redis) in this worker's lookup
+  threads (always 0 for the SQLite store, read on the event loop: see :mod:`serving.http.runtime`).
 
 The hot path costs one dictionary read, one counter increment and one histogram observation per request (a few
 microseconds): the labelled children are created once per (route, status) and kept.
