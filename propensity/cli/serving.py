@@ -112,19 +112,12 @@ def run_audience(
 def launch(cfg: Settings, source: Path, action: str, *, budget: float | None = None, top: int | None = None,
            created_at: datetime | None = None) -> Any:
     """The campaign of one action's audience from an audience file (its snapshot and model versions recorded)."""
-    import pandas as pd
-
     from serving.activation.audiences import AUDIENCE_COLUMNS
-    from serving.activation.loop import launch_campaign
+    from serving.activation.loop import audience_facts, launch_campaign
 
     frame = read_audience(source, AUDIENCE_COLUMNS)
     snap = snapshot_of(cfg, source)
-    models = {t: str(frame[c].dropna().iloc[0]) for t, c in (("last_mile_buyer", "model_buy"),
-                                                              ("lapse_risk", "model_lapse"))
-              if c in frame.columns and frame[c].notna().any()}
-    as_of = pd.Timestamp(frame["as_of"].dropna().iloc[0]).to_pydatetime() if "as_of" in frame.columns else None
-    if as_of is None:
-        raise InputError(f"{source} has no as_of column: use an audience file written by `propensity score`")
+    as_of, models = audience_facts(frame)
     return launch_campaign(cfg.campaigns_dir, frame, action, activation_config(cfg), cfg.campaigns, as_of=as_of,
                            created_at=created_at or datetime.now(UTC), model_versions=models,
                            snapshot_id=snap.snapshot_id if snap is not None else None, budget=budget, top_k=top)

@@ -78,6 +78,7 @@ class PropensityService:
             open_store, settings.store_path, settings.redis_url, keep=settings.serving.keep_snapshots
         )
         _STATE.activation = ActivationConfig.from_settings(settings.activation)
+        _STATE.campaigns_dir, _STATE.campaigns = settings.campaigns_dir.resolve(), settings.campaigns
         _STATE.metrics = _metrics()
         self.runtime = ServiceRuntime.create(options, open_fn, source, metrics=_STATE.metrics)
         _STATE.runtime = self.runtime

@@ -25,12 +25,15 @@ import pandas as pd
 
 from serving.activation.actions import ActivationConfig
 from serving.activation.audiences import AudienceSummary, select_audience
-from serving.activation.campaign_records import Campaign, list_campaigns, load_campaign, outcome_reads
+from serving.activation.campaign_records import Campaign, CampaignError, list_campaigns, load_campaign, outcome_reads
 from serving.activation.campaigns import create_campaign, send_list
 from serving.activation.outcome_result import OutcomeResult
 from serving.activation.outcomes import append_outcome, measure
 from serving.activation.stats import shrunk_lift
 from serving.settings import CampaignSettings
+
+MODEL_COLUMNS: Mapping[str, str] = {"last_mile_buyer": "model_buy", "lapse_risk": "model_lapse"}
+"""Audience columns holding the version of each target's model that scored it."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,18 @@ def launch_campaign(
         global_seed=settings.global_seed, min_control=settings.min_control,
     )
     return Launched(campaign, send_list(campaign), summary)
+
+
+def audience_facts(audience: pd.DataFrame) -> tuple[datetime, dict[str, str]]:
+    """The cutoff (``as_of`` column) and the model versions (``model_buy`` / ``model_lapse``) of a batch audience
+    frame, for its campaign record. Raises :class:`CampaignError` when the frame carries no ``as_of``."""
+    if "as_of" not in audience.columns or not audience["as_of"].notna().any():
+        raise CampaignError("the audience has no as_of: use an audience file written by `propensity score`")
+    as_of = pd.Timestamp(audience["as_of"].dropna().iloc[0])
+    as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")
+    models = {target: str(audience[col].dropna().iloc[0]) for target, col in MODEL_COLUMNS.items()
+              if col in audience.columns and audience[col].notna().any()}
+    return as_of.to_pydatetime(), models
 
 
 def lift_used(activation: ActivationConfig, action: str) -> dict[str, Any]:

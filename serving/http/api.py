@@ -155,7 +155,9 @@ class AudienceResponse(_Model):
     budget: float | None = None
     top_k: int | None = None
     snapshot_id: str
-    user_ids: list[str]
+    campaign_id: str | None = Field(None, description="The campaign this audience became (null: none recorded).")
+    control_size: int = Field(0, description="Users held out as control (never sent).")
+    user_ids: list[str] = Field(description="The send list: treatment users only, best first.")
 
 
 # ------------------------------------------------------------------------------------------------- probes, errors

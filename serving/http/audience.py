@@ -2,14 +2,17 @@
 
 Body: :class:`serving.http.api.AudienceRequest` (``{"action": str, "budget": number?, "top_k": int?, "limit": int?}``,
 ``limit`` user ids returned, default 1000). Answer: :class:`serving.http.api.AudienceResponse`, the
-:class:`serving.activation.audiences.AudienceSummary` fields, the snapshot id, and the selected ``user_ids``, best
-first (at most ``limit``). The same :func:`serving.activation.audiences.select_audience` as ``propensity audience``.
+:class:`serving.activation.audiences.AudienceSummary` fields, the snapshot id, the campaign id and control size, and
+the send list ``user_ids`` (treatment users only, best first, at most ``limit``). The same
+:func:`serving.activation.loop.launch_campaign` as ``propensity audience``: every audience becomes a campaign
+recorded under the service's campaigns folder, with the lifts its closed campaigns measured.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +21,12 @@ from pydantic import ValidationError
 
 from serving.activation.actions import ActivationConfig, ActivationError
 from serving.activation.audiences import select_audience
+from serving.activation.campaign_records import CampaignError
+from serving.activation.loop import Launched, audience_facts, launch_campaign, measured_activation
 from serving.http.api import MAX_AUDIENCE_IDS, AudienceRequest, AudienceResponse
 from serving.http.base import AppState, HTTPError, PostEndpoint
 from serving.http.schemas import describe
+from serving.settings import CampaignSettings
 
 MAX_LIMIT = MAX_AUDIENCE_IDS
 
@@ -87,9 +93,24 @@ class AudienceEndpoint(PostEndpoint):
             raise HTTPError(503, "no_audience", "no audience file for the current snapshot: run `propensity score`")
         frame = self.cache.frame(snap.snapshot_id, path)
         try:
-            picked, summary = select_audience(frame, action, self._economics(), budget=budget, top_k=top_k)
-        except ActivationError as exc:
+            if self.state.campaigns_dir is None:
+                picked, summary = select_audience(frame, action, self._economics(), budget=budget, top_k=top_k)
+                send, campaign_id, control = picked, None, 0
+            else:
+                launched = self._launch(frame, snap.snapshot_id, action, budget, top_k)
+                send, summary, campaign_id = launched.send, launched.summary, launched.campaign.campaign_id
+                control = int(launched.campaign.to_dict().get("counts", {}).get("control", 0))
+        except (ActivationError, CampaignError) as exc:
             raise HTTPError(422, "invalid", str(exc)) from None
-        answer = AudienceResponse(**summary.to_dict(), snapshot_id=snap.snapshot_id,
-                                  user_ids=picked["user_id"].astype(str).head(limit).tolist())
+        answer = AudienceResponse(**summary.to_dict(), snapshot_id=snap.snapshot_id, campaign_id=campaign_id,
+                                  control_size=control, user_ids=send["user_id"].astype(str).head(limit).tolist())
         return answer.model_dump_json().encode()
+
+    def _launch(self, frame: pd.DataFrame, snapshot_id: str, action: str, budget: float | None,
+                top_k: int | None) -> Launched:
+        settings = self.state.campaigns or CampaignSettings()
+        activation = measured_activation(self.state.campaigns_dir, self._economics(), settings.prior_strength)
+        as_of, models = audience_facts(frame)
+        return launch_campaign(self.state.campaigns_dir, frame, action, activation, settings, as_of=as_of,
+                               created_at=datetime.now(UTC), model_versions=models, snapshot_id=snapshot_id,
+                               budget=budget, top_k=top_k)

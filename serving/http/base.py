@@ -10,6 +10,7 @@ import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from serving.http.runtime import ServiceRuntime
@@ -28,12 +29,15 @@ class AppState:
     """Holds the process's :class:`ServiceRuntime` once the server has created it, the activation economics
     (costs, margin, lifts) the entry point resolved from its settings (None: the library defaults), and the
     :class:`serving.http.metrics.ServiceMetrics` that :class:`serving.http.app.FastPathMiddleware` records requests in
-    (None: none)."""
+    (None: none), and where and how ``/audience`` records its campaigns."""
 
-    def __init__(self, runtime: ServiceRuntime | None = None, activation: Any = None, metrics: Any = None) -> None:
+    def __init__(self, runtime: ServiceRuntime | None = None, activation: Any = None, metrics: Any = None,
+                 campaigns_dir: Path | None = None, campaigns: Any = None) -> None:
         self.runtime = runtime
         self.activation = activation
         self.metrics = metrics
+        self.campaigns_dir = campaigns_dir  # where /audience records its campaigns (None: no record)
+        self.campaigns = campaigns  # serving.settings.CampaignSettings
 
 
 class HTTPError(Exception):

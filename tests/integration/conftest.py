@@ -52,6 +52,7 @@ class Trained:
     defaults: dict[str, float] = field(default_factory=dict)
 
     def settings(self, **serving: Any) -> Any:
+        """The service's settings: the fixture's registry and store, small campaigns allowed (10 control users)."""
         from propensity.config import Settings
 
         return Settings(
@@ -60,6 +61,7 @@ class Trained:
             artifact_root=self.artifact_root,
             store_path=self.store_path,
             serving={"api_token": TOKEN, **serving},
+            campaigns={"control_share": 0.25, "min_control": 10},
         )
 
 

@@ -588,24 +588,46 @@ def test_audience_route_matches_the_cli_selection_on_the_published_batch(
     assert full.loc[~bought, "reasons_lapse"].map(len).eq(0).all()
     assert full.loc[bought, "p_lapse"].notna().all()
     action = frame.loc[acted, "action"].value_counts().index[0]
-    picked, expected = select_audience(frame, action, ActivationConfig(), top_k=5)
-    r = server.client.post("/audience", json={"action": action, "top_k": 5})
+    picked, expected = select_audience(frame, action, ActivationConfig(), top_k=80)
+    r = server.client.post("/audience", json={"action": action, "top_k": 80})
     assert r.status_code == 200, r.text
     assert not answer_errors(server.anon.get("/openapi.json").json(), "POST", "/audience", r)
     doc = r.json()
     assert doc["snapshot_id"] == result.snapshot.snapshot_id
-    assert doc["size"] == expected.size == len(doc["user_ids"])
-    assert doc["expected_profit"] == pytest.approx(expected.expected_profit)
+    assert doc["size"] == expected.size and doc["expected_profit"] == pytest.approx(expected.expected_profit)
+    # the audience became a campaign: the answer is its send list (treatment only), the record is on disk
+    record = trained.root / "data" / "campaigns" / doc["campaign_id"]
+    members = pd.read_parquet(record / "members.parquet")
+    treated = members.loc[members["group"] == "treatment", "user_id"].tolist()
+    assert doc["control_size"] == (members["group"] == "control").sum() >= 10
+    assert doc["user_ids"] == [u for u in picked["user_id"].astype(str) if u in set(treated)]
+    assert set(members["user_id"]) == set(picked["user_id"].astype(str))
+    # ... that `propensity outcomes` reads from the events after its as_of
+    from typer.testing import CliRunner
+
+    from propensity.cli.main import app
+
+    trained.events.to_parquet(tmp_path / "events.parquet")
+    read = CliRunner().invoke(app, ["outcomes", "--events", str(tmp_path / "events.parquet"), "--campaign",
+                                    doc["campaign_id"], "--data-dir", str(trained.root / "data"),
+                                    "--json", str(tmp_path / "read.json")],
+                              env={"PROPENSITY_TRACKING_URI": trained.tracking_uri,
+                                   "PROPENSITY_ARTIFACT_ROOT": str(trained.artifact_root)})
+    assert read.exit_code == 0, read.output
+    [outcome] = json.loads((tmp_path / "read.json").read_text())["campaigns"]
+    assert outcome["campaign_id"] == doc["campaign_id"] and outcome["status"] == "closed"
     from serving.http.client import PropensityClient
 
     with PropensityClient(server.base, TOKEN) as client:
-        typed = client.audience(action, top_k=5, limit=2)
-    assert typed.user_ids == picked["user_id"].astype(str).head(2).tolist() and typed.size == expected.size
-    assert typed.action == action and typed.lift_source == "prior"
-    for uid in doc["user_ids"]:  # the stored records of the selected users validate too
+        typed = client.audience(action, top_k=80, limit=2)
+    assert len(typed.user_ids) == 2 and typed.size == expected.size and typed.campaign_id != doc["campaign_id"]
+    assert typed.action == action and typed.lift_source in ("prior", "measured")
+    for uid in doc["user_ids"][:5]:  # the stored records of the selected users validate too
         stored = server.client.post("/lookup", json={"user_ids": [uid]})
         assert not answer_errors(server.anon.get("/openapi.json").json(), "POST", "/lookup", stored)
         assert stored.json()["results"][0]["action"] == action
+    small = server.client.post("/audience", json={"action": action, "top_k": 3})
+    assert small.status_code == 422 and "control" in small.json()["message"]
     bad = server.client.post("/audience", json={"action": "spam_everyone"})
     assert bad.status_code == 422 and "action" in bad.json()["message"]
     assert server.anon.post("/audience", json={"action": action}).status_code == 401
