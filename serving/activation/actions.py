@@ -177,19 +177,20 @@ class ActivationConfig:
 
     def lift_of(self, action: str) -> float:
         """Incremental effect of ``action`` (0 for ``none``): relative purchase lift, or share of lapsers saved."""
-        if action == NO_ACTION:
-            return 0.0
-        if action not in self.lift:
-            raise ActivationError(f"unknown action {action!r}; actions are {list(ACTIONS)}")
-        return float(self.lift[action])
+        return _per_action(self.lift, action)
 
     def cost_of(self, action: str) -> float:
         """Cost per targeted user of ``action`` (0 for ``none``)."""
-        if action == NO_ACTION:
-            return 0.0
-        if action not in self.cost:
-            raise ActivationError(f"unknown action {action!r}; actions are {list(ACTIONS)}")
-        return float(self.cost[action])
+        return _per_action(self.cost, action)
+
+
+def _per_action(values: Mapping[str, float], action: str) -> float:
+    """``values[action]`` as a float; 0 for ``none``; an unknown action is an :class:`ActivationError`."""
+    if action == NO_ACTION:
+        return 0.0
+    if action not in values:
+        raise ActivationError(f"unknown action {action!r}; actions are {list(ACTIONS)}")
+    return float(values[action])
 
 
 def _check(ok: bool, message: str) -> None:
