@@ -19,7 +19,7 @@ class ValidationSettings(BaseModel):
 class FeatureSettings(BaseModel):
     """Feature spec knobs (see features.spec.definition.FeatureSpec)."""
 
-    windows: tuple[int, ...] = (1, 3, 7, 15, 30, 90, 365)
+    windows: tuple[int, ...] = (1, 2, 3, 7, 15, 30, 90, 365)
     target_categories: tuple[str, ...] = ()
     lookback_days: int | None = None
     chunk_events: int = Field(

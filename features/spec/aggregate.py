@@ -5,13 +5,13 @@ The bulk of the features comes from a two-level aggregation: events are first gr
 sums those few partial rows with conditions on the slot. That evaluates the ~80 conditional aggregates over at
 most ``5 behaviors x (windows + 1)`` rows per user instead of over every event. Distinct counts (days, items,
 categories) and the per-(user, category) and per-(user, item) features come from small grouped tables joined
-back on ``user_id``.
+back on ``user_id``; the distinct active and purchase days, their gaps and the other rhythm features live in
+:mod:`features.spec.rhythm`.
 """
 
 from __future__ import annotations
 
 import ibis
-import ibis.expr.datatypes as dt
 
 from features.spec.definition import (
     AIPL_BASE,
@@ -24,6 +24,8 @@ from features.spec.definition import (
     count_column,
     output_columns,
 )
+from features.spec.rhythm import active_day_gaps, purchase_day_gaps, rhythm_aggregates, rhythm_derived, trend_windows
+from features.spec.rhythm import is_behavior as _is
 
 _MAX_TERM = 1.0 - 1e-9  # keeps the within-layer term strictly below 1 even when float division rounds up
 _LAYERS = {"browse": BROWSE_BEHAVIORS, "interest": INTEREST_BEHAVIORS, "purchase": ("buy",)}
@@ -43,7 +45,7 @@ def aggregate_features(
     main = partial.group_by("user_id").aggregate(**_user_aggregates(partial, spec, slots, has_amount))
     if lookback := spec.lookback_days:
         main = main.filter(main.days_since_last_event <= lookback)
-    parts = [_active_days(ev, spec), _purchase_days(ev, spec), _distinct_counts(ev, spec, "category_id")]
+    parts = [active_day_gaps(ev, spec), purchase_day_gaps(ev, spec), _distinct_counts(ev, spec, "category_id")]
     if has_item:
         parts += [_distinct_counts(ev, spec, "item_id"), _comparison_shopping(ev, spec), _unbought_carts(ev, spec)]
     for part in parts:
@@ -51,12 +53,6 @@ def aggregate_features(
         main = main.left_join(part, main.user_id == part._uid).drop("_uid")
     main = _derived(main, spec, has_item)
     return main.select(*output_columns(spec)).order_by("user_id")
-
-
-def _is(code: ibis.IntegerValue, *behaviors: str) -> ibis.BooleanValue:
-    """``code`` (a prepared ``behavior_code``) is one of ``behaviors``."""
-    codes = [BEHAVIOR_CODES[name] for name in behaviors]
-    return code == codes[0] if len(codes) == 1 else code.isin(codes)
 
 
 def _slots(spec: FeatureSpec) -> tuple[int, ...]:
@@ -72,6 +68,7 @@ def _slots(spec: FeatureSpec) -> tuple[int, ...]:
                 spec.purchase_days,
                 spec.interest_days,
                 spec.browse_days,
+                *trend_windows(spec),
             }
         )
     )
@@ -148,50 +145,8 @@ def _user_aggregates(
         agg["target_cart_count"] = total(g.n_target, _is(b, "cart"))
         agg["target_buy_count"] = total(g.n_target, is_buy)
         agg["_target_first_browse_age"] = g.target_max_age.max(where=b != BEHAVIOR_CODES["buy"])
+    agg.update(rhythm_aggregates(g, spec, within))
     return agg
-
-
-_WORD_DAYS = 62
-"""Day buckets per bitmap word: bits 0..61 of an int64, so a word never reaches the sign bit."""
-
-
-@ibis.udf.agg.builtin(name="bit_or")
-def _bit_or(bits: dt.int64) -> dt.int64:  # type: ignore[empty-body]
-    """SQL ``bit_or`` aggregate (DuckDB and Spark SQL; Ibis' own ``BitOr`` does not compile on PySpark)."""
-
-
-@ibis.udf.scalar.builtin(name="bit_count")
-def _bit_count(bits: dt.int64) -> dt.int64:  # type: ignore[empty-body]
-    """SQL ``bit_count``: set bits of an integer (DuckDB and Spark SQL)."""
-
-
-def _active_days(ev: ibis.Table, spec: FeatureSpec) -> ibis.Table:
-    """Per user: distinct active day buckets per window (window ``w`` holds buckets ``0..w-1``).
-
-    One bitmap per (user, word of :data:`_WORD_DAYS` buckets), OR-ed over the user's events, instead of one group
-    per (user, day): about a tenth of the groups when users are active on many days. A window counts the set bits
-    of each word below its edge.
-    """
-    rows = ev.filter(ev.day < max(spec.active_day_windows))
-    one = ibis.literal(1).cast("int64")  # a BIGINT on every engine: Spark would shift a plain 1 as a 32-bit INT
-    words = rows.group_by(["user_id", (rows.day // _WORD_DAYS).cast("int64").name("_word")]).aggregate(
-        _bits=_bit_or(one << (rows.day % _WORD_DAYS).cast("int32"))
-    )
-    agg = {}
-    for w in spec.active_day_windows:
-        below = ibis.greatest(ibis.least(w - _WORD_DAYS * words._word, _WORD_DAYS), 0).cast("int32")
-        agg[f"active_days_{w}d"] = _bit_count(words._bits & ((one << below) - 1)).sum()
-    return words.group_by("user_id").aggregate(**agg)
-
-
-def _purchase_days(ev: ibis.Table, spec: FeatureSpec) -> ibis.Table:
-    """Per user: distinct day buckets with a buy, over all history and within ``purchase_days``."""
-    buys = ev.filter(_is(ev.behavior_code, "buy"))
-    days = buys.group_by(["user_id", "day"]).aggregate()
-    return days.group_by("user_id").aggregate(
-        purchase_days=days.day.count(),
-        **{f"purchase_days_{spec.purchase_days}d": days.day.count(where=days.day < spec.purchase_days)},
-    )
 
 
 def _distinct_counts(ev: ibis.Table, spec: FeatureSpec, column: str) -> ibis.Table:
@@ -267,6 +222,7 @@ def _derived(t: ibis.Table, spec: FeatureSpec, has_item: bool) -> ibis.Table:
     gap = ibis.ifelse(n_days >= 2, (t._first_buy_age - t.days_since_last_buy) / (n_days - 1).cast(f64), null_f)
     cols["purchase_gap_mean_days"] = gap
     cols["repurchase_cycle_ratio"] = ibis.ifelse(gap > 0, t.days_since_last_buy / gap, null_f)
+    cols.update(rhythm_derived(t, spec, cols["repurchase_cycle_ratio"]))
     if spec.target_categories:
         recent_first = t._target_first_browse_age <= spec.category_new_days
         cols["category_new"] = ibis.ifelse(recent_first & (t.target_buy_count == 0), 1, 0).cast("int64")

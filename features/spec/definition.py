@@ -34,6 +34,17 @@ Feature reference (names from the default spec; ``w`` = a window in days):
   the source has no amount column), ``amount_mean`` (NaN without a known amount), ``purchase_gap_mean_days``
   = (first buy age - last buy age) / (purchase_days - 1) (NaN below 2 purchase days),
   ``repurchase_cycle_ratio`` = days_since_last_buy / purchase_gap_mean_days;
+- rhythm (the user's own habits; :mod:`features.spec.rhythm`): ``days_since_first_{view,fav,cart,buy,visit}``
+  (NaN when never); ``active_gap_{mean,median}_days`` (whole days between consecutive distinct active day
+  buckets, all history: mean = (oldest bucket - newest bucket) / (active days - 1), exact median of the gaps,
+  the mean of the two middle ones for an even count; NaN below 2 active days); ``active_recency_ratio`` =
+  days_since_last_event / active_gap_mean_days; ``active_survival`` = exp(-active_recency_ratio), the chance of
+  a gap at least this long when gaps are exponential with the user's mean; ``purchase_gap_median_days`` (exact
+  median whole-day gap between consecutive purchase day buckets; NaN below 2 purchase days);
+  ``purchase_survival`` = exp(-repurchase_cycle_ratio); ``{behavior}_trend_7d_vs_28d`` for the five behaviors
+  and ``event``: (a - r) / (a + r + 1) in (-1, 1), with a = events in the last ``trend_days`` and r = events in
+  the ``trend_base_days`` before them times trend_days / trend_base_days (0 without events or at a steady rate,
+  > 0 when the user speeds up);
 - category scope (only with ``target_categories``): ``target_{view,cart,buy}_count`` (all history),
   ``category_new`` (first non-buy event in a target category within ``category_new_days`` and no buy in one),
   ``category_regular`` (a buy in a target category);
@@ -97,8 +108,8 @@ class FeatureSpec:
     that lie in [0, 1]. The defaults follow docs/architecture.md (AIPL windows 15 / 90 / 365 days).
     """
 
-    version: str = "1"
-    windows: tuple[int, ...] = (1, 3, 7, 15, 30, 90, 365)
+    version: str = "2"
+    windows: tuple[int, ...] = (1, 2, 3, 7, 15, 30, 90, 365)
     # AIPL windows
     browse_days: int = 15
     interest_days: int = 90
@@ -117,6 +128,9 @@ class FeatureSpec:
     favcart_days: int = 1
     ad_windows: tuple[int, ...] = (3, 30)
     channel_share_days: int = 30
+    # rhythm: trend = the last trend_days against the trend_base_days before them
+    trend_days: int = 7
+    trend_base_days: int = 28
     # decay: linear from 1 (age 0) to 0 (age = span) per layer
     decay_browse_days: float = 15.0
     decay_interest_days: float = 90.0
@@ -155,6 +169,8 @@ class FeatureSpec:
             "cart_unbought_days",
             "favcart_days",
             "channel_share_days",
+            "trend_days",
+            "trend_base_days",
         ):
             _check_positive_int(name, getattr(self, name))
         if self.lookback_days is not None:
@@ -253,6 +269,20 @@ def monetary_columns(spec: FeatureSpec) -> list[str]:
     ]
 
 
+def trend_column(behavior: str, spec: FeatureSpec) -> str:
+    """Trend of ``behavior`` (``'event'``: any): the last ``trend_days`` against the ``trend_base_days`` before."""
+    return f"{behavior}_trend_{spec.trend_days}d_vs_{spec.trend_base_days}d"
+
+
+def rhythm_columns(spec: FeatureSpec) -> list[str]:
+    """First seen per behavior, active-day and purchase-day gaps, recency over gap, survival and trends."""
+    cols = [f"days_since_first_{b}" for b in RECENCY_BEHAVIORS]
+    cols += ["active_gap_mean_days", "active_gap_median_days", "active_recency_ratio", "active_survival"]
+    cols += ["purchase_gap_median_days", "purchase_survival"]
+    cols += [trend_column(b, spec) for b in (*RECENCY_BEHAVIORS, "event")]
+    return cols
+
+
 def category_columns(spec: FeatureSpec) -> list[str]:
     """Target-category columns; empty when ``spec.target_categories`` is empty."""
     if not spec.target_categories:
@@ -261,12 +291,14 @@ def category_columns(spec: FeatureSpec) -> list[str]:
 
 
 def feature_columns(spec: FeatureSpec) -> list[str]:
-    """Numeric model inputs in their fixed order (recency, frequency, decay, monetary, category, rule score)."""
+    """Numeric model inputs in their fixed order (recency, frequency, decay, monetary, rhythm, category, rule
+    score)."""
     return (
         recency_columns()
         + frequency_columns(spec)
         + list(DECAY_COLUMNS)
         + monetary_columns(spec)
+        + rhythm_columns(spec)
         + category_columns(spec)
         + ["rule_score"]
     )

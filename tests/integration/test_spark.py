@@ -34,7 +34,7 @@ if _REASON:
 from features.build.builder import build_features
 from features.build.spark import build_features_spark, read_features_meta, sample_users, session_of, spark_connection
 from features.simulate.shop import GeneratorConfig, generate
-from features.spec.definition import FeatureInputError, FeatureSpec, integer_columns, output_columns
+from features.spec.definition import FeatureInputError, FeatureSpec, integer_columns, output_columns, trend_column
 from serving.activation.actions import ActivationConfig
 from serving.batch.run import PublishRefusedError, score_chunks
 from serving.batch.spark import SparkBatchError, iter_audience_chunks, run_batch_spark
@@ -55,6 +55,10 @@ CONFIG = GeneratorConfig(n_users=800, days=45, chunk_users=800)
 AS_OF = CONFIG.start_utc + timedelta(days=40)
 SPEC = FeatureSpec()
 TOL = 1e-9
+EXACT_RHYTHM = {"active_gap_mean_days", "active_gap_median_days", "purchase_gap_median_days",
+                *(trend_column(b, SPEC) for b in ("view", "fav", "cart", "buy", "visit", "event"))}
+"""Rhythm columns equal to the last bit on both engines: exact medians (DuckDB ``percentile_cont``, Spark
+``percentile``) of whole-day gaps, ratios of whole numbers and the same float operations on counts."""
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +158,12 @@ def test_spark_features_equal_duckdb_for_every_feature(features_dir: Path, spark
     assert len(duck) > 500
     assert list(spark.columns) == output_columns(SPEC)
     assert (spark.dtypes == duck.dtypes).all()
-    _assert_frames_close(spark, duck, exact=set(integer_columns(SPEC)) | {"user_id", "aipl_layer"})
+    _assert_frames_close(spark, duck, exact=set(integer_columns(SPEC)) | {"user_id", "aipl_layer"} | EXACT_RHYTHM)
+    # the rhythm columns are exercised: even and odd gap counts, both trend signs, survival inside (0, 1)
+    assert (duck.active_gap_median_days % 1 == 0.5).any() and (duck.active_gap_median_days % 1 == 0).any()
+    assert duck.purchase_gap_median_days.notna().sum() > 20
+    assert (duck.event_trend_7d_vs_28d > 0).any() and (duck.event_trend_7d_vs_28d < 0).any()
+    assert duck.active_survival.between(0, 1, inclusive="neither").sum() > 100
     files = sorted(features_dir.glob("part-*.parquet"))
     assert 1 < len(files) <= 4 and not list(features_dir.glob("*=*"))  # one file per bucket, no partition folders
     users = [pd.read_parquet(f, columns=["user_id"])["user_id"].tolist() for f in files]
@@ -333,7 +342,7 @@ def test_in_memory_events_give_the_duckdb_features(con: Any):
     spark = finalize_features(feature_frame_spark(events_table(frame), AS_OF, SPEC, con).toPandas(), SPEC)
     duck = build_features(frame, AS_OF, SPEC)
     assert spark["user_id"].tolist() == ["a", "b"]  # c's only event is at as_of: excluded
-    _assert_frames_close(spark, duck, exact=set(integer_columns(SPEC)) | {"user_id", "aipl_layer"})
+    _assert_frames_close(spark, duck, exact=set(integer_columns(SPEC)) | {"user_id", "aipl_layer"} | EXACT_RHYTHM)
     assert spark.loc[1, "days_since_last_cart"] == pytest.approx(0.5 / 86_400, abs=1e-15)
 
 

@@ -6,12 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from features.build.builder import build_features, default_connection, events_table
 from features.events.schema import BEHAVIORS
-from features.spec.definition import AIPL_BASE, FeatureSpec, count_column, integer_columns
+from features.spec.definition import AIPL_BASE, FeatureSpec, count_column, integer_columns, trend_column
 from features.spec.table import event_weights
 
 AS_OF = datetime(2024, 3, 1, tzinfo=UTC)
@@ -21,7 +22,7 @@ FAST = settings(
     max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow], database=None
 )
 
-boundary_ages = st.sampled_from([DAY * d for d in (1, 3, 7, 15, 30, 90, 365)] + [1, DAY - 1, DAY + 1])
+boundary_ages = st.sampled_from([DAY * d for d in (1, 2, 3, 7, 15, 30, 35, 90, 365)] + [1, DAY - 1, DAY + 1])
 past_age = st.one_of(st.integers(1, 400 * DAY), boundary_ages)
 event = st.tuples(
     st.sampled_from(["u0", "u1", "u2"]),
@@ -44,6 +45,12 @@ LAYERS_EXAMPLE = [
     ev("P", "buy", 366 * DAY), ev("I", "cart", 90 * DAY, "ad"), ev("A", "view", 15 * DAY, "recommend"),
     ev("none", "view", 15 * DAY + 1), ev("none", "fav", 90 * DAY + 1),
 ]
+# rhythm edges: one active day of several events, same-day buys, gaps across the 7- and 35-day trend edges
+RHYTHM_EXAMPLE = [
+    ev("one_day", "view", DAY + 5), ev("one_day", "buy", DAY + 9), ev("one_day", "buy", 2 * DAY),
+    ev("gaps", "visit", 7 * DAY), ev("gaps", "visit", 35 * DAY), ev("gaps", "buy", 35 * DAY + 1),
+    ev("gaps", "buy", 3 * DAY), ev("gaps", "cart", 1), ev("gaps", "buy", 90 * DAY),
+]
 future = st.lists(st.tuples(event, st.integers(0, 30 * DAY)), min_size=1, max_size=15)
 
 
@@ -59,6 +66,7 @@ def frame(rows: list[tuple], sign: int) -> pd.DataFrame:
 @FAST
 @given(history, future)
 @example(LAYERS_EXAMPLE, [ev("none", "buy", 0), ev("A", "buy", 0), ev("new", "view", 1)])
+@example(RHYTHM_EXAMPLE, [ev("one_day", "buy", 0), ev("one_day", "view", 0), ev("gaps", "visit", 1)])
 def test_events_at_or_after_as_of_change_no_feature(past, later):
     before = build_features(frame(past, -1), AS_OF, SPEC)
     with_future = build_features(pd.concat([frame(past, -1), frame(later, +1)], ignore_index=True), AS_OF, SPEC)
@@ -101,6 +109,45 @@ def test_invariants_of_recency_windows_decay_and_aipl(past):
     assert not f[integer_columns(SPEC)].isna().any().any()
     if past is LAYERS_EXAMPLE:
         assert dict(zip(f.user_id, f.aipl_layer)) == {"L": "L", "P": "P", "I": "I", "A": "A", "none": "none"}
+
+
+@FAST
+@given(history)
+@example(RHYTHM_EXAMPLE)
+def test_invariants_of_the_rhythm_features(past):
+    f = build_features(frame(past, -1), AS_OF, SPEC).set_index("user_id")
+    for beh in BEHAVIORS:
+        first, last = f[f"days_since_first_{beh}"], f[f"days_since_last_{beh}"]
+        assert (first.isna() == last.isna()).all() and (first.fillna(0) >= last.fillna(0)).all(), beh
+    assert np.allclose(f[[f"days_since_first_{b}" for b in BEHAVIORS]].max(axis=1), f.days_since_first_event)
+    # gaps: defined from 2 distinct days on, at least 1 day, medians whole or half days, the mean within history
+    gap, median = f.active_gap_mean_days, f.active_gap_median_days
+    assert (gap.isna() == median.isna()).all() and (gap.dropna() >= 1).all() and (median.dropna() >= 1).all()
+    assert ((median.dropna() * 2) % 1 == 0).all() and (gap.dropna() <= f.days_since_first_event[gap.notna()]).all()
+    assert (f.purchase_gap_median_days.isna() == (f.purchase_days < 2)).all()
+    assert (f.purchase_gap_median_days.dropna() >= 1).all()
+    # recency over the usual gap and the survival proxy exp(-ratio): NaN exactly where the gap is
+    assert np.allclose(f.active_recency_ratio, f.days_since_last_event / gap, equal_nan=True)
+    pairs = (("active_survival", "active_recency_ratio"), ("purchase_survival", "repurchase_cycle_ratio"))
+    for survival, ratio in pairs:
+        assert (f[survival].isna() == f[ratio].isna()).all()
+        assert ((f[survival].dropna() > 0) & (f[survival].dropna() <= 1)).all()
+        assert np.allclose(f[survival], np.exp(-f[ratio]), equal_nan=True)
+    # trends against a direct count: a = ages <= 7 days, b = 7 < age <= 35 days; bounded in (-1, 1)
+    rows = pd.DataFrame([(u, b, s) for (u, b, *_), s in past], columns=["user_id", "behavior", "age_s"])
+    for beh in (*BEHAVIORS, "event"):
+        mine = rows if beh == "event" else rows[rows.behavior == beh]
+        a = (mine.age_s <= 7 * DAY).groupby(mine.user_id).sum().reindex(f.index, fill_value=0)
+        b = ((mine.age_s > 7 * DAY) & (mine.age_s <= 35 * DAY)).groupby(mine.user_id).sum()
+        r = b.reindex(f.index, fill_value=0) / 4
+        t = f[trend_column(beh, SPEC)]
+        assert np.allclose(t, (a - r) / (a + r + 1), rtol=1e-12, atol=0), beh
+        assert ((t > -1) & (t < 1)).all() and ((t > 0) == (a > r)).all(), beh
+    if past is RHYTHM_EXAMPLE:
+        assert np.isnan(f.loc["one_day", "active_gap_median_days"]) and f.loc["one_day", "purchase_days"] == 1
+        # buy buckets 2, 35, 89: gaps 33, 54; active buckets 0, 2, 6, 34, 35, 89: gaps 2, 4, 28, 1, 54
+        assert f.loc["gaps", "purchase_gap_median_days"] == 43.5 and f.loc["gaps", "active_gap_median_days"] == 4.0
+        assert f.loc["gaps", "active_gap_mean_days"] == pytest.approx(89 / 5)
 
 
 @FAST

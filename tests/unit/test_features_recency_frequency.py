@@ -111,7 +111,7 @@ def test_distinct_active_days_items_and_categories():
 
 
 def test_active_and_purchase_days_match_a_direct_count_over_long_histories():
-    """Distinct day buckets over 500 days of history (several 62-day bitmap words, edges on word boundaries)."""
+    """Distinct day buckets over 500 days of history (edges at window ends and 62-day multiples)."""
     rng = np.random.default_rng(11)
     edges = [0.0, 1.0, 30.0, 30.000001, 62.0, 62.5, 124.0, 124.000001, 364.999, 365.0, 365.5, 372.0, 499.0]
     rows = []
@@ -133,7 +133,7 @@ def test_active_and_purchase_days_match_a_direct_count_over_long_histories():
         index=pd.Index(sorted(frame.user_id.unique()), name="user_id"),
     ).fillna(0).astype("int64")
     pd.testing.assert_frame_equal(f, expected)
-    assert (f.active_days_365d > 62).any()  # the long histories span more than one bitmap word
+    assert (f.active_days_365d > 62).any()  # long, dense histories
 
 
 def test_comparison_shopping_counts_distinct_items_viewed_in_one_category():
