@@ -16,12 +16,12 @@ from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from features.settings import FeatureSettings, ValidationSettings
-from serving.settings import ActivationSettings, CampaignSettings, ServingSettings
+from serving.settings import ActivationSettings, CampaignSettings, MonitoringSettings, ServingSettings
 from training.settings import TrainingSettings
 
 __all__ = [
-    "ActivationSettings", "CampaignSettings", "FeatureSettings", "ServingSettings", "Settings", "TrainingSettings",
-    "ValidationSettings", "load_settings",
+    "ActivationSettings", "CampaignSettings", "FeatureSettings", "MonitoringSettings", "ServingSettings", "Settings",
+    "TrainingSettings", "ValidationSettings", "load_settings",
 ]
 
 
@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     activation: ActivationSettings = ActivationSettings()
     campaigns: CampaignSettings = CampaignSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -94,6 +95,11 @@ class Settings(BaseSettings):
     @property
     def reports_dir(self) -> Path:
         return self.data_dir / "reports"
+
+    @property
+    def monitoring_dir(self) -> Path:
+        """Monitoring reports: ``latest.json`` is the newest (the service's alert gauge reads it)."""
+        return self.data_dir / "monitoring"
 
     @property
     def campaigns_dir(self) -> Path:

@@ -88,3 +88,19 @@ class CampaignSettings(BaseModel):
     def window_days_of(self, action: str) -> float:
         """The measurement window of ``action``, days (7 for an action not listed)."""
         return float(self.window_days.get(action, 7.0))
+
+
+class MonitoringSettings(BaseModel):
+    """Models in production: realized quality per snapshot, drift, and the thresholds that raise an alert."""
+
+    psi_warn: float = Field(0.1, gt=0, description="Population stability index at which a column is flagged.")
+    psi_alert: float = Field(0.2, gt=0, description="Score PSI at or above which monitoring alerts.")
+    auc_drop: float = Field(0.03, gt=0, description="Alert when the realized AUC is this far below the test AUC.")
+    ece_max: float = Field(0.05, gt=0, description="Alert when the realized calibration error (ECE) is above this.")
+    psi_bins: int = Field(10, ge=2, description="Quantile bins of the reference per numeric column.")
+    ece_bins: int = Field(10, ge=2, description="Equal-count bins of the calibration error.")
+    top_features: int = Field(15, ge=0, description="Features checked for drift per model, by importance (gain).")
+    drift_users: int = Field(
+        100_000, ge=1000, description="Seeded sample of users whose features are rebuilt for the drift checks."
+    )
+    experiment: str = Field("monitoring", min_length=1, description="MLflow experiment of the monitoring runs.")

@@ -1,10 +1,10 @@
 """The ``propensity`` command line: one command per pipeline stage, thin over features / training / serving.
 
 This module defines the Typer :data:`app` and registers the functions of the command modules (``data``, ``models``,
-``serving``, ``campaigns``, ``demo``), which never import it. Every command builds the typed :class:`~propensity.config.Settings`
-once, calls the libraries and prints where its outputs went. An expected error ends the command with a one-line
-message on stderr and the exit code its class carries (:data:`propensity.cli.common.EXIT_CODES`), never a stack
-trace; anything else is a bug and keeps its traceback.
+``serving``, ``campaigns``, ``monitor``, ``demo``), which never import it. Every command builds the typed
+:class:`~propensity.config.Settings` once, calls the libraries and prints where its outputs went. An expected error
+ends the command with a one-line message on stderr and the exit code its class carries
+(:data:`propensity.cli.common.EXIT_CODES`), never a stack trace; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from propensity.cli import campaigns, data, demo, models, serving
+from propensity.cli import campaigns, data, demo, models, monitor, serving
 from propensity.cli.common import USAGE, error_message, exit_code_of, exit_codes_help
 from propensity.cli.ui import error
 
@@ -87,7 +87,7 @@ COMMANDS: tuple[Callable[..., Any], ...] = (
     models.train, models.retrain, models.promote, models.rollback, models.models,
     serving.score, serving.snapshots, serving.rollback_scores, serving.lookup, serving.audience, serving.report,
     serving.serve, serving.pin,
-    campaigns.outcomes,
+    campaigns.outcomes, monitor.monitor,
     demo.demo,
 )
 """Every command, in the order ``propensity --help`` lists them (names from the functions, ``_`` as ``-``)."""

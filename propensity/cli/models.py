@@ -82,20 +82,30 @@ def print_training(report: Any, cfg: Settings) -> None:
         console().print(f"trained on a seeded sample of {report.train_users:,} of {report.shop_users:,} users "
                         "(training.max_users)")
 
-    keys = ["auc", "pr_auc", "log_loss", "brier", "ece", "precision_top5", "lift_top5"]
+    keys = ["auc", "auc 95% ci", "pr_auc", "log_loss", "brier", "ece", "precision_top5", "lift_top5"]
     for target, out in report.outcomes.items():
-        rows = {name: {k: m.get(k, float("nan")) for k in keys} for name, m in out.result.metrics.items()}
+        rows = {name: {k: _metric(m, k) for k in keys} for name, m in out.result.metrics.items()}
         if out.champion_metrics:
             rows["previous champion"] = {k: out.champion_metrics.get(k, float("nan")) for k in keys}
         table = pd.DataFrame(rows).T
         table.index.name = "model"
         title = f"{target}: test cutoff {out.cutoffs[-1]:%Y-%m-%d}, {len(out.result.test_labels):,} users"
         console().print(frame_table(title, table))
+        if out.oracle_reason:
+            console().print(f"  [yellow]no oracle[/]: {out.oracle_reason}")
         verdict = "[green]promoted to @champion[/]" if out.decision.promote else "[yellow]champion kept[/]"
         console().print(f"  version {out.version}: {verdict} ({out.decision.reason})")
         console().print(f"  MLflow run {out.run_id} in experiment '{target}' at {cfg.tracking_uri}")
         if out.result.plots:
             console().print(f"  plots: {next(iter(out.result.plots.values())).parent}")
+
+
+def _metric(metrics: dict[str, float], key: str) -> Any:
+    """One cell of the evaluation table: a metric, or the AUC interval as ``low-high`` text ("-" without one)."""
+    if key == "auc 95% ci":
+        low, high = metrics.get("auc_ci_low"), metrics.get("auc_ci_high")
+        return "-" if low is None or high is None else f"{low:.4f}-{high:.4f}"
+    return metrics.get(key, float("nan"))
 
 
 def train(
@@ -128,6 +138,9 @@ def retrain(
     events: Annotated[list[Path], typer.Argument(help="Raw event file(s) (CSV/Parquet), validated first.")],
     truth: Truth = None,
     taobao: Annotated[bool, typer.Option(help="Input is the Taobao UserBehavior CSV (no header).")] = False,
+    if_degraded: Annotated[bool, typer.Option(
+        help="Monitor the kept snapshots with the validated events first (`propensity monitor`) and retrain only "
+             "when monitoring alerts; otherwise the models and the clean events stay as they are.")] = False,
     data_dir: DataDir = None,
 ) -> None:
     """The scheduled job: validate -> features -> train both targets -> evaluate -> gate.
@@ -145,6 +158,10 @@ def retrain(
         staging = cfg.data_dir / "retrain" / f"{started:%Y%m%dT%H%M%S}"
         try:
             report = run_validation(cfg, events, out=staging, taobao=taobao)
+            if if_degraded and not degraded(cfg, report.events_path):
+                drop_staging(staging)
+                console().print(f"no retraining: the models and {cfg.clean_dir} are unchanged")
+                return
             run_train(cfg, report.events_path, truth)
         except BaseException:
             console(stderr=True).print(f"{cfg.clean_dir} is unchanged; this run's validated events and "
@@ -154,15 +171,35 @@ def retrain(
     console().print(f"clean events of this run now in {cfg.clean_dir / 'events.parquet'}")
 
 
+def degraded(cfg: Settings, events: Path) -> bool:
+    """Whether monitoring the kept snapshots with ``events`` alerts (the report is printed and logged). Nothing to
+    monitor (no snapshot kept) is no alert."""
+    from propensity.cli.monitor import run_monitor
+    from serving.monitoring import MonitorError
+
+    try:
+        report = run_monitor(cfg, [events])
+    except MonitorError as exc:
+        console().print(f"nothing to monitor ({exc}); `propensity retrain` without --if-degraded trains anyway",
+                        soft_wrap=True, highlight=False)
+        return False
+    return bool(report.alert)
+
+
+def drop_staging(staging: Path) -> None:
+    """Remove a validation run's staging folder (and its parent when that is left empty)."""
+    shutil.rmtree(staging, ignore_errors=True)
+    if staging.parent.is_dir() and not any(staging.parent.iterdir()):
+        staging.parent.rmdir()
+
+
 def switch_clean_events(staging: Path, clean_dir: Path) -> None:
     """Move a validation run's outputs from ``staging`` into ``clean_dir`` (each file by an atomic rename)."""
     clean_dir.mkdir(parents=True, exist_ok=True)
     for name in CLEAN_FILES:
         if (staging / name).exists():
             (staging / name).replace(clean_dir / name)
-    shutil.rmtree(staging, ignore_errors=True)
-    if staging.parent.is_dir() and not any(staging.parent.iterdir()):
-        staging.parent.rmdir()
+    drop_staging(staging)
 
 
 def promote(
