@@ -23,6 +23,9 @@ Conventions, fixed so that numbers are reproducible:
   calibration error is ``sum_b (count_b / n) * |mean_predicted_b - observed_rate_b|``.
 - **Log loss** clips ``p`` to ``[eps, 1 - eps]`` with ``eps`` the float64 machine epsilon, as
   scikit-learn does, so a confident wrong prediction costs about 36 nats, not infinity.
+- **AUC intervals** (:func:`auc_interval`) are percentile bootstrap intervals: the ``n`` rows are
+  resampled with replacement (seeded), the AUC is recomputed on each resample and the interval is
+  cut at the ``(1 - level) / 2`` quantiles of those AUCs. A resample with a single class is skipped.
 """
 
 from __future__ import annotations
@@ -34,9 +37,12 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from training.bootstrap import bootstrap_aucs
+
 __all__ = [
     "DEFAULT_FRACTIONS",
     "EvaluationInputError",
+    "auc_interval",
     "compare",
     "evaluate",
     "fraction_label",
@@ -234,6 +240,35 @@ def rank_metrics(
     return out
 
 
+def auc_interval(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    *,
+    n_resamples: int = 200,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval ``(low, high)`` of the AUC of ``scores`` (any real scores).
+
+    ``n_resamples`` resamples of the rows with replacement, drawn from ``numpy.random.default_rng(seed)``
+    (the same inputs and seed give the same interval); ``level`` in (0, 1) is the coverage (0.95: the
+    2.5% and 97.5% quantiles). About 1 s for 200 resamples of 200,000 rows. Raises
+    :class:`EvaluationInputError` on a single class or malformed input.
+    """
+    y = _check_labels(y_true)
+    s = _check_scores("scores", scores, y.size, probability=False)
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
+        raise EvaluationInputError(f"n_resamples must be a positive integer, got {n_resamples!r}")
+    if not 0.0 < float(level) < 1.0:
+        raise EvaluationInputError(f"level must be in (0, 1), got {level!r}")
+    aucs = bootstrap_aucs(y, s, int(n_resamples), int(seed))
+    if aucs.size == 0:
+        raise EvaluationInputError("every bootstrap resample held a single class: too few positives or negatives")
+    tail = (1.0 - float(level)) / 2.0
+    low, high = np.quantile(aucs, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
 def reliability_table(
     y_true: np.ndarray, p: np.ndarray, n_bins: int = 10, *, binning: Binning = "quantile"
 ) -> pd.DataFrame:
@@ -275,6 +310,8 @@ def evaluate(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     n_bins: int = 10,
     binning: Binning = "quantile",
+    bootstrap: int = 0,
+    seed: int = 0,
 ) -> dict[str, float]:
     """All metrics of one probability model on one labelled set, as a flat ``name -> float`` dict.
 
@@ -282,7 +319,8 @@ def evaluate(
     nats), ``brier`` (mean squared error of ``p``), ``ece`` (expected calibration error over
     ``n_bins`` bins, equal-count by default, weighted by bin size). With ``oracle`` (the true
     probabilities, e.g. from the simulator; any finite scores work): ``oracle_auc`` and
-    ``auc_gap_to_oracle = oracle_auc - auc``.
+    ``auc_gap_to_oracle = oracle_auc - auc``. With ``bootstrap > 0``: ``auc_ci_low`` and
+    ``auc_ci_high``, the 95% :func:`auc_interval` from ``bootstrap`` resamples seeded by ``seed``.
 
     Raises :class:`EvaluationInputError` (a ``ValueError``) when ``y_true`` has a single class,
     holds values other than 0/1, or ``p`` is outside ``[0, 1]``, non-finite or of another length.
@@ -300,6 +338,8 @@ def evaluate(
         o = _check_scores("oracle", oracle, y.size, probability=False)
         out["oracle_auc"] = _auc(y, o)
         out["auc_gap_to_oracle"] = out["oracle_auc"] - out["auc"]
+    if bootstrap:
+        out["auc_ci_low"], out["auc_ci_high"] = auc_interval(y, prob, n_resamples=bootstrap, seed=seed)
     return out
 
 
@@ -337,7 +377,7 @@ def gain_curve(y_true: np.ndarray, p: np.ndarray, points: int = 100) -> pd.DataF
     )
 
 
-_COMPARE_HEAD: tuple[str, ...] = ("auc", "pr_auc", "log_loss", "brier", "ece")
+_COMPARE_HEAD: tuple[str, ...] = ("auc", "auc_ci_low", "auc_ci_high", "pr_auc", "log_loss", "brier", "ece")
 _COMPARE_TAIL: tuple[str, ...] = ("auc_gap_to_oracle",)
 
 
@@ -346,7 +386,7 @@ def compare(
 ) -> pd.DataFrame:
     """Side-by-side table: one row per model (index ``model``, in input order), one column per metric.
 
-    By default the columns are ``auc, pr_auc, log_loss, brier, ece``, then ``precision_topX``,
+    By default the columns are ``auc, auc_ci_low, auc_ci_high, pr_auc, log_loss, brier, ece``, then ``precision_topX``,
     ``recall_topX`` and ``lift_topX`` for every top fraction found, then ``auc_gap_to_oracle``;
     only metrics at least one model has are shown, and a model lacking one (a rule score has no
     log loss) gets NaN. Pass ``metrics`` to choose the columns explicitly.

@@ -11,8 +11,10 @@ import pytest
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
+from training.bootstrap import bootstrap_aucs
 from training.evaluate import (
     EvaluationInputError,
+    auc_interval,
     compare,
     evaluate,
     fraction_label,
@@ -328,3 +330,65 @@ def test_save_plots_rejects_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(EvaluationInputError, match="importance must be a pandas Series"):
         save_plots(tmp_path, y, {"m": np.full(4, 0.5)}, importance={"a": 1.0})  # type: ignore[arg-type]
     assert not list(tmp_path.iterdir())  # validation happens before any file is written
+
+
+# ----------------------------------------------------------------------------- bootstrap intervals
+
+
+def _scored(n: int, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` users with a score that predicts a 0/1 outcome (AUC about 0.8) and ties (scores rounded)."""
+    rng = np.random.default_rng(seed)
+    s = rng.normal(size=n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(1.5 * s - 2)))).astype(np.int8)
+    return y, np.round(s, 1)
+
+
+def test_each_bootstrap_auc_is_the_auc_of_the_resampled_rows() -> None:
+    y, s = _scored(300)
+    for seed in (0, 1, 2):
+        idx = np.random.default_rng(seed).integers(0, y.size, size=y.size)  # the resample bootstrap_aucs draws
+        (got,) = bootstrap_aucs(y.astype(np.float64), s, 1, seed)
+        assert got == pytest.approx(roc_auc_score(y[idx], s[idx]), abs=1e-12)
+
+
+def test_auc_interval_holds_the_estimate_is_seeded_and_shrinks_with_more_rows() -> None:
+    widths = []
+    for n in (400, 4_000, 40_000):
+        y, s = _scored(n)
+        low, high = auc_interval(y, s, n_resamples=200, seed=7)
+        assert low < roc_auc_score(y, s) < high
+        assert auc_interval(y, s, n_resamples=200, seed=7) == (low, high)
+        widths.append(high - low)
+    assert widths[0] > 2 * widths[1] > 4 * widths[2] > 0  # about 1 / sqrt(n): sqrt(10) ~ 3.2 per step
+    y, s = _scored(400)
+    assert auc_interval(y, s, n_resamples=200, seed=8) != auc_interval(y, s, n_resamples=200, seed=7)
+    narrow = auc_interval(y, s, n_resamples=200, level=0.5, seed=7)
+    wide = auc_interval(y, s, n_resamples=200, level=0.95, seed=7)
+    assert wide[0] < narrow[0] < narrow[1] < wide[1]
+
+
+def test_evaluate_reports_the_interval_when_asked_and_compare_shows_it() -> None:
+    y, s = _scored(2_000)
+    p = 1 / (1 + np.exp(-s))
+    plain = evaluate(y, p)
+    assert "auc_ci_low" not in plain
+    m = evaluate(y, p, bootstrap=100, seed=1)
+    assert (m["auc_ci_low"], m["auc_ci_high"]) == auc_interval(y, p, n_resamples=100, seed=1)
+    assert m["auc_ci_low"] <= m["auc"] <= m["auc_ci_high"]
+    table = compare({"lightgbm": m, "rule_score": plain})
+    assert list(table.columns[:3]) == ["auc", "auc_ci_low", "auc_ci_high"]
+    assert math.isnan(table.loc["rule_score", "auc_ci_low"])
+
+
+def test_auc_interval_rejects_bad_settings() -> None:
+    y, s = _scored(50)
+    with pytest.raises(EvaluationInputError, match="n_resamples"):
+        auc_interval(y, s, n_resamples=0)
+    with pytest.raises(EvaluationInputError, match="level"):
+        auc_interval(y, s, level=1.0)
+    with pytest.raises(EvaluationInputError, match="single class"):
+        auc_interval(np.zeros(5), np.arange(5.0))
+    # two rows: a resample is a single class half of the time; find a seed whose only resample is one
+    seed = next(k for k in range(100) if len(set(np.random.default_rng(k).integers(0, 2, size=2))) == 1)
+    with pytest.raises(EvaluationInputError, match="every bootstrap resample"):
+        auc_interval(np.array([1, 0]), np.array([0.2, 0.1]), n_resamples=1, seed=seed)
