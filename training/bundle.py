@@ -4,7 +4,7 @@ A bundle directory holds plain files only (no pickles), so serving needs LightGB
 nothing of the training environment::
 
     booster.txt      LightGBM model text
-    bundle.json      target, feature names, feature spec, label spec, calibrator, segmenter, metadata
+    bundle.json      target, feature names, feature spec, label spec, calibrator, segmenter, BTYD part, metadata
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pandas as pd
 
 from features.segments.segmenter import Segmenter, encode_segments
 from features.spec.definition import FeatureSpec, feature_columns
+from training.btyd.features import BTYDFeatures
 from training.calibration import Calibrator
 from training.labels import LabelSpec
 
@@ -26,20 +27,28 @@ TARGETS = ("last_mile_buyer", "lapse_risk")
 SCORE_COLUMN = {"last_mile_buyer": "p_buy", "lapse_risk": "p_lapse"}
 
 
-def design_matrix(features: pd.DataFrame, spec: FeatureSpec) -> tuple[np.ndarray, list[str]]:
-    """The model input: ``feature_columns(spec)`` then the segment codes, as a float64 (n, f) matrix.
+def design_matrix(
+    features: pd.DataFrame, spec: FeatureSpec, btyd: BTYDFeatures | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """The model input: ``feature_columns(spec)``, then the fitted BTYD columns (``btyd.columns``, when given),
+    then the segment codes, as a float64 (n, f) matrix.
 
     ``features`` is the segmented feature table (``Segmenter.transform`` output), one row per user.
     """
     numeric = features[feature_columns(spec)].astype("float64")
     codes = encode_segments(features).astype("float64")
-    frame = pd.concat([numeric.reset_index(drop=True), codes.reset_index(drop=True)], axis=1)
+    parts = [numeric.reset_index(drop=True)]
+    if btyd is not None:
+        parts.append(btyd.transform(features).reset_index(drop=True))
+    frame = pd.concat([*parts, codes.reset_index(drop=True)], axis=1)
     return frame.to_numpy(dtype=np.float64, na_value=np.nan), list(frame.columns)
 
 
 @dataclass
 class ModelBundle:
-    """Booster + calibrator + fitted segmenter + the specs it was trained with."""
+    """Booster + calibrator + fitted segmenter + the specs it was trained with, and the fitted BTYD part (None for a
+    bundle trained without it): its columns join the design matrix when the booster was trained on them (they are
+    in ``feature_names``), and it gives the per-user BTYD outputs either way."""
 
     target: str
     booster: Any
@@ -49,15 +58,23 @@ class ModelBundle:
     label_spec: LabelSpec
     feature_names: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
+    btyd: BTYDFeatures | None = None
 
     # Scoring -------------------------------------------------------------------------------------------------------
     def matrix(self, segmented: pd.DataFrame) -> np.ndarray:
         """Design matrix for ``segmented`` (n rows), checked against the trained feature names."""
-        x, names = design_matrix(segmented, self.spec)
+        x, names = design_matrix(segmented, self.spec, self.btyd_in_matrix)
         if names != self.feature_names:
             missing = sorted(set(self.feature_names) - set(names))
             raise ValueError(f"feature table does not match model {self.target}: missing {missing[:10]}")
         return x
+
+    @property
+    def btyd_in_matrix(self) -> BTYDFeatures | None:
+        """The BTYD part when the booster reads its columns, else None."""
+        if self.btyd is None or self.btyd.columns[0] not in self.feature_names:
+            return None
+        return self.btyd
 
     def predict_raw(self, x: np.ndarray) -> np.ndarray:
         """Uncalibrated booster probabilities, shape (n,)."""
@@ -82,6 +99,7 @@ class ModelBundle:
             "label_spec": asdict(self.label_spec),
             "calibrator": self.calibrator.to_dict(),
             "segmenter": self.segmenter.to_dict(),
+            "btyd": None if self.btyd is None else self.btyd.to_dict(),
             "meta": self.meta,
         }
         (directory / "bundle.json").write_text(json.dumps(doc, indent=1, default=str))
@@ -103,4 +121,5 @@ class ModelBundle:
             label_spec=LabelSpec(**doc["label_spec"]),
             feature_names=list(doc["feature_names"]),
             meta=dict(doc.get("meta", {})),
+            btyd=BTYDFeatures.from_dict(doc["btyd"]) if doc.get("btyd") else None,
         )

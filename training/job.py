@@ -20,11 +20,14 @@ from features.build.builder import build_features, default_connection, events_ta
 from features.segments.segmenter import Segmenter
 from features.settings import FeatureSettings
 from features.spec.definition import FeatureSpec
+from training.btyd import BTYDError
+from training.btyd.features import BTYDFeatures
 from training.bundle import TARGETS, ModelBundle
 from training.datasets import POPULATION_EVENTS, check_eligible, cutoffs_for, labelled_frame, time_split, window_days
 from training.evaluate import evaluate
 from training.labels import LabelSpec, data_end
 from training.models import BoosterParams
+from training.oracle import Truth
 from training.registry import CHAMPION, GateDecision, Registry, gate
 from training.sampling import sampled_events
 from training.settings import TrainingSettings
@@ -44,7 +47,8 @@ class TrainConfig:
     events are filtered once, before every feature build); None trains on everyone. Ignored with
     ``feature_source``, which samples on its own. ``holdout``: share of users held out of training (half for
     validation, half for test) for a target whose label window is longer than the cutoff spacing
-    (see :func:`training.datasets.time_split`).
+    (see :func:`training.datasets.time_split`). ``btyd_features``: give LightGBM the BTYD columns (False: the BTYD
+    part is still fitted and saved for the baseline and the outputs, the model does without its columns).
     """
 
     events_path: Path
@@ -65,6 +69,7 @@ class TrainConfig:
     feature_source: Callable[[datetime], pd.DataFrame] | None = None
     max_users: int | None = _DEFAULTS.max_users
     holdout: float = _DEFAULTS.holdout
+    btyd_features: bool = True
 
     @classmethod
     def from_settings(
@@ -92,6 +97,7 @@ class TargetOutcome:
     champion_metrics: dict[str, float] | None
     counts: dict[str, int]
     cutoffs: list[datetime]
+    oracle_reason: str = ""  # why the run has no oracle (truth given but not covering it); "" otherwise
 
 
 @dataclass
@@ -164,7 +170,7 @@ def _train_all(
     }
     seg_at = min(c[-3] for c in cutoffs.values())  # the earliest last-training cutoff: never sees a test window
     segmenter = Segmenter().fit(events, raw_features(seg_at), seg_at)
-    truth = pd.read_parquet(cfg.truth_path) if cfg.truth_path else None
+    truth = Truth.read(cfg.truth_path) if cfg.truth_path else None
 
     for target in cfg.targets:
         say(f"training {target}")
@@ -175,13 +181,19 @@ def _train_all(
         overlapping = window_days(target, label_spec) > cfg.cutoff_spacing_days
         split = time_split(frames, cfg.holdout if overlapping else None, seed=cfg.params.seed)
         counts = check_eligible(target, split, cfg.min_positives, cfg.min_negatives)
-        oracle = _oracle(truth, target, split.test, label_spec) if truth is not None else None
+        btyd, btyd_note = _fit_btyd(target, cutoffs[target][:-2], label_spec, raw_features, say)
+        oracle, oracle_reason = (None, "no truth file given")
+        if truth is not None:
+            oracle, oracle_reason = truth.oracle(target, split.test, label_spec, say)
+            if oracle is None:
+                say(f"{target}: no oracle: {oracle_reason}")
         params = _params(cfg, target, cutoffs[target], label_spec, report.fingerprint, counts)
-        params.update(shop_users=report.shop_users, train_users=report.train_users,
+        params.update(shop_users=report.shop_users, train_users=report.train_users, btyd=btyd_note,
                       split=f"time + users ({cfg.holdout:.0%} held out)" if overlapping else "time")
         result = train_target(
             target, split, segmenter, cfg.spec, label_spec, cfg.params, calibration=cfg.calibration,
             oracle=oracle, meta={"trained_on": params["data_fingerprint"], "test_as_of": params["test_as_of"]},
+            btyd=btyd, btyd_features=cfg.btyd_features,
         )
         write_plots(result, cfg.out_dir / target)
         champion_metrics = _champion_metrics(registry, target, split.test, events, con, cfg.spec, raw_features)
@@ -189,13 +201,15 @@ def _train_all(
         example = pd.DataFrame(result.bundle.matrix(split.test.head(5)), columns=result.bundle.feature_names)
         run_id, version = registry.log_challenger(
             result.bundle, params=params, metrics=result.metrics, plots=result.plots, input_example=example,
-            tags={"gate": "promoted" if decision.promote else "kept champion", "gate_reason": decision.reason},
+            tags={"gate": "promoted" if decision.promote else "kept champion", "gate_reason": decision.reason,
+                  "oracle": "computed" if oracle is not None else f"not computed: {oracle_reason}"},
         )
         if decision.promote:
             registry.promote(target, version)
         registry.client.set_model_version_tag(target, version, "gate_reason", decision.reason)
         report.outcomes[target] = TargetOutcome(
-            target, result, version, run_id, decision, champion_metrics, counts, cutoffs[target]
+            target, result, version, run_id, decision, champion_metrics, counts, cutoffs[target],
+            oracle_reason="" if oracle is not None or truth is None else oracle_reason,
         )
 
 
@@ -218,18 +232,21 @@ def _params(
     }
 
 
-def _oracle(truth: pd.DataFrame, target: str, test: pd.DataFrame, label_spec: LabelSpec) -> np.ndarray | None:
-    """True probabilities for the test rows, when the generator recorded them for this cutoff and window."""
-    as_of = pd.Timestamp(test["as_of"].iloc[0])
-    column, window_col, window = (
-        ("p_buy_true", "horizon_days", label_spec.horizon_days) if target == "last_mile_buyer"
-        else ("p_lapse_true", "lapse_days", label_spec.lapse_days)
-    )
-    at = truth[(pd.to_datetime(truth["as_of"], utc=True) == as_of) & (truth[window_col] == window)]
-    if at.empty:
-        return None
-    aligned = test[["user_id"]].merge(at[["user_id", column]], on="user_id", how="left")[column]
-    return None if aligned.isna().any() else aligned.to_numpy(np.float64)
+def _fit_btyd(
+    target: str, train_cutoffs: list[datetime], label_spec: LabelSpec,
+    raw_features: Callable[[datetime, str | None], pd.DataFrame], say: Say,
+) -> tuple[BTYDFeatures | None, str]:
+    """The BTYD part of ``target``: BG/NBD and Gamma-Gamma fitted on every buyer's purchase history before each
+    training cutoff (the validation and test cutoffs stay unseen), and a note for the run's parameters; ``(None,
+    reason)`` when it cannot be fitted (no buyers, a failed fit), and the model trains without its columns."""
+    try:
+        btyd = BTYDFeatures(window_days(target, label_spec)).fit(raw_features(t, target) for t in train_cutoffs)
+    except BTYDError as err:
+        say(f"{target}: no BTYD part: {err}")
+        return None, f"not fitted: {err}"
+    b = btyd.bgf_
+    spend = "Gamma-Gamma" if btyd.ggf_ is not None else "no Gamma-Gamma (own mean spend)"
+    return btyd, f"BG/NBD r={b.r_:.4g} alpha={b.alpha_:.4g} a={b.a_:.4g} b={b.b_:.4g} on {btyd.n_rows_:,} rows; {spend}"
 
 
 def _champion_metrics(

@@ -54,8 +54,15 @@ def test_both_targets_are_registered_and_promoted(trained):
         assert registry.version(target, CHALLENGER) == outcome.version
         assert registry.version(target, CHAMPION) == outcome.version
         assert outcome.decision.promote and outcome.decision.reason == "no champion yet"
-        assert {"lightgbm", "logistic", "rule_score", "oracle"} <= set(outcome.result.metrics)
+        assert {"lightgbm", "logistic", "rule_score", "bgnbd", "oracle"} <= set(outcome.result.metrics)
         assert all(p.stat().st_size > 1000 for p in outcome.result.plots.values())
+        for name, m in outcome.result.metrics.items():  # a 95% bootstrap interval around every AUC, logged too
+            assert m["auc_ci_low"] <= m["auc"] <= m["auc_ci_high"] and m["auc_ci_high"] - m["auc_ci_low"] < 0.3, name
+        logged = registry.client.get_run(outcome.run_id).data
+        assert logged.metrics["bgnbd.auc_ci_low"] == outcome.result.metrics["bgnbd"]["auc_ci_low"]
+        assert logged.tags["oracle"] == "computed" and logged.params["btyd"].startswith("BG/NBD r=")
+        assert outcome.result.bundle.btyd is not None
+        assert set(outcome.result.bundle.btyd.columns) < set(outcome.result.bundle.feature_names)
 
 
 @pytest.mark.parametrize("target", ["last_mile_buyer", "lapse_risk"])
@@ -106,6 +113,8 @@ def test_bundle_files_round_trip(trained, tmp_path: Path):
     again = ModelBundle.load(bundle.save(tmp_path / "b"))
     assert again.calibrator.to_dict() == bundle.calibrator.to_dict()
     assert again.segmenter.to_dict() == bundle.segmenter.to_dict()
+    assert again.btyd is not None and again.btyd.to_dict() == bundle.btyd.to_dict()
+    assert again.btyd.window_days == LAPSE and f"btyd_p_purchase_{LAPSE}d" in again.feature_names
     assert again.spec == bundle.spec and again.label_spec == bundle.label_spec
 
 
@@ -183,3 +192,33 @@ def test_training_on_a_user_sample_uses_only_the_sampled_users(shop, trained, tm
     assert run.data.params["train_users"] == "3000" and run.data.params["shop_users"] == str(shop_users)
     full_test_rows = len(trained[2].outcomes["last_mile_buyer"].result.test_labels)
     assert 0 < len(outcome.result.test_labels) <= 3000 < full_test_rows
+
+
+def test_a_run_the_truth_does_not_cover_says_why_or_gets_it_simulated(shop, tmp_path: Path):
+    """A truth file without the test cutoff and without its generator config: no oracle row, and the reason is said,
+    logged and kept; the generator's own file for a run with another lapse window: the shop is simulated again."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    data, end = shop
+    test_at = cutoffs_for(end, 4, 7, 3)[-1]
+    truth = pq.read_table(data.truth_path)
+    bare = tmp_path / "truth.parquet"
+    pq.write_table(truth.filter(pc.not_equal(truth["as_of"], test_at)).replace_schema_metadata(None), bare)
+    registry = Registry(f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "artifacts")
+    cfg = TrainConfig(
+        events_path=data.events_dir, out_dir=tmp_path / "plots", lapse_days=LAPSE, n_cutoffs=4, cutoff_spacing_days=7,
+        min_positives=20, min_negatives=20, data_end=end, targets=("last_mile_buyer",), truth_path=bare,
+        params=BoosterParams(num_boost_round=40, learning_rate=0.1),
+    )
+    said: list[str] = []
+    outcome = run_training(cfg, registry, say=said.append).outcomes["last_mile_buyer"]
+    assert "oracle" not in outcome.result.metrics and "oracle_auc" not in outcome.result.metrics["lightgbm"]
+    assert outcome.oracle_reason.startswith(f"the truth holds no true probabilities at the test cutoff {test_at:%Y-%m-%d}")
+    assert outcome.oracle_reason.endswith("records no generator config to simulate the shop again")
+    assert registry.client.get_run(outcome.run_id).data.tags["oracle"] == f"not computed: {outcome.oracle_reason}"
+    assert f"last_mile_buyer: no oracle: {outcome.oracle_reason}" in said
+    other = replace(cfg, targets=("lapse_risk",), lapse_days=10, truth_path=data.truth_path)
+    lapse = run_training(other, registry, say=said.append).outcomes["lapse_risk"]
+    assert lapse.oracle_reason == "" and "oracle" in lapse.result.metrics
+    assert any("was recorded for a 21-day lapse window, this run uses 10 days; simulating" in s for s in said)
