@@ -22,6 +22,7 @@ from training.labels import lapse_population
 
 _NO_REASONS: tuple[str, ...] = ()
 SEGMENT_OUTPUT = ("aipl_layer", "lifecycle", "rfm_group", "rule_score")
+BTYD_OUTPUT = ("p_alive", "expected_purchases_30d", "expected_purchases_90d", "clv_365d", "next_order_date")
 REASONS_COLUMN = {"last_mile_buyer": "reasons_buy", "lapse_risk": "reasons_lapse"}
 VERSION_COLUMN = {"last_mile_buyer": "model_buy", "lapse_risk": "model_lapse"}
 
@@ -40,20 +41,28 @@ def score_features(
     Returns n rows: ``user_id``, ``p_buy`` / ``p_lapse`` (calibrated probabilities in [0, 1]; ``p_lapse`` is NaN for
     users who never bought, who are outside the lapse model's population), ``aipl_layer``, ``lifecycle``,
     ``rfm_group``, ``rule_score``, ``reasons_buy`` / ``reasons_lapse`` (top positive contributors, feature names),
-    ``model_buy`` / ``model_lapse`` (registry versions) and ``as_of``. With ``keep_features`` the segmented
+    ``model_buy`` / ``model_lapse`` (registry versions) and ``as_of``; when a bundle has a BTYD part, the BTYD
+    outputs of :func:`btyd_outputs` (``p_alive``, ``expected_purchases_30d`` / ``_90d``, ``clv_365d``,
+    ``next_order_date``). With ``keep_features`` the segmented
     feature columns are kept too (activation rules read them). With ``reasons=False`` the reason columns hold
     empty lists: the SHAP contributions behind them cost far more than the scores (see :func:`add_reasons`).
     """
     if not bundles:
         raise ValueError("no models to score with")
     out: pd.DataFrame | None = None
-    done: dict[str, tuple[pd.DataFrame, np.ndarray]] = {}  # models trained together share segmenter and matrix
+    # models trained together share the segmenter, and the matrix unless their BTYD parts differ
+    segments: dict[str, pd.DataFrame] = {}
+    matrices: dict[str, np.ndarray] = {}
     for target, bundle in bundles.items():
-        key = json.dumps([bundle.segmenter.to_dict(), bundle.feature_names], sort_keys=True, default=str)
-        if key not in done:
-            segmented = bundle.segmenter.transform(raw).reset_index(drop=True)
-            done[key] = (segmented, bundle.matrix(segmented))
-        segmented, full = done[key]
+        seg_key = json.dumps(bundle.segmenter.to_dict(), sort_keys=True, default=str)
+        btyd = None if bundle.btyd_in_matrix is None else bundle.btyd_in_matrix.to_dict()
+        key = json.dumps([seg_key, bundle.feature_names, btyd], sort_keys=True, default=str)
+        if seg_key not in segments:
+            segments[seg_key] = bundle.segmenter.transform(raw).reset_index(drop=True)
+        segmented = segments[seg_key]
+        if key not in matrices:
+            matrices[key] = bundle.matrix(segmented)
+        full = matrices[key]
         if out is None:
             out = segmented if keep_features else segmented[["user_id", *SEGMENT_OUTPUT]].copy()
         rows = population(target, segmented)
@@ -65,8 +74,24 @@ def score_features(
         out[REASONS_COLUMN[target]] = _scatter(names, rows)
         out[VERSION_COLUMN[target]] = str(bundle.meta.get("version", ""))
     assert out is not None
+    extra = btyd_outputs(raw, bundles, as_of)
+    if extra is not None:
+        for name in BTYD_OUTPUT:
+            out[name] = extra[name].to_numpy()
     out["as_of"] = pd.Timestamp(as_of).isoformat()
     return out
+
+
+def btyd_outputs(raw: pd.DataFrame, bundles: Mapping[str, ModelBundle], as_of: datetime) -> pd.DataFrame | None:
+    """The BTYD outputs of every row of ``raw`` (n users, in order) from the lapse bundle's fitted BTYD part (the
+    buyer bundle's when the lapse bundle has none): :data:`BTYD_OUTPUT`, probabilities in [0, 1], expected purchase
+    days, CLV in currency, ``next_order_date`` an ISO date or None; all null for users who never bought. None when no
+    bundle has a BTYD part (models trained before it)."""
+    for target in ("lapse_risk", "last_mile_buyer", *bundles):
+        bundle = bundles.get(target)
+        if bundle is not None and bundle.btyd is not None:
+            return bundle.btyd.outputs(raw.reset_index(drop=True), as_of)[list(BTYD_OUTPUT)]
+    return None
 
 
 def population(target: str, segmented: pd.DataFrame) -> np.ndarray:

@@ -33,6 +33,7 @@ Progress = Callable[[int, int | None], None]
 
 AUDIENCE_COLUMNS = (
     "user_id", "p_buy", "p_lapse", "aipl_layer", "lifecycle", "rfm_group", "rule_score",
+    "p_alive", "expected_purchases_30d", "expected_purchases_90d", "clv_365d", "next_order_date",
     "action", "action_deadline", "urgency", "action_p", "lift", "incremental_p", "expected_revenue", "expected_value",
     "action_cost", "expected_profit", "priority", "reasons_buy", "reasons_lapse",
     "model_buy", "model_lapse", "as_of",
@@ -74,6 +75,7 @@ def score_chunks(
 
 _NULLABLE_TYPES = {
     "action_deadline": pa.string(),
+    "next_order_date": pa.string(),
     "reasons_buy": pa.list_(pa.string()),
     "reasons_lapse": pa.list_(pa.string()),
 }

@@ -62,6 +62,15 @@ class _Scores(_Model):
     lifecycle: Lifecycle | None = Field(None, description="Lifecycle stage.")
     rfm_group: RfmGroup | None = Field(None, description="RFM group.")
     rule_score: float | None = Field(None, description="Transparent rule score (the baseline models must beat).")
+    p_alive: float | None = Field(
+        None, ge=0.0, le=1.0, description="BG/NBD probability that the buyer is still a customer; null if never bought."
+    )
+    expected_purchases_30d: float | None = Field(None, ge=0.0, description="Expected purchase days in 30 days.")
+    expected_purchases_90d: float | None = Field(None, ge=0.0, description="Expected purchase days in 90 days.")
+    clv_365d: float | None = Field(None, ge=0.0, description="Expected spend in the next 365 days (currency).")
+    next_order_date: str | None = Field(
+        None, description="Expected date of the next order (ISO date); null when more likely never."
+    )
     reasons_buy: list[str] | None = Field(None, description="Features behind p_buy, strongest first.")
     reasons_lapse: list[str] | None = Field(None, description="Features behind p_lapse, strongest first.")
     model_buy: str | None = Field(None, description="Version of the last-mile buyer model that scored the user.")

@@ -1,8 +1,9 @@
 """The one-machine batch and the shared scoring path on a small simulated shop with tiny models.
 
 Covers who gets a lapse score (past buyers only), the publish guard (an empty or much smaller batch never
-replaces the served snapshot unless forced), the unknown-user defaults over every chunk, and the audience file
-a failed publish leaves (none).
+replaces the served snapshot unless forced), the unknown-user defaults over every chunk, the audience file
+a failed publish leaves (none), and the BTYD part of a bundle (the same columns on every path, its outputs in the
+audience file and the store).
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, pd.Dat
     return events, build_features(events, AS_OF, SPEC)
 
 
-def _tiny_bundle(target: str, raw: pd.DataFrame, events: pd.DataFrame, seed: int) -> Any:
-    """A small calibrated LightGBM bundle on labels derived from the features (as the service fixtures do)."""
+def _tiny_bundle(target: str, raw: pd.DataFrame, events: pd.DataFrame, seed: int, btyd: Any = None) -> Any:
+    """A small calibrated LightGBM bundle on labels derived from the features (as the service fixtures do), with the
+    fitted BTYD part ``btyd`` when given."""
     import lightgbm as lgb
 
     from features.segments.segmenter import Segmenter
@@ -53,7 +55,7 @@ def _tiny_bundle(target: str, raw: pd.DataFrame, events: pd.DataFrame, seed: int
     from training.labels import LabelSpec
 
     segmenter = Segmenter().fit(events, raw, AS_OF)
-    x, names = design_matrix(segmenter.transform(raw), SPEC)
+    x, names = design_matrix(segmenter.transform(raw), SPEC, btyd)
     rng = np.random.default_rng(seed)
     signal = np.nan_to_num(x[:, seed % 8], nan=0.0)
     y = (signal + rng.normal(0, signal.std() + 1e-9, len(x)) < np.median(signal)).astype(int)
@@ -62,7 +64,7 @@ def _tiny_bundle(target: str, raw: pd.DataFrame, events: pd.DataFrame, seed: int
     booster = lgb.train(params, lgb.Dataset(x, label=y, feature_name=names), num_boost_round=10)
     calibrator = Calibrator(kind="platt").fit(booster.predict(x), y)
     return ModelBundle(target=target, booster=booster, calibrator=calibrator, segmenter=segmenter, spec=SPEC,
-                       label_spec=LabelSpec(), feature_names=names, meta={"version": str(seed)})
+                       label_spec=LabelSpec(), feature_names=names, meta={"version": str(seed)}, btyd=btyd)
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +213,113 @@ def test_a_failed_publish_or_scoring_leaves_no_partial_file_and_the_old_snapshot
         assert store.current() == served
     finally:
         store.close()
+
+
+# ------------------------------------------------------------------------------------------ the BTYD part
+@pytest.fixture(scope="module")
+def btyd_bundles(shop: tuple[pd.DataFrame, pd.DataFrame]) -> dict[str, Any]:
+    """Tiny bundles with a BTYD part each (windows 3 and 10 days), fitted on the features of two earlier cutoffs."""
+    from training.btyd.features import BTYDFeatures
+
+    events, raw = shop
+    fit_on = [build_features(events, AS_OF - timedelta(days=d), SPEC) for d in (7, 14)]
+    return {
+        target: _tiny_bundle(target, raw, events, seed=3 + i, btyd=BTYDFeatures(window).fit(fit_on))
+        for i, (target, window) in enumerate((("last_mile_buyer", 3), ("lapse_risk", 10)))
+    }
+
+
+def _btyd_columns(bundle: Any, segmented: pd.DataFrame) -> pd.DataFrame:
+    """The BTYD columns of the bundle's design matrix, one row per user (indexed by user id)."""
+    cols = [i for i, name in enumerate(bundle.feature_names) if name.startswith("btyd_")]
+    x = bundle.matrix(segmented)[:, cols]
+    return pd.DataFrame(x, columns=[bundle.feature_names[i] for i in cols], index=segmented["user_id"].to_numpy())
+
+
+def test_btyd_columns_are_equal_on_the_training_batch_and_online_paths(shop, btyd_bundles) -> None:
+    import ibis
+
+    from training.btyd import BetaGeoFitter, rfm_summary
+    from training.bundle import design_matrix
+    from training.datasets import labelled_frame
+    from training.labels import LabelSpec
+
+    events, raw = shop
+    bundle = btyd_bundles["lapse_risk"]
+    assert [n for n in bundle.feature_names if n.startswith("btyd_")] == bundle.btyd.columns
+    batch = _btyd_columns(bundle, bundle.segmenter.transform(raw))  # the whole audience (batch, the bundle's path)
+    repeat = sorted(raw.loc[raw["purchase_days"] >= 2, "user_id"])[:4]
+    never = sorted(raw.loc[raw["purchase_days"] == 0, "user_id"])[:2]
+    users = repeat + never
+    few = build_features(events[events["user_id"].isin(users)], AS_OF, SPEC)  # /score: the users' own events
+    online = _btyd_columns(bundle, bundle.segmenter.transform(few))
+    pd.testing.assert_frame_equal(online.loc[users], batch.loc[users], check_exact=True)
+    # training: the labelled frame of the cutoff, as the job stacks it, through the same design matrix
+    frame = labelled_frame("lapse_risk", ibis.memtable(events), AS_OF, LabelSpec(lapse_days=3),
+                           bundle.segmenter.transform(raw))
+    x, names = design_matrix(frame, SPEC, bundle.btyd)
+    training = pd.DataFrame(x, columns=names, index=frame["user_id"].to_numpy())[bundle.btyd.columns]
+    assert len(training) == int((raw["purchase_days"] >= 1).sum()) > 20
+    pd.testing.assert_frame_equal(training, batch.loc[training.index], check_exact=True)
+    assert batch.loc[never].isna().all().all() and batch.loc[repeat].notna().all().all()
+    # by hand for one user: the fitted BG/NBD parameters on the RFM summary of the user's events
+    user = repeat[0]
+    rfm = rfm_summary(events, AS_OF).loc[user]
+    bgf = BetaGeoFitter.from_dict(bundle.btyd.to_dict()["bgnbd"])
+    p_alive = float(bgf.p_alive(rfm["frequency"], rfm["recency"], rfm["T"]))
+    p_10d = float(bgf.p_any_purchase(10, rfm["frequency"], rfm["recency"], rfm["T"]))
+    e_90d = float(bgf.expected_purchases(90, rfm["frequency"], rfm["recency"], rfm["T"]))
+    assert batch.loc[user, "btyd_p_alive"] == pytest.approx(p_alive, rel=1e-12)
+    assert batch.loc[user, "btyd_p_purchase_10d"] == pytest.approx(p_10d, rel=1e-12)
+    assert batch.loc[user, "btyd_expected_90d"] == pytest.approx(e_90d, rel=1e-12)
+    scored = score_features(few, btyd_bundles, AS_OF, reasons=False).set_index("user_id")  # the lapse bundle's part
+    assert scored.loc[user, "p_alive"] == pytest.approx(p_alive, rel=1e-12)
+    assert scored.loc[user, "expected_purchases_90d"] == pytest.approx(e_90d, rel=1e-12)
+    assert scored.loc[never, ["p_alive", "clv_365d", "next_order_date"]].isna().all().all()
+
+
+def test_bundle_round_trip_keeps_the_btyd_part(shop, btyd_bundles, bundles, tmp_path: Path) -> None:
+    import json
+
+    from training.bundle import ModelBundle
+
+    _, raw = shop
+    for target, bundle in btyd_bundles.items():
+        again = ModelBundle.load(bundle.save(tmp_path / target))
+        assert again.btyd is not None and again.btyd.to_dict() == bundle.btyd.to_dict()
+        segmented = bundle.segmenter.transform(raw)
+        np.testing.assert_array_equal(again.matrix(segmented), bundle.matrix(segmented))
+        np.testing.assert_array_equal(again.predict(segmented), bundle.predict(segmented))
+    plain = ModelBundle.load(bundles["lapse_risk"].save(tmp_path / "plain"))
+    assert plain.btyd is None and json.loads((tmp_path / "plain" / "bundle.json").read_text())["btyd"] is None
+    assert not any(n.startswith("btyd_") for n in plain.feature_names)
+
+
+def test_audience_file_and_store_carry_the_btyd_outputs(shop, btyd_bundles, bundles, tmp_path: Path) -> None:
+    import json
+
+    from serving.batch.run import AUDIENCE_COLUMNS
+    from serving.scoring import BTYD_OUTPUT
+
+    _, raw = shop
+    store = open_store(tmp_path / "scores.sqlite")
+    try:
+        result = run_batch(None, AS_OF, btyd_bundles, store, tmp_path / "a.parquet", features=raw, chunk_users=150,
+                           created_at=AS_OF, reasons=False)
+        written = pd.read_parquet(result.audience_path)
+        _, found = store.lookup(written["user_id"].tolist())
+    finally:
+        store.close()
+    assert list(written.columns) == [c for c in AUDIENCE_COLUMNS if c in written.columns]
+    assert set(BTYD_OUTPUT) <= set(written.columns)
+    buyers = (raw.set_index("user_id").loc[written["user_id"], "purchase_days"] >= 1).to_numpy()
+    assert written.loc[buyers, "p_alive"].between(0, 1).all() and written.loc[buyers, "clv_365d"].ge(0).all()
+    assert written.loc[~buyers, list(BTYD_OUTPUT)].isna().all().all()
+    dated = written["next_order_date"].dropna()
+    assert len(dated) and (pd.to_datetime(dated) >= pd.Timestamp(AS_OF.date())).all()
+    records = {uid: json.loads(payload) for uid, payload in found.items()}
+    first = written.loc[buyers, "user_id"].iloc[0]
+    assert records[first]["p_alive"] == pytest.approx(written.set_index("user_id").loc[first, "p_alive"])
+    assert all(set(BTYD_OUTPUT) <= set(r) for r in records.values())
+    old = run_batch(None, AS_OF, bundles, None, tmp_path / "b.parquet", features=raw, created_at=AS_OF, reasons=False)
+    assert not set(BTYD_OUTPUT) & set(pd.read_parquet(old.audience_path).columns)  # models without the part

@@ -46,11 +46,11 @@ def test_lookup_result_declares_every_column_a_snapshot_stores() -> None:
 
 
 def test_score_result_declares_every_column_of_the_scoring_function() -> None:
-    from serving.scoring import REASONS_COLUMN, SEGMENT_OUTPUT, VERSION_COLUMN
+    from serving.scoring import BTYD_OUTPUT, REASONS_COLUMN, SEGMENT_OUTPUT, VERSION_COLUMN
     from training.bundle import SCORE_COLUMN
 
     written = {"user_id", *SEGMENT_OUTPUT, *SCORE_COLUMN.values(), *REASONS_COLUMN.values(), *VERSION_COLUMN.values(),
-               "as_of"}
+               *BTYD_OUTPUT, "as_of"}
     assert written | {"scored"} <= set(api.ScoreResult.model_fields), written - set(api.ScoreResult.model_fields)
 
 
