@@ -4,7 +4,7 @@
   definitions and metrics; ``open`` windows get the estimate only.
 - :func:`expected_metrics`, :func:`expected_auc` (:mod:`.estimate`): CBPE-style estimates from calibrated scores.
 - :func:`reference_profile`, :func:`psi` (:mod:`.drift`): population stability against a reference profile.
-- :func:`monitor` (:mod:`.monitor`): every kept snapshot, drift against the previous snapshot and the training
+- :func:`monitor` (:mod:`.job`): every kept snapshot, drift against the previous snapshot and the training
   reference, and the findings of the thresholds in ``MonitoringSettings`` (:class:`MonitorReport`).
 - :func:`log_monitoring` (:mod:`.tracking`): the report in MLflow, a time series per snapshot.
 """
@@ -12,7 +12,7 @@
 from serving.monitoring.backtest import CLOSED, OPEN, TargetQuality, backtest, realized_labels, window_status
 from serving.monitoring.drift import ReferenceProfile, column_psi, psi, reference_profile
 from serving.monitoring.estimate import expected_auc, expected_ece, expected_metrics
-from serving.monitoring.monitor import MonitorError, monitor, read_snapshot_records
+from serving.monitoring.job import MonitorError, monitor, read_snapshot_records
 from serving.monitoring.result import Alert, DriftRow, MixShift, MonitorReport, SnapshotQuality
 from serving.monitoring.tracking import log_monitoring
 from serving.monitoring.versions import VersionFacts, load_version_bundle, version_facts

@@ -1,4 +1,4 @@
-"""The thresholds of ``MonitoringSettings`` turned into findings (see :mod:`serving.monitoring.monitor`)."""
+"""The thresholds of ``MonitoringSettings`` turned into findings (see :mod:`serving.monitoring.job`)."""
 
 from __future__ import annotations
 
