@@ -214,7 +214,8 @@ def test_a_run_the_truth_does_not_cover_says_why_or_gets_it_simulated(shop, tmp_
     said: list[str] = []
     outcome = run_training(cfg, registry, say=said.append).outcomes["last_mile_buyer"]
     assert "oracle" not in outcome.result.metrics and "oracle_auc" not in outcome.result.metrics["lightgbm"]
-    assert outcome.oracle_reason.startswith(f"the truth holds no true probabilities at the test cutoff {test_at:%Y-%m-%d}")
+    no_cutoff = f"the truth holds no true probabilities at the test cutoff {test_at:%Y-%m-%d}"
+    assert outcome.oracle_reason.startswith(no_cutoff)
     assert outcome.oracle_reason.endswith("records no generator config to simulate the shop again")
     assert registry.client.get_run(outcome.run_id).data.tags["oracle"] == f"not computed: {outcome.oracle_reason}"
     assert f"last_mile_buyer: no oracle: {outcome.oracle_reason}" in said

@@ -1,4 +1,4 @@
-"""The BTYD part of the model: inputs from the feature table, columns and outputs checked by hand against the fitters."""
+"""The BTYD part of the model: inputs from the feature table; columns and outputs checked by hand with the fitters."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The oracle of a run on generated data: true probabilities at the run's test cutoff and window, or the reason why not."""
+"""The oracle of a run on generated data: true probabilities at its test cutoff and window, or why there is none."""
 
 from __future__ import annotations
 

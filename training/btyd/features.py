@@ -98,8 +98,9 @@ class BTYDFeatures:
     (L2 penalty of both fits, 0 = plain maximum likelihood), ``horizons`` (days of the ``btyd_expected_{d}d``
     columns and the ``expected_purchases_{d}d`` outputs), ``clv_days`` (CLV horizon, days; undiscounted).
     Learned: ``bgf_`` (:class:`BetaGeoFitter`, days; fitted with ``penalizer``, or the first of :data:`PENALIZERS`
-    above it whose predictions on the fitted rows are finite: ``bgf_.penalizer``), ``ggf_`` (:class:`GammaGammaFitter` of the spend per
-    purchase day, None when it cannot be fitted: no amounts, or a fit with an infinite mean, ``q <= 1``),
+    above it whose predictions on the fitted rows are finite: ``bgf_.penalizer``), ``ggf_`` (:class:`GammaGammaFitter`
+    of the spend per purchase day, None when it cannot be fitted: no amounts, or a fit with an infinite mean,
+    ``q <= 1``),
     ``spend_mean_`` (mean spend per purchase day over the fitted rows with a known spend, currency; None without
     amounts), ``n_rows_`` (buyer rows fitted on: users x cutoffs).
     """
