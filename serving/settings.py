@@ -24,7 +24,8 @@ class ServingSettings(BaseModel):
     batch_chunk_users: int = Field(200_000, ge=1000)
     min_publish_share: float = Field(
         0.5, ge=0.0, le=1.0,
-        description="A batch scoring fewer users than this share of the served snapshot is not published unless forced.",
+        description=("A batch scoring fewer users than this share of the served snapshot is not published "
+                     "unless forced."),
     )
     api_token: SecretStr | None = None
     api_token_file: Path | None = None
@@ -101,6 +102,6 @@ class MonitoringSettings(BaseModel):
     ece_bins: int = Field(10, ge=2, description="Equal-count bins of the calibration error.")
     top_features: int = Field(15, ge=0, description="Features checked for drift per model, by importance (gain).")
     drift_users: int = Field(
-        100_000, ge=1000, description="Seeded sample of users whose features are rebuilt for the drift checks."
+        50_000, ge=1000, description="Seeded sample of users whose features are rebuilt for the drift checks."
     )
     experiment: str = Field("monitoring", min_length=1, description="MLflow experiment of the monitoring runs.")

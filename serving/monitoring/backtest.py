@@ -30,6 +30,7 @@ import ibis
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from features.build.builder import default_connection, events_table
 from serving.monitoring.estimate import expected_metrics, precision_at
@@ -90,7 +91,7 @@ def window_status(as_of: datetime, days: int, events_end: datetime, events_start
 
 
 def realized_labels(
-    user_ids: Sequence[str] | np.ndarray, as_of: datetime, events: Any, target: str, spec: LabelSpec, *,
+    user_ids: Sequence[str] | np.ndarray | pa.Array, as_of: datetime, events: Any, target: str, spec: LabelSpec, *,
     con: Any = None,
 ) -> np.ndarray:
     """The training label (int8 0/1, shape ``(n,)``, in the order of ``user_ids``) of each user at ``as_of``, from
@@ -102,20 +103,22 @@ def realized_labels(
     t0, t1 = ibis.literal(as_of, type=_TS), ibis.literal(as_of + timedelta(days=days), type=_TS)
     future = table.filter((table.ts > t0) & (table.ts <= t1)).select(
         user_id=table.user_id.cast("string"), ts=table.ts.cast(_TS), behavior=table.behavior.cast("string"))
-    ids = pa.array(np.asarray(user_ids, dtype=object), pa.string())
+    ids = user_ids.cast(pa.string()) if isinstance(user_ids, pa.Array) else pa.array(
+        np.asarray(user_ids, dtype=object), pa.string())
+    mark_us = int(pd.Timestamp(as_of - _MARK).value // 1000)
     marks = ibis.memtable(pa.table({
         "user_id": ids,
-        "ts": pa.array([as_of - _MARK] * len(ids), pa.timestamp("us", tz="UTC")),
-        "behavior": pa.array(["buy"] * len(ids), pa.string()),
+        "ts": pa.array(np.full(len(ids), mark_us, dtype=np.int64), pa.timestamp("us", tz="UTC")),
+        "behavior": pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(ids), np.int32)), pa.array(["buy"]))
+        .cast(pa.string()),
     })).select(user_id=ibis._.user_id, ts=ibis._.ts.cast(_TS), behavior=ibis._.behavior)
     marked = future.union(marks)
     labels = con.to_pyarrow(LABEL_FUNCTIONS[target](marked, as_of, LabelSpec(
         horizon_days=spec.horizon_days, lapse_days=spec.lapse_days, population="past_buyers")))
-    found = pd.Index(labels.column("user_id").to_numpy(zero_copy_only=False))
-    where = found.get_indexer(pd.Index(np.asarray(user_ids, dtype=object)))
-    if (where < 0).any():  # pragma: no cover - every marked user is in the population
-        raise RuntimeError(f"{int((where < 0).sum())} scored users got no label")
-    return labels.column("label").to_numpy().astype(np.int8)[where]
+    where = pc.index_in(ids, value_set=labels.column("user_id"))
+    if where.null_count:  # pragma: no cover - every marked user is in the population
+        raise RuntimeError(f"{where.null_count} scored users got no label")
+    return labels.column("label").take(where).to_numpy().astype(np.int8)
 
 
 def _audience(records: pd.DataFrame, target: str) -> np.ndarray:
@@ -151,7 +154,7 @@ def backtest(
     """
     as_of = _utc(as_of)
     spec = LabelSpec(horizon_days=int(horizon_days), lapse_days=int(lapse_days))
-    users = snapshot_records["user_id"].astype(str).to_numpy(dtype=object)
+    users = pa.array(snapshot_records["user_id"].astype("string"), pa.string())
     out: dict[str, TargetQuality] = {}
     for target in targets:
         column = SCORE_COLUMN[target]
@@ -177,7 +180,7 @@ def backtest(
         if quality.status == OPEN:
             quality.note = (f"label window (as_of, {quality.window_close}] not covered by the events: estimate only")
             continue
-        y = realized_labels(users[scored], as_of, events, target, spec, con=con)
+        y = realized_labels(users.filter(pa.array(scored)), as_of, events, target, spec, con=con)
         try:
             realized = evaluate(y, p, fractions=fractions, n_bins=n_bins)
         except EvaluationInputError as exc:

@@ -118,10 +118,10 @@ def shares_of(profile: ColumnProfile, values: pd.Series | np.ndarray) -> np.ndar
     series = pd.Series(values) if not isinstance(values, pd.Series) else values
     n = len(series)
     if profile.kind == "category":
-        lookup = {c: i for i, c in enumerate(profile.categories)}
         k = len(profile.categories)
         missing = series.isna().to_numpy()
-        codes = np.array(series.astype(object).map(lambda v: lookup.get(str(v), k)), dtype=np.int64)
+        codes = pd.Categorical(series.astype("string"), categories=profile.categories).codes.astype(np.int64)
+        codes[codes < 0] = k
         codes[missing] = k + 1
         counts = np.bincount(codes, minlength=k + 2).astype(np.float64)
     else:
