@@ -137,7 +137,8 @@ def start_service(store_path: Path, model_dir: Path, workers: int, log: Path) ->
 
 def start_floor(store_path: Path, model_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    argv = [sys.executable, __file__, "--serve-floor", str(port), "--store", str(store_path), "--model-dir", str(model_dir)]
+    argv = [sys.executable, __file__, "--serve-floor", str(port), "--store", str(store_path),
+            "--model-dir", str(model_dir)]
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     wait_http(port, "/healthz", proc)
@@ -192,7 +193,8 @@ def summarize(
                   round(cpu_s / sent * 1e6, 1), errors)
 
 
-def bench(port: int, pid: int, name: str, ids: list[str], rates: list[int], duration: float, unknown: float) -> list[Result]:
+def bench(port: int, pid: int, name: str, ids: list[str], rates: list[int], duration: float,
+          unknown: float) -> list[Result]:
     """Each rate for ``duration`` s with the shared open-loop generator (``bench_load_publish.open_loop``, which
     also checks every answer: the right user, ``found`` as expected)."""
     strangers = [f"x{i:08d}" for i in range(1000)]
@@ -245,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         ids = publish_snapshot(work / "scores.sqlite", args.users)
         print(f"published {args.users} users in {time.perf_counter() - t:.1f} s", flush=True)
-        print("| server                       |  rate |   sent | errs | p50 ms  | p95 ms  | p99 ms  |  max ms  |  rps    | cpu us/req |")
+        print("| server                       |  rate |   sent | errs | p50 ms  | p95 ms  | p99 ms  |  max ms  "
+              "|  rps    | cpu us/req |")
         print("|------------------------------|-------|--------|------|---------|---------|---------|----------|---------|------------|")
         results: list[Result] = []
         servers = [] if args.no_floor else [("floor: bare uvicorn", "floor")]

@@ -182,7 +182,8 @@ def bundle_dir(users: int, days: int, seed: int, lapse_days: int, cache: Path) -
     import hashlib
 
     settings = product_settings(lapse_days).training.model_dump_json().encode()
-    return cache / f"bundles-u{users}-d{days}-s{seed}-{settings_key(lapse_days)}-{hashlib.sha1(settings).hexdigest()[:8]}"
+    digest = hashlib.sha1(settings).hexdigest()[:8]
+    return cache / f"bundles-u{users}-d{days}-s{seed}-{settings_key(lapse_days)}-{digest}"
 
 
 def trained_bundles(users: int, *, days: int = 120, seed: int = 7, lapse_days: int = 30, cache: Path = CACHE,
@@ -289,7 +290,8 @@ def feature_ceiling(frames: CutoffFrames, target: str, outcome: Any, truth: Any)
     return np.clip(booster.predict(test[0]), 0.0, 1.0)
 
 
-def bootstrap_gap(y: np.ndarray, a: np.ndarray, b: np.ndarray, n_boot: int, seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_gap(y: np.ndarray, a: np.ndarray, b: np.ndarray, n_boot: int,
+                  seed: int = 0) -> tuple[float, float, float]:
     """AUC(a) - AUC(b) on the full set and its paired bootstrap 95% interval over rows."""
     from sklearn.metrics import roc_auc_score
 
@@ -354,8 +356,8 @@ def quality_tables(shop: Shop, report: Any, n_boot: int, ceiling: bool) -> tuple
             f"| {'; '.join(verdicts)} |"
         )
         doc[target] = {"metrics": metrics, "n": int(y.size), "positives": int(y.sum()), "gap_oracle": vs_oracle,
-                       "gap_rule": vs_rule, "gap_logistic": vs_lr, "gap_ceiling": vs_ceiling, "rule_baseline": rule_best,
-                       "best_iteration": res.bundle.meta.get("best_iteration")}
+                       "gap_rule": vs_rule, "gap_logistic": vs_lr, "gap_ceiling": vs_ceiling,
+                       "rule_baseline": rule_best, "best_iteration": res.bundle.meta.get("best_iteration")}
     return metric_rows, gap_rows, doc
 
 
@@ -420,8 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     shop = make_shop(args.users, days=args.days, seed=args.seed, lapse_days=args.lapse_days,
                      truth_paths=args.truth_paths, cache=args.cache, fresh=args.fresh)
     how = "reused from cache" if shop.cached else f"generated in {shop.gen_seconds:.1f} s (CPU {shop.gen_cpu:.1f} s)"
-    print(f"shop: {shop.users:,} users, {shop.events:,} events, {args.days} days, truth paths {args.truth_paths}, {how}",
-          flush=True)
+    print(f"shop: {shop.users:,} users, {shop.events:,} events, {args.days} days, truth paths {args.truth_paths}, "
+          f"{how}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         root = Path(tmp)
         t0, c0 = time.perf_counter(), cpu_seconds()

@@ -62,7 +62,7 @@ def make_chunks(users: int, chunk_rows: int, seed: int = 0) -> list[pd.DataFrame
                     "aipl": rng.choice(["A", "I", "P", "L"], n),
                     "stage": rng.choice(["new", "growth", "mature", "silent", "churned"], n),
                     "action": rng.choice(["retarget_ad", "coupon", "push", "none"], n),
-                    "reasons": [list(REASONS[row[:k]]) for row, k in zip(picks, n_reasons)],
+                    "reasons": [list(REASONS[row[:k]]) for row, k in zip(picks, n_reasons, strict=False)],
                     "model_buy": "last_mile_buyer@champion:7",
                     "model_lapse": "lapse_risk@champion:4",
                 }
@@ -200,7 +200,7 @@ def bench_redis(chunks: list[pd.DataFrame], users: int, repeats: int, url: str) 
     key = f"{prefix}:data:{info.snapshot_id}"
 
     def raw_lookup(ids: list[str]) -> dict[str, str]:
-        return {u: v for u, v in zip(ids, raw.hmget(key, ids)) if v is not None}
+        return {u: v for u, v in zip(ids, raw.hmget(key, ids), strict=False) if v is not None}
 
     lookups += time_lookups("raw redis HMGET (baseline)", raw_lookup, users, repeats)
     extra = {"redis_used_memory_mb": round(raw.info("memory")["used_memory"] / 2**20, 1)}

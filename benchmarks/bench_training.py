@@ -155,7 +155,8 @@ def plain_lightgbm(captured: list[tuple[Any, ...]]) -> tuple[float, float, list[
         train = lgb.Dataset(x_tr, label=y_tr, feature_name=names)
         valid = lgb.Dataset(x_va, label=y_va, reference=train)
         booster = lgb.train(params.lgb_params(pos, len(y_tr) - pos), train, num_boost_round=params.num_boost_round,
-                            valid_sets=[valid], callbacks=[lgb.early_stopping(params.early_stopping_rounds, verbose=False)])
+                            valid_sets=[valid],
+                            callbacks=[lgb.early_stopping(params.early_stopping_rounds, verbose=False)])
         wall += time.perf_counter() - t0
         cpu += cpu_seconds() - c0
         rounds.append(int(booster.best_iteration or booster.current_iteration()))
@@ -275,8 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     del captured
 
     if not args.no_header:
-        print(f"\nrun_training at {args.users:,} users ({shop.events:,} events): {total:.1f} s wall, {total_cpu:.1f} s CPU,"
-              f" peak RSS {peak_rss_mib():,.0f} MiB; {load_note()}")
+        print(f"\nrun_training at {args.users:,} users ({shop.events:,} events): {total:.1f} s wall, "
+              f"{total_cpu:.1f} s CPU, peak RSS {peak_rss_mib():,.0f} MiB; {load_note()}")
         print(f"user sample (training.max_users): {report.train_users:,} of {report.shop_users:,} users")
         print(f"design matrices: train rows {train_rows} x {n_features} features; test rows {rows}; "
               f"LightGBM rounds {rounds}\n")
@@ -295,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| baseline: plain lightgbm.train, same matrices | {len(rounds)} | {base_wall:.1f} | {base_cpu:.1f} "
               f"| {base_wall / total:.0%} |\n")
         print("| users | events | run_training s (CPU s) | plain lightgbm.train s (CPU s) | ratio wall (CPU) "
-              "| feature builds s | LightGBM fit s | MLflow s | target 1M <= 120 s |\n|---|---|---|---|---|---|---|---|---|")
+              "| feature builds s | LightGBM fit s | MLflow s | target 1M <= 120 s |"
+              "\n|---|---|---|---|---|---|---|---|---|")
     per_million = total * 1_000_000 / args.users
     verdict = ("met" if total <= 120 else "missed") if args.users >= 1_000_000 else (
         f"{'on track' if per_million <= 120 else 'missed'}: linear extrapolation {per_million:,.0f} s at 1M")

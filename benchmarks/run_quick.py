@@ -18,9 +18,10 @@ batch       bench_batch.py --users 100000 --train-users 20000                   
 
 ``quality`` and ``batch`` share a fresh cache directory (the batch scores with the bundles the quality run
 trained). The batch runs at 100k users, not 200k: its SHAP reason codes cost about 90 s per store at 200k on
-this machine, which alone would take a third of the budget. A step that fails or times out is reported and the others still run; the exit code is 1 when any
-failed. The training-time benchmark (``bench_training.py``) is not in the quick subset: at a size where its
-breakdown means anything it takes longer than the whole budget (see ``benchmarks/README.md``).
+this machine, which alone would take a third of the budget. A step that fails or times out is reported and the
+others still run; the exit code is 1 when any failed. The training-time benchmark (``bench_training.py``) is not
+in the quick subset: at a size where its breakdown means anything it takes longer than the whole budget (see
+``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def features_rows(out_dir: Path) -> list[str]:
     doc = json.loads((out_dir / "bench_features.json").read_text())
     head = "| events | users | build_features s | events/s | peak RSS MB | pandas s | speed-up vs pandas |"
     row = (f"| {doc['events']:,} | {doc['users']:,} | {doc['ibis_duckdb_seconds']} | {doc['ibis_events_per_s']:,} "
-           f"| {doc['ibis_peak_rss_mb']} | {doc.get('pandas_seconds', 'n/a')} | {doc.get('speedup_vs_pandas', 'n/a')}x |")
+           f"| {doc['ibis_peak_rss_mb']} | {doc.get('pandas_seconds', 'n/a')} "
+           f"| {doc.get('speedup_vs_pandas', 'n/a')}x |")
     return [head, "|---|---|---|---|---|---|---|", row]
 
 

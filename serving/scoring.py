@@ -1,7 +1,7 @@
 """The one scoring path shared by the nightly batch and the online ``/score`` API.
 
-``score_features`` takes a raw feature table (``features.build.builder.build_features`` output, one row per user) and the
-champion bundles, and returns one score record per user. Batch scoring calls it chunk by chunk; the service calls
+``score_features`` takes a raw feature table (``features.build.builder.build_features`` output, one row per user) and
+the champion bundles, and returns one score record per user. Batch scoring calls it chunk by chunk; the service calls
 it on the features of a few users built from the events in the request. Same inputs, same floats.
 """
 
@@ -132,7 +132,7 @@ def add_reasons(
 def _scatter(values: list[list[str]], rows: np.ndarray) -> pd.Series:
     """An object column of lists, shape (len(rows),): ``values`` in order at the selected rows, empty elsewhere."""
     column: list[Any] = [_NO_REASONS] * len(rows)  # one shared immutable empty value: a million lists cost seconds
-    for row, value in zip(np.flatnonzero(rows).tolist(), values):
+    for row, value in zip(np.flatnonzero(rows).tolist(), values, strict=False):
         column[row] = value
     return pd.Series(column, dtype=object)
 

@@ -17,8 +17,9 @@ class BoosterParams:
     """LightGBM settings. Small trees with many users per leaf: purchase signals are rare and noisy, and on the
     generated shop these settings beat deeper trees on the held-out cutoff. Early stopping watches the validation
     cutoff's log loss. Learning rate 0.1 reaches the AUC of 0.03 within 0.001 on 200k users with a third of the
-    trees (scoring and SHAP reason codes cost per tree). ``balance`` up-weights the rare class by sqrt(negatives / positives); it is off by default
-    because it cost AUC on the held-out cutoff (the calibrator fixes probabilities either way)."""
+    trees (scoring and SHAP reason codes cost per tree). ``balance`` up-weights the rare class by
+    sqrt(negatives / positives); it is off by default because it cost AUC on the held-out cutoff (the calibrator
+    fixes probabilities either way)."""
 
     num_boost_round: int = 500
     early_stopping_rounds: int = 50
@@ -79,7 +80,8 @@ def fit_booster(
 
 
 def fit_logistic(x_train: np.ndarray, y_train: np.ndarray, seed: int = 7) -> Any:
-    """Baseline: median-impute, signed log1p (counts and amounts are heavy-tailed), standardise, L2 logistic regression with balanced class weights."""
+    """Baseline: median-impute, signed log1p (counts and amounts are heavy-tailed), standardise, L2 logistic
+    regression with balanced class weights."""
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline

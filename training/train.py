@@ -92,7 +92,8 @@ def train_target(
     sign = -1.0 if target == "lapse_risk" else 1.0
     rule_valid = sign * split.valid["rule_score"].to_numpy(np.float64)
     rule_test = sign * split.test["rule_score"].to_numpy(np.float64)
-    p_rule = Calibrator(kind="isotonic").fit(_unit(rule_valid, rule_valid), y_va).transform(_unit(rule_test, rule_valid))
+    rule_calibrator = Calibrator(kind="isotonic").fit(_unit(rule_valid, rule_valid), y_va)
+    p_rule = rule_calibrator.transform(_unit(rule_test, rule_valid))
 
     reliability = reliability_table(y_te, p_lgb)
     bundle.meta["reliability"] = reliability[["mean_predicted", "observed_rate", "count"]].to_dict(orient="list")

@@ -179,9 +179,9 @@ def session_of(con: ibis.BaseBackend) -> SparkSession:
 def feature_frame_spark(
     events: str | Path | ibis.Table, as_of: datetime, spec: FeatureSpec | None, con: ibis.BaseBackend
 ) -> DataFrame:
-    """The feature table as a lazy Spark DataFrame (columns :func:`features.spec.definition.output_columns`, Spark types:
-    strings, longs for counts, doubles elsewhere). ``events``: canonical Parquet (file, directory, glob, any URL
-    Spark reads) or an Ibis table of ``con``. Nothing runs until an action."""
+    """The feature table as a lazy Spark DataFrame (columns :func:`features.spec.definition.output_columns`, Spark
+    types: strings, longs for counts, doubles elsewhere). ``events``: canonical Parquet (file, directory, glob, any
+    URL Spark reads) or an Ibis table of ``con``. Nothing runs until an action."""
     spec = spec or FeatureSpec()
     table = events if isinstance(events, ibis.Table) else _read_events(events, con)
     expr = feature_table(table, as_utc(as_of), spec)

@@ -1,7 +1,7 @@
 """Lifecycle stages (new, growth, mature, silent, churned) with S and C thresholds fitted by the 80/20 rule.
 
-Gaps are counted in whole day buckets counted back from ``as_of`` (see :mod:`features.spec.definition`): two events on the
-same day have gap 0 and are not a gap sample; consecutive active days ``k`` and ``k - 3`` give a gap of 3 days.
+Gaps are counted in whole day buckets counted back from ``as_of`` (see :mod:`features.spec.definition`): two events on
+the same day have gap 0 and are not a gap sample; consecutive active days ``k`` and ``k - 3`` give a gap of 3 days.
 """
 
 from __future__ import annotations

@@ -175,7 +175,8 @@ def user_ids(first: int, n: int, n_users: int) -> pa.Array:
 
 
 def to_table(rows: EventRows, users: pa.Array, ids: IdTables) -> pa.Table:
-    """Canonical event table (:func:`features.events.schema.arrow_schema`) from numpy rows; ``users`` maps chunk positions."""
+    """Canonical event table (:func:`features.events.schema.arrow_schema`) from numpy rows; ``users`` maps chunk
+    positions."""
     item_idx = pa.array(rows.item, type=pa.int32(), mask=rows.item < 0)
     cat_idx = pa.array(rows.category, type=pa.int32(), mask=rows.category < 0)
     arrays = [

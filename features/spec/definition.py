@@ -1,8 +1,9 @@
 """The versioned feature specification and the names of the columns it produces.
 
 One :class:`FeatureSpec` describes every feature the service computes; :func:`features.spec.table.feature_table`
-turns it into one Ibis expression (re-exported here as :func:`feature_table`) and :func:`features.build.builder.build_features`
-runs it. Training, batch scoring and online scoring all read features through these two functions.
+turns it into one Ibis expression (re-exported here as :func:`feature_table`) and
+:func:`features.build.builder.build_features` runs it. Training, batch scoring and online scoring all read features
+through these two functions.
 
 Time conventions (all features):
 

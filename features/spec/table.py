@@ -1,7 +1,7 @@
 """The feature table as one portable Ibis expression (DuckDB now, PySpark later: no raw SQL, no UDFs).
 
-:func:`feature_table` is the one definition of every feature; see :mod:`features.spec.definition` for the time conventions
-(``ts < as_of``, half-open windows ``[as_of - w days, as_of)``, day buckets counted back from ``as_of``).
+:func:`feature_table` is the one definition of every feature; see :mod:`features.spec.definition` for the time
+conventions (``ts < as_of``, half-open windows ``[as_of - w days, as_of)``, day buckets counted back from ``as_of``).
 
 It has two stages. :func:`prepare_events` keeps the events before ``as_of`` and adds per-event ages, day buckets
 and decay weights (the only place ``as_of`` appears); :func:`features.spec.aggregate.aggregate_features` turns
@@ -188,8 +188,8 @@ PREPARED_SCHEMA = ibis.schema(
     }
 )
 """Columns of the prepared events that :func:`aggregate_features` reads (it never sees ``ts`` or ``as_of``).
-Behavior and channel arrive as byte codes (:data:`features.spec.definition.BEHAVIOR_CODES`, ``CHANNEL_CODES``): on 12M events
-the partial aggregation groups and filters about 20% faster on a byte than on a string."""
+Behavior and channel arrive as byte codes (:data:`features.spec.definition.BEHAVIOR_CODES`, ``CHANNEL_CODES``): on
+12M events the partial aggregation groups and filters about 20% faster on a byte than on a string."""
 
 
 def feature_table(events: ibis.Table, as_of: datetime, spec: FeatureSpec | None = None) -> ibis.Table:

@@ -136,14 +136,16 @@ def print_outcome(read: dict[str, Any]) -> None:
             rows[name] = f"{g['conversions']:,} of {g['users']:,} converted ({_pct(g.get('rate'))})"
     lift = read.get("lift")
     if lift:
-        rows["incremental rate"] = (f"{_pct(lift['incremental_rate'])} (95% interval {_pct(lift['incremental_rate_low'])}"
+        rows["incremental rate"] = (f"{_pct(lift['incremental_rate'])} (95% interval "
+                                    f"{_pct(lift['incremental_rate_low'])}"
                                     f" to {_pct(lift['incremental_rate_high'])})"
                                     f" - {'credible' if lift['credible'] else 'not credible'}")
         rows["relative lift"] = (f"{_pct(lift['relative_lift'])} of the {lift['relative_basis']} "
                                  f"({_pct(lift['relative_lift_low'])} to {_pct(lift['relative_lift_high'])})")
         rows["incremental conversions"] = f"{lift['incremental_conversions']:,.1f}"
         rows["incremental profit"] = (f"{lift['incremental_profit']:,.2f} after cost {lift['total_cost']:,.2f} "
-                                      f"({lift['incremental_profit_low']:,.2f} to {lift['incremental_profit_high']:,.2f})")
+                                      f"({lift['incremental_profit_low']:,.2f} to "
+                                      f"{lift['incremental_profit_high']:,.2f})")
     forecast = read.get("forecast")
     if forecast:
         rows["forecast vs outcome"] = (f"control predicted {_pct(forecast['predicted'])} {forecast['course']}, "

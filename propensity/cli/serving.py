@@ -393,7 +393,8 @@ def check_port_free(host: str, port: int) -> None:
         try:
             sock.bind((host, port))
         except PermissionError:
-            raise UnavailableError(f"port {port} on {host} needs more privileges: choose one above 1023 with --port")
+            raise UnavailableError(f"port {port} on {host} needs more privileges: choose one above 1023 "
+                                   "with --port") from None
         except OSError as exc:
             reason = "is in use" if exc.errno in (98, 48, 10048) else f"cannot be bound ({exc.strerror})"
             raise UnavailableError(f"port {port} on {host} {reason}: stop what runs there or choose another "

@@ -64,7 +64,8 @@ def _model_source(tracking_uri: str, artifact_root: Path, options: ServiceOption
 )
 @bentoml.asgi_app(build_app(_STATE), path="/")
 class PropensityService:
-    """Score lookups, fresh scoring and readiness for the ad system and batch jobs (routes in :mod:`serving.http.app`)."""
+    """Score lookups, fresh scoring and readiness for the ad system and batch jobs (routes in
+    :mod:`serving.http.app`)."""
 
     def __init__(self) -> None:
         from serving.store.base import open_store

@@ -89,7 +89,8 @@ def select_audience(
         raise ActivationError(f"unknown action {action!r}; choose one of {list(ACTIONS)}")
     missing = [c for c in AUDIENCE_COLUMNS if c not in frame.columns]
     if missing:
-        raise ActivationError(f"the scores lack column(s) {missing}; use an audience file written by `propensity score`")
+        raise ActivationError(f"the scores lack column(s) {missing}; "
+                              "use an audience file written by `propensity score`")
     if budget is not None and not (isinstance(budget, (int, float)) and np.isfinite(budget) and budget >= 0):
         raise ActivationError(f"budget must be a finite number >= 0, got {budget!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0):

@@ -134,7 +134,8 @@ def state_families(
     from prometheus_client.core import GaugeMetricFamily
 
     now = now or datetime.now(UTC)
-    out = [GaugeMetricFamily("propensity_ready", "1 when every model is loaded and a snapshot is served", value=int(ready))]
+    out = [GaugeMetricFamily("propensity_ready", "1 when every model is loaded and a snapshot is served",
+                             value=int(ready))]
     if snapshot is not None:
         created = snapshot.created_at if snapshot.created_at.tzinfo else snapshot.created_at.replace(tzinfo=UTC)
         out += [

@@ -23,6 +23,7 @@ parses requests and writes responses; everything it needs is here:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -119,7 +120,8 @@ class ServiceRuntime:
             store, error = open_store_fn(), None
         except StoreError as exc:
             store, error = None, str(exc)
-        runtime = cls(options, store, ModelManager(source), metrics=metrics, reopen_store=open_store_fn, store_error=error)
+        runtime = cls(options, store, ModelManager(source), metrics=metrics, reopen_store=open_store_fn,
+                      store_error=error)
         runtime.models.refresh()
         gc.freeze()  # long-lived objects (models, modules) out of the collector's way
         return runtime
@@ -135,7 +137,8 @@ class ServiceRuntime:
         )
         head = head[:-1] + ',"results":['
         defaults = meta.get("defaults")
-        defaults = {k: v for k, v in defaults.items() if k not in ("user_id", "found")} if isinstance(defaults, dict) else {}
+        defaults = ({k: v for k, v in defaults.items() if k not in ("user_id", "found")}
+                    if isinstance(defaults, dict) else {})
         text = dumps_compact(defaults)
         tail = ',"found":false}' if text == "{}" else ',"found":false,' + text[1:]
         self._fragments = (info.snapshot_id, head, tail)
@@ -184,7 +187,8 @@ class ServiceRuntime:
             self.metrics.store_error()
             raise LookupUnavailable(f"store unavailable: {exc}") from None
         if info is None:
-            raise LookupUnavailable("store unavailable: no score snapshot has been published yet (run the batch scoring)")
+            raise LookupUnavailable("store unavailable: no score snapshot has been published yet "
+                                    "(run the batch scoring)")
         head, tail = self._snapshot_fragments(info)
         parts = []
         for uid in user_ids:
@@ -229,7 +233,7 @@ class ServiceRuntime:
         bundles = dict(loaded.bundles)
         frame = await loop.run_in_executor(self._score_pool, _score, events, as_of, bundles)
         ids, payloads = encode_chunk(frame) if len(frame) else ([], [])
-        by_user = dict(zip(ids, payloads))
+        by_user = dict(zip(ids, payloads, strict=False))
         parts = []
         for uid in users:
             payload = by_user.get(uid)
@@ -339,10 +343,8 @@ class ServiceRuntime:
         """Stop the reload loop, the thread pools and the store."""
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         self._score_pool.shutdown(wait=False, cancel_futures=True)
         self._reload_pool.shutdown(wait=False, cancel_futures=True)

@@ -172,8 +172,8 @@ def build_report(
         "rfm_groups": _block("rfm_groups", users and partial(rfm_chart, summary), no_users),
         "score_distributions": _block(
             "score_distributions", users and partial(scores_chart, frame, activation.lapse_threshold), no_users),
-        "incremental_conversions": _block("incremental_conversions", bool(curves) and partial(conversions_chart, curves),
-                                       no_action),
+        "incremental_conversions": _block("incremental_conversions",
+                                          bool(curves) and partial(conversions_chart, curves), no_action),
         "untreated_rate": _block("untreated_rate", bool(curves) and partial(precision_chart, curves),
                                      no_action),
         "calibration": _block("calibration", bool(tables) and partial(calibration_chart, tables),

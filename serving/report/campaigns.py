@@ -38,7 +38,8 @@ def results_table(reads: Sequence[Mapping[str, Any]]) -> str:
         t, c = groups.get("treatment") or {}, groups.get("control") or {}
         rows.append([
             read["campaign_id"], read["action"], read["status"],
-            f"{share(t.get('rate'))} of {num(t.get('users', 0))}", f"{share(c.get('rate'))} of {num(c.get('users', 0))}",
+            f"{share(t.get('rate'))} of {num(t.get('users', 0))}",
+            f"{share(c.get('rate'))} of {num(c.get('users', 0))}",
             _interval(lift, "incremental_rate", share) if lift else "pending",
             ("yes" if lift["credible"] else "no") if lift else "-",
             _interval(lift, "incremental_profit", lambda v: num(v, ",.2f")) if lift else "-",

@@ -340,7 +340,7 @@ def lift_chart(lift: pd.DataFrame) -> Chart:
     for i, (target, row) in enumerate(lift.iterrows()):
         values = row.to_numpy(dtype="float64")
         pos = x - 0.4 + width * (i + 0.5)
-        ax.bar(pos, np.nan_to_num(values), width, color=TARGET_COLORS.get(str(target), None),
+        ax.bar(pos, np.nan_to_num(values), width, color=TARGET_COLORS.get(str(target)),
                label=_plain(TARGET_LABELS.get(str(target), target)))
         for xi, v in zip(pos, values, strict=True):
             if np.isfinite(v):

@@ -91,7 +91,8 @@ def prepare_audience(audience: pd.DataFrame, activation: ActivationConfig) -> pd
 
 
 def segment_summary(audience: pd.DataFrame) -> dict[str, Any]:
-    """:func:`features.segments.segmenter.asset_summary` of the audience plus ``mean_p_buy`` / ``mean_p_lapse`` per layer."""
+    """:func:`features.segments.segmenter.asset_summary` of the audience plus ``mean_p_buy`` / ``mean_p_lapse`` per
+    layer."""
     doc = asset_summary(audience)
     grouped = audience.groupby("aipl_layer")[["p_buy", "p_lapse"]].mean()
     for layer, row in doc["aipl"].items():

@@ -19,6 +19,7 @@ succeed, and both snapshots and the new model must be seen while the load runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -156,10 +157,8 @@ class Zygote:
 
     def close(self) -> None:
         for pid in self.live:  # left alive by a failed test
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if self.proc.stdin is not None:
             self.proc.stdin.close()  # the zygote ends at EOF
         try:

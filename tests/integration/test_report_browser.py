@@ -83,7 +83,8 @@ def synthetic_audience(n: int, seed: int, as_of: str) -> pd.DataFrame:
                               rng.choice(["new", "churned"], n, p=[0.8, 0.2])),
         "rfm_group": np.where(buyer, rng.choice(["champions", "promising", "at_risk_big", "lost"], n), "no_purchase"),
         "rule_score": rng.uniform(0, 1, n), "action": action, "action_deadline": None, "urgency": 1.0,
-        "action_p": action_p, "lift": lift, "incremental_p": incremental, "expected_revenue": revenue, "expected_value": value, "action_cost": cost,
+        "action_p": action_p, "lift": lift, "incremental_p": incremental, "expected_revenue": revenue,
+        "expected_value": value, "action_cost": cost,
         "expected_profit": value - cost, "priority": value, "reasons_buy": None, "reasons_lapse": None,
         "model_buy": "12", "model_lapse": "9", "as_of": as_of,
     })

@@ -3,6 +3,7 @@ workers, closes the port and leaves no process behind."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -61,7 +62,5 @@ def test_a_stop_signal_to_serve_stops_the_whole_server(tmp_path: Path, sig: sign
         assert not port_open(port), f"port {port} still answers"
     finally:
         for proc in [*tree, psutil.Process(launcher.pid)] if launcher.poll() is None else tree:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
-            except psutil.NoSuchProcess:
-                pass

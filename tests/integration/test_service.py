@@ -286,9 +286,13 @@ def test_real_answers_match_the_openapi_document(server: Server, trained: Traine
         ("POST", "/audience", server.client.post("/audience", json={"action": "spam"})),
     ]
     statuses = [r.status_code for _, _, r in answers]
-    assert statuses == [200, 200, 200, 200, 400, 401, 422, 413, 422], [(r.status_code, r.text[:300]) for *_, r in answers]
+    assert statuses == [200, 200, 200, 200, 400, 401, 422, 413, 422], [
+        (r.status_code, r.text[:300]) for *_, r in answers
+    ]
     for method, path, r in answers:
-        assert not answer_errors(doc, method, path, r), (method, path, r.status_code, answer_errors(doc, method, path, r))
+        assert not answer_errors(doc, method, path, r), (
+            method, path, r.status_code, answer_errors(doc, method, path, r)
+        )
     results = answers[0][2].json()["results"]
     assert [x["found"] for x in results] == [True, True, False, False]
     scored = {x["user_id"]: x["scored"] for x in answers[1][2].json()["results"]}
@@ -513,7 +517,8 @@ def test_built_bento_serves_the_pinned_champions_without_the_registry(trained: T
     from propensity.service.launch import PROJECT_ROOT
     from serving.http.models import RegistrySource
 
-    champions = RegistrySource(trained.tracking_uri, trained.artifact_root).current_keys(("last_mile_buyer", "lapse_risk"))
+    source = RegistrySource(trained.tracking_uri, trained.artifact_root)
+    champions = source.current_keys(("last_mile_buyer", "lapse_risk"))
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml-home"), "BENTOML_DO_NOT_TRACK": "True"}
     pin = (
         "from pathlib import Path; from propensity.config import Settings; "

@@ -226,7 +226,7 @@ def test_published_snapshot_serves_the_same_records(spark_batch, duck: pd.DataFr
     ids, payloads = encode_chunk(expected)
     _, found = store.lookup(ids)
     assert set(found) == set(ids)
-    for uid, payload in zip(ids, payloads):
+    for uid, payload in zip(ids, payloads, strict=False):
         want, got = json.loads(payload), json.loads(found[uid])
         assert list(got) == list(want)
         for key, value in want.items():

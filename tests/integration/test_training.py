@@ -178,8 +178,8 @@ def test_training_on_a_user_sample_uses_only_the_sampled_users(shop, trained, tm
     data, end = shop
     registry = Registry(f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "artifacts")
     cfg = TrainConfig(
-        events_path=data.events_dir, out_dir=tmp_path / "plots", lapse_days=LAPSE, n_cutoffs=4, cutoff_spacing_days=7, min_positives=20,
-        min_negatives=20, data_end=end, targets=("last_mile_buyer",), max_users=3000,
+        events_path=data.events_dir, out_dir=tmp_path / "plots", lapse_days=LAPSE, n_cutoffs=4, cutoff_spacing_days=7,
+        min_positives=20, min_negatives=20, data_end=end, targets=("last_mile_buyer",), max_users=3000,
         params=BoosterParams(num_boost_round=60, learning_rate=0.1),
     )
     report = run_training(cfg, registry)

@@ -108,7 +108,9 @@ def test_invariants_of_recency_windows_decay_and_aipl(past):
     assert (f.category_new + f.category_regular <= 1).all()
     assert not f[integer_columns(SPEC)].isna().any().any()
     if past is LAYERS_EXAMPLE:
-        assert dict(zip(f.user_id, f.aipl_layer)) == {"L": "L", "P": "P", "I": "I", "A": "A", "none": "none"}
+        assert dict(zip(f.user_id, f.aipl_layer, strict=False)) == {
+            "L": "L", "P": "P", "I": "I", "A": "A", "none": "none"
+        }
 
 
 @FAST

@@ -47,7 +47,7 @@ def test_payload_is_the_row_as_json(rows: list[tuple]) -> None:
     )
     ids, payloads = encode_chunk(chunk)
     assert ids == list(chunk["user_id"])
-    for row, uid, payload in zip(rows, ids, payloads):
+    for row, uid, payload in zip(rows, ids, payloads, strict=False):
         decoded = json.loads(payload)  # strict JSON: no NaN, every string escaped
         assert list(decoded) == ["user_id", "score", "count", "label", "maybe", "reasons", "flag"]
         assert decoded == {

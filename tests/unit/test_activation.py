@@ -166,9 +166,9 @@ def test_win_back_below_threshold_or_low_value_group_gets_nothing():
 
 
 def test_valuable_rfm_groups_are_those_with_frequency_or_monetary_high():
-    assert VALUABLE_RFM_GROUPS == {
+    assert {
         "champions", "loyal_low_spend", "big_spenders_new", "at_risk_big", "at_risk_loyal", "hibernating_big"
-    }
+    } == VALUABLE_RFM_GROUPS
 
 
 def test_win_back_value_without_amounts_uses_purchase_days_times_default_order_value():

@@ -188,7 +188,7 @@ def test_published_records_are_the_scored_ones_byte_for_byte(shop, bundles, tmp_
         _, found = store.lookup(ids)
     finally:
         store.close()
-    assert found == dict(zip(ids, payloads))
+    assert found == dict(zip(ids, payloads, strict=False))
     assert result.action_counts == {str(k): int(v) for k, v in expected["action"].value_counts().items()}
     written = pd.read_parquet(result.audience_path)
     assert written["user_id"].tolist() == expected["user_id"].tolist()

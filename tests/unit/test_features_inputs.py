@@ -243,8 +243,9 @@ def test_duckdb_fast_path_equals_the_plain_expression_at_microsecond_boundaries_
     con = duckdb_connection(threads=1, memory_limit="512MB")
     for zone in ("UTC", "Asia/Shanghai", "America/Los_Angeles"):
         zoned = frame.assign(ts=frame.ts.dt.tz_convert(zone))
-        pq.write_table(pa.Table.from_pandas(zoned, preserve_index=False), tmp_path / f"{zone.replace('/', '_')}.parquet")
-        table = con.read_parquet(tmp_path / f"{zone.replace('/', '_')}.parquet")
+        path = tmp_path / f"{zone.replace('/', '_')}.parquet"
+        pq.write_table(pa.Table.from_pandas(zoned, preserve_index=False), path)
+        table = con.read_parquet(path)
         assert table.schema()["ts"].timezone is not None
         fast = build_features(table, AS_OF, con=con)
         plain = finalize_features(con.to_pandas(feature_table(table, AS_OF, FeatureSpec())), FeatureSpec())

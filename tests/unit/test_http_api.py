@@ -77,7 +77,8 @@ def _validates(doc: Any) -> bool:
     return True
 
 
-ids = st.text(max_size=8) | st.integers() | st.booleans() | st.none() | st.floats() | st.lists(st.integers(), max_size=2)
+ids = (st.text(max_size=8) | st.integers() | st.booleans() | st.none() | st.floats()
+       | st.lists(st.integers(), max_size=2))
 
 
 @settings(max_examples=300, derandomize=True, database=None)

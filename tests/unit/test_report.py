@@ -137,8 +137,8 @@ def outcome_read(close_days: float = 7.0, events_days: float = 8.0) -> dict:
     members = pd.DataFrame({"user_id": [f"u{i}" for i in range(n)], "action_p": 0.1, "priority": 1.0,
                             "aipl_layer": "I", "expected_profit": 1.0})
     campaign = build_campaign(
-        members, action="coupon_24h", as_of=CAMPAIGN_AS_OF, created_at=CAMPAIGN_AS_OF, window_days=close_days, control_share=0.2,
-        cost_per_user=3.0, model_versions={"last_mile_buyer": "1"}, snapshot_id="s1",
+        members, action="coupon_24h", as_of=CAMPAIGN_AS_OF, created_at=CAMPAIGN_AS_OF, window_days=close_days,
+        control_share=0.2, cost_per_user=3.0, model_versions={"last_mile_buyer": "1"}, snapshot_id="s1",
         selection_rule={"rule": "top_k", "budget": None, "top_k": n}, lift_used={"value": 0.15, "source": "prior"})
     rng = np.random.default_rng(1)
     m = campaign.members

@@ -90,7 +90,8 @@ BELOW_EVENTS = events(
 # -> visit gap 2, not above S; 80% of the 5 returns slower than S came back within 7 days -> C = 7.
 LATE_EVENTS = events(
     [e for i in range(20) for e in day_events(f"b{i}", [30], "buy") + day_events(f"b{i}", [28])]
-    + [e for i, g in enumerate([4, 5, 6, 7, 20]) for e in day_events(f"s{i}", [40], "buy") + day_events(f"s{i}", [40 - g])]
+    + [e for i, g in enumerate([4, 5, 6, 7, 20])
+       for e in day_events(f"s{i}", [40], "buy") + day_events(f"s{i}", [40 - g])]
     + day_events("v", list(range(31))) + day_events("quiet", [3], "buy")  # quiet: silent at AS_OF, no gap sample
 )
 
@@ -216,7 +217,9 @@ def test_segmenter_fit_transform_round_trips_through_json_and_pickle():
     out = seg.transform(features)
     assert list(out.columns[-2:]) == ["lifecycle", "rfm_group"] and len(out) == len(features)
     # a: last event 23.5 d ago >= C = 6 (S = 3 >= the visit gap 2, no slower return: 2 S) -> churned; d as well
-    assert dict(zip(out.user_id, out.lifecycle)) == {"a": "churned", "b": "churned", "c": "churned", "d": "churned"}
+    assert dict(zip(out.user_id, out.lifecycle, strict=False)) == {
+        "a": "churned", "b": "churned", "c": "churned", "d": "churned"
+    }
     assert set(out.rfm_group) <= set(RFM_CODES)
     restored = Segmenter.from_dict(json.loads(json.dumps(seg.to_dict())))
     pd.testing.assert_frame_equal(restored.transform(features), out)
