@@ -54,11 +54,12 @@ def test_score_result_declares_every_column_of_the_scoring_function() -> None:
     assert written | {"scored"} <= set(api.ScoreResult.model_fields), written - set(api.ScoreResult.model_fields)
 
 
-def test_audience_response_is_the_summary_plus_snapshot_and_ids() -> None:
+def test_audience_response_is_the_summary_plus_snapshot_campaign_and_ids() -> None:
     from serving.activation.audiences import AudienceSummary
 
     summary = {f.name for f in dataclasses.fields(AudienceSummary)}
-    assert set(api.AudienceResponse.model_fields) == summary | {"snapshot_id", "user_ids"}
+    extra = {"snapshot_id", "campaign_id", "control_size", "user_ids"}
+    assert set(api.AudienceResponse.model_fields) == summary | extra
 
 
 def _parses(doc: Any) -> bool:

@@ -51,6 +51,11 @@ def audience() -> pd.DataFrame:
         "expected_value": [10.0, 0, 0, 0, 5.0, 1.0, 0, 0.5, 0, 0, 0, 0],
         "action_cost": [2.0, 0, 0, 0, 3.0, 3.0, 0, 0.8, 0, 0, 0, 0],
     })
+    frame["p_alive"] = [0.9, 0.8, 0.6, 0.3] + [NAN] * 8  # BTYD outputs: past buyers only
+    frame["expected_purchases_30d"] = [1.2, 0.8, 0.4, 0.1] + [NAN] * 8
+    frame["expected_purchases_90d"] = [3.0, 2.1, 1.0, 0.2] + [NAN] * 8
+    frame["clv_365d"] = [400.0, 250.0, 90.0, 10.0] + [NAN] * 8
+    frame["next_order_date"] = ["2024-03-09", "2024-03-15", "2024-04-02", None] + [None] * 8
     frame["lift"] = [CFG.lift.get(a, 0.0) for a in frame["action"]]
     frame["incremental_p"] = frame["action_p"].fillna(0.0) * frame["lift"]
     frame["expected_profit"] = frame["expected_value"] - frame["action_cost"]
