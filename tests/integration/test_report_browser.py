@@ -88,6 +88,11 @@ def synthetic_audience(n: int, seed: int, as_of: str) -> pd.DataFrame:
         "expected_profit": value - cost, "priority": value, "reasons_buy": None, "reasons_lapse": None,
         "model_buy": "12", "model_lapse": "9", "as_of": as_of,
     })
+    frame["p_alive"] = np.where(buyer, rng.uniform(0.2, 1.0, n), np.nan)  # BTYD outputs: past buyers only
+    frame["expected_purchases_30d"] = np.where(buyer, rng.gamma(1.0, 0.5, n), np.nan)
+    frame["expected_purchases_90d"] = frame["expected_purchases_30d"] * 2.5
+    frame["clv_365d"] = frame["expected_purchases_90d"] * 4 * 60
+    frame["next_order_date"] = np.where(buyer, "2024-03-20", None)
     return frame[list(AUDIENCE_COLUMNS)]
 
 
