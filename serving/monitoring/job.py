@@ -228,7 +228,7 @@ def _reference(
                 report.notes.append(source)
                 continue
             report.notes.append(f"{target} v{version}: training reference {source}")
-            current = (design_frame(bundle, raw(as_of, bundle.spec), as_of, score=False).frame
+            current = (design_frame(bundle, raw(as_of, bundle.spec))
                        if history_start is not None and _utc(history_start) < as_of else None)
             baseline = f"{target} v{version} @ {cutoff:%Y-%m-%d}" if cutoff else f"{target} v{version}"
             common = {"snapshot_id": latest.snapshot_id, "baseline": baseline, "warn": warn, "alert": alert}

@@ -1,75 +1,50 @@
 """The training reference of a model and the drift of the newest snapshot against it.
 
-The reference of a model version is its score and its ``top`` most important features (LightGBM gain) plus the AIPL
-layer and lifecycle mix, over the users of its last training cutoff. A bundle that carries one
-(``bundle.meta["reference_profile"]``, a :meth:`ReferenceProfile.to_dict`) is used as is; otherwise the feature table
-at that cutoff is rebuilt from the events with the bundle's own spec and segmenter and scored with the bundle. The
-newest snapshot's scores come from its records; its features are rebuilt at its ``as_of`` the same way. Both builds
-read a seeded sample of users (``training.sampling.sampled_events``), so their cost does not grow with the shop.
+The reference of a model version (:func:`training.reference.model_reference_profile`) is its score and its most
+important features (LightGBM gain) over the users it scores, and the AIPL layer and lifecycle mix, at its last
+training cutoff. A bundle that carries one (``bundle.meta["reference_profile"]``) is used as is; otherwise the
+feature table at that cutoff is rebuilt from the events with the bundle's own spec and segmenter. The newest
+snapshot's scores come from its records; its features are rebuilt at its ``as_of`` the same way and compared over
+the users the model scores. Both builds read a seeded sample of users (``training.sampling.sampled_events``), so
+their cost does not grow with the shop.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from serving.monitoring.drift import ReferenceProfile, column_psi, level_of, missing_rate, profile_column
-from serving.scoring import population
 from training.bundle import SCORE_COLUMN, ModelBundle
+from training.reference import MIX_COLUMNS, model_reference_profile, population_rows
 
-__all__ = [
-    "MIX_COLUMNS", "DesignFrame", "design_frame", "drift_rows", "mix_rows", "model_reference", "records_profile",
-    "top_features",
-]
+__all__ = ["MIX_COLUMNS", "POPULATION", "design_frame", "drift_rows", "mix_rows", "model_reference",
+           "records_profile"]
 
-MIX_COLUMNS: tuple[str, ...] = ("aipl_layer", "lifecycle")
+POPULATION = "_scored"
+"""Column of :func:`design_frame`: the rows the bundle's model scores."""
 RawFeatures = Callable[[datetime, Any], pd.DataFrame]
 
 
-def top_features(bundle: ModelBundle, k: int) -> list[str]:
-    """The ``k`` features with the highest total gain (those with any gain), most important first."""
-    if k <= 0:
-        return []
-    gain = np.asarray(bundle.booster.feature_importance(importance_type="gain"), dtype=np.float64)
-    order = np.argsort(-gain, kind="stable")
-    return [bundle.feature_names[i] for i in order[:k] if gain[i] > 0]
-
-
-@dataclass
-class DesignFrame:
-    """One feature build seen through a bundle: ``frame`` holds the model's input columns (floats), the mix columns
-    and the bundle's calibrated score column (NaN outside its population), one row per user."""
-
-    frame: pd.DataFrame
-    as_of: datetime
-
-
-def design_frame(bundle: ModelBundle, raw: pd.DataFrame, as_of: datetime, *, score: bool = True) -> DesignFrame:
-    """Segment ``raw`` (a feature table at ``as_of``) with the bundle's segmenter and, when ``score``, score it."""
+def design_frame(bundle: ModelBundle, raw: pd.DataFrame) -> pd.DataFrame:
+    """``raw`` (a feature table, one row per user) seen through ``bundle``: its model inputs (floats, named as
+    ``bundle.feature_names``), the mix columns and :data:`POPULATION`."""
     segmented = bundle.segmenter.transform(raw).reset_index(drop=True)
-    x = bundle.matrix(segmented)
-    frame = pd.DataFrame(x, columns=bundle.feature_names)
+    frame = pd.DataFrame(bundle.matrix(segmented), columns=bundle.feature_names)
+    frame[POPULATION] = population_rows(bundle.target, segmented)
     for column in MIX_COLUMNS:
         frame[column] = segmented[column].astype(str).to_numpy()
-    if score:
-        rows = population(bundle.target, segmented)
-        p = np.full(len(segmented), np.nan)
-        if rows.any():
-            p[rows] = bundle.calibrator.transform(bundle.predict_raw(x[rows]))
-        frame[SCORE_COLUMN[bundle.target]] = p
-    return DesignFrame(frame, as_of)
+    return frame
 
 
 def model_reference(
     bundle: ModelBundle, cutoff: datetime | None, raw_features: RawFeatures | None, *, top: int, bins: int,
 ) -> tuple[ReferenceProfile | None, str]:
-    """The reference profile of ``bundle`` and where it came from (``bundle``, ``rebuilt at <cutoff>``), or None and
-    why not. ``raw_features(as_of, spec)`` builds a (sampled) feature table; None when the events cannot."""
+    """The reference profile of ``bundle`` and where it came from, or None and why not. ``raw_features(as_of,
+    spec)`` builds a (sampled) feature table; None when the events cannot (they start after ``cutoff``)."""
     stored = bundle.meta.get("reference_profile")
     if stored:
         return ReferenceProfile.from_dict(stored), "stored with the model"
@@ -78,12 +53,9 @@ def model_reference(
     if raw_features is None:
         return None, (f"{bundle.target}: the events start after its training cutoff {cutoff:%Y-%m-%d}; pass the "
                       "history to rebuild the reference")
-    ref = design_frame(bundle, raw_features(cutoff, bundle.spec), cutoff).frame
-    column = SCORE_COLUMN[bundle.target]
-    columns = {c: profile_column(c, ref[c], bins) for c in [*top_features(bundle, top), *MIX_COLUMNS]}
-    columns[column] = profile_column(column, ref[column].dropna(), bins)
-    meta = {"cutoff": cutoff.isoformat(), "users": len(ref), "missing": {column: missing_rate(ref[column])}}
-    return ReferenceProfile(columns, meta), f"rebuilt at {cutoff:%Y-%m-%d %H:%M} from {len(ref):,} users"
+    segmented = bundle.segmenter.transform(raw_features(cutoff, bundle.spec)).reset_index(drop=True)
+    profile = model_reference_profile(bundle, segmented, top=top, bins=bins, meta={"cutoff": cutoff.isoformat()})
+    return profile, f"rebuilt at {cutoff:%Y-%m-%d %H:%M} from {len(segmented):,} users"
 
 
 def drift_rows(
@@ -91,8 +63,8 @@ def drift_rows(
     snapshot_id: str, baseline: str, warn: float, alert: float,
 ) -> list[dict[str, Any]]:
     """Drift rows (dicts of :class:`serving.monitoring.result.DriftRow` fields but ``scope``) against ``profile``: the
-    ``target``'s score in the snapshot's records (one row per user) and, with ``current`` (the design frame rebuilt
-    at the snapshot's as_of), every feature of the profile."""
+    ``target``'s score in the snapshot's records (one row per user) and, with ``current`` (:func:`design_frame` at
+    the snapshot's as_of), every feature of the profile over the users the model scores."""
     rows: list[dict[str, Any]] = []
     column = SCORE_COLUMN[target]
     common = {"baseline": baseline, "snapshot_id": snapshot_id, "target": target}
@@ -105,6 +77,8 @@ def drift_rows(
                      "n_baseline": profile.columns[column].n, "n_now": int(now.notna().sum())})
     if current is None:
         return rows
+    if POPULATION in current.columns:
+        current = current[current[POPULATION].to_numpy(dtype=bool)]
     for name, prof in profile.columns.items():
         if name == column or name in MIX_COLUMNS or name not in current.columns:
             continue

@@ -77,8 +77,8 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
         mp.undo()
 
 
-def _monitor(shop: Shop, store: str, *, end_day: int = DAYS, snapshots: Any = None, events: Path | None = None
-             ) -> Any:
+def _monitor(shop: Shop, store: str, *, end_day: int = DAYS, snapshots: Any = None, events: Path | None = None,
+             load_bundle: Any = None) -> Any:
     from mlflow import MlflowClient
 
     from serving.monitoring import load_version_bundle, monitor
@@ -93,7 +93,7 @@ def _monitor(shop: Shop, store: str, *, end_day: int = DAYS, snapshots: Any = No
         snapshots, str(events or shop.events), settings=MonitoringSettings(), default_spec=LabelSpec(3, 30),
         events_end=START + timedelta(days=end_day), events_start=START, history_start=START,
         checked_at=START + timedelta(days=DAYS), client=MlflowClient(shop.tracking_uri),
-        load_bundle=lambda t, v: load_version_bundle(shop.tracking_uri, t, v),
+        load_bundle=load_bundle or (lambda t, v: load_version_bundle(shop.tracking_uri, t, v)),
     )
 
 
@@ -223,3 +223,24 @@ def test_retrain_if_degraded_retrains_only_when_monitoring_alerts(
     assert retrained.exit_code == 0, retrained.output
     assert "alert" in retrained.output and (tmp_path / "data" / "clean" / "events.parquet").exists()
     assert len(registry.client.search_model_versions("name='last_mile_buyer'")) == before + 1
+
+
+def test_a_reference_stored_with_the_model_gives_the_drift_of_the_rebuilt_one(shop: Shop) -> None:
+    """What training would store (``training.reference.model_reference_profile`` at the last training cutoff) is
+    read instead of rebuilding the reference, with the same numbers."""
+    from features.build.builder import build_features
+    from serving.monitoring import load_version_bundle
+    from training.reference import model_reference_profile
+
+    rebuilt = _monitor(shop, "clean")
+    bundles = {}
+    for target, versions in rebuilt.versions.items():
+        bundle = load_version_bundle(shop.tracking_uri, target, "1")
+        cutoff = pd.Timestamp(versions["1"].train_cutoff).to_pydatetime()
+        segmented = bundle.segmenter.transform(build_features(str(shop.events), cutoff, bundle.spec))
+        bundle.meta["reference_profile"] = model_reference_profile(bundle, segmented).to_dict()
+        bundles[target] = bundle
+    stored = _monitor(shop, "clean", load_bundle=lambda target, _version: bundles[target])
+    assert sum("stored with the model" in note for note in stored.notes) == 2
+    got = sorted((d.scope, d.target, d.column, round(d.psi, 9)) for d in stored.drift)
+    assert got == sorted((d.scope, d.target, d.column, round(d.psi, 9)) for d in rebuilt.drift)
