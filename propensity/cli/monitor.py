@@ -18,7 +18,7 @@ from propensity.paths import check_output
 EventsOpt = Annotated[list[Path] | None, typer.Option(
     "--events", help="Clean events (Parquet from `propensity validate`), repeatable, not overlapping: the days after "
     "each snapshot's as_of for its labels, and the history before it for the feature drift.",
-    show_default="<data-dir>/clean/events.parquet")]
+    show_default="<data-dir>/clean/events.parquet", metavar="FILE")]
 LATEST = "latest.json"
 
 

@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterator
 
 from serving.monitoring.backtest import CLOSED, OPEN
-from serving.monitoring.result import PREVIOUS, REFERENCE, Alert, DriftRow, MonitorReport, SnapshotQuality
+from serving.monitoring.result import PREVIOUS, REFERENCE, Alert, MonitorReport, SnapshotQuality
 from serving.settings import MonitoringSettings
 from training.bundle import TARGETS
 
@@ -107,8 +107,3 @@ def findings(report: MonitorReport, settings: MonitoringSettings) -> list[Alert]
     found = [*_quality(report, settings), *_drift(report, settings), *_facts(report)]
     return sorted(found, key=lambda a: a.level != "alert")
 
-
-def worst(rows: list[DriftRow]) -> DriftRow | None:
-    """The row with the highest PSI (None when empty)."""
-    finite = [r for r in rows if math.isfinite(r.psi)]
-    return max(finite, key=lambda r: r.psi) if finite else None
