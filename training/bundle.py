@@ -44,6 +44,12 @@ def design_matrix(
     return frame.to_numpy(dtype=np.float64, na_value=np.nan), list(frame.columns)
 
 
+class BundleMismatchError(ValueError):
+    """A model cannot score this feature table (another spec version, other columns); the message says what to do."""
+
+    exit_code = 6  # CLI exit code: unavailable (the model cannot be used)
+
+
 @dataclass
 class ModelBundle:
     """Booster + calibrator + fitted segmenter + the specs it was trained with, and the fitted BTYD part (None for a
@@ -66,7 +72,13 @@ class ModelBundle:
         x, names = design_matrix(segmented, self.spec, self.btyd_in_matrix)
         if names != self.feature_names:
             missing = sorted(set(self.feature_names) - set(names))
-            raise ValueError(f"feature table does not match model {self.target}: missing {missing[:10]}")
+            extra = sorted(set(names) - set(self.feature_names))
+            if self.spec.version != FeatureSpec.version:
+                raise BundleMismatchError(
+                    f"model {self.target} was trained on feature spec {self.spec.version}, this version builds spec "
+                    f"{FeatureSpec.version}: retrain it (`propensity train`)")
+            raise BundleMismatchError(f"feature table does not match model {self.target}: missing {missing[:10]}, "
+                                      f"unexpected {extra[:10]}")
         return x
 
     @property

@@ -198,6 +198,10 @@ def _train_all(
         write_plots(result, cfg.out_dir / target)
         champion_metrics = _champion_metrics(registry, target, split.test, events, con, cfg.spec, raw_features)
         decision = gate(result.main, champion_metrics, cfg.logloss_tolerance)
+        if champion_metrics is None and registry.version(target, CHAMPION) is not None:
+            decision = GateDecision(True, "the champion was built on feature spec "
+                                    f"{registry.load_bundle(target, CHAMPION)[0].spec.version}, which this version "
+                                    f"no longer builds (spec {FeatureSpec.version}): it cannot be compared")
         example = pd.DataFrame(result.bundle.matrix(split.test.head(5)), columns=result.bundle.feature_names)
         run_id, version = registry.log_challenger(
             result.bundle, params=params, metrics=result.metrics, plots=result.plots, input_example=example,
@@ -253,10 +257,13 @@ def _champion_metrics(
     registry: Registry, target: str, test: pd.DataFrame, events: Any, con: Any, spec: FeatureSpec,
     raw_features: Callable[[datetime], pd.DataFrame],
 ) -> dict[str, float] | None:
-    """The current champion's metrics on this run's test cutoff and labels (its own spec and segmenter)."""
+    """The current champion's metrics on this run's test cutoff and labels (its own spec and segmenter); None when
+    there is no champion or it was built on a feature spec version this code no longer builds."""
     if registry.version(target, CHAMPION) is None:
         return None
     champion, _ = registry.load_bundle(target, CHAMPION)
+    if champion.spec.version != FeatureSpec.version:  # built by an older feature definition: not comparable
+        return None
     as_of = pd.Timestamp(test["as_of"].iloc[0]).to_pydatetime()
     same_spec = champion.spec == spec
     raw = raw_features(as_of) if same_spec else build_features(events, as_of, champion.spec, con=con)

@@ -323,3 +323,18 @@ def test_audience_file_and_store_carry_the_btyd_outputs(shop, btyd_bundles, bund
     assert all(set(BTYD_OUTPUT) <= set(r) for r in records.values())
     old = run_batch(None, AS_OF, bundles, None, tmp_path / "b.parquet", features=raw, created_at=AS_OF, reasons=False)
     assert not set(BTYD_OUTPUT) & set(pd.read_parquet(old.audience_path).columns)  # models without the part
+
+
+def test_a_model_of_an_older_feature_spec_says_to_retrain(shop, bundles) -> None:
+    from dataclasses import replace
+
+    from features.spec.definition import FeatureSpec
+    from training.bundle import BundleMismatchError
+
+    _events, raw = shop
+    bundle = bundles["last_mile_buyer"]
+    names_v1 = [n for n in bundle.feature_names if "_trend_" not in n]  # spec 1 had no trend columns
+    old = replace(bundle, spec=replace(FeatureSpec(), version="1"), feature_names=names_v1)
+    with pytest.raises(BundleMismatchError, match=r"feature spec 1.*retrain") as caught:
+        old.matrix(old.segmenter.transform(raw))
+    assert caught.value.exit_code == 6
