@@ -26,7 +26,7 @@ EXIT_CODES: Mapping[int, str] = {
     USAGE: "usage: a bad option, argument or setting",
     BAD_ROWS: "too many bad rows in the events",
     LOCKED: "another training or retraining run holds the lock",
-    ALERT: "monitoring raised an alert (reserved)",
+    ALERT: "monitoring raised an alert (propensity monitor)",
     UNAVAILABLE: "unavailable: no model, snapshot, store, port or Spark to use",
 }
 """The documented exit codes (README "Exit codes", ``propensity --help``)."""

@@ -12,6 +12,7 @@ from propensity.cli.campaigns import print_kpis, run_outcomes
 from propensity.cli.common import DataDir, settings
 from propensity.cli.data import generator_start, parse_day, print_assets, print_validation, run_validation, today_utc
 from propensity.cli.models import run_train
+from propensity.cli.monitor import run_monitor
 from propensity.cli.serving import launch, open_score_store, run_report, run_score, write_send_list
 from propensity.cli.ui import console, kv_table, progress_bar
 from propensity.config import Settings
@@ -54,8 +55,8 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
     data_dir: DataDir = None,
 ) -> None:
-    """Generate data, validate, segment, train, promote, score, publish, look up, launch campaigns, simulate the week
-    after, measure what the campaigns caused, report."""
+    """Generate data, validate, segment, train, promote, score (a week ago and today), publish, look up, launch
+    campaigns, simulate the week after, measure what the campaigns caused, monitor the models, report."""
     from features.build.builder import build_features, default_connection, events_table
     from features.segments.segmenter import Segmenter, asset_summary
     from features.simulate.shop import GeneratorConfig, generate
@@ -101,7 +102,8 @@ def demo(
     con_.rule("4. train both targets, track in MLflow, gate to @champion")
     run_train(cfg, report.events_path, gen.truth_path, data_end=cutoff)
 
-    con_.rule("5. batch scoring: champions -> audience file -> published snapshot")
+    con_.rule("5. batch scoring: champions -> audience file -> published snapshot (a week ago, then today)")
+    run_score(cfg, report.events_path, cutoff - timedelta(days=FOLLOW_DAYS), reasons=False)
     result = run_score(cfg, report.events_path, cutoff)
     _sample_lookup(cfg, result)
 
@@ -121,7 +123,10 @@ def demo(
     print_kpis(results)
     _measured_vs_true(results, launched, nxt.uplift_path)
 
-    con_.rule("8. the asset report")
+    con_.rule("8. models in production: both snapshots against what their users did next")
+    run_monitor(cfg, [report.events_path, nxt.events_dir])
+
+    con_.rule("9. the asset report")
     report_path = run_report(cfg, scores=result.audience_path)
     _outputs(cfg, result, cfg.scores_dir / "audiences", report_path)
 
@@ -223,6 +228,7 @@ def _outputs(cfg: Settings, result: Any, audiences: Path, report_path: Path) -> 
         "audience file": result.audience_path,
         "send lists per action": audiences,
         "campaign records and outcome reads": cfg.campaigns_dir,
+        "monitoring report (realized quality, drift)": cfg.monitoring_dir / "latest.json",
         "asset report": report_path,
         "score store": cfg.redis_url or cfg.store_path,
     }))

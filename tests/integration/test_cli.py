@@ -152,7 +152,7 @@ def test_bad_training_sample_and_feature_file_options_are_usage_errors(run):
 
 # ----------------------------------------------------------------------------------------------- exit codes ----------
 def test_every_documented_exit_code_is_the_one_the_commands_return(run, tmp_path: Path):
-    """0 ok, 1 bad input, 2 usage, 3 too many bad rows, 4 lock busy, 5 reserved for monitoring, 6 unavailable."""
+    """0 ok, 1 bad input, 2 usage, 3 too many bad rows, 4 lock busy, 5 monitoring alert, 6 unavailable."""
     from training.lock import exclusive_lock
 
     good = _csv(tmp_path / "e.csv", EVENTS_CSV)
