@@ -28,7 +28,7 @@ from propensity.service.launch import serve_args, serve_command
 from propensity.service.options import ServiceOptions, service_options, settings_from_env
 from serving.activation.actions import ActivationConfig
 from serving.http.app import AppState, FastPathMiddleware, build_app
-from serving.http.metrics import ServiceMetrics
+from serving.http.metrics import ServiceMetrics, watch_monitoring
 from serving.http.models import DirectorySource, ModelSource, RegistrySource
 from serving.http.runtime import ServiceRuntime
 
@@ -81,6 +81,8 @@ class PropensityService:
         _STATE.activation = ActivationConfig.from_settings(settings.activation)
         _STATE.campaigns_dir, _STATE.campaigns = settings.campaigns_dir.resolve(), settings.campaigns
         _STATE.metrics = _metrics()
+        _STATE.monitoring_file = (settings.monitoring_dir / "latest.json").resolve()
+        watch_monitoring(_STATE.monitoring_file)  # /metrics: propensity_model_alert from `propensity monitor`
         self.runtime = ServiceRuntime.create(options, open_fn, source, metrics=_STATE.metrics)
         _STATE.runtime = self.runtime
         ready, doc = self.runtime.readiness()

@@ -29,15 +29,17 @@ class AppState:
     """Holds the process's :class:`ServiceRuntime` once the server has created it, the activation economics
     (costs, margin, lifts) the entry point resolved from its settings (None: the library defaults), and the
     :class:`serving.http.metrics.ServiceMetrics` that :class:`serving.http.app.FastPathMiddleware` records requests in
-    (None: none), and where and how ``/audience`` records its campaigns."""
+    (None: none), where and how ``/audience`` records its campaigns, and the monitoring report whose alert
+    ``/metrics`` carries (:func:`serving.http.metrics.watch_monitoring`)."""
 
     def __init__(self, runtime: ServiceRuntime | None = None, activation: Any = None, metrics: Any = None,
-                 campaigns_dir: Path | None = None, campaigns: Any = None) -> None:
+                 campaigns_dir: Path | None = None, campaigns: Any = None, monitoring_file: Path | None = None) -> None:
         self.runtime = runtime
         self.activation = activation
         self.metrics = metrics
         self.campaigns_dir = campaigns_dir  # where /audience records its campaigns (None: no record)
         self.campaigns = campaigns  # serving.settings.CampaignSettings
+        self.monitoring_file = monitoring_file  # the latest `propensity monitor` report (None: no alert gauge)
 
 
 class HTTPError(Exception):

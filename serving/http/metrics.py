@@ -19,6 +19,10 @@ Read when scraped, from the worker that answers the scrape (see :func:`state_fam
 - ``propensity_model_version_info{target, version, source}`` (value 1) for each loaded model;
 - ``propensity_lookups_in_flight``: lookups waiting for or reading a network store (Redis) in this worker's lookup
   threads (always 0 for the SQLite store, read on the event loop: see :mod:`serving.http.runtime`).
+- ``propensity_model_alert`` (1 when the latest ``propensity monitor`` report alerts, else 0) and
+  ``propensity_monitoring_age_seconds`` (now minus the report's ``checked_at``), from the report file the entry point
+  names with :func:`watch_monitoring` (``<data_dir>/monitoring/latest.json``); both absent while there is no readable
+  report. The file is parsed again only when its modification time or size changes (:class:`MonitoringReportFile`).
 
 The hot path costs one dictionary read, one counter increment and one histogram observation per request (a few
 microseconds): the labelled children are created once per (route, status) and kept.
@@ -26,14 +30,23 @@ microseconds): the labelled children are created once per (route, status) and ke
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from serving.store.records import SnapshotInfo
 
-__all__ = ["BUCKETS", "CONTENT_TYPE", "ROUTES", "ServiceMetrics", "exposition", "route_label", "state_families"]
+__all__ = [
+    "BUCKETS", "CONTENT_TYPE", "ROUTES", "MonitoringReportFile", "ServiceMetrics", "exposition", "route_label",
+    "state_families", "watch_monitoring",
+]
+
+log = logging.getLogger(__name__)
 
 ROUTES = frozenset({
     "/lookup", "/score", "/audience", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs.json", "/",
@@ -156,6 +169,76 @@ def state_families(
     return out
 
 
+class MonitoringReportFile:
+    """The latest monitoring report (``propensity monitor`` writes ``<data_dir>/monitoring/latest.json``), read when
+    scraped: only its top-level ``alert`` (bool) and ``checked_at`` (ISO 8601) are used. The parsed values are kept
+    until the file (inode, modification time or size) changes; a missing, unreadable or half-written file gives no
+    gauges (and is read again at the next scrape)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._key: tuple[int, int, int] | None = None
+        self._value: tuple[bool, datetime | None] | None = None
+
+    def read(self) -> tuple[bool, datetime | None] | None:
+        """``(alert, checked_at)`` of the current report, or None when there is no readable one."""
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        with self._lock:
+            if key == self._key:
+                return self._value
+            try:
+                doc = json.loads(self.path.read_bytes())
+                alert = doc["alert"]
+                if not isinstance(alert, bool):
+                    raise ValueError(f"'alert' is {alert!r}, not a boolean")
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.debug("monitoring report %s not readable: %s", self.path, exc)
+                self._key = self._value = None
+                return None
+            self._key, self._value = key, (alert, _timestamp(doc.get("checked_at")))
+            return self._value
+
+    def families(self, now: datetime | None = None) -> list[Any]:
+        """``propensity_model_alert`` and ``propensity_monitoring_age_seconds`` (none without a readable report)."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        value = self.read()
+        if value is None:
+            return []
+        alert, checked_at = value
+        out = [GaugeMetricFamily("propensity_model_alert", "1 when the latest monitoring report alerts (realized "
+                                 "quality, calibration or drift past its threshold), else 0", value=int(alert))]
+        if checked_at is not None:
+            age = ((now or datetime.now(UTC)) - checked_at).total_seconds()
+            out.append(GaugeMetricFamily("propensity_monitoring_age_seconds", "Seconds since the latest monitoring "
+                                         "report was made", value=max(age, 0.0)))
+        return out
+
+
+def _timestamp(text: Any) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        ts = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+_monitoring: MonitoringReportFile | None = None
+
+
+def watch_monitoring(path: Path | None) -> None:
+    """Make every scrape of this process carry the gauges of the monitoring report at ``path`` (None: none)."""
+    global _monitoring
+    _monitoring = None if path is None else MonitoringReportFile(path)
+
+
 class _Families:
     def __init__(self, families: Iterable[Any]) -> None:
         self._families = list(families)
@@ -173,7 +256,8 @@ def _histogram_order(sample: Any) -> tuple[Any, ...]:
 
 def exposition(extra: Iterable[Any] = ()) -> bytes:
     """The text exposition of every counter and histogram (summed over the worker processes when
-    ``PROMETHEUS_MULTIPROC_DIR`` is set, as under BentoML), followed by the ``extra`` metric families."""
+    ``PROMETHEUS_MULTIPROC_DIR`` is set, as under BentoML), followed by the ``extra`` metric families and the
+    monitoring report's gauges (see :func:`watch_monitoring`)."""
     from prometheus_client import REGISTRY, generate_latest
 
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
@@ -187,4 +271,6 @@ def exposition(extra: Iterable[Any] = ()) -> bytes:
         text = generate_latest(_Families(collected))  # type: ignore[arg-type]
     else:
         text = generate_latest(REGISTRY)
+    monitoring = _monitoring
+    extra = [*extra, *(monitoring.families() if monitoring is not None else ())]
     return text + generate_latest(_Families(extra))  # type: ignore[arg-type]
