@@ -193,10 +193,3 @@ class ModelManager:
     def complete(self) -> bool:
         """True when every target has a model loaded."""
         return all(t in self.current.bundles for t in self.targets)
-
-
-def model_source(settings_tracking_uri: str, artifact_root: Path, model_dir: Path | None) -> ModelSource:
-    """A :class:`DirectorySource` when ``model_dir`` is given, else a :class:`RegistrySource`."""
-    if model_dir is not None:
-        return DirectorySource(model_dir)
-    return RegistrySource(settings_tracking_uri, artifact_root)
