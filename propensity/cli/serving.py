@@ -323,7 +323,8 @@ def run_report(cfg: Settings, out: Path | None = None, scores: Path | None = Non
                previous: Path | None = None) -> Path:
     """Write the audience-asset report for the newest (or given) audience file; returns its path.
 
-    The AIPL flow compares it with ``previous`` (default: the audience file written before it, if any)."""
+    The AIPL flow compares it with ``previous`` (default: the audience file written before it, if any); the "models
+    in production" section reads the latest monitoring report when ``propensity monitor`` wrote one."""
     import pandas as pd
 
     from serving.report.build import build_report, write_report
@@ -351,10 +352,12 @@ def run_report(cfg: Settings, out: Path | None = None, scores: Path | None = Non
         }
         if bundle.meta.get("reliability"):
             calibration[name] = pd.DataFrame(bundle.meta["reliability"])
+    latest_monitoring = cfg.monitoring_dir / "latest.json"
+    monitoring = json.loads(latest_monitoring.read_text()) if latest_monitoring.is_file() else None
     html = build_report(
         audience_frame, previous=before, model_info=model_info, calibration=calibration or None,
         snapshot_info=snapshot_of(cfg, source), activation=activation_config(cfg), outcomes=latest_reads(cfg),
-        generated_at=datetime.now(UTC),
+        monitoring=monitoring, generated_at=datetime.now(UTC),
     )
     return write_report(html, target)
 

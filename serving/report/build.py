@@ -64,6 +64,7 @@ from serving.report.html import (
     utc,
     when,
 )
+from serving.report.monitoring import check_monitoring, monitoring_banner, monitoring_section
 
 __all__ = ["CHART_NAMES", "TABLE_NAMES", "ReportError", "build_report", "write_report"]
 
@@ -130,6 +131,7 @@ def build_report(
     snapshot_info: Mapping[str, Any] | None = None,
     activation: ActivationConfig | None = None,
     outcomes: Sequence[Mapping[str, Any]] | None = None,
+    monitoring: Mapping[str, Any] | None = None,
     generated_at: datetime,
 ) -> str:
     """The report as one HTML document (str; about 0.6 MB with every chart, whatever the audience size).
@@ -142,8 +144,10 @@ def build_report(
     snapshot (``snapshot_id``, ``created_at``, ``rows``; a :class:`serving.store.base.SnapshotInfo` works too).
     ``activation``: the economics used to size the per-action audiences. ``outcomes``: the latest outcome read of
     each campaign (dicts of :class:`serving.activation.outcome_result.OutcomeResult`) for the "did it work"
-    section. ``generated_at``: the report time (passed
-    in, never read from the clock). Raises :class:`ReportError` on input it cannot use.
+    section. ``monitoring``: the latest monitoring report (:meth:`serving.monitoring.result.MonitorReport.to_dict`,
+    ``propensity monitor``'s ``latest.json``) for the "models in production" section and its alert banner; None:
+    a note. ``generated_at``: the report time (passed in, never read from the clock). Raises :class:`ReportError` on
+    input it cannot use.
     """
     if not isinstance(generated_at, datetime):
         raise ReportError(f"generated_at must be a datetime, got {type(generated_at).__name__}")
@@ -151,6 +155,7 @@ def build_report(
     frame = prepare_audience(audience, activation)
     models = check_model_info(model_info)
     snapshot = _snapshot_dict(snapshot_info)
+    monitored = check_monitoring(monitoring)
     tables = _check_calibration(calibration)
     flow = _flow(previous, frame)
     summary = segment_summary(frame)
@@ -189,6 +194,7 @@ def build_report(
         ),
         *(f'<p class="warning" data-warning="{i}">{esc(w)}</p>'
           for i, w in enumerate(_warnings(frame, models, as_of, generated_at, snapshot))),
+        monitoring_banner(monitored),
         kpis(frame, summary, per_action),
         section("assets", "Audience assets", [blocks["aipl_layers"], aipl_table(summary), blocks["aipl_flow"],
                                               blocks["lifecycle"], blocks["rfm_groups"]]),
@@ -196,6 +202,7 @@ def build_report(
         section("activation", "Who to activate, and what it is worth",
                 [blocks["incremental_conversions"], blocks["untreated_rate"], actions_table(per_action, frame)]),
         campaigns_section(outcomes),
+        monitoring_section(monitored),
         section("models", "Model quality and data freshness",
                 [blocks["calibration"], blocks["lift"], freshness_table(snapshot, as_of, generated_at),
                  models_table(models, frame)]),

@@ -26,6 +26,8 @@ figcaption,.caption{color:#52606d;font-size:13px;margin:8px 0 0}
 .kpi.good{border-left:6px solid #3f9142}
 .kpi.bad{border-left:6px solid #c0392b}
 .warning{background:#fff4e5;border:1px solid #f0ad4e;border-radius:6px;padding:8px 12px;margin:8px 0}
+.alert{background:#fdecea;border-color:#c0392b}
+.alert p,.alert ul{margin:2px 0}
 table{border-collapse:collapse;width:100%;font-size:13px}
 th,td{padding:5px 8px;border-bottom:1px solid #e4e7eb;text-align:right;vertical-align:top}
 th:first-child,td:first-child,th:nth-child(2),td:nth-child(2){text-align:left}

@@ -24,6 +24,7 @@ from serving.batch.run import AUDIENCE_COLUMNS
 from serving.report.build import CHART_NAMES, build_report, write_report
 from serving.report.charts import LAYER_COLORS, TARGET_COLORS
 from tests.unit.test_report import outcome_read
+from tests.unit.test_report_monitoring import monitoring_report
 from training.evaluate import reliability_table
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -124,7 +125,8 @@ def report_file() -> Path:
     html = build_report(
         audience, previous=previous, model_info=model_info, calibration=calibration,
         snapshot_info={"snapshot_id": "20240301T041000-ab12", "created_at": "2024-03-01T04:10:00Z", "rows": 5000},
-        activation=CFG, outcomes=[outcome_read()], generated_at=datetime(2024, 3, 1, 6, 30, tzinfo=UTC),
+        activation=CFG, outcomes=[outcome_read()], monitoring=monitoring_report(degraded=True),
+        generated_at=datetime(2024, 3, 1, 6, 30, tzinfo=UTC),
     )
     return write_report(html, ARTIFACTS / "audience_report.html")
 

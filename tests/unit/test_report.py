@@ -156,8 +156,11 @@ def outcome_read(close_days: float = 7.0, events_days: float = 8.0) -> dict:
 
 @pytest.fixture(scope="module")
 def full() -> str:
+    from tests.unit.test_report_monitoring import monitoring_report
+
     return build_report(audience(), previous=previous(), model_info=MODEL_INFO, calibration=calibration(),
-                        snapshot_info=SNAPSHOT, activation=CFG, outcomes=[outcome_read()], generated_at=NOW)
+                        snapshot_info=SNAPSHOT, activation=CFG, outcomes=[outcome_read()],
+                        monitoring=monitoring_report(), generated_at=NOW)
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +247,8 @@ def test_flow_chart_summarises_the_moves(full):
 def test_without_previous_calibration_or_models_notes_replace_charts(bare):
     page = Page(bare)
     notes, charts = page.with_attr("data-note"), page.with_attr("data-chart")
-    assert set(notes) == {"aipl_flow", "calibration", "lift", "outcomes"}  # outcomes: no campaign read yet
+    assert set(notes) == {"aipl_flow", "calibration", "lift", "outcomes", "monitoring"}  # no campaign read yet,
+    # no monitoring report
     assert set(charts) == set(CHART_NAMES) - set(notes)
     assert "No previous snapshot was given" in bare and "No calibration tables" in bare
     assert page.row("freshness", "snapshot")[1] == "n/a"
@@ -254,7 +258,7 @@ def test_empty_audience_as_read_back_from_parquet():
     empty = pd.DataFrame({c: pd.Series([], dtype="string") for c in AUDIENCE_COLUMNS})
     html = build_report(empty, model_info=None, activation=CFG, generated_at=NOW)
     page = Page(html)
-    assert set(page.with_attr("data-note")) == {*CHART_NAMES, "outcomes"}
+    assert set(page.with_attr("data-note")) == {*CHART_NAMES, "outcomes", "monitoring"}
     assert not page.with_attr("data-chart")
     assert '<div class="value">0</div><div class="label">Users scored' in html
     assert '<div class="value">n/a</div><div class="label">P+L share' in html  # no assets: no share to judge
