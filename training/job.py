@@ -28,6 +28,7 @@ from training.evaluate import evaluate
 from training.labels import LabelSpec, data_end
 from training.models import BoosterParams
 from training.oracle import Truth
+from training.reference import model_reference_profile
 from training.registry import CHAMPION, GateDecision, Registry, gate
 from training.sampling import sampled_events
 from training.settings import TrainingSettings
@@ -196,6 +197,9 @@ def _train_all(
             btyd=btyd, btyd_features=cfg.btyd_features,
         )
         write_plots(result, cfg.out_dir / target)
+        ref_at = cutoffs[target][-3]  # the last training cutoff: what monitoring measures drift against
+        result.bundle.meta["reference_profile"] = model_reference_profile(
+            result.bundle, segmenter.transform(raw_features(ref_at)), meta={"cutoff": ref_at.isoformat()}).to_dict()
         champion_metrics = _champion_metrics(registry, target, split.test, events, con, cfg.spec, raw_features)
         decision = gate(result.main, champion_metrics, cfg.logloss_tolerance)
         if champion_metrics is None and registry.version(target, CHAMPION) is not None:
