@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 
 from features.simulate import process as proc
-from features.simulate.events import EventRows, session_rows, user_ids
-from features.simulate.shop import GeneratorConfig
+from features.simulate.events import EventRows, user_ids
+from features.simulate.shop import GeneratorConfig, day_rows
 
 
 @dataclass(frozen=True)
@@ -84,18 +84,7 @@ def _replay_chunk(
         fav_cart[idx[sessions.fav | sessions.cart | bought]] = d
         ad[idx[sessions.is_ad]] = d
         # the content draws come from the same stream as the coins: they must be drawn to stay in step
-        rows = session_rows(
-            rng_days,
-            day=d,
-            start_us=start_us,
-            users_idx=idx,
-            sessions=sessions,
-            bought=bought,
-            home_cat=users.home_cat[idx],
-            amount_mu=users.amount_mu[idx],
-            n_categories=config.n_categories,
-            items_per_category=config.items_per_category,
-        )
+        rows = day_rows(rng_days, config, users, d, start_us, idx, sessions, bought)
         if keep_history:
             parts.append(rows)
     return ReplayedChunk(

@@ -171,6 +171,19 @@ class GeneratedData:
     config: GeneratorConfig
 
 
+def day_rows(
+    rng: np.random.Generator, config: GeneratorConfig, users: proc.Users, day: int, start_us: int, idx: np.ndarray,
+    sessions: proc.Sessions, bought: np.ndarray,
+) -> EventRows:
+    """The event rows of one simulated day's sessions (``idx``: the users with a session; times from ``start_us``,
+    microseconds since the epoch). Draws the content (items, categories, amounts) from ``rng``, the day's stream."""
+    return session_rows(
+        rng, day=day, start_us=start_us, users_idx=idx, sessions=sessions, bought=bought,
+        home_cat=users.home_cat[idx], amount_mu=users.amount_mu[idx], n_categories=config.n_categories,
+        items_per_category=config.items_per_category,
+    )
+
+
 def truth_schema() -> pa.Schema:
     """Arrow schema of ``truth.parquet``: one row per (user, cutoff)."""
     return pa.schema(
@@ -226,20 +239,7 @@ def _simulate_chunk(
         if day in cutoff_days:
             record_truth(day)
         idx, sessions, bought = proc.step_day(rng_days, users, state, day, cal)
-        parts.append(
-            session_rows(
-                rng_days,
-                day=day,
-                start_us=start_us,
-                users_idx=idx,
-                sessions=sessions,
-                bought=bought,
-                home_cat=users.home_cat[idx],
-                amount_mu=users.amount_mu[idx],
-                n_categories=config.n_categories,
-                items_per_category=config.items_per_category,
-            )
-        )
+        parts.append(day_rows(rng_days, config, users, day, start_us, idx, sessions, bought))
     if config.days in cutoff_days:
         record_truth(config.days)
     return _ChunkResult(rows=EventRows.concat(parts), truth=truth)
