@@ -200,7 +200,7 @@ def _measured_vs_true(results: list[Any], launched: dict[str, Any], uplift_path:
     table = Table(title="measured vs true lift (relative to the untreated course; win_back: share of lapsers "
                         "saved)", title_justify="left")
     for col in ("action", "treated", "control", "measured lift", "95% interval", "credible", "true lift",
-                "prior used"):
+                "lift its value used"):
         table.add_column(col, justify="left" if col == "action" else "right")
     for result in results:
         members = set(launched[result.action].campaign.members["user_id"].astype(str)) if result.action in launched \
