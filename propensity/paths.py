@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 from propensity.config import Settings
@@ -39,4 +41,17 @@ def check_output(path: Path, cfg: Settings, *, is_dir: bool = False) -> Path:
             raise UnsafeOutputError(
                 f"refusing to write into {path}: it holds {what} ({protected}); choose another --out"
             )
+    return path
+
+
+def replace_atomically(path: Path, write: Callable[[Path], object]) -> Path:
+    """Write ``path`` through ``write(temp_path)`` beside it, then rename over it: readers (and a failed or killed
+    run) see the old file or the new one, never a half-written one. On an error the temp file goes, the old stays."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

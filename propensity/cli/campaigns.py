@@ -14,7 +14,7 @@ from propensity.cli.common import DataDir, settings, time_option, utc
 from propensity.cli.inputs import check_events
 from propensity.cli.ui import console, kv_table
 from propensity.config import Settings
-from propensity.paths import check_output
+from propensity.paths import check_output, replace_atomically
 
 campaigns_app = typer.Typer(
     help="Campaigns the audiences became: `propensity campaigns` lists them, `campaigns show ID` prints one.",
@@ -88,10 +88,9 @@ def outcomes(
     if json_out is not None:
         from serving.activation.outcome_result import playbook_kpis
 
-        json_out.parent.mkdir(parents=True, exist_ok=True)
         kpis = {k: v.__dict__ for k, v in playbook_kpis(results).items()}
-        json_out.write_text(json.dumps({"campaigns": [r.to_dict() for r in results], "kpis": kpis}, indent=2,
-                                       default=str))
+        text = json.dumps({"campaigns": [r.to_dict() for r in results], "kpis": kpis}, indent=2, default=str)
+        replace_atomically(json_out, lambda tmp: tmp.write_text(text))
         console().print(f"numbers written to {json_out}")
 
 

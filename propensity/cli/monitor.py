@@ -13,7 +13,7 @@ from propensity.cli.common import ALERT, DataDir, events_path, settings, time_op
 from propensity.cli.inputs import InputError, check_events
 from propensity.cli.ui import console, frame_table
 from propensity.config import Settings
-from propensity.paths import check_output
+from propensity.paths import check_output, replace_atomically
 
 EventsOpt = Annotated[list[Path] | None, typer.Option(
     "--events", help="Clean events (Parquet from `propensity validate`), repeatable, not overlapping: the days after "
@@ -41,8 +41,8 @@ def monitor(
         check_output(json_out, cfg)
     report = run_monitor(cfg, events, since=utc(since), until=utc(until))
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(report.to_json())
+        text = report.to_json()
+        replace_atomically(json_out, lambda tmp: tmp.write_text(text))
         console().print(f"report written to {json_out}")
     if report.alert:
         raise typer.Exit(ALERT)
@@ -91,8 +91,8 @@ def run_monitor(cfg: Settings, events: list[Path] | None, *, since: datetime | N
     )
     run_id = log_monitoring(report, cfg.tracking_uri, experiment=cfg.monitoring.experiment,
                             artifact_root=cfg.artifact_root)
-    cfg.monitoring_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.monitoring_dir / LATEST).write_text(report.to_json())
+    text = report.to_json()
+    replace_atomically(cfg.monitoring_dir / LATEST, lambda tmp: tmp.write_text(text))
     if not quiet:
         print_report(report)
         console().print(f"MLflow run {run_id} in experiment '{cfg.monitoring.experiment}' at {cfg.tracking_uri}; "

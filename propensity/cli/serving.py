@@ -24,7 +24,7 @@ from propensity.cli.inputs import InputError, check_audience, check_events, chec
 from propensity.cli.models import registry
 from propensity.cli.ui import console, kv_table, progress_bar, warn
 from propensity.config import Settings
-from propensity.paths import check_output
+from propensity.paths import check_output, replace_atomically
 
 ScoresOpt = Annotated[Path | None, typer.Option(
     help="Audience file from `propensity score` (Parquet, or its folder with --engine spark).",
@@ -125,10 +125,9 @@ def launch(cfg: Settings, source: Path, action: str, *, budget: float | None = N
 
 def write_send_list(send: Any, out: Path) -> None:
     """The send list as CSV: who to act on, best first, with deadline and expected incremental value."""
-    out.parent.mkdir(parents=True, exist_ok=True)
     columns = [c for c in ("audience_rank", "user_id", "action", "action_deadline", "action_p", "incremental_p",
                            "priority", "expected_profit", "aipl_layer", "lifecycle", "rfm_group") if c in send.columns]
-    send[columns].to_csv(out, index=False)
+    replace_atomically(out, lambda tmp: send[columns].to_csv(tmp, index=False))
 
 
 def prebuilt_features(path: Path, as_of: datetime, spec: Any) -> Any:
