@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 
 from features.build.builder import build_features
+from features.segments.segmenter import SEGMENT_COLUMNS
+from serving.reasons import reason_texts
 from training.bundle import SCORE_COLUMN, ModelBundle
 from training.evaluate import top_reasons
 from training.labels import lapse_population
@@ -24,6 +26,8 @@ _NO_REASONS: tuple[str, ...] = ()
 SEGMENT_OUTPUT = ("aipl_layer", "lifecycle", "rfm_group", "rule_score")
 BTYD_OUTPUT = ("p_alive", "expected_purchases_30d", "expected_purchases_90d", "clv_365d", "next_order_date")
 REASONS_COLUMN = {"last_mile_buyer": "reasons_buy", "lapse_risk": "reasons_lapse"}
+REASON_TEXT_COLUMN = {"last_mile_buyer": "reasons_buy_text", "lapse_risk": "reasons_lapse_text"}
+"""Readable reasons, aligned with :data:`REASONS_COLUMN`: "<phrase with the user's values> (<feature>)"."""
 VERSION_COLUMN = {"last_mile_buyer": "model_buy", "lapse_risk": "model_lapse"}
 
 
@@ -41,10 +45,11 @@ def score_features(
     Returns n rows: ``user_id``, ``p_buy`` / ``p_lapse`` (calibrated probabilities in [0, 1]; ``p_lapse`` is NaN for
     users who never bought, who are outside the lapse model's population), ``aipl_layer``, ``lifecycle``,
     ``rfm_group``, ``rule_score``, ``reasons_buy`` / ``reasons_lapse`` (top positive contributors, feature names),
-    ``model_buy`` / ``model_lapse`` (registry versions) and ``as_of``; when a bundle has a BTYD part, the BTYD
-    outputs of :func:`btyd_outputs` (``p_alive``, ``expected_purchases_30d`` / ``_90d``, ``clv_365d``,
-    ``next_order_date``). With ``keep_features`` the segmented
-    feature columns are kept too (activation rules read them). With ``reasons=False`` the reason columns hold
+    ``reasons_buy_text`` / ``reasons_lapse_text`` (the same reasons as phrases with the user's values, feature name
+    in brackets: :func:`serving.reasons.reason_text`), ``model_buy`` / ``model_lapse`` (registry versions) and
+    ``as_of``; when a bundle has a BTYD part, the BTYD outputs of :func:`btyd_outputs` (``p_alive``,
+    ``expected_purchases_30d`` / ``_90d``, ``clv_365d``, ``next_order_date``). With ``keep_features`` the segmented
+    feature columns are kept too (activation rules read them). With ``reasons=False`` the four reason columns hold
     empty lists: the SHAP contributions behind them cost far more than the scores (see :func:`add_reasons`).
     """
     if not bundles:
@@ -70,8 +75,13 @@ def score_features(
         p = np.full(len(segmented), np.nan)
         p[rows] = bundle.calibrator.transform(bundle.predict_raw(x)) if len(x) else []
         out[SCORE_COLUMN[target]] = p
-        names = top_reasons(bundle.contributions(x), bundle.feature_names, k=n_reasons) if len(x) and reasons else []
+        names: list[list[str]] = []
+        texts: list[list[str]] = []
+        if len(x) and reasons:
+            names = top_reasons(bundle.contributions(x), bundle.feature_names, k=n_reasons)
+            texts = reason_texts(names, reason_values(x, bundle.feature_names, segmented[rows]))
         out[REASONS_COLUMN[target]] = _scatter(names, rows)
+        out[REASON_TEXT_COLUMN[target]] = _scatter(texts, rows)
         out[VERSION_COLUMN[target]] = str(bundle.meta.get("version", ""))
     assert out is not None
     extra = btyd_outputs(raw, bundles, as_of)
@@ -110,23 +120,37 @@ def add_reasons(
     masks: Mapping[str, np.ndarray],
     n_reasons: int = 3,
 ) -> pd.DataFrame:
-    """Fill the reason columns of the rows of ``scored`` selected per target by ``masks[target]`` (boolean, (n,)).
+    """Fill the reason columns (feature names and readable phrases) of the rows of ``scored`` selected per target by
+    ``masks[target]`` (boolean, (n,)); the other rows keep theirs.
 
     ``raw`` is the raw feature table the rows were scored from (same order). LightGBM's SHAP contributions cost
-    about 50x the score itself, so the batch computes them only for the users it will act on, and only for the
-    score the action rides on (see :func:`reason_masks`).
+    about 75x the score itself, so the batch computes them only for the users it will act on, and only for the
+    score the action rides on (see :func:`serving.batch.run.reason_masks`): no SHAP row is spent on another user.
     """
     for target, bundle in bundles.items():
         rows = np.flatnonzero(masks.get(target, np.zeros(len(scored), dtype=bool)))
         if len(rows) == 0:
             continue
-        x = bundle.matrix(bundle.segmenter.transform(raw.iloc[rows]))
+        segmented = bundle.segmenter.transform(raw.iloc[rows]).reset_index(drop=True)
+        x = bundle.matrix(segmented)
         names = top_reasons(bundle.contributions(x), bundle.feature_names, k=n_reasons)
-        column = scored[REASONS_COLUMN[target]].to_numpy(dtype=object, copy=True)
-        for i, row in enumerate(rows):
-            column[row] = names[i]
-        scored[REASONS_COLUMN[target]] = pd.Series(column, index=scored.index, dtype=object)
+        texts = reason_texts(names, reason_values(x, bundle.feature_names, segmented))
+        for name, values in ((REASONS_COLUMN[target], names), (REASON_TEXT_COLUMN[target], texts)):
+            column = scored[name].to_numpy(dtype=object, copy=True)
+            for i, row in enumerate(rows):
+                column[row] = values[i]
+            scored[name] = pd.Series(column, index=scored.index, dtype=object)
     return scored
+
+
+def reason_values(x: np.ndarray, feature_names: list[str], segmented: pd.DataFrame) -> dict[str, Any]:
+    """What the reason phrases read for the m rows of the design matrix ``x`` (shape (m, f)): each of its columns by
+    feature name (float64, shape (m,)) and the segment labels of ``segmented`` (the same m users, in order)."""
+    values: dict[str, Any] = {name: x[:, j] for j, name in enumerate(feature_names)}
+    for col in SEGMENT_COLUMNS:
+        if col in segmented.columns:
+            values[col] = segmented[col].to_numpy(dtype=object)
+    return values
 
 
 def _scatter(values: list[list[str]], rows: np.ndarray) -> pd.Series:

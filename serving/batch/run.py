@@ -35,9 +35,13 @@ AUDIENCE_COLUMNS = (
     "user_id", "p_buy", "p_lapse", "aipl_layer", "lifecycle", "rfm_group", "rule_score",
     "p_alive", "expected_purchases_30d", "expected_purchases_90d", "clv_365d", "next_order_date",
     "action", "action_deadline", "urgency", "action_p", "lift", "incremental_p", "expected_revenue", "expected_value",
-    "action_cost", "expected_profit", "priority", "reasons_buy", "reasons_lapse",
-    "model_buy", "model_lapse", "as_of",
+    "action_cost", "expected_profit", "priority", "reasons_buy", "reasons_buy_text", "reasons_lapse",
+    "reasons_lapse_text", "model_buy", "model_lapse", "as_of",
 )
+EXPLAIN_SCOPES = ("audience", "actions")
+"""Who the batch computes reasons for (:func:`reason_masks`): ``audience``, the users each action's best-profit
+audience selects (expected profit > 0, the default cut of :func:`serving.activation.audiences.select_audience`);
+``actions``, every user with an action."""
 
 
 @dataclass(frozen=True)
@@ -56,12 +60,14 @@ def score_chunks(
     activation: ActivationConfig,
     chunk_users: int,
     reasons: bool = True,
+    explain: str = "audience",
 ) -> Iterator[pd.DataFrame]:
     """Yield audience records (:data:`AUDIENCE_COLUMNS`) for ``raw`` (one row per user), ``chunk_users`` at a time.
 
-    Reason codes are computed for the users with an action (the ones a campaign will touch), from the model whose
-    score the action rides on (:func:`reason_masks`); the other lists stay empty, because SHAP contributions cost
-    about 50x the score itself. ``reasons=False`` leaves every list empty.
+    Reasons (feature names and readable phrases) are computed for the users ``explain`` selects (:func:`reason_masks`:
+    by default those in their action's best-profit audience, the ones a campaign sends to), from the model whose
+    score the action rides on; the other lists stay empty, because SHAP contributions cost about 75x the score
+    itself. ``reasons=False`` leaves every list empty. The columns are the same either way.
     """
     for start in range(0, len(raw), chunk_users):
         part = raw.iloc[start : start + chunk_users]
@@ -69,7 +75,7 @@ def score_chunks(
         acted = recommend(scored, as_of, activation)
         acted = acted.reset_index(drop=True)
         if reasons:
-            acted = add_reasons(acted, part.reset_index(drop=True), bundles, reason_masks(acted["action"]))
+            acted = add_reasons(acted, part.reset_index(drop=True), bundles, reason_masks(acted, explain))
         yield acted[[c for c in AUDIENCE_COLUMNS if c in acted.columns]]
 
 
@@ -77,7 +83,9 @@ _NULLABLE_TYPES = {
     "action_deadline": pa.string(),
     "next_order_date": pa.string(),
     "reasons_buy": pa.list_(pa.string()),
+    "reasons_buy_text": pa.list_(pa.string()),
     "reasons_lapse": pa.list_(pa.string()),
+    "reasons_lapse_text": pa.list_(pa.string()),
 }
 
 
@@ -91,17 +99,27 @@ def _fixed_types(table: pa.Table) -> pa.Table:
     return table
 
 
-def reason_masks(actions: pd.Series) -> dict[str, np.ndarray]:
-    """Which rows (boolean, shape (n,)) get reason codes from which model: ``win_back`` rides on the lapse score,
-    every other action on the last-mile score, ``none`` on neither."""
-    action = actions.to_numpy(dtype=object)
+def reason_masks(acted: pd.DataFrame, explain: str = "audience") -> dict[str, np.ndarray]:
+    """Which rows of ``recommend`` output (n users: ``action``, and ``expected_profit`` for ``audience``) get reasons
+    from which model (boolean, shape (n,) per target): ``win_back`` rides on the lapse score, every other action on
+    the last-mile score, ``none`` on neither. ``explain`` (:data:`EXPLAIN_SCOPES`): ``audience`` keeps the users
+    whose expected profit is above 0, exactly those the best-profit cut of
+    :func:`serving.activation.audiences.select_audience` picks for their action (value minus cost, users sorted by
+    value); ``actions`` keeps every user with an action."""
+    if explain not in EXPLAIN_SCOPES:
+        raise ValueError(f"explain must be one of {EXPLAIN_SCOPES}, got {explain!r}")
+    action = acted["action"].to_numpy(dtype=object)
+    chosen = action != NO_ACTION
+    if explain == "audience":
+        profit = pd.to_numeric(acted["expected_profit"]).to_numpy(dtype="float64", na_value=np.nan)
+        chosen &= profit > 0
     lapse = action == WIN_BACK
-    return {"last_mile_buyer": (action != NO_ACTION) & ~lapse, "lapse_risk": lapse}
+    return {"last_mile_buyer": chosen & ~lapse, "lapse_risk": chosen & lapse}
 
 
 DEFAULT_MIN_SHARE = 0.5
 """A batch below this share of the served snapshot's users is refused unless forced (:func:`check_publish`)."""
-LIST_COLUMNS = frozenset({"reasons_buy", "reasons_lapse"})
+LIST_COLUMNS = frozenset({"reasons_buy", "reasons_buy_text", "reasons_lapse", "reasons_lapse_text"})
 
 
 class PublishRefusedError(ValueError):
@@ -234,6 +252,7 @@ def run_batch(
     progress: Progress | None = None,
     features: pd.DataFrame | None = None,
     reasons: bool = True,
+    explain: str = "audience",
     force: bool = False,
     min_share: float = DEFAULT_MIN_SHARE,
 ) -> BatchResult:
@@ -242,7 +261,9 @@ def run_batch(
     ``created_at`` is the publish time recorded in the snapshot (passed in: no clock reads here). ``features``:
     a feature table already built as of ``as_of`` with the champions' spec (``build_features`` output, e.g. read
     back with ``features.build.builder.read_features``); ``events`` is then not read. ``reasons=False`` skips the reason
-    codes (SHAP), the bulk of the time on a large audience. ``progress(done, total)`` counts scored users.
+    codes (SHAP), the bulk of the time on a large audience; ``explain`` says whose reasons are computed
+    (:data:`EXPLAIN_SCOPES`: the best-profit audiences by default, ``actions`` for every user with an action).
+    ``progress(done, total)`` counts scored users.
 
     With a ``store``, a batch of no users, or of fewer than ``min_share`` times the served snapshot's users, raises
     :class:`PublishRefusedError` before scoring (nothing written) unless ``force``. The audience is written to
@@ -252,6 +273,8 @@ def run_batch(
     spec = next(iter(bundles.values())).spec
     if any(b.spec != spec for b in bundles.values()):
         raise ValueError("the champion models use different feature specs; retrain both targets together")
+    if explain not in EXPLAIN_SCOPES:
+        raise ValueError(f"explain must be one of {EXPLAIN_SCOPES}, got {explain!r}")
     raw = build_features(events, as_of, spec, con=con) if features is None else features
     total = len(raw)
     if store is not None:
@@ -263,7 +286,7 @@ def run_batch(
     writer: pq.ParquetWriter | None = None
     try:
         done = 0
-        for chunk in score_chunks(raw, bundles, as_of, activation, chunk_users, reasons):
+        for chunk in score_chunks(raw, bundles, as_of, activation, chunk_users, reasons, explain):
             table = _fixed_types(pa.Table.from_pandas(chunk, preserve_index=False))
             if writer is None:
                 writer = pq.ParquetWriter(tmp_path, table.schema)

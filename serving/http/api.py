@@ -72,7 +72,12 @@ class _Scores(_Model):
         None, description="Expected date of the next order (ISO date); null when more likely never."
     )
     reasons_buy: list[str] | None = Field(None, description="Features behind p_buy, strongest first.")
+    reasons_buy_text: list[str] | None = Field(
+        None, description="reasons_buy as phrases with the user's values, feature in brackets: "
+        "'carted 2 items in the last day (cart_count_1d)'.")
     reasons_lapse: list[str] | None = Field(None, description="Features behind p_lapse, strongest first.")
+    reasons_lapse_text: list[str] | None = Field(
+        None, description="reasons_lapse as phrases with the user's values, feature in brackets.")
     model_buy: str | None = Field(None, description="Version of the last-mile buyer model that scored the user.")
     model_lapse: str | None = Field(None, description="Version of the lapse-risk model that scored the user.")
     as_of: str | None = Field(None, description="Feature cutoff, ISO 8601.")

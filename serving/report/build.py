@@ -44,6 +44,7 @@ from serving.report.data import (
     check_model_info,
     lift_table,
     prepare_audience,
+    sample_users,
     scored_versions,
     segment_summary,
 )
@@ -59,6 +60,7 @@ from serving.report.html import (
     models_table,
     note_block,
     page,
+    sample_users_table,
     section,
     share,
     utc,
@@ -70,7 +72,7 @@ __all__ = ["CHART_NAMES", "TABLE_NAMES", "ReportError", "build_report", "write_r
 
 STALE_AFTER = timedelta(days=2)
 """Scores older than this at report time get a warning banner."""
-TABLE_NAMES: tuple[str, ...] = ("kpis", "aipl", "actions", "models", "freshness")
+TABLE_NAMES: tuple[str, ...] = ("kpis", "aipl", "actions", "sample_users", "models", "freshness")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,7 +202,8 @@ def build_report(
                                               blocks["lifecycle"], blocks["rfm_groups"]]),
         section("scores", "Scores", [blocks["score_distributions"]]),
         section("activation", "Who to activate, and what it is worth",
-                [blocks["incremental_conversions"], blocks["untreated_rate"], actions_table(per_action, frame)]),
+                [blocks["incremental_conversions"], blocks["untreated_rate"], actions_table(per_action, frame),
+                 sample_users_table(sample_users(frame))]),
         campaigns_section(outcomes),
         monitoring_section(monitored),
         section("models", "Model quality and data freshness",

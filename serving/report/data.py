@@ -15,7 +15,7 @@ import pandas as pd
 
 from features.segments.segmenter import asset_summary
 from features.spec.definition import AIPL_LAYERS
-from serving.activation.actions import ACTIONS, NO_ACTION, ActivationConfig, ActivationError
+from serving.activation.actions import ACTIONS, NO_ACTION, WIN_BACK, ActivationConfig, ActivationError
 from serving.activation.audiences import AudienceSummary, select_audience
 from training.evaluate import DEFAULT_FRACTIONS, fraction_label
 
@@ -155,6 +155,50 @@ def _select(frame: pd.DataFrame, action: str, activation: ActivationConfig) -> A
         return select_audience(frame, action, activation)[1]
     except ActivationError as exc:
         raise ReportError(f"cannot size the {action} audience: {exc}") from exc
+
+
+SAMPLE_PER_ACTION = 2
+"""Users per action in the report's sample users (the best by priority)."""
+
+
+def sample_users(audience: pd.DataFrame, per_action: int = SAMPLE_PER_ACTION) -> pd.DataFrame:
+    """The best ``per_action`` users of each known action (by priority, ties by ``user_id``), in precedence order,
+    with ``why``: a list of their readable reasons from the score the action rides on (``reasons_lapse_text`` for
+    win-back, else ``reasons_buy_text``; the feature names of ``reasons_*`` for an audience file written before the
+    phrases; empty when the batch did not explain the user). Columns: ``user_id``, ``action``, ``action_p``,
+    ``expected_profit`` (NaN when absent), ``aipl_layer``, ``why``."""
+    parts = []
+    for action in ACTIONS:
+        pool = audience[audience["action"] == action]
+        if pool.empty:
+            continue
+        ranked = pool.sort_values(["priority", "user_id"], ascending=[False, True], kind="mergesort")
+        parts.append(ranked.head(max(0, int(per_action))))
+    columns = ["user_id", "action", "action_p", "expected_profit", "aipl_layer", "why"]
+    if not parts:
+        return pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
+    chosen = pd.concat(parts, ignore_index=True)
+    why = []
+    for row in chosen.to_dict("records"):
+        target = "lapse" if row["action"] == WIN_BACK else "buy"
+        why.append(_reason_list(row, f"reasons_{target}_text") or _reason_list(row, f"reasons_{target}"))
+    out = pd.DataFrame({
+        "user_id": chosen["user_id"].astype(str), "action": chosen["action"],
+        "action_p": chosen["action_p"].astype("float64"),
+        "expected_profit": (chosen["expected_profit"].astype("float64") if "expected_profit" in chosen.columns
+                            else np.nan),
+        "aipl_layer": chosen["aipl_layer"],
+    })
+    out["why"] = pd.Series(why, dtype=object)
+    return out[columns]
+
+
+def _reason_list(row: Mapping[str, Any], column: str) -> list[str]:
+    """The reasons of one audience row's list column as strings ([] when absent, null or empty)."""
+    value = row.get(column)
+    if value is None or isinstance(value, (str, float)):
+        return []
+    return [str(v) for v in list(value) if v is not None and str(v)]
 
 
 def unknown_actions(audience: pd.DataFrame) -> list[str]:

@@ -171,6 +171,23 @@ def actions_table(per_action: Sequence[AudienceSummary], frame: pd.DataFrame) ->
     )
 
 
+def sample_users_table(samples: pd.DataFrame) -> str:
+    """The report's sample users (:func:`serving.report.data.sample_users`): who each action would reach first and
+    why, in the user's own numbers."""
+    rows = [
+        [str(r["user_id"]), str(r["action"]), share(r["action_p"]), num(r["expected_profit"], ",.2f"),
+         LAYER_NAMES.get(r["aipl_layer"], str(r["aipl_layer"])), "; ".join(r["why"]) or "not explained"]
+        for r in samples.to_dict("records")
+    ]
+    return table_block(
+        "sample_users", "Sample users: who each action reaches first, and why",
+        ["user", "action", "untreated chance", "expected profit", "layer", "why (strongest first)"], rows,
+        "The best users of each action by the value of acting now. Why: the features that raise the score the action "
+        "rides on (chance of buying; for win-back, of lapsing) the most, in the user's own numbers, feature name in "
+        "brackets. The batch explains the users of each action's best-profit audience; others read 'not explained'.",
+    )
+
+
 def models_table(models: Mapping[str, Mapping[str, Any]], frame: pd.DataFrame) -> str:
     rows = []
     for target, info in models.items():

@@ -86,7 +86,8 @@ def synthetic_audience(n: int, seed: int, as_of: str) -> pd.DataFrame:
         "rule_score": rng.uniform(0, 1, n), "action": action, "action_deadline": None, "urgency": 1.0,
         "action_p": action_p, "lift": lift, "incremental_p": incremental, "expected_revenue": revenue,
         "expected_value": value, "action_cost": cost,
-        "expected_profit": value - cost, "priority": value, "reasons_buy": None, "reasons_lapse": None,
+        "expected_profit": value - cost, "priority": value, "reasons_buy": None, "reasons_buy_text": None,
+        "reasons_lapse": None, "reasons_lapse_text": None,
         "model_buy": "12", "model_lapse": "9", "as_of": as_of,
     })
     frame["p_alive"] = np.where(buyer, rng.uniform(0.2, 1.0, n), np.nan)  # BTYD outputs: past buyers only

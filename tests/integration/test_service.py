@@ -118,6 +118,11 @@ def test_lookup_returns_stored_scores_and_defaults_for_unknown_users(server: Ser
         assert r["p_buy"] == pytest.approx(row["p_buy"], abs=1e-12)
         assert r["aipl_layer"] == row["aipl_layer"] and r["lifecycle"] == row["lifecycle"]
         assert r["reasons_buy"] == list(row["reasons_buy"])
+        # the readable reasons come with the stored record: a phrase with the user's values, feature in brackets
+        assert r["reasons_buy_text"] == list(row["reasons_buy_text"]) and r["reasons_buy_text"]
+        for text, feature in zip(r["reasons_buy_text"], r["reasons_buy"], strict=True):
+            assert text.endswith(f" ({feature})") and len(text) > len(feature) + 3 and "nan" not in text.split()
+        assert r["reasons_lapse_text"] == list(row["reasons_lapse_text"])
         assert (r["p_lapse"] is None) == bool(pd.isna(row["p_lapse"]))
     for r in (results[1], results[3]):
         assert r == {"user_id": r["user_id"], "found": False, **trained.defaults}
@@ -216,6 +221,8 @@ def test_score_equals_the_batch_scoring_function(server: Server, trained: Traine
         for col in ("aipl_layer", "lifecycle", "rfm_group", "model_buy", "model_lapse"):
             assert rec[col] == row[col], (uid, col)
         assert rec["reasons_buy"] == list(row["reasons_buy"]) and rec["reasons_lapse"] == list(row["reasons_lapse"])
+        assert rec["reasons_buy_text"] == list(row["reasons_buy_text"])
+        assert rec["reasons_lapse_text"] == list(row["reasons_lapse_text"])
 
 
 def test_score_accepts_aliases_and_epoch_seconds_and_reports_users_without_history(server: Server) -> None:
@@ -574,19 +581,29 @@ def test_audience_route_matches_the_cli_selection_on_the_published_batch(
     frame = pd.read_parquet(result.audience_path)
     acted = frame["action"] != "none"
     win_back = frame["action"] == "win_back"
-    # reason codes only for the users a campaign will touch, from the score their action rides on; they equal the
+    chosen = acted & frame["expected_profit"].gt(0)  # the users of each action's best-profit audience
+    # reason codes only for the users a campaign sends to, from the score their action rides on; they equal the
     # full computation for those users
-    assert frame.loc[~acted | win_back, "reasons_buy"].map(len).eq(0).all()
-    assert frame.loc[~win_back, "reasons_lapse"].map(len).eq(0).all()
+    assert frame.loc[~chosen | win_back, "reasons_buy"].map(len).eq(0).all()
+    assert frame.loc[~chosen | ~win_back, "reasons_lapse"].map(len).eq(0).all()
+    assert frame.loc[~chosen, ["reasons_buy_text", "reasons_lapse_text"]].map(len).eq(0).all().all()
     from serving.scoring import score_features
 
     full = score_features(trained.raw, bundles, AS_OF).set_index("user_id")
-    buy_acted = frame.loc[acted & ~win_back, ["user_id", "reasons_buy"]]
-    for uid, reasons in buy_acted.head(20).itertuples(index=False):
+    buy_chosen = frame.loc[chosen & ~win_back, ["user_id", "reasons_buy", "reasons_buy_text"]]
+    for uid, reasons, texts in buy_chosen.head(20).itertuples(index=False):
         assert list(reasons) == list(full.loc[uid, "reasons_buy"])
-    for uid, reasons in frame.loc[win_back, ["user_id", "reasons_lapse"]].head(20).itertuples(index=False):
+        assert list(texts) == list(full.loc[uid, "reasons_buy_text"])
+    lapse_chosen = frame.loc[chosen & win_back, ["user_id", "reasons_lapse", "reasons_lapse_text"]]
+    for uid, reasons, texts in lapse_chosen.head(20).itertuples(index=False):
         assert list(reasons) == list(full.loc[uid, "reasons_lapse"])
-    assert buy_acted["reasons_buy"].map(len).gt(0).any()
+        assert list(texts) == list(full.loc[uid, "reasons_lapse_text"])
+    assert buy_chosen["reasons_buy_text"].map(len).gt(0).any()
+    # /lookup serves the phrases the batch stored for them
+    explained = buy_chosen.loc[buy_chosen["reasons_buy_text"].map(len).gt(0)].head(3)
+    looked = {r["user_id"]: r for r in lookup(server, explained["user_id"].tolist())["results"]}
+    for uid, reasons, texts in explained.itertuples(index=False):
+        assert looked[uid]["reasons_buy"] == list(reasons) and looked[uid]["reasons_buy_text"] == list(texts)
     # the lapse model scores past buyers only; the others have no p_lapse and no lapse reasons in the full scoring
     bought = trained.raw.set_index("user_id").loc[full.index, "purchase_days"].ge(1)
     assert full.loc[~bought, "p_lapse"].isna().all()
@@ -661,9 +678,10 @@ def test_cli_scores_a_prebuilt_feature_file_like_the_events(trained: Trained, tm
     read = runner.invoke(app, [*common, "--out", "b.parquet", "--features", "f.parquet"])
     assert built.exit_code == 0 and read.exit_code == 0, built.output + read.output
     a, b = pd.read_parquet(tmp_path / "a.parquet"), pd.read_parquet(tmp_path / "b.parquet")
-    pd.testing.assert_frame_equal(a.drop(columns=["reasons_buy", "reasons_lapse"]),
-                                  b.drop(columns=["reasons_buy", "reasons_lapse"]))
-    assert a["reasons_buy"].map(list).tolist() == b["reasons_buy"].map(list).tolist()
+    lists = ["reasons_buy", "reasons_buy_text", "reasons_lapse", "reasons_lapse_text"]
+    pd.testing.assert_frame_equal(a.drop(columns=lists), b.drop(columns=lists))
+    for col in lists:
+        assert a[col].map(list).tolist() == b[col].map(list).tolist(), col
     assert a["reasons_buy"].map(len).gt(0).any()
     bare = runner.invoke(app, [*common, "--out", "c.parquet", "--features", "f.parquet", "--no-reasons"])
     assert bare.exit_code == 0, bare.output
@@ -690,8 +708,9 @@ def test_batch_file_has_one_schema_when_a_chunk_has_no_reasons(trained: Trained,
     ordered = pd.concat([trained.raw[acted], trained.raw[~acted]], ignore_index=True)  # chunk 2: nobody acted
     result = run_batch(None, AS_OF, bundles, None, tmp_path / "b.parquet", features=ordered,
                        chunk_users=int(acted.sum()), created_at=AS_OF)
-    field = pq.read_schema(result.audience_path).field("reasons_buy")
-    assert pa.types.is_list(field.type) and field.type.value_type == pa.string()
+    for name in ("reasons_buy", "reasons_buy_text", "reasons_lapse", "reasons_lapse_text"):
+        field = pq.read_schema(result.audience_path).field(name)
+        assert pa.types.is_list(field.type) and field.type.value_type == pa.string(), name
     frame = pd.read_parquet(result.audience_path)
     assert len(frame) == len(ordered)
     assert frame.loc[frame["action"].eq("none"), "reasons_buy"].map(len).eq(0).all()

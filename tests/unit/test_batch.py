@@ -338,3 +338,98 @@ def test_a_model_of_an_older_feature_spec_says_to_retrain(shop, bundles) -> None
     with pytest.raises(BundleMismatchError, match=r"feature spec 1.*retrain") as caught:
         old.matrix(old.segmenter.transform(raw))
     assert caught.value.exit_code == 6
+
+
+# ------------------------------------------------------------------------------------------ readable reasons
+REASON_COLUMNS = {"last_mile_buyer": ("reasons_buy", "reasons_buy_text"),
+                  "lapse_risk": ("reasons_lapse", "reasons_lapse_text")}
+
+
+def _count_shap_rows(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Rows each target's SHAP contributions are computed for from now on (``ModelBundle.contributions`` counted)."""
+    from training.bundle import ModelBundle
+
+    spent: dict[str, int] = {}
+    real = ModelBundle.contributions
+
+    def counting(self: Any, x: np.ndarray) -> np.ndarray:
+        spent[self.target] = spent.get(self.target, 0) + len(x)
+        return real(self, x)
+
+    monkeypatch.setattr(ModelBundle, "contributions", counting)
+    return spent
+
+
+def test_the_batch_explains_only_the_users_an_audience_selects(shop, btyd_bundles, tmp_path, monkeypatch) -> None:
+    """SHAP rows go only to the users of their action's best-profit audience (what ``select_audience`` picks), from
+    the model the action rides on; those users get feature names and phrases equal to the full scoring's, everyone
+    else (no action, or an action that does not pay) gets none, and none is computed for them."""
+    from serving.activation.audiences import select_audience
+    from serving.batch.run import reason_masks
+
+    _, raw = shop
+    spent = _count_shap_rows(monkeypatch)
+    result = run_batch(None, AS_OF, btyd_bundles, None, tmp_path / "a.parquet", features=raw, chunk_users=150,
+                       created_at=AS_OF)
+    frame = pd.read_parquet(result.audience_path)
+    masks = reason_masks(frame)
+    selected = masks["last_mile_buyer"] | masks["lapse_risk"]
+    acted = frame["action"].ne("none").to_numpy()
+    assert masks["lapse_risk"].sum() > 0 and 0 < selected.sum() < acted.sum()  # some actions do not pay
+    assert spent == {t: int(m.sum()) for t, m in masks.items()}  # no SHAP row for anyone else
+    for action in frame.loc[acted, "action"].unique():
+        picked, _ = select_audience(frame, action, ActivationConfig())
+        assert set(picked["user_id"]) == set(frame.loc[selected & frame["action"].eq(action).to_numpy(), "user_id"])
+    full = score_features(raw, btyd_bundles, AS_OF).set_index("user_id")
+    for target, (names_col, text_col) in REASON_COLUMNS.items():
+        mask = masks[target]
+        rows = frame.loc[mask, ["user_id", names_col, text_col]]
+        for uid, names, texts in rows.itertuples(index=False):
+            assert list(names) == list(full.loc[uid, names_col]) and list(texts) == list(full.loc[uid, text_col])
+            assert len(texts) == len(names) and all(t.endswith(f" ({n})") for t, n in zip(texts, names, strict=True))
+            assert all(t and "nan" not in t.split() for t in texts)
+        assert rows[text_col].map(len).gt(0).any()
+        assert frame.loc[~mask, names_col].map(len).eq(0).all() and frame.loc[~mask, text_col].map(len).eq(0).all()
+
+
+def test_the_batch_can_explain_every_user_with_an_action(shop, bundles, tmp_path, monkeypatch) -> None:
+    _, raw = shop
+    spent = _count_shap_rows(monkeypatch)
+    result = run_batch(None, AS_OF, bundles, None, tmp_path / "a.parquet", features=raw, created_at=AS_OF,
+                       explain="actions")
+    frame = pd.read_parquet(result.audience_path)
+    win_back = frame["action"].eq(WIN_BACK)
+    buy = frame["action"].ne("none") & ~win_back
+    assert spent == {"last_mile_buyer": int(buy.sum()), "lapse_risk": int(win_back.sum())}
+    assert frame.loc[buy, "reasons_buy_text"].map(len).eq(frame.loc[buy, "reasons_buy"].map(len)).all()
+    assert frame.loc[~buy, "reasons_buy_text"].map(len).eq(0).all()
+    with pytest.raises(ValueError, match="explain must be one of"):
+        run_batch(None, AS_OF, bundles, None, tmp_path / "b.parquet", features=raw, created_at=AS_OF,
+                  explain="everyone")
+
+
+def test_the_audience_schema_is_the_same_with_or_without_reasons(shop, bundles, tmp_path) -> None:
+    """The four reason columns are list<string> in every chunk: one explained, ones where nobody is selected, and a
+    batch run without reasons."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from serving.batch.run import reason_masks
+
+    _, raw = shop
+    first = run_batch(None, AS_OF, bundles, None, tmp_path / "a.parquet", features=raw, created_at=AS_OF)
+    frame = pd.read_parquet(first.audience_path)
+    masks = reason_masks(frame)
+    chosen = frame["user_id"][masks["last_mile_buyer"] | masks["lapse_risk"]]
+    picked = raw["user_id"].isin(set(chosen)).to_numpy()
+    ordered = pd.concat([raw[picked], raw[~picked]], ignore_index=True)  # chunks 2..: nobody to explain
+    mixed = run_batch(None, AS_OF, bundles, None, tmp_path / "b.parquet", features=ordered, created_at=AS_OF,
+                      chunk_users=int(picked.sum()))
+    bare = run_batch(None, AS_OF, bundles, None, tmp_path / "c.parquet", features=raw, created_at=AS_OF,
+                     reasons=False)
+    schemas = [pq.read_schema(r.audience_path) for r in (first, mixed, bare)]
+    assert schemas[0].equals(schemas[1]) and schemas[0].equals(schemas[2])
+    for names_col, text_col in REASON_COLUMNS.values():
+        for col in (names_col, text_col):
+            assert schemas[0].field(col).type == pa.list_(pa.string())
+    assert pd.read_parquet(bare.audience_path)["reasons_buy_text"].map(len).eq(0).all()

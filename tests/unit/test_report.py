@@ -16,7 +16,7 @@ from serving.activation.campaigns import build_campaign
 from serving.activation.outcomes import measure
 from serving.batch.run import AUDIENCE_COLUMNS
 from serving.report.build import CHART_NAMES, ReportError, build_report, write_report
-from serving.report.data import action_curves, prepare_audience
+from serving.report.data import action_curves, prepare_audience, sample_users
 from serving.store.base import SnapshotInfo
 from training.evaluate import reliability_table
 
@@ -63,6 +63,12 @@ def audience() -> pd.DataFrame:
     frame["expected_revenue"] = frame["expected_value"] / CFG.margin_rate
     frame["reasons_buy"] = [["recency"]] * n
     frame["reasons_lapse"] = [["gap"]] * n
+    frame["reasons_buy_text"] = [[] for _ in range(n)]
+    frame["reasons_lapse_text"] = [[] for _ in range(n)]
+    frame.at[4, "reasons_buy_text"] = ["carted 2 items in the last day (cart_count_1d)",
+                                       "no visit for 19 days, usually every 4 (days_since_last_visit)"]
+    frame.at[7, "reasons_buy_text"] = ["<i>odd</i> (x)"]
+    frame.at[0, "reasons_lapse_text"] = ["no activity for 40 days, usually every 5 (days_since_last_event)"]
     frame["model_buy"], frame["model_lapse"] = "7", "3"
     frame["as_of"] = "2024-03-01T00:00:00+00:00"
     assert set(frame.columns) == set(AUDIENCE_COLUMNS)
@@ -222,6 +228,29 @@ def test_per_action_table_uses_the_best_profit_audience(full):
     assert page.row("actions", "ad_retarget")[2:] == [
         "1", "0", "0.80", "0.00", "0.0", "n/a", "+10% (prior)", "0.0", "0.00"]
     assert page.row("aipl", "L loyal")[:4] == ["L loyal", "2", "16.7%", "20.0%"]
+
+
+def test_sample_users_show_the_readable_reasons_of_the_score_their_action_rides_on(full):
+    page = Page(full)
+    assert [r[0] for r in page.tables["sample_users"][1:]] == ["u4", "u5", "u7", "u0"]  # precedence, then priority
+    assert page.row("sample_users", "u4") == [
+        "u4", "coupon_24h", "60.0%", "2.00", "I interested",
+        "carted 2 items in the last day (cart_count_1d); no visit for 19 days, usually every 4 (days_since_last_visit)"]
+    assert page.row("sample_users", "u0")[1] == "win_back"
+    assert page.row("sample_users", "u0")[-1] == "no activity for 40 days, usually every 5 (days_since_last_event)"
+    assert page.row("sample_users", "u5")[-1] == "recency"  # no phrases (an older audience file): the feature names
+    assert page.row("sample_users", "u7")[-1] == "<i>odd</i> (x)" and "<i>" not in full  # escaped
+
+
+def test_sample_users_without_reasons_or_actions():
+    frame = audience().drop(columns=["reasons_buy", "reasons_buy_text", "reasons_lapse", "reasons_lapse_text"])
+    samples = sample_users(frame, per_action=1)
+    assert samples["user_id"].tolist() == ["u4", "u7", "u0"] and samples["why"].map(len).eq(0).all()
+    html = build_report(frame, activation=CFG, generated_at=NOW)
+    assert Page(html).row("sample_users", "u4")[-1] == "not explained"
+    nobody = sample_users(frame.assign(action="none"))
+    assert nobody.empty and list(nobody.columns) == ["user_id", "action", "action_p", "expected_profit",
+                                                       "aipl_layer", "why"]
 
 
 def test_models_and_freshness_tables(full):
