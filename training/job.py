@@ -33,6 +33,7 @@ from training.registry import CHAMPION, GateDecision, Registry, gate
 from training.sampling import sampled_events
 from training.settings import TrainingSettings
 from training.train import TargetResult, train_target, write_plots
+from training.tuning import Tuner
 
 Say = Callable[[str], None]
 _DEFAULTS = TrainingSettings()  # one source of defaults: the settings section
@@ -50,6 +51,9 @@ class TrainConfig:
     validation, half for test) for a target whose label window is longer than the cutoff spacing
     (see :func:`training.datasets.time_split`). ``btyd_features``: give LightGBM the BTYD columns (False: the BTYD
     part is still fitted and saved for the baseline and the outputs, the model does without its columns).
+    ``tune_trials``: search the booster params per target first (at most this many trials, none started after
+    ``tune_budget_s`` seconds, scored on the validation cutoff; see :class:`training.tuning.Tuner`) and train the
+    final model with the best; 0 trains with ``params`` as they are.
     """
 
     events_path: Path
@@ -71,6 +75,8 @@ class TrainConfig:
     max_users: int | None = _DEFAULTS.max_users
     holdout: float = _DEFAULTS.holdout
     btyd_features: bool = True
+    tune_trials: int = _DEFAULTS.tune_trials
+    tune_budget_s: float = _DEFAULTS.tune_budget_s
 
     @classmethod
     def from_settings(
@@ -84,7 +90,8 @@ class TrainConfig:
             horizon_days=t.horizon_days, lapse_days=t.lapse_days, n_cutoffs=t.n_cutoffs,
             cutoff_spacing_days=t.cutoff_spacing_days, min_positives=t.min_positives, min_negatives=t.min_negatives,
             params=BoosterParams.from_settings(t), calibration=t.calibration,
-            logloss_tolerance=t.gate_logloss_tolerance, max_users=t.max_users, holdout=t.holdout, **overrides,
+            logloss_tolerance=t.gate_logloss_tolerance, max_users=t.max_users, holdout=t.holdout,
+            tune_trials=t.tune_trials, tune_budget_s=t.tune_budget_s, **overrides,
         )
 
 
@@ -191,11 +198,20 @@ def _train_all(
         params = _params(cfg, target, cutoffs[target], label_spec, report.fingerprint, counts)
         params.update(shop_users=report.shop_users, train_users=report.train_users, btyd=btyd_note,
                       split=f"time + users ({cfg.holdout:.0%} held out)" if overlapping else "time")
+        tuner = None
+        if cfg.tune_trials > 0:
+            say(f"tuning {target}: at most {cfg.tune_trials} trials in {cfg.tune_budget_s:g} s")
+            tuner = Tuner(cfg.tune_trials, cfg.tune_budget_s)
         result = train_target(
             target, split, segmenter, cfg.spec, label_spec, cfg.params, calibration=cfg.calibration,
             oracle=oracle, meta={"trained_on": params["data_fingerprint"], "test_as_of": params["test_as_of"]},
-            btyd=btyd, btyd_features=cfg.btyd_features,
+            btyd=btyd, btyd_features=cfg.btyd_features, tuner=tuner,
         )
+        if result.tuning is not None:
+            say(f"tuning {target}: {result.tuning.summary()}")
+            params.update({f"lgb_{k}": v for k, v in result.tuning.best_params_.__dict__.items()})
+            params.update(tune_trials=len(result.tuning.trials_), tune_budget_s=cfg.tune_budget_s,
+                          tune_seconds=round(result.tuning.seconds_, 1))
         write_plots(result, cfg.out_dir / target)
         ref_at = cutoffs[target][-3]  # the last training cutoff: what monitoring measures drift against
         result.bundle.meta["reference_profile"] = model_reference_profile(
@@ -215,6 +231,8 @@ def _train_all(
         if decision.promote:
             registry.promote(target, version)
         registry.client.set_model_version_tag(target, version, "gate_reason", decision.reason)
+        if result.tuning is not None:
+            _log_tuning(registry, target, run_id, version, result.tuning)
         report.outcomes[target] = TargetOutcome(
             target, result, version, run_id, decision, champion_metrics, counts, cutoffs[target],
             oracle_reason="" if oracle is not None or truth is None else oracle_reason,
@@ -238,6 +256,36 @@ def _params(
         **{f"lgb_{k}": v for k, v in cfg.params.__dict__.items()},
         **counts,
     }
+
+
+def _log_tuning(registry: Registry, target: str, run_id: str, version: str, tuning: Tuner) -> None:
+    """Each trial of the search as a child run of the target's run ``run_id`` (its searched params; metrics
+    ``valid_logloss``, ``valid_auc``, ``best_iteration`` and ``fit_seconds``), and the best params on the model
+    version: ``tuned_params`` (JSON) and one ``best_<name>`` tag per searched param."""
+    import json
+    import time
+
+    from mlflow.entities import Metric, Param
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    client = registry.client
+    experiment = registry.experiment_id(target)
+    best = tuning.best_trial_.number
+    for trial in tuning.trials_:
+        child = client.create_run(experiment, run_name=f"{target} trial {trial.number}", tags={
+            MLFLOW_PARENT_RUN_ID: run_id, "trial": str(trial.number), "best": str(trial.number == best).lower()})
+        now = int(time.time() * 1000)
+        values = {"valid_logloss": trial.valid_logloss, "valid_auc": trial.valid_auc,
+                  "best_iteration": trial.best_iteration, "fit_seconds": trial.seconds}
+        client.log_batch(
+            child.info.run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in values.items() if math.isfinite(v)],
+            params=[Param(k, str(v)) for k, v in trial.params.items()],
+        )
+        client.set_terminated(child.info.run_id)
+    client.set_model_version_tag(target, version, "tuned_params", json.dumps(tuning.best_trial_.params))
+    for name, value in tuning.best_trial_.params.items():
+        client.set_model_version_tag(target, version, f"best_{name}", str(value))
 
 
 def _fit_btyd(

@@ -30,4 +30,11 @@ class TrainingSettings(BaseModel):
     holdout: float = Field(
         0.3, gt=0, lt=1, description="Lapse target: share of users held out of training (half valid, half test)."
     )
+    tune_trials: int = Field(
+        0, ge=0, description="Hyperparameter search: at most this many trials per target on the validation cutoff "
+        "(the first is the settings above); 0 = no search."
+    )
+    tune_budget_s: float = Field(
+        60.0, gt=0, description="Hyperparameter search: seconds per target; no trial starts after them."
+    )
     seed: int = 7

@@ -19,6 +19,7 @@ from training.evaluate import evaluate, reliability_table
 from training.labels import LabelSpec
 from training.models import BoosterParams, fit_booster, fit_logistic
 from training.plots import save_plots
+from training.tuning import Tuner
 
 
 @dataclass
@@ -32,6 +33,7 @@ class TargetResult:
     importance: pd.Series
     mean_abs_contrib: pd.Series
     plots: dict[str, Path] = field(default_factory=dict)
+    tuning: Tuner | None = None  # the fitted search that chose the booster params, when there was one
 
     @property
     def main(self) -> dict[str, float]:
@@ -54,6 +56,7 @@ def train_target(
     btyd: BTYDFeatures | None = None,
     btyd_features: bool = True,
     bootstrap: int = 200,
+    tuner: Tuner | None = None,
 ) -> TargetResult:
     """Train ``target`` on ``split`` (segmented frames with ``label``) and evaluate on its test cutoff.
 
@@ -66,6 +69,8 @@ def train_target(
     The logistic baseline is fitted on at most ``baseline_rows`` training rows and the mean |SHAP| importance is
     taken over at most ``contrib_rows`` test rows (seeded random rows): both are diagnostics whose cost would
     otherwise grow with the shop (at 1M training rows they took longer than the LightGBM fit).
+    ``tuner``: search the booster params on the training and validation cutoffs first (``params`` is its trial 0)
+    and fit the model with the best; the fitted search is kept in ``TargetResult.tuning``.
     """
     in_matrix = btyd if btyd_features else None
     x_tr, names = design_matrix(split.train, spec, in_matrix)
@@ -75,6 +80,8 @@ def train_target(
     y_va = split.valid["label"].to_numpy(np.int8)
     y_te = split.test["label"].to_numpy(np.int8)
 
+    if tuner is not None:
+        params = tuner.fit(x_tr, y_tr, x_va, y_va, names, params).best_params_
     booster = fit_booster(x_tr, y_tr, x_va, y_va, names, params)
     calibrator = Calibrator(kind=calibration).fit(booster.predict(x_va), y_va)  # type: ignore[arg-type]
     bundle = ModelBundle(
@@ -115,7 +122,7 @@ def train_target(
     mean_abs = pd.Series(np.abs(contrib[:, :-1]).mean(axis=0), index=names, name="mean_abs_contribution")
     return TargetResult(
         bundle=bundle, metrics=metrics, test_scores=scores, test_labels=y_te,
-        importance=importance, mean_abs_contrib=mean_abs.sort_values(ascending=False),
+        importance=importance, mean_abs_contrib=mean_abs.sort_values(ascending=False), tuning=tuner,
     )
 
 

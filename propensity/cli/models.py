@@ -18,6 +18,12 @@ from propensity.config import Settings
 TARGET_HELP = "last_mile_buyer or lapse_risk."
 TargetArg = Annotated[str, typer.Argument(help=TARGET_HELP, metavar="TARGET", show_default=False)]
 Truth = Annotated[Path | None, typer.Option(help="truth.parquet from `propensity generate`, for the oracle AUC.")]
+TuneTrials = Annotated[int | None, typer.Option(
+    help="Search the LightGBM params first: at most this many trials per target, scored on the validation cutoff "
+         "(the test cutoff stays unseen); 0 = no search.", min=0, show_default="the training.tune_trials setting, 0")]
+TuneBudget = Annotated[float | None, typer.Option(
+    help="Seconds of search per target (no trial starts after them), above 0.",
+    show_default="the training.tune_budget_s setting, 60")]
 CLEAN_FILES = ("events.parquet", "quarantine.csv", "validation.json")
 """What a validation run writes into its folder (switched together by `retrain`)."""
 
@@ -38,6 +44,20 @@ def spark_sample_source(events: Path, spec: Any, master: str, fraction: float, s
         return sample_users(feature_frame_spark(str(events), as_of, spec, con), fraction, seed, spec=spec)
 
     return source
+
+
+def with_tuning(cfg: Settings, tune_trials: int | None, tune_budget: float | None) -> Settings:
+    """``cfg`` with the search options given on the command line (None keeps the setting)."""
+    update: dict[str, Any] = {}
+    if tune_trials is not None:
+        update["tune_trials"] = tune_trials
+    if tune_budget is not None:
+        if not tune_budget > 0:
+            raise typer.BadParameter(f"must be above 0 seconds, got {tune_budget}", param_hint="--tune-budget")
+        update["tune_budget_s"] = tune_budget
+    if not update:
+        return cfg
+    return cfg.model_copy(update={"training": cfg.training.model_copy(update=update)})
 
 
 def train_config(cfg: Settings, events: Path, truth: Path | None, data_end: datetime | None = None) -> Any:
@@ -118,10 +138,12 @@ def train(
     max_users: Annotated[int | None, typer.Option(
         help="DuckDB engine: train on a seeded sample of at most this many users (at least 1,000); 0 = everyone.",
         min=0, show_default="the training.max_users setting, 100,000")] = None,
+    tune_trials: TuneTrials = None,
+    tune_budget: TuneBudget = None,
     data_dir: DataDir = None,
 ) -> None:
     """Train both targets over stacked cutoffs, log to MLflow as @challenger, promote through the gate."""
-    cfg = settings(data_dir=data_dir)
+    cfg = with_tuning(settings(data_dir=data_dir), tune_trials, tune_budget)
     check_engine(engine)
     if not sample > 0:
         raise typer.BadParameter(f"must be above 0 and at most 1, got {sample}", param_hint="--sample")
@@ -141,6 +163,8 @@ def retrain(
     if_degraded: Annotated[bool, typer.Option(
         help="Monitor the kept snapshots with the validated events first (`propensity monitor`) and retrain only "
              "when monitoring alerts; otherwise the models and the clean events stay as they are.")] = False,
+    tune_trials: TuneTrials = None,
+    tune_budget: TuneBudget = None,
     data_dir: DataDir = None,
 ) -> None:
     """The scheduled job: validate -> features -> train both targets -> evaluate -> gate.
@@ -152,7 +176,7 @@ def retrain(
     """
     from training.lock import exclusive_lock
 
-    cfg = settings(data_dir=data_dir)
+    cfg = with_tuning(settings(data_dir=data_dir), tune_trials, tune_budget)
     started = datetime.now(UTC)
     with exclusive_lock(cfg.artifact_root / ".retrain.lock", started.isoformat()):
         staging = cfg.data_dir / "retrain" / f"{started:%Y%m%dT%H%M%S}"
