@@ -85,6 +85,12 @@ class Settings(BaseSettings):
         return self.data_dir / "clean"
 
     @property
+    def events_log_path(self) -> Path:
+        """The event log that ``/events`` and ``propensity ingest`` append to: ``serving.events_log``, else
+        ``<data_dir>/events/log.db``."""
+        return self.serving.events_log or self.data_dir / "events" / "log.db"
+
+    @property
     def features_dir(self) -> Path:
         return self.data_dir / "features"
 

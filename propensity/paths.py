@@ -16,8 +16,10 @@ class UnsafeOutputError(ValueError):
 
 
 def protected_paths(cfg: Settings) -> list[tuple[Path, str]]:
-    """Files and folders no command may write its outputs into: the store, the MLflow database and artifacts."""
-    found = [(cfg.store_path, "the score store"), (cfg.artifact_root, "the MLflow artifact store")]
+    """Files and folders no command may write its outputs into: the store, the MLflow database and artifacts, the
+    event log."""
+    found = [(cfg.store_path, "the score store"), (cfg.artifact_root, "the MLflow artifact store"),
+             (cfg.events_log_path, "the event log")]
     if cfg.tracking_uri.startswith("sqlite:///"):
         found.append((Path(cfg.tracking_uri.removeprefix("sqlite:///")), "the MLflow database"))
     databases = [(p, what) for p, what in found if what != "the MLflow artifact store"]

@@ -32,6 +32,9 @@ class ServingSettings(BaseModel):
     allow_no_auth: bool = Field(False, description="Serve without a token (local experiments only).")
     reload_interval_s: float = Field(5.0, gt=0, description="How often the service checks for a new champion.")
     model_dir: Path | None = Field(None, description="Serve pinned bundles from here instead of the registry.")
+    events_log: Path | None = Field(
+        None, description="Event log of /events and `propensity ingest` (SQLite); None = <data_dir>/events/log.db."
+    )
 
 class ActivationSettings(BaseModel):
     """Per-action economics used for priority and audience sizing (currency units)."""

@@ -132,8 +132,14 @@ def settings(**overrides: Any) -> Settings:
 
 
 def events_path(cfg: Settings, events: Path | None) -> Path:
-    """The clean events a command reads: ``--events`` or ``<data-dir>/clean/events.parquet``."""
-    return events if events is not None else cfg.clean_dir / "events.parquet"
+    """The clean events a command reads: ``--events``, else ``<data-dir>/clean/events.parquet``, or every
+    ``<data-dir>/clean/*.parquet`` once ingested events were exported there (``ingested-*.parquet``, see
+    :mod:`propensity.cli.events`)."""
+    if events is not None:
+        return events
+    if any(cfg.clean_dir.glob("ingested-*.parquet")):  # features.events.log.PART_GLOB
+        return cfg.clean_dir / "*.parquet"
+    return cfg.clean_dir / "events.parquet"
 
 
 def feature_spec(cfg: Settings) -> Any:

@@ -120,7 +120,7 @@ def check_events(path: Path, *, default: bool = False) -> Path:
     """
     what = "clean events"
     hint = VALIDATE_HINT if not default else "run `propensity validate FILE` first or pass --events"
-    if default and not path.exists():
+    if default and not path.exists() and not glob(str(path)):
         raise InputError(f"no clean events at {path}: {hint}")
     for file, schema in _schemas(parquet_files(path, what, hint), what, hint):
         problems = []

@@ -1,7 +1,7 @@
 """The ``propensity`` command line: one command per pipeline stage, thin over features / training / serving.
 
 This module defines the Typer :data:`app` and registers the functions of the command modules (``data``, ``models``,
-``serving``, ``campaigns``, ``monitor``, ``demo``), which never import it. Every command builds the typed
+``serving``, ``campaigns``, ``monitor``, ``demo``, ``events``), which never import it. Every command builds the typed
 :class:`~propensity.config.Settings` once, calls the libraries and prints where its outputs went. An expected error
 ends the command with a one-line message on stderr and the exit code its class carries
 (:data:`propensity.cli.common.EXIT_CODES`), never a stack trace; anything else is a bug and keeps its traceback.
@@ -16,7 +16,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from propensity.cli import campaigns, data, demo, models, monitor, serving
+from propensity.cli import campaigns, data, demo, events, models, monitor, serving
 from propensity.cli.common import USAGE, error_message, exit_code_of, exit_codes_help
 from propensity.cli.ui import error
 
@@ -83,7 +83,7 @@ app = typer.Typer(
 )
 
 COMMANDS: tuple[Callable[..., Any], ...] = (
-    data.generate, data.validate, data.features, data.segments, data.flow,
+    data.generate, data.validate, events.ingest, data.features, data.segments, data.flow,
     models.train, models.retrain, models.promote, models.rollback, models.models,
     serving.score, serving.snapshots, serving.rollback_scores, serving.lookup, serving.audience, serving.report,
     serving.serve, serving.pin,

@@ -224,6 +224,10 @@ def score(
     check_engine(engine)
     if features is not None and engine != "duckdb":
         raise typer.BadParameter("--features works with the duckdb engine only", param_hint="--features")
+    if events is None and features is None:  # acknowledged events (/events, `propensity ingest`) join the batch
+        from propensity.cli.events import export_history
+
+        export_history(cfg)
     source = events_path(cfg, events)
     if features is not None:
         check_feature_file(features)

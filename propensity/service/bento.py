@@ -7,7 +7,8 @@ share ``PROMETHEUS_MULTIPROC_DIR``), ``/livez`` and the Bento packaging. :class:
 answers ``/lookup`` (the same endpoint, ahead of BentoML's router), ``/healthz``, ``/readyz`` (so readiness carries
 its reasons), ``/metrics`` and the API documentation (``/openapi.json``, ``/docs``), and counts and times every
 request by route and status (:mod:`serving.http.metrics`): BentoML's own request metrics are turned off, they would
-count the same requests again, labelled by raw path.
+count the same requests again, labelled by raw path. ``/events`` appends to the event log at
+``Settings.events_log_path`` (opened at start; when it cannot be, ``/events`` answers 503 and the rest serves).
 
 Configuration comes from :func:`propensity.service.options.settings_from_env` (see that module for the variables).
 Models come, in this order of preference, from ``PROPENSITY_MODEL_DIR``, from the pinned ``propensity_champions``
@@ -55,6 +56,17 @@ def _model_source(tracking_uri: str, artifact_root: Path, options: ServiceOption
     return RegistrySource(tracking_uri, artifact_root)
 
 
+def _open_events_log(path: Path) -> tuple[object | None, str | None]:
+    """The event log ``/events`` appends to, or (None, why) when it cannot be opened (the other routes still serve)."""
+    from features.events.log import EventLog, EventLogError
+
+    try:
+        return EventLog(path), None
+    except EventLogError as exc:
+        log.warning("/events is unavailable: %s", exc)
+        return None, str(exc)
+
+
 @bentoml.service(
     workers=1,
     traffic={"timeout": 60},
@@ -83,6 +95,7 @@ class PropensityService:
         _STATE.metrics = _metrics()
         _STATE.monitoring_file = (settings.monitoring_dir / "latest.json").resolve()
         watch_monitoring(_STATE.monitoring_file)  # /metrics: propensity_model_alert from `propensity monitor`
+        _STATE.events_log, _STATE.events_log_error = _open_events_log(settings.events_log_path.resolve())
         self.runtime = ServiceRuntime.create(options, open_fn, source, metrics=_STATE.metrics)
         _STATE.runtime = self.runtime
         ready, doc = self.runtime.readiness()
@@ -99,6 +112,8 @@ class PropensityService:
     async def _shutdown(self) -> None:
         _STATE.runtime = None
         await self.runtime.stop()
+        if _STATE.events_log is not None:
+            _STATE.events_log.close()  # after an append in progress has committed
 
 
 PropensityService.add_asgi_middleware(FastPathMiddleware, state=_STATE)

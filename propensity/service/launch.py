@@ -36,7 +36,8 @@ def absolute_settings(settings: Settings, base: Path | None = None) -> Settings:
     uri = settings.tracking_uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(base / uri.removeprefix("sqlite:///"))
-    serving = settings.serving.model_copy(update={"api_token_file": fix(settings.serving.api_token_file)})
+    serving = settings.serving.model_copy(update={"api_token_file": fix(settings.serving.api_token_file),
+                                                  "events_log": fix(settings.serving.events_log)})
     return settings.model_copy(
         update={
             "data_dir": fix(settings.data_dir),

@@ -1,7 +1,8 @@
 """The request and response models of the HTTP API: the OpenAPI document and the typed client are generated from
 them, and the handlers parse or build with them.
 
-- ``/score`` parses its body with :class:`serving.http.schemas.ScoreRequest` (re-exported here);
+- ``/score`` parses its body with :class:`serving.http.schemas.ScoreRequest` (re-exported here), ``/events`` with
+  :class:`serving.http.schemas.EventsRequest` (likewise) and answers with :class:`EventsResponse`;
 - ``/audience`` parses with :class:`AudienceRequest` and answers with :class:`AudienceResponse`;
 - ``/lookup`` is the hot path: its body is checked by :func:`serving.http.app.lookup_ids` (the same rules as
   :class:`LookupRequest`, kept equal by a test) and its answer is spliced from the stored JSON payloads, which hold
@@ -22,10 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from features.segments.segmenter import AIPL_CODES, LIFECYCLE_CODES, RFM_CODES
 from serving.activation.actions import ACTIONS, NO_ACTION
-from serving.http.schemas import EventIn, ScoreRequest
+from serving.http.schemas import EventIn, EventsRequest, IngestEvent, ScoreRequest
 
 __all__ = [
-    "AudienceRequest", "AudienceResponse", "ErrorResponse", "EventIn", "HealthResponse", "LookupRequest",
+    "AudienceRequest", "AudienceResponse", "ErrorResponse", "EventIn", "EventsRequest", "EventsResponse",
+    "HealthResponse", "IngestEvent", "LookupRequest",
     "LookupResponse", "LookupResult", "NotScored", "ReadinessResponse", "ScoreRequest", "ScoreResponse", "ScoreResult",
     "StoreStatus",
 ]
@@ -174,6 +176,17 @@ class AudienceResponse(_Model):
     user_ids: list[str] = Field(description="The send list: treatment users only, best first.")
 
 
+# ------------------------------------------------------------------------------------------------- /events
+class EventsResponse(_Model):
+    """``POST /events`` answer, sent once every event of the request is committed to the event log."""
+
+    accepted: int = Field(ge=0, description="Events stored by this request.")
+    duplicates: int = Field(
+        ge=0, description="Events already stored (same event_id, or the same full event when none was given)."
+    )
+    last_seq: int = Field(ge=0, description="The event log's highest sequence number after this request.")
+
+
 # ------------------------------------------------------------------------------------------------- probes, errors
 class HealthResponse(_Model):
     """``GET /healthz``: the process is alive."""
@@ -206,3 +219,4 @@ class ErrorResponse(_Model):
 
     error: str = Field(description="bad_json, bad_request, unauthorized, too_large, invalid, not_found, ...")
     message: str
+    index: int | None = Field(None, description="POST /events: position of the first bad event in `events`.")

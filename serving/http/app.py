@@ -7,6 +7,8 @@ Routes (JSON in, JSON out; errors are ``{"error": code, "message": text}``):
   body, the stored JSON payloads are spliced into the response without being decoded.
 - ``POST /score`` ``{"as_of": ISO, "events": [...]}`` -> fresh scores from the champion models.
 - ``POST /audience`` ``{"action": ..., "budget"?, "top_k"?, "limit"?}`` -> the audience of one action.
+- ``POST /events`` ``{"events": [...]}`` -> ``{"accepted", "duplicates", "last_seq"}`` once the events are committed
+  to the event log (:mod:`serving.http.events`).
 - ``GET /healthz`` liveness, ``GET /readyz`` readiness (503 with the reason), both without authentication.
 - ``GET /metrics`` Prometheus text (:mod:`serving.http.metrics`), without authentication.
 - ``GET /openapi.json`` (also ``/docs.json``) the OpenAPI 3.1 document generated from :mod:`serving.http.api`;
@@ -44,6 +46,7 @@ from serving.http.base import (
     send_error,
     send_json,
 )
+from serving.http.events import EventsEndpoint
 from serving.http.metrics import ROUTES
 from serving.http.runtime import LookupUnavailable, NoModelsError, ServiceRuntime
 from serving.http.schemas import ScoreRequestError, parse_score_request
@@ -230,6 +233,7 @@ def build_app(state: AppState) -> Starlette:
             Route("/lookup", LookupEndpoint(state), methods=["POST"]),
             Route("/score", ScoreEndpoint(state), methods=["POST"]),
             Route("/audience", AudienceEndpoint(state), methods=["POST"]),
+            Route("/events", EventsEndpoint(state), methods=["POST"]),
             Route("/readyz", ReadyzEndpoint(state), methods=["GET", "HEAD"]),
             Route("/healthz", _HealthRoute(), methods=["GET", "HEAD"]),
             Route("/metrics", MetricsEndpoint(state), methods=["GET", "HEAD"]),

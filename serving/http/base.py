@@ -1,6 +1,6 @@
 """What every route of :mod:`serving.http.app` shares: the process state, JSON answers and errors, the bearer-token
 check, the size-limited JSON body, and :class:`PostEndpoint`, the base of the ``POST`` routes (``/lookup``,
-``/score``, and ``/audience`` in :mod:`serving.http.audience`).
+``/score``, ``/audience`` in :mod:`serving.http.audience` and ``/events`` in :mod:`serving.http.events`).
 """
 
 from __future__ import annotations
@@ -30,28 +30,35 @@ class AppState:
     (costs, margin, lifts) the entry point resolved from its settings (None: the library defaults), and the
     :class:`serving.http.metrics.ServiceMetrics` that :class:`serving.http.app.FastPathMiddleware` records requests in
     (None: none), where and how ``/audience`` records its campaigns, and the monitoring report whose alert
-    ``/metrics`` carries (:func:`serving.http.metrics.watch_monitoring`)."""
+    ``/metrics`` carries (:func:`serving.http.metrics.watch_monitoring`), and the event log ``/events`` writes to."""
 
     def __init__(self, runtime: ServiceRuntime | None = None, activation: Any = None, metrics: Any = None,
-                 campaigns_dir: Path | None = None, campaigns: Any = None, monitoring_file: Path | None = None) -> None:
+                 campaigns_dir: Path | None = None, campaigns: Any = None, monitoring_file: Path | None = None,
+                 events_log: Any = None, events_log_error: str | None = None) -> None:
         self.runtime = runtime
         self.activation = activation
         self.metrics = metrics
         self.campaigns_dir = campaigns_dir  # where /audience records its campaigns (None: no record)
         self.campaigns = campaigns  # serving.settings.CampaignSettings
         self.monitoring_file = monitoring_file  # the latest `propensity monitor` report (None: no alert gauge)
+        self.events_log = events_log  # features.events.log.EventLog that /events appends to (None: no ingestion)
+        self.events_log_error = events_log_error  # why there is no event log, for the 503 of /events
 
 
 class HTTPError(Exception):
-    """An error answer: ``status``, machine-readable ``code`` and a readable ``message``."""
+    """An error answer: ``status``, machine-readable ``code``, a readable ``message`` and, for a refused ``/events``
+    request, the ``index`` of its first bad event."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, index: int | None = None) -> None:
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.index = status, code, message, index
 
 
-def error_body(code: str, message: str) -> bytes:
-    return json.dumps({"error": code, "message": message}, ensure_ascii=False).encode()
+def error_body(code: str, message: str, index: int | None = None) -> bytes:
+    doc: dict[str, Any] = {"error": code, "message": message}
+    if index is not None:
+        doc["index"] = index
+    return json.dumps(doc, ensure_ascii=False).encode()
 
 
 async def send_json(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -66,7 +73,7 @@ async def send_json(send: Send, status: int, body: bytes, headers: list[tuple[by
 async def send_error(send: Send, err: HTTPError) -> int:
     """Send the error answer; returns its status."""
     headers = [(b"www-authenticate", b"Bearer")] if err.status == 401 else None
-    await send_json(send, err.status, error_body(err.code, err.message), headers)
+    await send_json(send, err.status, error_body(err.code, err.message, err.index), headers)
     return err.status
 
 

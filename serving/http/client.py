@@ -21,7 +21,14 @@ from typing import Any, Self, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from serving.http.api import AudienceResponse, HealthResponse, LookupResponse, ReadinessResponse, ScoreResponse
+from serving.http.api import (
+    AudienceResponse,
+    EventsResponse,
+    HealthResponse,
+    LookupResponse,
+    ReadinessResponse,
+    ScoreResponse,
+)
 
 __all__ = ["PropensityAPIError", "PropensityClient"]
 
@@ -79,6 +86,12 @@ class PropensityClient:
             if value is not None:
                 body[key] = value
         return self._call("POST", "/audience", AudienceResponse, body)
+
+    def post_events(self, events: Sequence[Mapping[str, Any]]) -> EventsResponse:
+        """Ingest ``events`` (1 to 10,000 dicts of the event contract, each with an optional ``event_id``): all are
+        committed to the service's event log or, on an error, none. Sending the same events again is safe (they
+        count as duplicates)."""
+        return self._call("POST", "/events", EventsResponse, {"events": [dict(e) for e in events]})
 
     def health(self) -> HealthResponse:
         """Liveness (``GET /healthz``)."""

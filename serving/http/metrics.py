@@ -49,8 +49,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ROUTES = frozenset({
-    "/lookup", "/score", "/audience", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs.json", "/",
-    "/livez", "/schema.json",
+    "/lookup", "/score", "/audience", "/events", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs",
+    "/docs.json", "/", "/livez", "/schema.json",
 })
 """Paths counted under their own ``route`` label; any other path is counted as ``other``."""
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

@@ -1,8 +1,8 @@
 """The OpenAPI 3.1 document of the HTTP API, generated from the models of :mod:`serving.http.api`, and its docs page.
 
 :func:`openapi_document` builds the document (``GET /openapi.json``): the request body and every answer of
-``/lookup``, ``/score``, ``/audience``, ``/healthz``, ``/readyz`` and ``/metrics`` with their JSON schemas, the
-bearer-token scheme, and the running service's limits (``maxItems`` of ``user_ids`` and ``events``).
+``/lookup``, ``/score``, ``/audience``, ``/events``, ``/healthz``, ``/readyz`` and ``/metrics`` with their JSON
+schemas, the bearer-token scheme, and the running service's limits (``maxItems`` of ``user_ids`` and ``events``).
 :func:`docs_html` renders it as one self-contained HTML page (``GET /docs``): inline CSS, no script, no font or
 stylesheet from the network, so it works on an air-gapped host.
 """
@@ -20,6 +20,7 @@ from pydantic.json_schema import models_json_schema
 
 from serving.http import api
 from serving.http.options import ServiceOptions
+from serving.http.schemas import MAX_INGEST_EVENTS
 
 __all__ = ["docs_html", "openapi_document"]
 
@@ -31,10 +32,12 @@ _ERRORS = {
     "422": "Valid JSON that breaks the contract; the message names the field.",
     "503": "The score store or the models are unavailable; the message says which.",
 }
-_REQUEST_MODELS: tuple[type[BaseModel], ...] = (api.LookupRequest, api.ScoreRequest, api.AudienceRequest)
+_REQUEST_MODELS: tuple[type[BaseModel], ...] = (
+    api.LookupRequest, api.ScoreRequest, api.AudienceRequest, api.EventsRequest,
+)
 _RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
-    api.LookupResponse, api.ScoreResponse, api.AudienceResponse, api.HealthResponse, api.ReadinessResponse,
-    api.ErrorResponse,
+    api.LookupResponse, api.ScoreResponse, api.AudienceResponse, api.EventsResponse, api.HealthResponse,
+    api.ReadinessResponse, api.ErrorResponse,
 )
 
 
@@ -77,6 +80,8 @@ def openapi_document(options: ServiceOptions | None = None) -> dict[str, Any]:
     lookup_ids = schemas["LookupRequest"]["properties"]["user_ids"]
     events = schemas["ScoreRequest"]["properties"]["events"]
     events["minItems"] = 1
+    ingest = schemas["EventsRequest"]["properties"]["events"]
+    ingest.update(minItems=1, maxItems=MAX_INGEST_EVENTS)
     limits = ""
     if options is not None:
         lookup_ids["maxItems"] = options.lookup_max_ids
@@ -105,6 +110,15 @@ def openapi_document(options: ServiceOptions | None = None) -> dict[str, Any]:
             "The budget-aware audience for one action from the served snapshot's audience file: its expected "
             "outcome and the selected user ids, best first.",
             api.AudienceRequest, api.AudienceResponse,
+        ),
+        "/events": _post(
+            "Ingest behavior events",
+            f"Stores 1 to {MAX_INGEST_EVENTS} events of the event contract in the event log, all or none, and "
+            "answers once they are committed (an acknowledged event survives a crash of the service). Each event "
+            "is stored once: a resent `event_id`, or without one the same full event, counts as a duplicate. A "
+            "request with a bad event is refused with 422 and stores nothing; `index` names the first bad event. "
+            "The next batch and training read the stored events. 413: more events than the limit.",
+            api.EventsRequest, api.EventsResponse,
         ),
         "/healthz": _get("Liveness: the process answers", {"200": _json(api.HealthResponse, "Alive.")}, "healthz"),
         "/readyz": _get("Readiness: models loaded and a snapshot served", {

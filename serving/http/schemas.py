@@ -12,6 +12,10 @@ The rules are those of :mod:`features.events.validate` (the file validator), app
 - ``amount``: a finite number >= 0 (or null).
 
 Unlike a file run, nothing is quarantined: one bad event rejects the request with a message naming it.
+
+``POST /events`` (:func:`parse_events_request`) takes the same events plus an optional ``event_id`` (the
+idempotency key), checks them by the same rules, with the receiving time as ``as_of``, and names the index of the
+first bad event.
 """
 
 from __future__ import annotations
@@ -22,7 +26,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, StrictStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from features.events.schema import BEHAVIOR_ALIASES, BEHAVIORS, CANONICAL_COLUMNS, CHANNELS
 
@@ -168,6 +182,53 @@ class ScoreRequest(BaseModel):
         return parse_ts(self.as_of)
 
 
+MAX_INGEST_EVENTS = 10_000
+"""Most events one ``POST /events`` request may carry (a larger one is answered 413)."""
+MAX_EVENT_ID_CHARS = 200
+
+
+class IngestEvent(EventIn):
+    """One event posted to ``/events``: the fields of :class:`EventIn` plus an optional ``event_id`` (text or
+    integer, at most 200 characters), the idempotency key: an event whose id is already stored is a duplicate.
+    Without it the full event is the key, so an identical event sent again is a duplicate."""
+
+    event_id: StrictStr | StrictInt | None = None
+
+    @field_validator("event_id")
+    @classmethod
+    def _event_id(cls, v: str | int | None) -> str | None:
+        text = _id_text(v, required=False)
+        if text is not None and len(text) > MAX_EVENT_ID_CHARS:
+            raise ValueError(f"must be at most {MAX_EVENT_ID_CHARS} characters, got {len(text)}")
+        return text
+
+    @model_validator(mode="after")
+    def _not_future(self, info: ValidationInfo) -> IngestEvent:
+        """With ``latest`` (an aware datetime) in the validation context, refuse a ts after it."""
+        latest = (info.context or {}).get("latest")
+        if latest is not None and self.ts > latest:  # type: ignore[operator]
+            raise ValueError(f"ts {self.ts.isoformat()} is later than the time it was received plus the "  # type: ignore[union-attr]
+                             f"tolerance, {latest.isoformat()}")
+        return self
+
+
+class EventsRequest(BaseModel):
+    """``POST /events`` body: ``{"events": [event, ...]}`` with 1 to 10,000 events, stored all or none."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    events: list[IngestEvent]
+
+
+class EventsRequestError(ScoreRequestError):
+    """A ``/events`` body that breaks the contract; ``index`` is the first bad event's position (None when the body
+    itself is wrong)."""
+
+    def __init__(self, message: str, status: int = 422, index: int | None = None) -> None:
+        super().__init__(message, status)
+        self.index = index
+
+
 def _where(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -182,8 +243,12 @@ def _where(loc: tuple[Any, ...]) -> str:
 
 def describe(exc: ValidationError, limit: int = 5) -> str:
     """A readable one-line summary of the first ``limit`` validation problems."""
+    return _summary(exc.errors(include_url=False), limit)
+
+
+def _summary(errors: list[Any], limit: int = 5) -> str:
     seen: dict[str, str] = {}
-    for err in exc.errors(include_url=False):
+    for err in errors:
         where = _where(tuple(err.get("loc", ())))
         msg = str(err.get("msg", "invalid"))
         msg = msg.removeprefix("Value error, ")
@@ -229,3 +294,45 @@ def parse_score_request(
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True).dt.as_unit("us")
     frame["amount"] = frame["amount"].astype("float64")
     return as_of, frame, users
+
+
+def _event_index(loc: tuple[Any, ...]) -> int | None:
+    return loc[1] if len(loc) > 1 and loc[0] == "events" and isinstance(loc[1], int) else None
+
+
+def parse_events_request(
+    doc: Any, *, now: datetime, future_tolerance_s: float, max_events: int = MAX_INGEST_EVENTS
+) -> pd.DataFrame:
+    """Check a decoded ``/events`` body; return its events as a canonical frame (``ts`` UTC microseconds) with an
+    ``event_id`` column (None where not given), in request order.
+
+    ``now`` (tz-aware) is the receiving time: an event later than ``now`` plus ``future_tolerance_s`` seconds is
+    refused. Raises :class:`EventsRequestError` naming the first bad event (``index``) and why; 413 beyond
+    ``max_events`` events.
+    """
+    if not isinstance(doc, dict):
+        raise EventsRequestError(f"the body must be a JSON object with 'events', got {type(doc).__name__}")
+    events = doc.get("events")
+    if isinstance(events, list):
+        if not events:
+            raise EventsRequestError("events must hold at least one event")
+        if len(events) > max_events:
+            raise EventsRequestError(f"too many events: {len(events)} > {max_events} per request; send them in "
+                                     "several requests", status=413)
+    latest = now.astimezone(UTC) + timedelta(seconds=future_tolerance_s)
+    try:
+        req = EventsRequest.model_validate(doc, context={"latest": latest})
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        indexes = [i for e in errors if (i := _event_index(tuple(e.get("loc", ())))) is not None]
+        if not indexes:
+            raise EventsRequestError(f"invalid /events request: {describe(exc)}") from None
+        first = min(indexes)
+        only = [e for e in errors if _event_index(tuple(e.get("loc", ()))) == first]
+        raise EventsRequestError(f"invalid /events request: {_summary(only)}; nothing was stored",
+                                 index=first) from None
+    columns = [*CANONICAL_COLUMNS, "event_id"]
+    frame = pd.DataFrame([[getattr(e, c) for c in columns] for e in req.events], columns=columns)
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True).dt.as_unit("us")
+    frame["amount"] = frame["amount"].astype("float64")
+    return frame

@@ -1,0 +1,97 @@
+"""Event ingestion command: ``propensity ingest FILE... [--export]``.
+
+Each file is checked like ``propensity validate`` (bad rows quarantined with their reasons and not ingested; too
+many of them stop the command with exit code 3) and its good rows are appended to the event log
+(:class:`features.events.log.EventLog`, ``Settings.events_log_path``) in one transaction: all of the file's events
+or none. Events already in the log count as duplicates, so ingesting a file twice stores it once. ``--export`` (and
+``propensity score`` before it reads the clean events) moves the log's events not yet exported into
+``<data-dir>/clean`` as ``ingested-*.parquet`` parts, where every command reading the clean events finds them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from propensity.cli.common import DataDir, settings
+from propensity.cli.ui import console, kv_table
+from propensity.config import Settings
+from propensity.paths import check_output
+
+
+def ingest(
+    files: Annotated[list[Path] | None, typer.Argument(
+        help="Event file(s), CSV or Parquet, checked like `propensity validate`; each is stored in one "
+             "transaction.", show_default=False)] = None,
+    export: Annotated[bool, typer.Option(
+        "--export", help="Then move the log's events not yet exported into <data-dir>/clean, where `propensity "
+                         "score`, `train` and `features` read them.")] = False,
+    taobao: Annotated[bool, typer.Option(help="Input is the Taobao UserBehavior CSV (no header).")] = False,
+    source_tz: Annotated[str | None, typer.Option(
+        help="IANA time zone of naive timestamps, e.g. Asia/Shanghai.", show_default="UTC")] = None,
+    max_bad_share: Annotated[float | None, typer.Option(
+        help="Share of bad rows that stops the file (exit code 3).", min=0.0, max=1.0, show_default="0.01")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Append event files to the event log, each exactly once (events already stored count as duplicates); bad
+    rows are quarantined as by `propensity validate`. With --export, move the new events into the clean history."""
+    if not files and not export:
+        raise typer.BadParameter("give event FILE(s) to ingest, --export, or both", param_hint="FILE")
+    cfg = settings(data_dir=data_dir)
+    for n, file in enumerate(files or [], start=1):
+        ingest_file(cfg, file, n, taobao=taobao, source_tz=source_tz, max_bad_share=max_bad_share)
+    if export:
+        result = export_history(cfg)
+        if result is None:
+            console().print(f"no event to export: {cfg.clean_dir} already holds every event of the log")
+
+
+def ingest_file(cfg: Settings, file: Path, n: int = 1, *, taobao: bool = False, source_tz: str | None = None,
+                max_bad_share: float | None = None) -> Any:
+    """Validate ``file`` into a staging folder under ``<data-dir>/events/ingest`` and append its good rows to the
+    event log; print and return the :class:`features.events.log.AppendResult`. The staging folder keeps the
+    quarantine file and report when rows were quarantined (and when the file fails its threshold), else it goes."""
+    from features.events.log import EventLog
+    from features.events.validate import load_events
+    from propensity.cli.data import run_validation
+
+    staging = check_output(cfg.data_dir / "events" / "ingest" / f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{n}", cfg,
+                           is_dir=True)
+    report = run_validation(cfg, [file], out=staging, taobao=taobao, source_tz=source_tz,
+                            max_bad_share=max_bad_share)
+    frame = load_events(report.events_path)
+    with EventLog(cfg.events_log_path) as log:
+        result = log.append(frame)
+    report.events_path.unlink(missing_ok=True)
+    rows: dict[str, Any] = {
+        "rows in": report.rows_in, "quarantined": report.quarantined, "repeated in the file": report.duplicates,
+        "stored": result.accepted, "already in the log": result.duplicates, "last seq": result.last_seq,
+        "event log": cfg.events_log_path,
+    }
+    if report.quarantined:
+        rows["quarantine"] = report.quarantine_path
+    else:
+        shutil.rmtree(staging, ignore_errors=True)
+    console().print(kv_table(f"ingested {file}", rows))
+    return result
+
+
+def export_history(cfg: Settings, *, quiet: bool = False) -> Any:
+    """Move the event log's events not yet exported into ``<data-dir>/clean`` (:meth:`EventLog.export`); None when
+    there is no log or nothing new. Prints what it wrote unless ``quiet``."""
+    from features.events.log import EventLog
+
+    if not cfg.events_log_path.exists():
+        return None
+    dest = check_output(cfg.clean_dir, cfg, is_dir=True)
+    with EventLog(cfg.events_log_path) as log:
+        result = log.export(dest)
+    if result is not None and not quiet:
+        where = result.path if len(result.paths) == 1 else f"{len(result.paths)} files in {dest}"
+        console().print(f"exported {result.rows:,} ingested events (seq {result.first_seq:,} to "
+                        f"{result.last_seq:,}) to {where}", soft_wrap=True)
+    return result
