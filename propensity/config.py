@@ -91,6 +91,12 @@ class Settings(BaseSettings):
         return self.serving.events_log or self.data_dir / "events" / "log.db"
 
     @property
+    def online_dir(self) -> Path:
+        """Per-user event histories the batch keeps next to each snapshot (one directory per snapshot id) for
+        the rescoring of fresh users at ``/lookup``."""
+        return self.data_dir / "online"
+
+    @property
     def features_dir(self) -> Path:
         return self.data_dir / "features"
 

@@ -58,6 +58,12 @@ class FreshScorer:
         self.activation = activation
         self._lock = threading.Lock()
         self._histories: dict[str, History | None] = {}
+        self._seq = 0  # log_seq of the history last used: events above it are not in the served scores
+
+    def pending(self, user_ids: Sequence[str]) -> bool:
+        """Whether any of ``user_ids`` may need rescoring: an event in the log above the served history's
+        ``log_seq`` (one indexed probe per user; before any history is loaded, any logged event counts)."""
+        return any(self.log.has_events_after(u, self._seq) for u in user_ids)
 
     def history(self, snapshot_id: str) -> History | None:
         """The history published with ``snapshot_id`` (None when that snapshot has none: no rescoring)."""
@@ -81,7 +87,7 @@ class FreshScorer:
         history = self.history(snapshot_id)
         if history is None or not bundles:
             return {}
-        seq = int(history.meta.get(LOG_SEQ_KEY, 0))
+        seq = self._seq = int(history.meta.get(LOG_SEQ_KEY, 0))
         fresh = [u for u in dict.fromkeys(user_ids) if self.log.has_events_after(u, seq)]
         if not fresh:
             return {}

@@ -35,6 +35,10 @@ class ServingSettings(BaseModel):
     events_log: Path | None = Field(
         None, description="Event log of /events and `propensity ingest` (SQLite); None = <data_dir>/events/log.db."
     )
+    fresh_scores: bool = Field(
+        True, description=("The batch keeps each user's event history next to its snapshot, and /lookup rescores a "
+                           "user who has ingested events newer than the snapshot (fresh: true)."),
+    )
 
 class ActivationSettings(BaseModel):
     """Per-action economics used for priority and audience sizing (currency units)."""

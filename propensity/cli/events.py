@@ -80,6 +80,16 @@ def ingest_file(cfg: Settings, file: Path, n: int = 1, *, taobao: bool = False, 
     return result
 
 
+def exported_seq(cfg: Settings) -> int:
+    """The event log's export watermark: every logged event up to it is in the clean history (0 without a log)."""
+    from features.events.log import EventLog
+
+    if not cfg.events_log_path.exists():
+        return 0
+    with EventLog(cfg.events_log_path) as log:
+        return log.exported_seq()
+
+
 def export_history(cfg: Settings, *, quiet: bool = False) -> Any:
     """Move the event log's events not yet exported into ``<data-dir>/clean`` (:meth:`EventLog.export`); None when
     there is no log or nothing new. Prints what it wrote unless ``quiet``."""

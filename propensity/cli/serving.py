@@ -147,12 +147,15 @@ def prebuilt_features(path: Path, as_of: datetime, spec: Any) -> Any:
 def run_score(
     cfg: Settings, events: Path, as_of: datetime, out: Path | None = None, publish: bool = True,
     engine: str = "duckdb", spark_master: str = "local[2]", features: Path | None = None, reasons: bool = True,
-    force: bool = False,
+    force: bool = False, log_seq: int = 0,
 ) -> Any:
     """Score everyone with the champions, write the audience Parquet, publish the snapshot; print a summary.
 
     With ``engine="spark"`` features and scores are computed on Spark (partitioned audience directory). With
-    ``features`` (a file written by ``propensity features``) the batch scores that table instead of building one."""
+    ``features`` (a file written by ``propensity features``) the batch scores that table instead of building one.
+    With fresh scores on, a published DuckDB batch also keeps each user's events next to the snapshot
+    (:func:`keep_history`; ``log_seq``: the event-log sequence number up to which ``events`` holds ingested
+    events)."""
     from serving.batch.run import run_batch
     from training.job import load_champions
 
@@ -195,8 +198,29 @@ def run_score(
     if result.snapshot is not None:
         rows["snapshot"] = result.snapshot.snapshot_id
         rows["store"] = cfg.redis_url or cfg.store_path
+        if cfg.serving.fresh_scores and engine == "duckdb" and features is None:
+            rows["event history"] = keep_history(cfg, events, result.snapshot.snapshot_id, log_seq)
     console().print(kv_table("batch scores", rows))
     return result
+
+
+def keep_history(cfg: Settings, events: Path, snapshot_id: str, log_seq: int) -> Path:
+    """Write the per-user event history of ``snapshot_id`` under ``cfg.online_dir`` (the state ``/lookup`` rescores
+    fresh users from) and remove those of snapshots the store no longer keeps."""
+    from features.build.builder import default_connection, events_table
+    from features.online.history import write_history
+    from serving.fresh import LOG_SEQ_KEY, prune_histories
+
+    out = cfg.online_dir / snapshot_id
+    with progress_bar("keeping event history") as progress:
+        write_history(events_table(events, default_connection()), out, progress=progress,
+                      **{LOG_SEQ_KEY: int(log_seq), "snapshot_id": snapshot_id})
+    store = open_score_store(cfg)
+    try:
+        prune_histories(cfg.online_dir, [s.snapshot_id for s in store.snapshots()])
+    finally:
+        store.close()
+    return out
 
 
 def score(
@@ -225,15 +249,18 @@ def score(
     if features is not None and engine != "duckdb":
         raise typer.BadParameter("--features works with the duckdb engine only", param_hint="--features")
     if events is None and features is None:  # acknowledged events (/events, `propensity ingest`) join the batch
-        from propensity.cli.events import export_history
+        from propensity.cli.events import export_history, exported_seq
 
         export_history(cfg)
+        log_seq = exported_seq(cfg)
+    else:
+        log_seq = 0  # another source: every logged event counts as newer than the batch
     source = events_path(cfg, events)
     if features is not None:
         check_feature_file(features)
     else:
         check_events(source, default=events is None)
-    run_score(cfg, source, as_of, out, publish, engine, spark_master, features, reasons, force)
+    run_score(cfg, source, as_of, out, publish, engine, spark_master, features, reasons, force, log_seq)
 
 
 def snapshots(data_dir: DataDir = None) -> None:

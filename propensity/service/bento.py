@@ -97,6 +97,10 @@ class PropensityService:
         watch_monitoring(_STATE.monitoring_file)  # /metrics: propensity_model_alert from `propensity monitor`
         _STATE.events_log, _STATE.events_log_error = _open_events_log(settings.events_log_path.resolve())
         self.runtime = ServiceRuntime.create(options, open_fn, source, metrics=_STATE.metrics)
+        if settings.serving.fresh_scores and _STATE.events_log is not None:
+            from serving.fresh import FreshScorer
+
+            self.runtime.fresh = FreshScorer(_STATE.events_log, settings.online_dir.resolve(), _STATE.activation)
         _STATE.runtime = self.runtime
         ready, doc = self.runtime.readiness()
         log.info("propensity service started (ready=%s, models=%s, source=%s)", ready, doc["models"], source.kind)

@@ -30,7 +30,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -110,6 +110,7 @@ class ServiceRuntime:
         self._probe_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="probe")
         self._probe: asyncio.Future[tuple[bool, dict[str, Any]]] | None = None
         self._task: asyncio.Task[None] | None = None
+        self.fresh: Any = None  # serving.fresh.FreshScorer: rescoring of users with newer events (None: off)
 
     @classmethod
     def create(
@@ -158,8 +159,13 @@ class ServiceRuntime:
     async def lookup(self, user_ids: Sequence[str]) -> bytes:
         """:meth:`lookup_body`, in a lookup thread unless the store is read on the event loop (see the module
         docstring); raises :class:`LookupUnavailable` at once when ``max_waiting`` lookups already wait for the
-        store."""
+        store. With fresh scores on, a user with ingested events newer than the served snapshot is rescored
+        (:meth:`fresh_lookup_body`, in the scoring threads)."""
         store = self.store
+        fresh = self.fresh
+        if fresh is not None and store is not None and fresh.pending(user_ids):
+            return await asyncio.get_running_loop().run_in_executor(
+                self._score_pool, self.fresh_lookup_body, user_ids)
         if store is not None and store is self._inline_store:
             return self.lookup_body(user_ids)
         if self.in_flight >= self.max_waiting:
@@ -173,9 +179,17 @@ class ServiceRuntime:
         finally:
             self.in_flight -= 1
 
-    def lookup_body(self, user_ids: Sequence[str]) -> bytes:
+    def fresh_lookup_body(self, user_ids: Sequence[str]) -> bytes:
+        """:meth:`lookup_body` with the users who have events newer than the snapshot rescored now (blocking)."""
+        now = datetime.now(UTC)
+        loaded: LoadedModels = self.models.current
+        return self.lookup_body(user_ids, lambda snapshot_id: self.fresh.rescore(
+            user_ids, snapshot_id, dict(loaded.bundles), now))
+
+    def lookup_body(self, user_ids: Sequence[str], rescore: Any = None) -> bytes:
         """The ``/lookup`` JSON response for ``user_ids`` (strings), in request order (blocking: reads the store).
 
+        ``rescore(snapshot_id)`` (optional) gives ``{user_id: payload}`` that replace the stored rows.
         Raises :class:`LookupUnavailable` when the store is down or holds no snapshot yet.
         """
         store = self.store
@@ -190,14 +204,17 @@ class ServiceRuntime:
             raise LookupUnavailable("store unavailable: no score snapshot has been published yet "
                                     "(run the batch scoring)")
         head, tail = self._snapshot_fragments(info)
+        fresh = rescore(info.snapshot_id) if rescore is not None else {}
         parts = []
         for uid in user_ids:
             payload = found.get(uid)
-            if payload is None:
+            if uid in fresh:
+                parts.append(fresh[uid])
+            elif payload is None:
                 parts.append('{"user_id":' + _encode_str(uid) + tail)
             else:
                 parts.append('{"found":true,' + payload[1:])
-        n_found = len(found)
+        n_found = len(found.keys() | fresh.keys()) if fresh else len(found)
         self.metrics.lookup(n_found, len(user_ids) - n_found)
         return (head + ",".join(parts) + "]}").encode()
 

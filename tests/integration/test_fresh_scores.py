@@ -7,6 +7,7 @@ generated events, and the batch's own scoring path as the reference.
 from __future__ import annotations
 
 import json
+import time
 from datetime import timedelta
 
 import numpy as np
@@ -19,7 +20,7 @@ from features.online.history import write_history
 from serving.activation.actions import ActivationConfig
 from serving.batch.run import score_chunks
 from serving.fresh import LOG_SEQ_KEY, FreshScorer
-from tests.integration.conftest import AS_OF, Trained
+from tests.integration.conftest import AS_OF, Trained, start_server
 from training.job import load_champions
 from training.registry import Registry
 
@@ -81,3 +82,35 @@ def test_without_a_history_for_the_served_snapshot_nothing_is_rescored(trained, 
     fresh.log.append(new_events("u-x", AS_OF + timedelta(hours=1), ["cart"]))
     assert fresh.rescore(["u-x"], "20990101T000000Z-000000", bundles, AS_OF + timedelta(hours=2)) == {}
     assert fresh.rescore(["u-x"], SNAPSHOT, bundles, AS_OF + timedelta(hours=2))
+
+
+def test_an_event_posted_to_the_service_is_reflected_by_lookup_within_a_second(trained: Trained, tmp_path):
+    """The real server: POST /events with a cart, then /lookup of that user answers a fresh row opening the
+    coupon window; a user without new events keeps the stored row."""
+    from datetime import UTC, datetime
+
+    from serving.store.base import open_store
+
+    settings = trained.settings()
+    store = open_store(trained.store_path)
+    snapshot_id = store.current().snapshot_id
+    store.close()
+    before = trained.events[trained.events.ts < pd.Timestamp(AS_OF)]
+    write_history(events_table(before), settings.online_dir / snapshot_id, **{LOG_SEQ_KEY: 0})
+    server = start_server(settings, tmp_path / "server.log")
+    try:
+        user, other = trained.raw.user_id.iloc[0], trained.raw.user_id.iloc[1]
+        now = datetime.now(UTC)
+        cart = {"user_id": user, "ts": (now - timedelta(seconds=5)).isoformat(), "behavior": "cart",
+                "item_id": "sku-1", "category_id": "c-1", "channel": "ad"}
+        t0 = time.monotonic()
+        assert server.client.post("/events", json={"events": [cart]}).status_code == 200
+        doc = server.client.post("/lookup", json={"user_ids": [user, other]}).json()
+        elapsed = time.monotonic() - t0
+        fresh_row, stored_row = doc["results"]
+        assert elapsed < 1.0, elapsed
+        assert fresh_row["fresh"] is True and fresh_row["action"] == "coupon_24h", fresh_row
+        assert datetime.fromisoformat(fresh_row["scored_at"]) >= now
+        assert "fresh" not in stored_row and stored_row["found"] is True
+    finally:
+        server.stop()
