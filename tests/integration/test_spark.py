@@ -371,3 +371,26 @@ def test_training_reads_a_user_sample_of_the_spark_features(events_dir: Path, co
     full = set(build_features(events_dir, outcome.cutoffs[-1], SPEC)["user_id"])
     assert users[outcome.cutoffs[-1]] < full  # a strict sample of the users
     assert set(outcome.result.bundle.feature_names) and outcome.version == "1"
+
+
+def test_the_online_history_written_on_spark_equals_duckdbs_and_gives_the_batch_features(
+    events_dir: Path, con: Any, duck: pd.DataFrame, tmp_path: Path
+) -> None:
+    """The per-user state of fresh scoring is built on either engine: the same events per user, and features
+    from it equal to the batch feature table on every column."""
+    from features.build.builder import events_table
+    from features.online.compute import online_feature_table
+    from features.online.history import History, write_history
+
+    write_history(con.read_parquet(str(events_dir)), tmp_path / "spark")
+    write_history(events_table(events_dir), tmp_path / "duck")
+    on_spark, on_duck = History(tmp_path / "spark"), History(tmp_path / "duck")
+    assert len(on_spark) == len(on_duck) > 0
+    users = list(duck.user_id)
+    for uid in users[:50]:
+        a, b = on_spark.events(uid), on_duck.events(uid)
+        order_a, order_b = np.lexsort((a.behavior, a.ts_us)), np.lexsort((b.behavior, b.ts_us))
+        for name in ("ts_us", "behavior", "channel", "item", "category", "amount"):
+            np.testing.assert_array_equal(getattr(a, name)[order_a], getattr(b, name)[order_b], err_msg=name)
+    live = online_feature_table(((u, on_spark.events(u)) for u in users), AS_OF, SPEC)
+    pd.testing.assert_frame_equal(live, duck, check_exact=False, rtol=TOL, atol=TOL)
