@@ -37,9 +37,10 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -142,60 +143,98 @@ def event_key(user_id: str, ts_us: int, behavior: str, item_id: str | None, cate
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _texts(column: pd.Series) -> list[str | None]:
-    """A column as Python strings with None for every kind of null."""
-    values = column.astype(object)
-    return values.where(column.notna(), None).tolist()
+_BEHAVIOR_SET = frozenset(BEHAVIORS)
+_CHANNEL_SET = frozenset(CHANNELS)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
 
 
-def _rows(events: pd.DataFrame, received_at_us: int) -> list[tuple[Any, ...]]:
-    """The insert rows of a canonical frame; :class:`EventLogInputError` names the first row breaking the contract."""
+def _plain(values: list[Any]) -> list[Any]:
+    """``values`` with every kind of null (None, NaN, pd.NA, NaT) as None."""
+    return [None if v is None or v is pd.NA or v is pd.NaT or (type(v) is float and v != v) else v for v in values]
+
+
+def _ts_us(value: Any) -> int | None:
+    """UTC epoch microseconds of a datetime (naive = UTC) or of an integer already in microseconds."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return (value - _EPOCH) // _US
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise EventLogInputError(f"ts {value!r} is neither a datetime nor epoch microseconds; nothing was stored")
+
+
+def _checked_rows(columns: dict[str, list[Any]], received_at_us: int) -> list[tuple[Any, ...]]:
+    """The insert rows of aligned column lists (nulls as None, ``ts`` in UTC epoch microseconds), each checked
+    against the contract; :class:`EventLogInputError` names the first bad row."""
+    users, ts_us, behaviors = columns["user_id"], columns["ts"], columns["behavior"]
+    items, cats, chans, amounts, given = (columns["item_id"], columns["category_id"], columns["channel"],
+                                          columns["amount"], columns["event_id"])
+    n = len(users)
+    out = []
+
+    def bad(i: int, what: str) -> EventLogInputError:
+        return EventLogInputError(f"event {i} (of {n}) {what}; nothing was stored")
+
+    for i, (u, t, b, item, cat, chan, a, key) in enumerate(
+        zip(users, ts_us, behaviors, items, cats, chans, amounts, given, strict=True)
+    ):
+        if type(u) is not str or not u:
+            raise bad(i, "has no user_id text")
+        if t is None:
+            raise bad(i, "has no ts")
+        if b not in _BEHAVIOR_SET:
+            raise bad(i, f"has behavior {b!r}, not one of {', '.join(BEHAVIORS)}")
+        if chan is not None and chan not in _CHANNEL_SET:
+            raise bad(i, f"has channel {chan!r}, not one of {', '.join(CHANNELS)}")
+        if (item is not None and type(item) is not str) or (cat is not None and type(cat) is not str):
+            raise bad(i, "has an item_id or category_id that is not text")
+        if a is not None:
+            try:
+                a = float(a) + 0.0
+            except (TypeError, ValueError):
+                raise bad(i, f"has amount {a!r}, not a number") from None
+            if a != a:
+                a = None
+            elif not 0.0 <= a < math.inf:
+                raise bad(i, f"has amount {a!r}, not a finite number >= 0")
+        if key is not None and type(key) is not str:
+            raise bad(i, "has an event_id that is not text")
+        if not key:
+            key = event_key(u, t, b, item, cat, chan, a)
+        out.append((key, u, t, b, item, cat, chan, a, received_at_us))
+    return out
+
+
+def _frame_rows(events: pd.DataFrame, received_at_us: int) -> list[tuple[Any, ...]]:
+    """The insert rows of a canonical frame (see :meth:`EventLog.append`)."""
     missing = [c for c in REQUIRED_COLUMNS if c not in events.columns]
     if missing:
         raise EventLogInputError(f"the events lack column(s) {', '.join(missing)}; columns seen: "
                                  f"{', '.join(map(str, events.columns))}")
     n = len(events)
-
-    def first_bad(mask: Any, what: str) -> None:
-        bad = np.flatnonzero(np.asarray(mask, dtype=bool))
-        if len(bad):
-            raise EventLogInputError(f"event {int(bad[0])} (of {n}) {what}; nothing was stored")
-
-    users = _texts(events["user_id"])
-    first_bad([u is None or not isinstance(u, str) or not u for u in users], "has no user_id text")
     try:
         ts = pd.to_datetime(events["ts"], utc=True)
     except (ValueError, TypeError) as exc:
         raise EventLogInputError(f"ts is not a timestamp column: {exc}; nothing was stored") from None
-    first_bad(ts.isna(), "has no ts")
-    ts_us = ts.dt.as_unit("us").astype("int64").tolist()
-    behaviors = _texts(events["behavior"])
-    first_bad([b not in BEHAVIORS for b in behaviors], f"has a behavior outside {', '.join(BEHAVIORS)}")
-    optional: dict[str, list[Any]] = {}
-    for col in ("item_id", "category_id", "channel"):
-        optional[col] = _texts(events[col]) if col in events.columns else [None] * n
-    first_bad([c is not None and c not in CHANNELS for c in optional["channel"]],
-              f"has a channel outside {', '.join(CHANNELS)}")
-    if "amount" in events.columns:
-        try:
-            amount = pd.to_numeric(events["amount"], errors="raise").astype("float64").to_numpy()
-        except (ValueError, TypeError) as exc:
-            raise EventLogInputError(f"amount is not numeric: {exc}; nothing was stored") from None
-        first_bad(np.isinf(amount) | (amount < 0), "has an amount that is not a finite number >= 0")
-        amounts: list[float | None] = [None if math.isnan(a) else a + 0.0 for a in amount.tolist()]
-    else:
-        amounts = [None] * n
-    if "event_id" in events.columns:
-        given = _texts(events["event_id"])
-        first_bad([g is not None and not isinstance(g, str) for g in given], "has an event_id that is not text")
-    else:
-        given = [None] * n
-    items, cats, chans = optional["item_id"], optional["category_id"], optional["channel"]
-    out = []
-    for i in range(n):
-        key = given[i] or event_key(users[i], ts_us[i], behaviors[i], items[i], cats[i], chans[i], amounts[i])
-        out.append((key, users[i], ts_us[i], behaviors[i], items[i], cats[i], chans[i], amounts[i], received_at_us))
-    return out
+    nat = np.flatnonzero(ts.isna().to_numpy())
+    if len(nat):
+        raise EventLogInputError(f"event {int(nat[0])} (of {n}) has no ts; nothing was stored")
+    columns = {c: _plain(events[c].tolist()) if c in events.columns else [None] * n
+               for c in (*CANONICAL_COLUMNS, "event_id") if c != "ts"}
+    columns["ts"] = ts.dt.as_unit("us").astype("int64").tolist()
+    return _checked_rows(columns, received_at_us)
+
+
+def _record_rows(records: Sequence[Mapping[str, Any]], received_at_us: int) -> list[tuple[Any, ...]]:
+    """The insert rows of event mappings (see :meth:`EventLog.append_records`)."""
+    names = (*CANONICAL_COLUMNS, "event_id")
+    columns = {c: _plain([r.get(c) for r in records]) for c in names}
+    columns["ts"] = [_ts_us(t) for t in columns["ts"]]
+    return _checked_rows(columns, received_at_us)
 
 
 class EventLog:
@@ -319,18 +358,65 @@ class EventLog:
         Raises :class:`EventLogInputError` (a row breaks the contract; the message names it) or
         :class:`EventLogError` (the log cannot be written).
         """
-        rows = _rows(events, time.time_ns() // 1000) if len(events) else []
+        return self._append(_frame_rows(events, time.time_ns() // 1000) if len(events) else [])
+
+    def append_records(self, records: Sequence[Mapping[str, Any]]) -> AppendResult:
+        """:meth:`append` for event mappings (keys of :data:`CANONICAL_COLUMNS` and an optional ``event_id``; ``ts``
+        an aware datetime (naive = UTC) or UTC epoch microseconds; a missing key is null), without pandas: the
+        ingestion path of ``POST /events``."""
+        return self._append(_record_rows(records, time.time_ns() // 1000))
+
+    def append_groups(self, groups: Sequence[Sequence[Mapping[str, Any]]]) -> list[AppendResult | EventLogError]:
+        """Append several independent batches of event mappings (as :meth:`append_records`) in one transaction, so
+        one disk sync makes them all durable (a group commit): each batch is stored all or none on its own (a
+        savepoint each). Returns one result per batch, in order: its :class:`AppendResult`, or the
+        :class:`EventLogError` (:class:`EventLogInputError` for a contract breach) that kept it out. Durable when it
+        returns; raises :class:`EventLogError` when the transaction itself fails (then no batch was stored)."""
+        received = time.time_ns() // 1000
+        prepared: list[list[tuple[Any, ...]] | EventLogError] = []
+        for group in groups:
+            try:
+                prepared.append(_record_rows(group, received))
+            except EventLogInputError as exc:
+                prepared.append(exc)
+        return self._commit(prepared)
+
+    def _append(self, rows: list[tuple[Any, ...]]) -> AppendResult:
+        result = self._commit([rows])[0]
+        if isinstance(result, EventLogError):
+            raise result
+        return result
+
+    def _commit(self, batches: list[list[tuple[Any, ...]] | EventLogError]) -> list[AppendResult | EventLogError]:
+        """Insert every batch (each under its own savepoint) and commit once."""
+        results: list[AppendResult | EventLogError] = []
         with self._lock:
             if self._closed:
                 raise EventLogError(f"the event log {self.path} is closed")
             con = self._writer
-            before = con.total_changes
             try:
                 con.execute("BEGIN IMMEDIATE")
                 try:
-                    if rows:
-                        con.executemany(_INSERT, rows)
-                    last = con.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
+                    for rows in batches:
+                        if isinstance(rows, EventLogError):
+                            results.append(rows)
+                            continue
+                        before = con.total_changes
+                        con.execute("SAVEPOINT batch")
+                        try:
+                            if rows:
+                                con.executemany(_INSERT, rows)
+                        except sqlite3.Error as exc:
+                            con.execute("ROLLBACK TO batch")
+                            con.execute("RELEASE batch")
+                            results.append(EventLogError(
+                                f"cannot append to the event log {self.path}: {exc}; nothing was stored"))
+                            continue
+                        con.execute("RELEASE batch")
+                        accepted = con.total_changes - before
+                        last = con.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
+                        results.append(AppendResult(accepted=accepted, duplicates=len(rows) - accepted,
+                                                    last_seq=int(last)))
                     con.execute("COMMIT")
                 except BaseException:
                     if con.in_transaction:
@@ -338,8 +424,7 @@ class EventLog:
                     raise
             except sqlite3.Error as exc:
                 raise EventLogError(f"cannot append to the event log {self.path}: {exc}; nothing was stored") from None
-            accepted = con.total_changes - before
-        return AppendResult(accepted=accepted, duplicates=len(rows) - accepted, last_seq=int(last))
+        return results
 
     # ------------------------------------------------------------------------------------------ reads
     def last_seq(self) -> int:

@@ -13,7 +13,7 @@ The rules are those of :mod:`features.events.validate` (the file validator), app
 
 Unlike a file run, nothing is quarantined: one bad event rejects the request with a message naming it.
 
-``POST /events`` (:func:`parse_events_request`) takes the same events plus an optional ``event_id`` (the
+``POST /events`` (:func:`parse_events`) takes the same events plus an optional ``event_id`` (the
 idempotency key), checks them by the same rules, with the receiving time as ``as_of``, and names the index of the
 first bad event.
 """
@@ -300,11 +300,11 @@ def _event_index(loc: tuple[Any, ...]) -> int | None:
     return loc[1] if len(loc) > 1 and loc[0] == "events" and isinstance(loc[1], int) else None
 
 
-def parse_events_request(
+def parse_events(
     doc: Any, *, now: datetime, future_tolerance_s: float, max_events: int = MAX_INGEST_EVENTS
-) -> pd.DataFrame:
-    """Check a decoded ``/events`` body; return its events as a canonical frame (``ts`` UTC microseconds) with an
-    ``event_id`` column (None where not given), in request order.
+) -> list[IngestEvent]:
+    """Check a decoded ``/events`` body; return its events in request order (canonical values: ``ts`` an aware UTC
+    datetime, behavior and channel canonical, ids as text, ``event_id`` None where not given).
 
     ``now`` (tz-aware) is the receiving time: an event later than ``now`` plus ``future_tolerance_s`` seconds is
     refused. Raises :class:`EventsRequestError` naming the first bad event (``index``) and why; 413 beyond
@@ -331,8 +331,16 @@ def parse_events_request(
         only = [e for e in errors if _event_index(tuple(e.get("loc", ()))) == first]
         raise EventsRequestError(f"invalid /events request: {_summary(only)}; nothing was stored",
                                  index=first) from None
+    return list(req.events)
+
+
+def parse_events_request(
+    doc: Any, *, now: datetime, future_tolerance_s: float, max_events: int = MAX_INGEST_EVENTS
+) -> pd.DataFrame:
+    """:func:`parse_events` as a canonical frame (``ts`` UTC microseconds) with an ``event_id`` column."""
+    events = parse_events(doc, now=now, future_tolerance_s=future_tolerance_s, max_events=max_events)
     columns = [*CANONICAL_COLUMNS, "event_id"]
-    frame = pd.DataFrame([[getattr(e, c) for c in columns] for e in req.events], columns=columns)
+    frame = pd.DataFrame([[getattr(e, c) for c in columns] for e in events], columns=columns)
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True).dt.as_unit("us")
     frame["amount"] = frame["amount"].astype("float64")
     return frame

@@ -72,6 +72,23 @@ def test_append_is_idempotent_on_the_client_event_id(log: EventLog) -> None:
     assert log.count() == 15
 
 
+def test_records_and_frames_give_an_event_the_same_key(log: EventLog) -> None:
+    """An event posted to /events (records) and the same event in a file (a frame) are one event."""
+    batch = events(60)
+    records = batch.to_dict("records")  # ts as pandas Timestamps, a missing amount as NaN
+    assert log.append_records(records[:30]).accepted == 30
+    result = log.append(batch)
+    assert (result.accepted, result.duplicates) == (30, 30)
+    as_us = [{**r, "ts": int(r["ts"].value // 1000), "amount": None if r["amount"] != r["amount"] else r["amount"]}
+             for r in records]
+    assert log.append_records(as_us).duplicates == 60
+    naive = [{**r, "ts": r["ts"].tz_convert(None).to_pydatetime()} for r in records[:5]]  # naive = UTC
+    assert log.append_records(naive).duplicates == 5
+    with pytest.raises(EventLogInputError, match="event 2 .*item_id"):
+        log.append_records([*records[:2], {**records[2], "item_id": 7}])
+    assert log.count() == 60
+
+
 def test_duplicates_within_one_batch_are_counted(log: EventLog) -> None:
     batch = events(50)
     result = log.append(pd.concat([batch, batch.iloc[[3, 3, 7]]], ignore_index=True))
@@ -101,6 +118,24 @@ def test_a_batch_failing_inside_the_transaction_stores_nothing(log: EventLog) ->
         log.append(batch)  # the 30 good rows were inserted before the last one failed: all rolled back
     assert log.count() == 20 and log.last_seq() == 20
     assert log.append(events(30, seed=5)).accepted == 30  # and the log still takes appends
+
+
+def test_a_group_commit_stores_each_batch_all_or_none_on_its_own(log: EventLog) -> None:
+    con = sqlite3.connect(log.path)
+    con.execute("CREATE TRIGGER boom BEFORE INSERT ON events WHEN NEW.user_id = 'boom' "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
+    con.commit()
+    con.close()
+    first, third = events(10, seed=1).to_dict("records"), events(10, seed=3).to_dict("records")
+    failing = [*events(10, seed=2).to_dict("records"), {**first[0], "user_id": "boom"}]
+    breaching = [*events(10, seed=4).to_dict("records"), {**first[0], "behavior": "teleport"}]
+    results = log.append_groups([first, failing, breaching, third, first[:4]])
+    assert [type(r).__name__ for r in results] == ["AppendResult", "EventLogError", "EventLogInputError",
+                                                   "AppendResult", "AppendResult"]
+    assert "refused by the test" in str(results[1]) and "event 10 (of 11)" in str(results[2])
+    assert (results[0].accepted, results[3].accepted, results[4].duplicates) == (10, 10, 4)
+    assert results[0].last_seq < results[3].last_seq == log.last_seq()
+    assert log.count() == 20 and log.users_after(0).isdisjoint({"boom"})
 
 
 def test_a_batch_breaking_the_contract_is_refused_whole_with_the_row(log: EventLog) -> None:
