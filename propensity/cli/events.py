@@ -5,7 +5,8 @@ many of them stop the command with exit code 3) and its good rows are appended t
 (:class:`features.events.log.EventLog`, ``Settings.events_log_path``) in one transaction: all of the file's events
 or none. Events already in the log count as duplicates, so ingesting a file twice stores it once. ``--export`` (and
 ``propensity score`` before it reads the clean events) moves the log's events not yet exported into
-``<data-dir>/clean`` as ``ingested-*.parquet`` parts, where every command reading the clean events finds them.
+``<data-dir>/clean`` as ``ingested-*.parquet`` parts, where every command reading the clean events finds them;
+``propensity retrain`` trains on its newly validated events together with those parts (:func:`with_ingested`).
 """
 
 from __future__ import annotations
@@ -105,3 +106,26 @@ def export_history(cfg: Settings, *, quiet: bool = False) -> Any:
         console().print(f"exported {result.rows:,} ingested events (seq {result.first_seq:,} to "
                         f"{result.last_seq:,}) to {where}", soft_wrap=True)
     return result
+
+
+def with_ingested(cfg: Settings, staging: Path, events: Path) -> Path:
+    """``events`` (a validation run's ``events.parquet`` in ``staging``) together with the ingested history: the
+    event log is exported first, its parts in ``<data-dir>/clean`` are linked into ``staging`` (copied when a link
+    is not possible) and the source is ``staging/*.parquet``; ``events`` itself when nothing was ingested."""
+    import os
+
+    from features.events.log import PART_GLOB
+
+    export_history(cfg)
+    parts = sorted(cfg.clean_dir.glob(PART_GLOB))
+    if not parts:
+        return events
+    for part in parts:
+        target = staging / part.name
+        if not target.exists():
+            try:
+                os.link(part, target)
+            except OSError:
+                shutil.copy2(part, target)
+    console().print(f"training on the validated events and {len(parts)} part(s) of ingested events")
+    return staging / "*.parquet"

@@ -11,6 +11,7 @@ import typer
 
 from propensity.cli.common import DataDir, Engine, Events, SparkMaster, check_engine, events_path, settings
 from propensity.cli.data import run_validation
+from propensity.cli.events import with_ingested
 from propensity.cli.inputs import InputError, check_events, event_rows
 from propensity.cli.ui import console, frame_table, kv_table
 from propensity.config import Settings
@@ -182,11 +183,12 @@ def retrain(
         staging = cfg.data_dir / "retrain" / f"{started:%Y%m%dT%H%M%S}"
         try:
             report = run_validation(cfg, events, out=staging, taobao=taobao)
-            if if_degraded and not degraded(cfg, report.events_path):
+            source = with_ingested(cfg, staging, report.events_path)  # and the events /events acknowledged
+            if if_degraded and not degraded(cfg, source):
                 drop_staging(staging)
                 console().print(f"no retraining: the models and {cfg.clean_dir} are unchanged")
                 return
-            run_train(cfg, report.events_path, truth)
+            run_train(cfg, source, truth)
         except BaseException:
             console(stderr=True).print(f"{cfg.clean_dir} is unchanged; this run's validated events and "
                                        f"quarantine stay in {staging}", soft_wrap=True, highlight=False)

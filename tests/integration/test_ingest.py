@@ -311,6 +311,29 @@ def test_cli_ingest_quarantines_bad_rows_stores_each_event_once_and_exports_to_t
     assert usage.exit_code == 2 and "--export" in usage.output
 
 
+def test_retrain_trains_on_its_validated_events_and_the_ingested_ones(tmp_path: Path) -> None:
+    from features.build.builder import events_table
+    from features.events.log import EventLog
+    from propensity.cli.events import with_ingested
+    from propensity.config import load_settings
+
+    cfg = load_settings(data_dir=tmp_path / "data")
+    staging = tmp_path / "data" / "retrain" / "run"
+    staging.mkdir(parents=True)
+    validated = staging / "events.parquet"
+    assert with_ingested(cfg, staging, validated) == validated  # no log yet: the validated events alone
+    frame = pd.DataFrame({"user_id": ["a", "b"], "ts": pd.to_datetime(["2026-11-01", "2026-11-02"], utc=True),
+                          "behavior": ["view", "buy"], "item_id": [None, None], "category_id": [None, None],
+                          "channel": [None, None], "amount": [None, 3.0]})
+    frame.to_parquet(validated)
+    with EventLog(cfg.events_log_path) as log:
+        log.append_records([{"user_id": "c", "ts": NOW, "behavior": "cart"}])
+    source = with_ingested(cfg, staging, validated)
+    assert source == staging / "*.parquet" and len(list(cfg.clean_dir.glob("ingested-*.parquet"))) == 1
+    assert events_table(source).count().to_pyarrow().as_py() == 3
+    assert with_ingested(cfg, staging, validated) == source  # again: nothing new, the same parts
+
+
 def test_score_exports_the_log_first_so_the_batch_holds_every_acknowledged_event(
     cli: Any, trained: Trained, tmp_path: Path
 ) -> None:
