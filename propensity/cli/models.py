@@ -114,6 +114,8 @@ def print_training(report: Any, cfg: Settings) -> None:
         console().print(frame_table(title, table))
         if out.oracle_reason:
             console().print(f"  [yellow]no oracle[/]: {out.oracle_reason}")
+        if out.result.tuning is not None:
+            console().print(f"  tuning: {out.result.tuning.summary()}; best params on the version's tags")
         verdict = "[green]promoted to @champion[/]" if out.decision.promote else "[yellow]champion kept[/]"
         console().print(f"  version {out.version}: {verdict} ({out.decision.reason})")
         console().print(f"  MLflow run {out.run_id} in experiment '{target}' at {cfg.tracking_uri}")

@@ -33,12 +33,12 @@ def tuned(tmp_path_factory: pytest.TempPathFactory):
         tune_trials=TRIALS, tune_budget_s=60,
     )
     said: list[str] = []
-    outcome = run_training(cfg, registry, say=said.append).outcomes["last_mile_buyer"]
-    return registry, cfg, outcome, said
+    report = run_training(cfg, registry, say=said.append)
+    return registry, cfg, report.outcomes["last_mile_buyer"], said, report
 
 
 def test_each_trial_is_a_child_run_of_the_targets_run(tuned):
-    registry, cfg, outcome, _ = tuned
+    registry, cfg, outcome, *_ = tuned
     tuning = outcome.result.tuning
     assert tuning is not None and len(tuning.trials_) == TRIALS
     parent = registry.client.get_run(outcome.run_id)
@@ -58,7 +58,7 @@ def test_each_trial_is_a_child_run_of_the_targets_run(tuned):
 
 
 def test_the_final_model_uses_the_best_params_and_the_version_records_them(tuned):
-    registry, cfg, outcome, said = tuned
+    registry, cfg, outcome, said, _ = tuned
     tuning = outcome.result.tuning
     best = tuning.best_trial_
     assert best.valid_logloss <= tuning.trials_[0].valid_logloss
@@ -73,3 +73,12 @@ def test_the_final_model_uses_the_best_params_and_the_version_records_them(tuned
     assert f"tuning last_mile_buyer: at most {TRIALS} trials in 60 s" in said
     assert any(s.startswith(f"tuning last_mile_buyer: {TRIALS} trials in ") and
                s.endswith(f"{tuning.trials_[0].valid_logloss:.4f} -> {best.valid_logloss:.4f}") for s in said)
+
+
+def test_the_training_command_prints_the_search(tuned, capsys, tmp_path):
+    from propensity.cli.models import print_training
+    from propensity.config import Settings
+
+    *_, outcome, _, report = tuned
+    print_training(report, Settings(data_dir=tmp_path))
+    assert f"tuning: {outcome.result.tuning.summary()}" in capsys.readouterr().out.replace("\n", " ")
