@@ -72,7 +72,7 @@ def _open_events_log(path: Path) -> tuple[object | None, str | None]:
     traffic={"timeout": 60},
     logging={"access": {"enabled": False}},
     metrics={"enabled": False},  # FastPathMiddleware records the request metrics and serves /metrics
-    tracing={"excluded_urls": ["/lookup", "/healthz", "/readyz", "/metrics"]},
+    tracing={"excluded_urls": ["/lookup", "/events", "/healthz", "/readyz", "/metrics"]},
 )
 @bentoml.asgi_app(build_app(_STATE), path="/")
 class PropensityService:
