@@ -249,6 +249,7 @@ class EventLog:
         self._lock = threading.Lock()  # serialises appends, exports' watermark updates and close
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()  # never held during a commit: a first read does not wait for the disk
         self._closed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -315,7 +316,7 @@ class EventLog:
         if con is None:
             con = self._connect()
             self._local.con = con
-            with self._lock:
+            with self._readers_lock:
                 self._readers.append(con)
         return con
 
@@ -338,9 +339,10 @@ class EventLog:
                 return
             self._closed = True
             self._writer.close()
-            for con in self._readers:
-                con.close()
-            self._readers.clear()
+            with self._readers_lock:
+                for con in self._readers:
+                    con.close()
+                self._readers.clear()
 
     def __enter__(self) -> EventLog:
         return self
