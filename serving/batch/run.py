@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
@@ -202,7 +203,8 @@ def population_defaults(frame: pd.DataFrame) -> dict[str, Any]:
 def read_audience_chunks(path: str | Path, chunk_rows: int = 200_000) -> Iterator[pd.DataFrame]:
     """Audience records from an audience Parquet file (:func:`run_batch`) or a hive-partitioned directory of them
     (the Spark batch), ``chunk_rows`` at a time: columns in :data:`AUDIENCE_COLUMNS` order (a partition column
-    comes back as a string), reasons as lists; the records :func:`score_chunks` yielded."""
+    comes back as a string), reasons as lists (an empty one as an empty tuple); the records :func:`score_chunks`
+    yielded."""
     dataset = pads.dataset(str(path), format="parquet", partitioning="hive")
     names = [c for c in AUDIENCE_COLUMNS if c in dataset.schema.names]
     for batch in dataset.to_batches(columns=names, batch_size=max(1, int(chunk_rows))):
@@ -214,9 +216,28 @@ def read_audience_chunks(path: str | Path, chunk_rows: int = 200_000) -> Iterato
             table = table.set_column(idx, "action", table.column(idx).cast(pa.string()))
         lists = [n for n in names if n in LIST_COLUMNS]
         frame = table.drop_columns(lists).to_pandas()
-        for name in lists:  # Arrow's own list conversion: several times faster than converting numpy arrays
-            frame[name] = pd.Series(table.column(name).to_pylist(), dtype=object)
+        for name in lists:
+            frame[name] = _list_column(table.column(name))
         yield frame[names]
+
+
+_EMPTY_LIST: tuple[str, ...] = ()
+
+
+def _list_column(column: pa.ChunkedArray) -> pd.Series:
+    """A list column as an object Series (n rows): the Python list of each non-empty row (Arrow's own conversion,
+    several times faster than converting numpy arrays), None for a null row, and one shared empty tuple for every
+    empty one: reasons are computed for few users, and a million empty lists cost seconds."""
+    arr = column.combine_chunks()
+    out: list[Any] = [_EMPTY_LIST] * len(arr)
+    if arr.null_count:
+        for row in np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False)).tolist():
+            out[row] = None
+    filled = np.flatnonzero(pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False))
+    if len(filled):
+        for row, value in zip(filled.tolist(), arr.take(pa.array(filled)).to_pylist(), strict=True):
+            out[row] = value
+    return pd.Series(out, dtype=object)
 
 
 def snapshot_meta(

@@ -151,10 +151,10 @@ def _fragments(values: pd.Series) -> pa.Array:
         if out is None:
             return _py_fragments(values)
     elif (pa.types.is_list(t) or pa.types.is_large_list(t)) and (
-        pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type)
-    ):
+        pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type) or pa.types.is_null(t.value_type)
+    ):  # list<null>: every list empty (no reasons in this chunk)
         flat = pc.list_flatten(arr)
-        if flat.null_count or _quoted(flat) is None:
+        if flat.null_count or (len(flat) and _quoted(flat) is None):  # an empty array's padding is no text
             return _py_fragments(values)
         inner = pc.binary_join(pc.cast(arr, pa.large_list(pa.large_string())), _L('","'))
         joined = pc.binary_join_element_wise(_L('["'), inner, _L('"]'), _L(""))
