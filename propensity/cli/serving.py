@@ -199,7 +199,11 @@ def run_score(
         rows["snapshot"] = result.snapshot.snapshot_id
         rows["store"] = cfg.redis_url or cfg.store_path
         if cfg.serving.fresh_scores and engine == "duckdb" and features is None:
-            rows["event history"] = keep_history(cfg, events, result.snapshot.snapshot_id, log_seq)
+            try:
+                rows["event history"] = keep_history(cfg, events, result.snapshot.snapshot_id, log_seq)
+            except OSError as exc:  # the snapshot is published and served; only its fresh rescoring is off
+                warn(f"the snapshot is published, but its event history could not be written ({exc}): /lookup "
+                     "serves its stored rows without rescoring users with newer events")
     console().print(kv_table("batch scores", rows))
     return result
 

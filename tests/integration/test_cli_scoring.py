@@ -78,3 +78,21 @@ def test_score_before_the_data_is_warned_refused_and_forced(cli, trained: Traine
                  "--force")
     assert forced.exit_code == 0, forced.output
     assert cli("snapshots").output.count("rows=") == 2
+
+
+def test_score_keeps_the_event_history_of_its_snapshot_and_a_failure_to_only_warns(cli, trained: Trained,
+                                                                                    tmp_path: Path):
+    from features.online.history import History
+
+    first = cli("score", "--as-of", AS_OF.isoformat(), "--events", "events.parquet", "--no-reasons")
+    assert first.exit_code == 0, first.output
+    [kept] = list((tmp_path / "data" / "online").iterdir())
+    history = History(kept)
+    assert history.meta["events"] == len(trained.events) and history.meta["snapshot_id"] == kept.name
+    assert len(history.events(str(trained.scores["user_id"].iloc[0]))) > 0
+    (tmp_path / "data" / "online").rename(tmp_path / "moved")
+    (tmp_path / "data" / "online").write_text("not a directory")  # the history cannot be written
+    second = cli("score", "--as-of", AS_OF.isoformat(), "--events", "events.parquet", "--no-reasons", "--force")
+    assert second.exit_code == 0, second.output
+    assert "warning:" in second.stderr and "event history could not be written" in second.stderr
+    assert cli("snapshots").output.count("rows=") == 2  # the batch was published all the same
