@@ -1,0 +1,80 @@
+"""Benchmark: the per-user event history fresh scores start from, against the batch's feature build.
+
+    python benchmarks/bench_history.py --events 10000000 --users 200000
+
+Synthetic canonical events (``bench_features.synthetic_events``, grouped by user as clean events are) are written
+once to Parquet. The script then times, on the same file and in the same process: ``build_features`` at the
+cutoff (the batch's own feature build: the same-run baseline) and ``write_history`` (what ``propensity score``
+adds after publishing), the history's size on disk, and reading one user's events back from it (the lookup's
+share of the work). Features of a sample of users computed from the history are checked equal to the build's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench_features import AS_OF, synthetic_events  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--users", type=int, default=200_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "history")
+    args = parser.parse_args()
+
+    from features.build.builder import build_features, default_connection, events_table
+    from features.online.compute import online_feature_table
+    from features.online.history import History, write_history
+
+    shutil.rmtree(args.out, ignore_errors=True)
+    args.out.mkdir(parents=True)
+    path = args.out / "events.parquet"
+    pq.write_table(synthetic_events(args.events, args.users, args.seed), path, row_group_size=1_000_000)
+
+    t0 = time.perf_counter()
+    raw = build_features(path, AS_OF)
+    build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    info = write_history(events_table(path, default_connection()), args.out / "history")
+    history_s = time.perf_counter() - t0
+    size = sum(f.stat().st_size for f in (args.out / "history").iterdir())
+
+    history = History(args.out / "history")
+    rng = np.random.default_rng(args.seed)
+    sample = sorted(rng.choice(raw.user_id.to_numpy(dtype=object), 2_000, replace=False))
+    reads = []
+    for uid in sample:
+        t = time.perf_counter()
+        history.events(uid)
+        reads.append(time.perf_counter() - t)
+    live = online_feature_table(((u, history.events(u)) for u in sample), AS_OF)
+    expected = raw[raw.user_id.isin(sample)].reset_index(drop=True)
+    numeric = [c for c in live.columns if live[c].dtype.kind in "fi"]
+    worst = float(np.nanmax(np.abs(live[numeric].to_numpy(float) - expected[numeric].to_numpy(float))))
+    result = {
+        "events": info.events, "users": info.users, "feature_build_s": round(build_s, 2),
+        "write_history_s": round(history_s, 2), "ratio_history_to_build": round(history_s / build_s, 2),
+        "history_mb": round(size / 2**20, 1), "bytes_per_event": round(size / info.events, 1),
+        "read_one_user_us_p50": round(float(np.percentile(reads, 50)) * 1e6, 1),
+        "read_one_user_us_p99": round(float(np.percentile(reads, 99)) * 1e6, 1),
+        "max_abs_diff_vs_build_on_2000_users": worst,
+    }
+    print(json.dumps(result, indent=2))
+    shutil.rmtree(args.out, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
