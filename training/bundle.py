@@ -10,14 +10,17 @@ nothing of the training environment::
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from features.segments.segmenter import Segmenter, encode_segments
+from features.columns import LayeredColumns, Table, column_names, floats, n_rows, objects
+from features.segments.segmenter import SEGMENT_CODE_COLUMNS, SEGMENT_COLUMNS, Segmenter, SegmentError, segment_codes
 from features.spec.definition import FeatureSpec, feature_columns
 from training.btyd.features import BTYDFeatures
 from training.calibration import Calibrator
@@ -28,20 +31,65 @@ SCORE_COLUMN = {"last_mile_buyer": "p_buy", "lapse_risk": "p_lapse"}
 
 
 def design_matrix(
-    features: pd.DataFrame, spec: FeatureSpec, btyd: BTYDFeatures | None = None
+    features: Table, spec: FeatureSpec, btyd: BTYDFeatures | None = None, *,
+    btyd_inputs: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """The model input: ``feature_columns(spec)``, then the fitted BTYD columns (``btyd.columns``, when given),
-    then the segment codes, as a float64 (n, f) matrix.
+    then the segment codes, as a float64 (n, f) matrix, with its column names.
 
-    ``features`` is the segmented feature table (``Segmenter.transform`` output), one row per user.
+    ``features`` is the segmented feature table (``Segmenter.transform`` output), one row per user: a DataFrame or
+    :data:`features.columns.Columns`; each column is read once into its place in the matrix. ``btyd_inputs``: the
+    rows' :func:`training.btyd.features.input_arrays`, when already derived.
     """
-    numeric = features[feature_columns(spec)].astype("float64")
-    codes = encode_segments(features).astype("float64")
-    parts = [numeric.reset_index(drop=True)]
+    numeric = feature_columns(spec)
+    extra = btyd.columns if btyd is not None else []
+    names = [*numeric, *extra, *SEGMENT_CODE_COLUMNS]
+    memo = features.memo if isinstance(features, LayeredColumns) else None  # shared by the models of these rows
+    block = None if memo is None else memo.get(("design_matrix", spec))
+    if block is None:
+        block = _numeric_and_codes(features, numeric)
+        if memo is not None:
+            memo["design_matrix", spec] = block
+    k = len(numeric)
+    x = np.empty((len(block), len(names)), dtype=np.float64)
+    x[:, :k] = block[:, :k]
     if btyd is not None:
-        parts.append(btyd.transform(features).reset_index(drop=True))
-    frame = pd.concat([*parts, codes.reset_index(drop=True)], axis=1)
-    return frame.to_numpy(dtype=np.float64, na_value=np.nan), list(frame.columns)
+        x[:, k : k + len(extra)] = btyd.transform_array(features, btyd_inputs)
+    x[:, k + len(extra) :] = block[:, k:]
+    return x, names
+
+
+_OBJECT = np.dtype(object)
+
+
+def _numeric_and_codes(features: Table, numeric: list[str]) -> np.ndarray:
+    """The columns ``numeric`` (as float64, missing as NaN) and the codes of :data:`SEGMENT_COLUMNS` of
+    ``features`` (n rows), as one float64 (n, len(numeric) + 3) block."""
+    n = n_rows(features)
+    block = np.empty((n, len(numeric) + len(SEGMENT_COLUMNS)), dtype=np.float64)
+    arrays = None if isinstance(features, pd.DataFrame) else [features[name] for name in numeric]
+    if arrays is not None and {getattr(a, "dtype", _OBJECT).kind for a in arrays} <= set("fiub"):
+        block[:, : len(numeric)] = np.array(arrays, dtype=np.float64).T  # one conversion, one copy
+    else:
+        for j, name in enumerate(numeric):
+            block[:, j] = floats(features, name)
+    present = column_names(features)
+    for j, col in enumerate(SEGMENT_COLUMNS, start=len(numeric)):
+        if col not in present:
+            raise SegmentError(f"column {col!r} missing; run Segmenter.transform on the feature table first")
+        block[:, j] = segment_codes(objects(features, col), col)
+    return block
+
+
+SMALL_PREDICT_ROWS = 256
+"""Up to this many rows the booster predicts on one thread: starting LightGBM's OpenMP threads costs more than the
+trees for a few rows, and milliseconds when the cores are busy (predictions are the same on any number of threads)."""
+
+
+def predict_threads(rows: int) -> int:
+    """LightGBM ``num_threads`` for ``rows`` rows: 1 for at most :data:`SMALL_PREDICT_ROWS`, else 0 (OpenMP's
+    default, all cores)."""
+    return 1 if rows <= SMALL_PREDICT_ROWS else 0
 
 
 class BundleMismatchError(ValueError):
@@ -67,9 +115,11 @@ class ModelBundle:
     btyd: BTYDFeatures | None = None
 
     # Scoring -------------------------------------------------------------------------------------------------------
-    def matrix(self, segmented: pd.DataFrame) -> np.ndarray:
-        """Design matrix for ``segmented`` (n rows), checked against the trained feature names."""
-        x, names = design_matrix(segmented, self.spec, self.btyd_in_matrix)
+    def matrix(self, segmented: Table, *, btyd_inputs: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+        """Design matrix (float64, (n, f)) for ``segmented`` (n rows: a DataFrame or
+        :data:`features.columns.Columns`), checked against the trained feature names (``btyd_inputs``: see
+        :func:`design_matrix`)."""
+        x, names = design_matrix(segmented, self.spec, self.btyd_in_matrix, btyd_inputs=btyd_inputs)
         if names != self.feature_names:
             missing = sorted(set(self.feature_names) - set(names))
             extra = sorted(set(names) - set(self.feature_names))
@@ -81,6 +131,19 @@ class ModelBundle:
                                       f"unexpected {extra[:10]}")
         return x
 
+    @cached_property
+    def segmenter_key(self) -> str:
+        """The fitted segmenter as sorted JSON: bundles with equal keys label users identically (computed once per
+        bundle: a bundle's parts are not changed after it is built or loaded)."""
+        return json.dumps(self.segmenter.to_dict(), sort_keys=True, default=str)
+
+    @cached_property
+    def matrix_key(self) -> str:
+        """Segmenter, feature names and the BTYD part the booster reads, as sorted JSON: bundles with equal keys
+        build the same design matrix from the same rows (computed once per bundle)."""
+        btyd = None if self.btyd_in_matrix is None else self.btyd_in_matrix.to_dict()
+        return json.dumps([self.segmenter_key, self.feature_names, btyd], sort_keys=True, default=str)
+
     @property
     def btyd_in_matrix(self) -> BTYDFeatures | None:
         """The BTYD part when the booster reads its columns, else None."""
@@ -88,17 +151,27 @@ class ModelBundle:
             return None
         return self.btyd
 
+    def btyd_block(self, x: np.ndarray) -> np.ndarray | None:
+        """The BTYD columns (``btyd.columns``, shape (n, k)) of a design matrix ``x`` this bundle built, or None
+        when the booster does not read them: the part's :meth:`BTYDFeatures.transform_array` of those rows."""
+        btyd = self.btyd_in_matrix
+        if btyd is None:
+            return None
+        start = self.feature_names.index(btyd.columns[0])
+        return x[:, start : start + len(btyd.columns)]
+
     def predict_raw(self, x: np.ndarray) -> np.ndarray:
         """Uncalibrated booster probabilities, shape (n,)."""
-        return np.asarray(self.booster.predict(x, num_threads=0), dtype=np.float64)
+        return np.asarray(self.booster.predict(x, num_threads=predict_threads(len(x))), dtype=np.float64)
 
-    def predict(self, segmented: pd.DataFrame) -> np.ndarray:
+    def predict(self, segmented: Table) -> np.ndarray:
         """Calibrated probabilities, shape (n,), for a segmented feature table."""
         return self.calibrator.transform(self.predict_raw(self.matrix(segmented)))
 
     def contributions(self, x: np.ndarray) -> np.ndarray:
         """Per-feature contributions in log-odds, shape (n, f + 1); the last column is the bias."""
-        return np.asarray(self.booster.predict(x, pred_contrib=True), dtype=np.float64)
+        return np.asarray(self.booster.predict(x, pred_contrib=True, num_threads=predict_threads(len(x))),
+                          dtype=np.float64)
 
     # Persistence ---------------------------------------------------------------------------------------------------
     def save(self, directory: Path) -> Path:

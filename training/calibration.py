@@ -202,6 +202,8 @@ def _interpolate(z: np.ndarray, xk: np.ndarray, yk: np.ndarray, tail_slope: floa
     z = np.asarray(z, dtype=np.float64)
     out = np.asarray(np.interp(z, xk, yk), dtype=np.float64)
     lo, hi = z < xk[0], z > xk[-1]
-    out[lo] = _sigmoid(_logit(yk[0], 0.0) + tail_slope * (z[lo] - xk[0]))
-    out[hi] = _sigmoid(_logit(yk[-1], 0.0) + tail_slope * (z[hi] - xk[-1]))
+    if lo.any():
+        out[lo] = _sigmoid(_logit(yk[0], 0.0) + tail_slope * (z[lo] - xk[0]))
+    if hi.any():
+        out[hi] = _sigmoid(_logit(yk[-1], 0.0) + tail_slope * (z[hi] - xk[-1]))
     return out

@@ -13,7 +13,8 @@ from typing import Literal
 import ibis
 import ibis.expr.types as ir
 import numpy as np
-import pandas as pd
+
+from features.columns import Table, column_names, fill_nan, floats
 
 BROWSE_DAYS = 15
 INTEREST_DAYS = 90
@@ -103,15 +104,14 @@ LAPSE_POPULATION_COLUMN = "purchase_days"
 """Feature-table column that decides the lapse population: distinct purchase days before the cutoff (all history)."""
 
 
-def lapse_population(features: pd.DataFrame) -> np.ndarray:
+def lapse_population(features: Table) -> np.ndarray:
     """Rows (boolean, shape (n,)) of a feature table built at a cutoff that belong to the lapse target's
     population: users with at least one purchase before the cutoff, the users :func:`buyers_before` selects from the
     events (``purchase_days`` counts every buy before the cutoff, whatever its age). Scoring gives ``p_lapse`` to
     these rows only."""
-    if LAPSE_POPULATION_COLUMN not in features.columns:
+    if LAPSE_POPULATION_COLUMN not in column_names(features):
         raise ValueError(f"feature table lacks {LAPSE_POPULATION_COLUMN!r}, which decides the lapse population")
-    days = pd.to_numeric(features[LAPSE_POPULATION_COLUMN]).fillna(0).to_numpy()
-    return np.asarray(days >= 1, dtype=bool)
+    return fill_nan(floats(features, LAPSE_POPULATION_COLUMN), 0.0) >= 1
 
 
 def buyer_events(events: ir.Table, as_of: datetime) -> ir.Table:

@@ -96,9 +96,14 @@ class EventArrays:
         )
 
 
-def behavior_codes(values: pd.Series) -> np.ndarray:
+_SMALL = 64
+"""Up to this many values are coded in plain Python (a lookup's few new events); more go through pandas, whose
+per-call cost (~0.5 ms) only pays off on many values. Both give the same codes."""
+
+
+def behavior_codes(values: pd.Series | Sequence[object]) -> np.ndarray:
     """int8 :data:`BEHAVIOR_CODES` of behavior strings (aliases mapped, case-insensitive)."""
-    codes, uniques = pd.factorize(values, sort=False)
+    codes, uniques = _factorize(values)
     lookup = np.array(
         [BEHAVIOR_CODES.get(BEHAVIOR_ALIASES.get(str(u).strip().lower(), str(u).strip().lower()), OTHER_BEHAVIOR)
          for u in uniques] or [OTHER_BEHAVIOR],
@@ -107,12 +112,32 @@ def behavior_codes(values: pd.Series) -> np.ndarray:
     return lookup[codes]
 
 
-def channel_codes(values: pd.Series) -> np.ndarray:
+def channel_codes(values: pd.Series | Sequence[object]) -> np.ndarray:
     """int8 channel classes: ``ad``, the other active channels, the passive ones, any other value (neutral);
     :data:`NULL_CHANNEL` for null."""
-    codes, uniques = pd.factorize(values, sort=False)  # null -> -1
+    codes, uniques = _factorize(values)  # null -> -1
     lookup = np.array([_channel_class(str(u)) for u in uniques] + [NULL_CHANNEL], dtype="int8")
     return lookup[codes]
+
+
+def _factorize(values: pd.Series | Sequence[object]) -> tuple[np.ndarray, Sequence[object]]:
+    """``pd.factorize(values, sort=False)``: codes (int64, shape (n,), -1 for null) and the distinct values in
+    order of first appearance."""
+    if len(values) > _SMALL:
+        return pd.factorize(values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object),
+                            sort=False)
+    seen: dict[object, int] = {}
+    codes = [-1 if _is_null(v) else seen.setdefault(v, len(seen)) for v in _as_list(values)]
+    return np.array(codes, dtype=np.int64), list(seen)
+
+
+def _as_list(values: pd.Series | Sequence[object]) -> list[object]:
+    return values.tolist() if isinstance(values, (pd.Series, np.ndarray)) else list(values)
+
+
+def _is_null(value: object) -> bool:
+    """What ``pd.isna`` says of one value (None, NaN, NA, NaT)."""
+    return value is None or (not isinstance(value, str) and bool(pd.isna(value)))
 
 
 def _channel_class(channel: str) -> int:
@@ -130,10 +155,16 @@ def id_codes(values: pd.Series | Sequence[object]) -> np.ndarray:
 
     Integer ids are hashed as their decimal text, as the canonical events store them.
     """
-    series = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
-    null = series.isna().to_numpy()
-    text = series.astype(object).where(~null, "").map(_id_text).to_numpy(dtype=object)
-    codes = pd.util.hash_array(text, categorize=True).view("int64")
+    if len(values) <= _SMALL:
+        items = _as_list(values)
+        null = np.array([_is_null(v) for v in items], dtype=bool)
+        text = np.array(["" if n else _id_text(v) for v, n in zip(items, null.tolist(), strict=True)], dtype=object)
+        codes = pd.util.hash_array(text, categorize=False).view("int64")  # the same hashes as categorize=True
+    else:
+        series = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
+        null = series.isna().to_numpy()
+        text = series.astype(object).where(~null, "").map(_id_text).to_numpy(dtype=object)
+        codes = pd.util.hash_array(text, categorize=True).view("int64")
     codes[null] = NULL_ID
     codes[(codes == NULL_ID) & ~null] = NULL_ID + 1  # keep the null code for nulls only
     return codes

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -217,19 +218,41 @@ def online_feature_table(
 
 def feature_frame(rows: list[dict[str, Any]], spec: FeatureSpec) -> pd.DataFrame:
     """Rows of :func:`user_features` (with ``user_id``) as a feature table with the batch's columns and dtypes."""
-    cols = output_columns(spec)
+    data = {name: pd.array(values, dtype="str") if name in _TEXT_COLUMNS else values
+            for name, values in feature_arrays(rows, spec).items()}
+    return pd.DataFrame(data, columns=output_columns(spec))
+
+
+_TEXT_COLUMNS = (FEATURE_TABLE_KEY, "aipl_layer")
+
+
+def feature_arrays(rows: list[dict[str, Any]], spec: FeatureSpec) -> dict[str, np.ndarray]:
+    """Rows of :func:`user_features` (with ``user_id``) as :data:`features.columns.Columns`, the feature table
+    without pandas: the batch's columns in order, each an array of shape (n,) (integer columns int64, ``user_id``
+    and ``aipl_layer`` object arrays of text, the rest float64), rows ordered by ``user_id`` as the table is."""
+    if len(rows) > 1:
+        rows = sorted(rows, key=lambda r: r[FEATURE_TABLE_KEY])  # stable, like the table's sort
+    names, groups, where = _layout(spec)
+    blocks = {  # one conversion per dtype; each column is a view of its (n, k) block
+        dtype: np.array([[r[c] for c in cols] for r in rows], dtype=dtype).reshape(len(rows), len(cols))
+        for dtype, cols in groups.items()
+    }
+    return {name: blocks[where[name][0]][:, where[name][1]] for name in names}
+
+
+@lru_cache(maxsize=16)
+def _layout(spec: FeatureSpec) -> tuple[tuple[str, ...], dict[Any, tuple[str, ...]], dict[str, tuple[Any, int]]]:
+    """The feature table's columns in order, grouped by dtype (int64, object text, float64), and each column's
+    (dtype, position in its group)."""
+    names = tuple(output_columns(spec))
     ints = set(integer_columns(spec))
-    data: dict[str, Any] = {}
-    for name in cols:
-        values = [r[name] for r in rows]
-        if name in ints:
-            data[name] = np.array(values, dtype="int64")
-        elif name in (FEATURE_TABLE_KEY, "aipl_layer"):
-            data[name] = pd.array(values, dtype="str")
-        else:
-            data[name] = np.array(values, dtype="float64")
-    frame = pd.DataFrame(data, columns=cols)
-    return frame.sort_values(FEATURE_TABLE_KEY, kind="stable").reset_index(drop=True)
+    groups: dict[Any, tuple[str, ...]] = {
+        np.dtype(np.int64): tuple(n for n in names if n in ints),
+        np.dtype(object): tuple(n for n in names if n in _TEXT_COLUMNS),
+        np.dtype(np.float64): tuple(n for n in names if n not in ints and n not in _TEXT_COLUMNS),
+    }
+    where = {name: (dtype, j) for dtype, cols in groups.items() for j, name in enumerate(cols)}
+    return names, groups, where
 
 
 def split_by_user(user_ids: np.ndarray, ev: EventArrays) -> Iterable[tuple[str, EventArrays]]:

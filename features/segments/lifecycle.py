@@ -14,6 +14,7 @@ import ibis
 import numpy as np
 import pandas as pd
 
+from features.columns import Table, column_names, fill_nan, floats
 from features.spec.definition import FeatureSpec
 from features.spec.table import as_utc, event_weights
 
@@ -205,12 +206,17 @@ class LifecycleSegmenter:
 
     def predict(self, features: pd.DataFrame) -> pd.Series:
         """Stage per row of a feature table (needs ``days_since_last_event`` and ``purchase_days``)."""
+        return pd.Series(self.stages(features), index=features.index, name="lifecycle", dtype="str")
+
+    def stages(self, features: Table) -> np.ndarray:
+        """Stage per row of a feature table (DataFrame or :data:`features.columns.Columns`): object array of
+        :data:`LIFECYCLE_STAGES` labels, shape (n,)."""
         self._check_fitted()
-        missing = [c for c in LIFECYCLE_INPUTS if c not in features.columns]
+        missing = [c for c in LIFECYCLE_INPUTS if c not in column_names(features)]
         if missing:
             raise SegmentError(f"feature table lacks {missing} needed for lifecycle stages")
-        recency = pd.to_numeric(features["days_since_last_event"]).astype("float64").fillna(np.inf).to_numpy()
-        buy_days = pd.to_numeric(features["purchase_days"]).fillna(0).to_numpy()
+        recency = fill_nan(floats(features, "days_since_last_event"), np.inf)
+        buy_days = fill_nan(floats(features, "purchase_days"), 0.0)
         stage = np.select(
             [
                 recency >= self.churn_days_,
@@ -221,7 +227,7 @@ class LifecycleSegmenter:
             ["churned", "silent", "mature", "growth"],
             default="new",
         )
-        return pd.Series(stage, index=features.index, name="lifecycle", dtype="str")
+        return stage.astype(object)
 
     def transform(self, features: pd.DataFrame) -> pd.DataFrame:
         """A copy of ``features`` with a ``lifecycle`` column."""

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.columns import Table, column_names, fill_nan, floats
 from features.segments.lifecycle import SegmentError
 
 RFM_GROUPS: dict[tuple[bool, bool, bool], str] = {
@@ -23,6 +24,9 @@ RFM_GROUPS: dict[tuple[bool, bool, bool], str] = {
 """(R high, F high, M high) -> group name. Users without a purchase get :data:`NO_PURCHASE`."""
 
 NO_PURCHASE = "no_purchase"
+_GROUP_NAMES = np.array([RFM_GROUPS[(bool(k & 4), bool(k & 2), bool(k & 1))] for k in range(8)] + [NO_PURCHASE],
+                        dtype=object)
+"""Group name by code ``R * 4 + F * 2 + M`` (high = 1), then ``no_purchase`` at 8."""
 RFM_INPUTS: tuple[str, ...] = ("days_since_last_buy", "purchase_days", "amount_total", "buy_count")
 
 
@@ -68,17 +72,20 @@ class RFMSegmenter:
 
     def predict(self, features: pd.DataFrame) -> pd.Series:
         """RFM group per row (``no_purchase`` for non-buyers)."""
+        return pd.Series(self.groups(features), index=features.index, name="rfm_group", dtype="str")
+
+    def groups(self, features: Table) -> np.ndarray:
+        """RFM group per row of a feature table (DataFrame or :data:`features.columns.Columns`): object array of
+        :data:`RFM_GROUPS` names and :data:`NO_PURCHASE`, shape (n,)."""
         if not hasattr(self, "monetary_column_"):
             raise SegmentError("RFMSegmenter is not fitted; call fit(features) first")
         _require(features)
-        buyer = _buyer_mask(features).to_numpy()
-        r = pd.to_numeric(features["days_since_last_buy"]).astype("float64").to_numpy() <= self.recency_threshold_
-        f = pd.to_numeric(features["purchase_days"]).astype("float64").to_numpy() > self.frequency_threshold_
-        money = pd.to_numeric(features[self.monetary_column_]).astype("float64").fillna(0.0).to_numpy()
-        m = money > self.monetary_threshold_
-        names = np.array([RFM_GROUPS[(bool(k & 4), bool(k & 2), bool(k & 1))] for k in range(8)] + [NO_PURCHASE])
+        buyer = fill_nan(floats(features, "purchase_days"), 0.0) >= 1
+        r = floats(features, "days_since_last_buy") <= self.recency_threshold_
+        f = floats(features, "purchase_days") > self.frequency_threshold_
+        m = fill_nan(floats(features, self.monetary_column_), 0.0) > self.monetary_threshold_
         code = np.where(buyer, r.astype(int) * 4 + f.astype(int) * 2 + m.astype(int), 8)
-        return pd.Series(names[code], index=features.index, name="rfm_group", dtype="str")
+        return _GROUP_NAMES[code]
 
     def transform(self, features: pd.DataFrame) -> pd.DataFrame:
         """A copy of ``features`` with an ``rfm_group`` column."""
@@ -108,8 +115,8 @@ class RFMSegmenter:
         return seg
 
 
-def _require(features: pd.DataFrame) -> None:
-    missing = [c for c in RFM_INPUTS if c not in features.columns]
+def _require(features: Table) -> None:
+    missing = [c for c in RFM_INPUTS if c not in column_names(features)]
     if missing:
         raise SegmentError(f"feature table lacks {missing} needed for RFM groups")
 

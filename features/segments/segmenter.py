@@ -12,8 +12,10 @@ from datetime import datetime
 from typing import Any
 
 import ibis
+import numpy as np
 import pandas as pd
 
+from features.columns import Table, objects, with_columns
 from features.segments.lifecycle import (
     GAP_KINDS,
     LIFECYCLE_STAGES,
@@ -43,6 +45,7 @@ __all__ = [
     "asset_summary",
     "coverage_quantile",
     "encode_segments",
+    "segment_codes",
     "gap_histogram",
     "gap_samples",
     "lifecycle_rule",
@@ -82,19 +85,35 @@ def encode_segments(df: pd.DataFrame, columns: Sequence[str] = SEGMENT_COLUMNS) 
     ``rfm_code`` (:data:`RFM_CODES`), restricted to the requested ``columns``. An unknown or missing label raises
     :class:`SegmentError`, so a model never silently sees a code it was not trained with.
     """
-    out: dict[str, pd.Series] = {}
+    out: dict[str, np.ndarray] = {}
     for col in SEGMENT_COLUMNS:
         if col not in columns:
             continue
         if col not in df.columns:
             raise SegmentError(f"column {col!r} missing; run Segmenter.transform on the feature table first")
-        name, codes = _CODES[col]
-        labels = df[col].astype("object")
-        unknown = sorted({str(v) for v in labels.unique() if v not in codes})
-        if unknown:
-            raise SegmentError(f"unknown {col} label(s) {unknown[:5]}; expected one of {list(codes)}")
-        out[name] = labels.map(codes).astype("int64")
+        out[_CODES[col][0]] = segment_codes(objects(df, col), col)
     return pd.DataFrame(out, index=df.index)
+
+
+_SMALL = 64
+"""Up to this many labels are looked up one by one in the code dict; more go through a pandas hash index."""
+
+
+def segment_codes(labels: np.ndarray, column: str) -> np.ndarray:
+    """Integer codes (int64, shape (n,)) of the labels (shape (n,)) of one segment column of
+    :data:`SEGMENT_COLUMNS`; an unknown or missing label raises :class:`SegmentError`."""
+    _name, codes = _CODES[column]
+    values = np.asarray(labels, dtype=object)
+    if len(values) <= _SMALL:
+        out = np.array([codes.get(v, -1) if isinstance(v, str) else -1 for v in values.tolist()], dtype=np.int64)
+    else:
+        keys = pd.Index(list(codes), dtype=object)
+        out = np.append(np.fromiter(codes.values(), dtype=np.int64), -1)[keys.get_indexer(values)]
+    bad = out < 0
+    if bad.any():
+        unknown = sorted({str(v) for v in values[bad].tolist()})
+        raise SegmentError(f"unknown {column} label(s) {unknown[:5]}; expected one of {list(codes)}")
+    return out
 
 
 def asset_summary(
@@ -180,14 +199,23 @@ class Segmenter:
         self.rfm_ = rfm.fit(features)
         return self
 
-    def transform(self, features: pd.DataFrame) -> pd.DataFrame:
-        """A copy of ``features`` with ``lifecycle`` and ``rfm_group`` string columns."""
+    def transform(self, features: Table) -> Table:
+        """A copy of ``features`` with ``lifecycle`` and ``rfm_group`` string columns (:data:`features.columns.Columns`
+        in, the same columns with the two labels added out, nothing copied)."""
+        labels = self.labels(features)
+        if not isinstance(features, pd.DataFrame):
+            return with_columns(features, labels)
+        out = features.copy()
+        for name, values in labels.items():
+            out[name] = pd.Series(values, index=features.index, name=name, dtype="str")
+        return out
+
+    def labels(self, features: Table) -> dict[str, np.ndarray]:
+        """``{"lifecycle": stages, "rfm_group": groups}`` of every row of a feature table (DataFrame or
+        :data:`features.columns.Columns`), object arrays of shape (n,)."""
         if not hasattr(self, "rfm_"):
             raise SegmentError("Segmenter is not fitted; call fit(events, features, as_of) first")
-        out = features.copy()
-        out["lifecycle"] = self.lifecycle_.predict(features)
-        out["rfm_group"] = self.rfm_.predict(features)
-        return out
+        return {"lifecycle": self.lifecycle_.stages(features), "rfm_group": self.rfm_.groups(features)}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready document of both segmenters (parameters and learned thresholds)."""

@@ -61,6 +61,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -294,7 +295,13 @@ def category_columns(spec: FeatureSpec) -> list[str]:
 def feature_columns(spec: FeatureSpec) -> list[str]:
     """Numeric model inputs in their fixed order (recency, frequency, decay, monetary, rhythm, category, rule
     score)."""
-    return (
+    return list(_feature_columns(spec))
+
+
+@lru_cache(maxsize=64)
+def _feature_columns(spec: FeatureSpec) -> tuple[str, ...]:
+    """:func:`feature_columns`, built once per spec (scoring one user reads it several times)."""
+    return tuple(
         recency_columns()
         + frequency_columns(spec)
         + list(DECAY_COLUMNS)
@@ -317,6 +324,12 @@ def output_columns(spec: FeatureSpec) -> list[str]:
 
 def integer_columns(spec: FeatureSpec) -> list[str]:
     """Columns of dtype int64 (counts and 0/1 flags); every other numeric column is float64."""
+    return list(_integer_columns(spec))
+
+
+@lru_cache(maxsize=64)
+def _integer_columns(spec: FeatureSpec) -> tuple[str, ...]:
+    """:func:`integer_columns`, built once per spec."""
     cols = [count_column(b, w) for b in (*RECENCY_BEHAVIORS, "event") for w in spec.windows]
     cols += [f"active_days_{w}d" for w in spec.active_day_windows]
     cols += [f"distinct_items_{spec.distinct_days}d", f"distinct_categories_{spec.distinct_days}d"]
@@ -325,4 +338,4 @@ def integer_columns(spec: FeatureSpec) -> list[str]:
     cols += [count_column("ad", w) for w in spec.ad_windows]
     cols += ["buy_count", "purchase_days", f"purchase_days_{spec.purchase_days}d"]
     cols += category_columns(spec)
-    return cols
+    return tuple(cols)

@@ -45,12 +45,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from features.columns import Table, column_names, fill_nan, n_rows, objects, with_columns
 from features.segments.rfm import RFM_GROUPS
 from features.spec.definition import AIPL_LAYERS
 
@@ -242,7 +244,7 @@ class _Rule:
     value: np.ndarray
 
 
-def recommend(scored: pd.DataFrame, as_of: datetime, cfg: ActivationConfig | None = None) -> pd.DataFrame:
+def recommend(scored: Table, as_of: datetime, cfg: ActivationConfig | None = None) -> Table:
     """A copy of ``scored`` (n rows, feature columns kept) with the columns of :data:`OUTPUT_COLUMNS` added.
 
     ``as_of`` is the moment of acting (aware, or naive UTC). Recency features are ages at the features' cutoff,
@@ -254,9 +256,13 @@ def recommend(scored: pd.DataFrame, as_of: datetime, cfg: ActivationConfig | Non
     ``none``), ``expected_revenue``, ``expected_value``, ``action_cost``, ``expected_profit`` and ``priority``
     (currency, incremental; all 0 for ``none``). See the module docstring for the rules, their order and the
     formulas.
+
+    ``scored`` may also be :data:`features.columns.Columns` (as :func:`serving.scoring.score_features` returns for
+    columns): the added columns then come back over them (arrays of shape (n,)), nothing copied.
     """
     cfg = cfg or ActivationConfig()
-    missing = [c for c in required_columns(cfg) if c not in scored.columns]
+    present = column_names(scored)
+    missing = [c for c in required_columns(cfg) if c not in present]
     if missing:
         raise ActivationError(
             f"scored frame lacks column(s) {missing}; score with keep_features=True so activation can read features"
@@ -264,7 +270,7 @@ def recommend(scored: pd.DataFrame, as_of: datetime, cfg: ActivationConfig | Non
     now = _utc(as_of)
     shift_s = _cutoff_shift(scored, now)
     num = {c: _numeric(scored, c) for c in required_columns(cfg) if c not in ("user_id", "aipl_layer", "rfm_group")}
-    if "category_new" in scored.columns:
+    if "category_new" in present:
         num["category_new"] = _numeric(scored, "category_new")
     p_buy, p_lapse = num["p_buy"], num["p_lapse"]
     if np.isnan(p_buy).any():
@@ -272,11 +278,11 @@ def recommend(scored: pd.DataFrame, as_of: datetime, cfg: ActivationConfig | Non
     for name, p in (("p_buy", p_buy), ("p_lapse", p_lapse)):
         if ((p < 0) | (p > 1)).any():
             raise ActivationError(f"{name} must be a probability in [0, 1]")
-    layer = scored["aipl_layer"].to_numpy(dtype=object)
-    unknown = sorted({str(v) for v in pd.unique(layer) if v not in AIPL_LAYERS})
+    layer = objects(scored, "aipl_layer")
+    unknown = sorted({str(v) for v in _distinct(layer) if v not in AIPL_LAYERS})
     if unknown:
         raise ActivationError(f"unknown aipl_layer value(s) {unknown[:5]}; expected one of {list(AIPL_LAYERS)}")
-    rfm = scored["rfm_group"].to_numpy(dtype=object)
+    rfm = objects(scored, "rfm_group")
 
     def age_s(col: str) -> np.ndarray:
         return np.round(num[col] * SECONDS_PER_DAY + shift_s, 3)
@@ -293,7 +299,29 @@ def recommend(scored: pd.DataFrame, as_of: datetime, cfg: ActivationConfig | Non
         "nurture": _nurture(layer, age_s("days_since_last_event"), num["purchase_days"], num.get("category_new"),
                             p_buy, order_value, cfg),
     }
-    return _assemble(scored, now, rules, cfg)
+    added = _assemble(len(p_buy), now, rules, cfg)
+    if not isinstance(scored, pd.DataFrame):
+        return with_columns(scored, added)
+    out = scored.copy()
+    for name, values in added.items():
+        out[name] = pd.Series(values, index=scored.index, dtype=object) if values.dtype == object else values
+    return out
+
+
+_BUYER_LAYERS = frozenset({"P", "L"})
+
+
+def _member(values: np.ndarray, options: frozenset[str]) -> np.ndarray:
+    """``np.isin(values, list(options))`` for an object array of labels (boolean, shape (n,)); a set lookup per
+    value for a few values, where ``np.isin``'s sort costs tens of microseconds."""
+    if len(values) > 64:
+        return np.isin(values, list(options))
+    return np.array([v in options for v in values.tolist()], dtype=bool)
+
+
+def _distinct(values: np.ndarray) -> Any:
+    """The distinct values of an object array (a set for a few, ``pd.unique`` for many)."""
+    return set(values.tolist()) if len(values) <= 64 else pd.unique(values)
 
 
 def _coupon(trigger: np.ndarray, buy_age: np.ndarray, p: np.ndarray, value: np.ndarray,
@@ -319,14 +347,14 @@ def _cycle(layer: np.ndarray, buy_age: np.ndarray, gap_days: np.ndarray, p: np.n
     low, high = cfg.cycle_band
     gap_s = gap_days * SECONDS_PER_DAY
     opens, closes = np.round(low * gap_s, 3), np.round(high * gap_s, 3)
-    match = np.isin(layer, ["P", "L"]) & (gap_s > 0) & (buy_age >= opens) & (buy_age < closes)
+    match = _member(layer, _BUYER_LAYERS) & (gap_s > 0) & (buy_age >= opens) & (buy_age < closes)
     return _Rule(match, closes - buy_age, closes - opens, p, value)
 
 
 def _win_back(p_lapse: np.ndarray, rfm: np.ndarray, amount: np.ndarray, buy_days: np.ndarray,
               cfg: ActivationConfig) -> _Rule:
-    match = (p_lapse >= cfg.lapse_threshold) & np.isin(rfm, list(VALUABLE_RFM_GROUPS))
-    fallback = np.nan_to_num(buy_days, nan=0.0) * cfg.default_order_value
+    match = (p_lapse >= cfg.lapse_threshold) & _member(rfm, VALUABLE_RFM_GROUPS)
+    fallback = fill_nan(buy_days, 0.0) * cfg.default_order_value  # (an infinite count stays infinite either way)
     value = np.where(amount > 0, amount, fallback)
     length = np.full(len(p_lapse), cfg.win_back_days * SECONDS_PER_DAY)
     return _Rule(match, length, length, p_lapse, value)
@@ -334,12 +362,13 @@ def _win_back(p_lapse: np.ndarray, rfm: np.ndarray, amount: np.ndarray, buy_days
 
 def _nurture(layer: np.ndarray, event_age: np.ndarray, buy_days: np.ndarray, category_new: np.ndarray | None,
              p: np.ndarray, value: np.ndarray, cfg: ActivationConfig) -> _Rule:
-    newcomer = (category_new == 1) if category_new is not None else (np.nan_to_num(buy_days, nan=0.0) == 0)
+    newcomer = (category_new == 1) if category_new is not None else (fill_nan(buy_days, 0.0) == 0)
     return _timed(event_age, 0.0, cfg.browse_days * SECONDS_PER_DAY, (layer == "A") & newcomer, p, value)
 
 
-def _assemble(scored: pd.DataFrame, now: pd.Timestamp, rules: dict[str, _Rule], cfg: ActivationConfig) -> pd.DataFrame:
-    n = len(scored)
+def _assemble(n: int, now: pd.Timestamp, rules: dict[str, _Rule], cfg: ActivationConfig) -> dict[str, np.ndarray]:
+    """The :data:`OUTPUT_COLUMNS` of n users from the rules' verdicts (first match in :data:`ACTIONS` order wins):
+    arrays of shape (n,), ``action`` and ``action_deadline`` object arrays, the rest float64."""
     action = np.full(n, NO_ACTION, dtype=object)
     remaining = np.full(n, np.nan)
     length = np.full(n, np.nan)
@@ -351,6 +380,8 @@ def _assemble(scored: pd.DataFrame, now: pd.Timestamp, rules: dict[str, _Rule], 
     for name in ACTIONS:  # precedence order: first match wins
         rule = rules[name]
         take = free & rule.match
+        if not take.any():
+            continue
         action[take] = name
         remaining[take], length[take] = rule.remaining_s[take], rule.length_s[take]
         p[take], value[take] = rule.p[take], rule.value[take]
@@ -363,19 +394,19 @@ def _assemble(scored: pd.DataFrame, now: pd.Timestamp, rules: dict[str, _Rule], 
     incremental_p = np.where(acted, p * lift, 0.0)
     revenue = np.where(acted, incremental_p * value * urgency, 0.0)
     expected_value = revenue * cfg.margin_rate
-    out = scored.copy()
-    out["action"] = pd.Series(action, index=scored.index, dtype=object)
-    out["action_deadline"] = pd.Series(_deadlines(now, remaining, acted), index=scored.index, dtype=object)
-    out["urgency"] = urgency
-    out["action_p"] = p
-    out["lift"] = lift
-    out["incremental_p"] = incremental_p
-    out["expected_revenue"] = revenue
-    out["expected_value"] = expected_value
-    out["action_cost"] = cost
-    out["expected_profit"] = expected_value - cost
-    out["priority"] = expected_value
-    return out
+    return {
+        "action": action,
+        "action_deadline": _deadlines(now, remaining, acted),
+        "urgency": urgency,
+        "action_p": p,
+        "lift": lift,
+        "incremental_p": incremental_p,
+        "expected_revenue": revenue,
+        "expected_value": expected_value,
+        "action_cost": cost,
+        "expected_profit": expected_value - cost,
+        "priority": expected_value,
+    }
 
 
 def _deadlines(now: pd.Timestamp, remaining_s: np.ndarray, acted: np.ndarray) -> np.ndarray:
@@ -396,12 +427,16 @@ def _utc(as_of: datetime) -> pd.Timestamp:
     return ts.tz_localize(UTC) if ts.tzinfo is None else ts.tz_convert(UTC)
 
 
-def _cutoff_shift(scored: pd.DataFrame, now: pd.Timestamp) -> float:
-    """Seconds between the features' cutoff (the frame's ``as_of`` column, if any) and the moment of acting."""
-    if "as_of" not in scored.columns or len(scored) == 0:
+def _cutoff_shift(scored: Table, now: pd.Timestamp) -> float:
+    """Seconds between the features' cutoff (the table's ``as_of`` column, if any) and the moment of acting."""
+    if "as_of" not in column_names(scored) or n_rows(scored) == 0:
         return 0.0
+    values = _distinct(objects(scored, "as_of"))
     try:
-        cutoffs = pd.to_datetime(scored["as_of"], utc=True, format="ISO8601").unique()
+        if all(type(v) is str for v in values):  # one ISO text per batch: parsed once per process
+            cutoffs = list(dict.fromkeys(_parse_cutoff(v) for v in values))
+        else:
+            cutoffs = list(pd.to_datetime(pd.Series(list(values), dtype=object), utc=True, format="ISO8601").unique())
     except (ValueError, TypeError) as exc:
         raise ActivationError(f"scored column 'as_of' is not a timestamp: {exc}") from exc
     if len(cutoffs) != 1 or pd.isna(cutoffs[0]):
@@ -412,8 +447,18 @@ def _cutoff_shift(scored: pd.DataFrame, now: pd.Timestamp) -> float:
     return float(shift)
 
 
-def _numeric(frame: pd.DataFrame, column: str) -> np.ndarray:
+@lru_cache(maxsize=256)
+def _parse_cutoff(text: str) -> pd.Timestamp:
+    """A cutoff's ISO 8601 text as an aware UTC timestamp (``pd.to_datetime(..., utc=True, format="ISO8601")``)."""
+    return pd.to_datetime(pd.Series([text], dtype=object), utc=True, format="ISO8601").iloc[0]
+
+
+def _numeric(table: Table, column: str) -> np.ndarray:
+    """Column ``column`` as float64, shape (n,), missing values NaN; anything else is an :class:`ActivationError`."""
     try:
-        return frame[column].to_numpy(dtype="float64", na_value=np.nan)
+        values = table[column]
+        if isinstance(values, pd.Series) or np.asarray(values).dtype == object:
+            return pd.Series(values).to_numpy(dtype="float64", na_value=np.nan)
+        return np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise ActivationError(f"column {column!r} must be numeric: {exc}") from exc

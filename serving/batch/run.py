@@ -25,6 +25,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from features.build.builder import build_features
+from features.columns import Columns, LayeredColumns, Table, as_columns, floats, n_rows, objects, take_rows
 from serving.activation.actions import NO_ACTION, WIN_BACK, ActivationConfig, recommend
 from serving.scoring import add_reasons, score_features
 from serving.store.base import ScoreStore, SnapshotInfo
@@ -55,29 +56,59 @@ class BatchResult:
 
 
 def score_chunks(
-    raw: pd.DataFrame,
+    raw: Table,
     bundles: Mapping[str, ModelBundle],
     as_of: datetime,
     activation: ActivationConfig,
     chunk_users: int,
     reasons: bool = True,
     explain: str = "audience",
-) -> Iterator[pd.DataFrame]:
+) -> Iterator[pd.DataFrame | dict[str, np.ndarray]]:
     """Yield audience records (:data:`AUDIENCE_COLUMNS`) for ``raw`` (one row per user), ``chunk_users`` at a time.
 
     Reasons (feature names and readable phrases) are computed for the users ``explain`` selects (:func:`reason_masks`:
     by default those in their action's best-profit audience, the ones a campaign sends to), from the model whose
     score the action rides on; the other lists stay empty, because SHAP contributions cost about 75x the score
     itself. ``reasons=False`` leaves every list empty. The columns are the same either way.
+
+    A DataFrame ``raw`` gives DataFrames (a fresh RangeIndex per chunk); :data:`features.columns.Columns` (online
+    rescoring: one user's features, no pandas) give dicts of the same columns as arrays of shape (n,). Either way
+    each chunk is scored on its columns (:func:`features.columns.as_columns`), by the same functions and floats;
+    the design matrices :func:`serving.scoring.score_features` builds are reused for the reasons.
     """
-    for start in range(0, len(raw), chunk_users):
-        part = raw.iloc[start : start + chunk_users]
-        scored = score_features(part, bundles, as_of, keep_features=True, reasons=False)
+    for start in range(0, n_rows(raw), chunk_users):
+        part = take_rows(raw, slice(start, start + chunk_users))
+        table = as_columns(part)
+        design: dict[str, Any] = {}
+        scored = score_features(table, bundles, as_of, keep_features=True, reasons=False, design=design)
         acted = recommend(scored, as_of, activation)
-        acted = acted.reset_index(drop=True)
         if reasons:
-            acted = add_reasons(acted, part.reset_index(drop=True), bundles, reason_masks(acted, explain))
-        yield acted[[c for c in AUDIENCE_COLUMNS if c in acted.columns]]
+            acted = add_reasons(acted, table, bundles, reason_masks(acted, explain), design=design)
+        names = [c for c in AUDIENCE_COLUMNS if c in acted]
+        if isinstance(part, pd.DataFrame):
+            yield audience_frame(acted, names, part)
+        else:
+            yield {name: acted[name] for name in names}
+
+
+_OBJECT_COLUMNS = frozenset({"action", "action_deadline"})
+_LABEL_COLUMNS = frozenset({"lifecycle", "rfm_group"})
+
+
+def audience_frame(acted: Columns, names: list[str], part: pd.DataFrame) -> pd.DataFrame:
+    """The audience records ``names`` of one scored chunk as a DataFrame (RangeIndex): columns the scoring added from
+    ``acted``, with the dtypes the DataFrame path gives them (lists, actions and deadlines as objects, segment labels
+    as strings, other text inferred), and the feature-table columns passed through (``user_id``, ``aipl_layer``,
+    ``rule_score``) as ``part`` (the chunk's feature table) holds them."""
+    added = set(acted.added) if isinstance(acted, LayeredColumns) else set(acted)
+    data: dict[str, pd.Series] = {}
+    for name in names:
+        if name not in added and name in part.columns:
+            data[name] = part[name].reset_index(drop=True)
+            continue
+        dtype = object if name in _OBJECT_COLUMNS or name in LIST_COLUMNS else "str" if name in _LABEL_COLUMNS else None
+        data[name] = pd.Series(acted[name], dtype=dtype)
+    return pd.DataFrame(data, index=pd.RangeIndex(len(part)))
 
 
 _NULLABLE_TYPES = {
@@ -100,7 +131,7 @@ def _fixed_types(table: pa.Table) -> pa.Table:
     return table
 
 
-def reason_masks(acted: pd.DataFrame, explain: str = "audience") -> dict[str, np.ndarray]:
+def reason_masks(acted: Table, explain: str = "audience") -> dict[str, np.ndarray]:
     """Which rows of ``recommend`` output (n users: ``action``, and ``expected_profit`` for ``audience``) get reasons
     from which model (boolean, shape (n,) per target): ``win_back`` rides on the lapse score, every other action on
     the last-mile score, ``none`` on neither. ``explain`` (:data:`EXPLAIN_SCOPES`): ``audience`` keeps the users
@@ -109,11 +140,10 @@ def reason_masks(acted: pd.DataFrame, explain: str = "audience") -> dict[str, np
     value); ``actions`` keeps every user with an action."""
     if explain not in EXPLAIN_SCOPES:
         raise ValueError(f"explain must be one of {EXPLAIN_SCOPES}, got {explain!r}")
-    action = acted["action"].to_numpy(dtype=object)
+    action = objects(acted, "action")
     chosen = action != NO_ACTION
     if explain == "audience":
-        profit = pd.to_numeric(acted["expected_profit"]).to_numpy(dtype="float64", na_value=np.nan)
-        chosen &= profit > 0
+        chosen &= floats(acted, "expected_profit") > 0
     lapse = action == WIN_BACK
     return {"last_mile_buyer": chosen & ~lapse, "lapse_risk": chosen & lapse}
 

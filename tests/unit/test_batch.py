@@ -433,3 +433,26 @@ def test_the_audience_schema_is_the_same_with_or_without_reasons(shop, bundles, 
         for col in (names_col, text_col):
             assert schemas[0].field(col).type == pa.list_(pa.string())
     assert pd.read_parquet(bare.audience_path)["reasons_buy_text"].map(len).eq(0).all()
+
+
+# ------------------------------------------------------------------------------------------ one user, as columns
+def test_one_user_as_columns_scores_byte_for_byte_as_the_batch_frame(shop, btyd_bundles) -> None:
+    """Online rescoring hands the batch's functions one user's features as numpy columns (no pandas): every user
+    scored alone that way gets exactly the record the batch writes for them from its DataFrame chunk."""
+    _, raw = shop
+    activation = ActivationConfig()
+    now = AS_OF + timedelta(hours=5)
+    sample = raw.iloc[::9].reset_index(drop=True)
+    batch = next(score_chunks(sample, btyd_bundles, now, activation, len(sample), explain="actions"))
+    expected = dict(zip(*encode_chunk(batch), strict=True))
+    arrays = {c: sample[c].to_numpy(dtype=object) if c in ("user_id", "aipl_layer")
+              else sample[c].to_numpy(dtype="float64", na_value=np.nan) for c in sample.columns}
+    explained = 0
+    for i in range(len(sample)):
+        record = next(score_chunks({c: v[i : i + 1] for c, v in arrays.items()}, btyd_bundles, now, activation, 1,
+                                   explain="actions"))
+        assert isinstance(record, dict) and list(record) == list(batch.columns)
+        (uid,), (payload,) = encode_chunk(record)
+        assert payload == expected[uid], uid
+        explained += bool(len(record["reasons_buy"][0]) or len(record["reasons_lapse"][0]))
+    assert explained > 0 and batch["p_alive"].notna().any()

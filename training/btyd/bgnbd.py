@@ -143,8 +143,11 @@ class BetaGeoFitter:
     def p_alive(self, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> np.ndarray:
         """P(still alive at T | x, t_x, T), in [0, 1]; exactly 1 when x == 0 (BG/NBD drops out only after a repeat
         purchase). Shape = broadcast shape of the inputs."""
+        return self._alive(*summary_arrays(frequency, recency, T))
+
+    def _alive(self, x: np.ndarray, tx: np.ndarray, t_obs: np.ndarray) -> np.ndarray:
+        """:meth:`p_alive` of inputs already checked by :func:`summary_arrays`."""
         r, alpha, a, b = self._params()
-        x, tx, t_obs = summary_arrays(frequency, recency, T)
         with np.errstate(divide="ignore", invalid="ignore"):
             log_odds_dead = np.log(a) - np.log(b + x - 1) + (r + x) * (np.log(alpha + t_obs) - np.log(alpha + tx))
         return np.where(x > 0, special.expit(-log_odds_dead), 1.0)
@@ -157,9 +160,12 @@ class BetaGeoFitter:
         (the textbook form multiplies an overflowing 2F1 by a vanishing power). ``a`` within 1e-6 of 1 (a removable
         singularity of this form) is evaluated at ``1 + 1e-6``.
         """
-        r, alpha, a, b = self._params()
         t, x, tx, t_obs = _with_horizon(t, frequency, recency, T)
-        alive = self.p_alive(x, tx, t_obs)
+        return self._expected(t, x, t_obs, self._alive(x, tx, t_obs))
+
+    def _expected(self, t: np.ndarray, x: np.ndarray, t_obs: np.ndarray, alive: np.ndarray) -> np.ndarray:
+        """:meth:`expected_purchases` of checked inputs and their :meth:`p_alive` (all broadcastable)."""
+        r, alpha, a, b = self._params()
         a = a if abs(a - 1) >= 1e-6 else 1 + 1e-6  # the removable singularity at a == 1: ~1e-6 relative error
         c = a + b + x - 1
         z = t / (alpha + t_obs + t)
@@ -174,9 +180,13 @@ class BetaGeoFitter:
         so P(no arrival) = ((alpha+T)/(alpha+T+t))^(r+x) and the result is
         ``p_alive * (1 - ((alpha+T)/(alpha+T+t))^(r+x))``. It tends to ``p_alive`` as t grows.
         """
-        r, alpha, _, _ = self._params()
         t, x, tx, t_obs = _with_horizon(t, frequency, recency, T)
-        return self.p_alive(x, tx, t_obs) * -np.expm1(-(r + x) * np.log1p(t / (alpha + t_obs)))
+        return self._any_purchase(t, x, t_obs, self._alive(x, tx, t_obs))
+
+    def _any_purchase(self, t: ArrayLike, x: np.ndarray, t_obs: np.ndarray, alive: np.ndarray) -> np.ndarray:
+        """:meth:`p_any_purchase` of checked inputs and their :meth:`p_alive` (all broadcastable)."""
+        r, alpha, _, _ = self._params()
+        return alive * -np.expm1(-(r + x) * np.log1p(t / (alpha + t_obs)))
 
     def expected_next_purchase_days(
         self, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike, *, quantile: float = 0.5
@@ -191,9 +201,12 @@ class BetaGeoFitter:
         """
         if not 0 < quantile < 1:
             raise BTYDError(f"quantile must be in (0, 1), got {quantile}")
-        r, alpha, _, _ = self._params()
         x, tx, t_obs = summary_arrays(frequency, recency, T)
-        alive = self.p_alive(x, tx, t_obs)
+        return self._next_purchase_days(x, t_obs, self._alive(x, tx, t_obs), quantile)
+
+    def _next_purchase_days(self, x: np.ndarray, t_obs: np.ndarray, alive: np.ndarray, quantile: float) -> np.ndarray:
+        """:meth:`expected_next_purchase_days` of checked inputs and their :meth:`p_alive`."""
+        r, alpha, _, _ = self._params()
         with np.errstate(divide="ignore", invalid="ignore"):
             t = (alpha + t_obs) * np.expm1(-np.log1p(-quantile / alive) / (r + x))
         return np.where(alive > quantile, t, np.inf)

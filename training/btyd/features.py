@@ -21,14 +21,15 @@ Users who never bought (``purchase_days == 0``) are outside BTYD: every column i
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from training.btyd.bgnbd import BetaGeoFitter, BTYDError
+from features.columns import Table, column_names, floats, n_rows
+from training.btyd.bgnbd import BetaGeoFitter, BTYDError, summary_arrays
 from training.btyd.gamma_gamma import GammaGammaFitter
 
 INPUT_COLUMNS: tuple[str, ...] = (
@@ -54,14 +55,15 @@ def btyd_inputs(features: pd.DataFrame) -> pd.DataFrame:
     ``recency``, ``T`` (float64, whole days; NaN for non-buyers), ``purchase_days`` (float64) and ``spend`` (mean
     spend per purchase day, currency; NaN when unknown or for non-buyers).
     """
-    missing = [c for c in INPUT_COLUMNS if c not in features.columns]
+    return pd.DataFrame(input_arrays(features), index=_index(features))
+
+
+def input_arrays(features: Table) -> dict[str, np.ndarray]:
+    """:func:`btyd_inputs` as arrays of shape (n,), for a DataFrame or :data:`features.columns.Columns`."""
+    missing = [c for c in INPUT_COLUMNS if c not in column_names(features)]
     if missing:
         raise ValueError(f"feature table lacks {missing}, which the BTYD inputs are derived from")
-
-    def col(name: str) -> np.ndarray:
-        return pd.to_numeric(features[name]).to_numpy(dtype=np.float64, na_value=np.nan)
-
-    days, last, gap = col("purchase_days"), col("days_since_last_buy"), col("purchase_gap_mean_days")
+    days, last, gap = (floats(features, c) for c in ("purchase_days", "days_since_last_buy", "purchase_gap_mean_days"))
     days = np.nan_to_num(days, nan=0.0)
     first = np.where(days >= 2, last + gap * (days - 1), last)
     buyer = (days >= 1) & np.isfinite(last) & np.isfinite(first) & (last > 0)
@@ -71,24 +73,37 @@ def btyd_inputs(features: pd.DataFrame) -> pd.DataFrame:
     first_bucket = _bucket(safe_first)
     nan = np.full(len(days), np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
-        spend = col("amount_mean") * col("buy_count") / days
-    return pd.DataFrame(
-        {
-            "buyer": buyer,
-            "frequency": np.where(buyer, days - 1, nan),
-            "recency": np.where(buyer, first_bucket - last_bucket, nan),
-            "T": np.where(buyer, first_bucket, nan),
-            "purchase_days": np.where(buyer, days, nan),
-            "spend": np.where(buyer & np.isfinite(spend), spend, nan),
-        },
-        index=features.index,
-    )
+        spend = floats(features, "amount_mean") * floats(features, "buy_count") / days
+    return {
+        "buyer": buyer,
+        "frequency": np.where(buyer, days - 1, nan),
+        "recency": np.where(buyer, first_bucket - last_bucket, nan),
+        "T": np.where(buyer, first_bucket, nan),
+        "purchase_days": np.where(buyer, days, nan),
+        "spend": np.where(buyer & np.isfinite(spend), spend, nan),
+    }
+
+
+def _index(features: Table) -> pd.Index:
+    """The index of a DataFrame; a RangeIndex of n rows for columns."""
+    return features.index if isinstance(features, pd.DataFrame) else pd.RangeIndex(n_rows(features))
 
 
 def _bucket(age_days: np.ndarray) -> np.ndarray:
     """Day bucket ``ceil(age) - 1`` of ages in days (> 0), computed on whole microseconds; float64, shape (n,)."""
     age_us = np.rint(age_days * _DAY_US).astype(np.int64)
     return ((np.maximum(age_us, 1) - 1) // _DAY_US).astype(np.float64)
+
+
+class _Summaries(NamedTuple):
+    """Buyers' distinct summaries (each shape (m,)), ``key`` (shape (buyers,)) mapping each buyer row to its summary,
+    and P(alive) of each summary."""
+
+    key: np.ndarray
+    x: np.ndarray
+    tx: np.ndarray
+    t_obs: np.ndarray
+    alive: np.ndarray
 
 
 class BTYDFeatures:
@@ -154,41 +169,58 @@ class BTYDFeatures:
             *(f"btyd_expected_{h}d" for h in self.horizons), f"btyd_clv_{self.clv_days}d",
         ]  # fmt: skip
 
-    def transform(self, features: pd.DataFrame) -> pd.DataFrame:
+    def transform(self, features: Table) -> pd.DataFrame:
         """:attr:`columns` for every row of a feature table (n users): float64 (n, k), the index of ``features``;
         probabilities in [0, 1], expected purchase days, CLV in currency; NaN for users who never bought."""
-        bgf = self._fitted()
-        inp = btyd_inputs(features)
-        out = np.full((len(inp), len(self.columns)), np.nan)
-        buyer = inp["buyer"].to_numpy()
-        if buyer.any():
-            x, tx, t_obs = (inp.loc[buyer, c].to_numpy() for c in ("frequency", "recency", "T"))
-            key, (ux, utx, ut) = _distinct(x, tx, t_obs)
-            days = np.array([self.window_days, *self.horizons, self.clv_days], dtype=np.float64)[:, None]
-            expected = bgf.expected_purchases(days, ux, utx, ut)[:, key]
-            out[buyer, 0] = bgf.p_alive(ux, utx, ut)[key]
-            out[buyer, 1] = bgf.p_any_purchase(float(self.window_days), ux, utx, ut)[key]
-            out[buyer, 2 : 3 + len(self.horizons)] = expected[:-1].T
-            out[buyer, -1] = expected[-1] * self._spend(inp.loc[buyer])
-        return pd.DataFrame(out, columns=self.columns, index=features.index)
+        return pd.DataFrame(self.transform_array(features), columns=self.columns, index=_index(features))
 
-    def _spend(self, buyers: pd.DataFrame) -> np.ndarray:
-        """Expected spend per purchase day of buyer rows (currency, shape (n,)): the Gamma-Gamma estimate, or
-        without it the user's own mean spend, else the fitted population mean (NaN without any amount)."""
-        m = buyers["spend"].to_numpy()
+    def transform_array(self, features: Table, inputs: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+        """:meth:`transform` as a float64 array of shape (n, k), for a DataFrame or :data:`features.columns.Columns`
+        (``inputs``: their :func:`input_arrays`, when already computed)."""
+        inp = input_arrays(features) if inputs is None else inputs
+        return self._columns(inp, self._summaries(inp))
+
+    def _summaries(self, inp: Mapping[str, np.ndarray]) -> _Summaries | None:
+        """The buyers' distinct (x, t_x, T) summaries, checked, and their P(alive); None without a buyer."""
+        bgf = self._fitted()
+        buyer = inp["buyer"]
+        if not buyer.any():
+            return None
+        key, distinct = _distinct(*(inp[c][buyer] for c in ("frequency", "recency", "T")))
+        ux, utx, ut = summary_arrays(*distinct)
+        return _Summaries(key, ux, utx, ut, bgf._alive(ux, utx, ut))
+
+    def _columns(self, inp: Mapping[str, np.ndarray], s: _Summaries | None) -> np.ndarray:
+        """:meth:`transform_array` of :func:`input_arrays` output and its :meth:`_summaries`."""
+        bgf = self._fitted()
+        buyer = inp["buyer"]
+        out = np.full((len(buyer), len(self.columns)), np.nan)
+        if s is not None:
+            days = np.array([self.window_days, *self.horizons, self.clv_days], dtype=np.float64)[:, None]
+            expected = bgf._expected(days, s.x, s.t_obs, s.alive)[:, s.key]
+            out[buyer, 0] = s.alive[s.key]
+            out[buyer, 1] = bgf._any_purchase(float(self.window_days), s.x, s.t_obs, s.alive)[s.key]
+            out[buyer, 2 : 3 + len(self.horizons)] = expected[:-1].T
+            out[buyer, -1] = expected[-1] * self._spend(inp["purchase_days"][buyer], inp["spend"][buyer])
+        return out
+
+    def _spend(self, purchase_days: np.ndarray, m: np.ndarray) -> np.ndarray:
+        """Expected spend per purchase day of buyer rows (currency, shape (n,)) from their purchase days and mean
+        spend ``m``: the Gamma-Gamma estimate, or without it the user's own mean spend, else the fitted population
+        mean (NaN without any amount)."""
         if self.ggf_ is not None:
-            return self.ggf_.conditional_expected_average_profit(buyers["purchase_days"].to_numpy(), m)
+            return self.ggf_.conditional_expected_average_profit(purchase_days, m)
         fallback = np.nan if self.spend_mean_ is None else self.spend_mean_
         return np.where(np.isfinite(m), m, fallback)
 
     def p_any_purchase(self, features: pd.DataFrame, days: float) -> np.ndarray:
         """P(at least one purchase in the next ``days`` days) per row, shape (n,); NaN for users who never bought."""
         bgf = self._fitted()
-        inp = btyd_inputs(features)
-        out = np.full(len(inp), np.nan)
-        buyer = inp["buyer"].to_numpy()
+        inp = input_arrays(features)
+        buyer = inp["buyer"]
+        out = np.full(len(buyer), np.nan)
         if buyer.any():
-            x, tx, t_obs = (inp.loc[buyer, c].to_numpy() for c in ("frequency", "recency", "T"))
+            x, tx, t_obs = (inp[c][buyer] for c in ("frequency", "recency", "T"))
             out[buyer] = bgf.p_any_purchase(float(days), x, tx, t_obs)
         return out
 
@@ -197,35 +229,52 @@ class BTYDFeatures:
         ``expected_purchases_{d}d`` for ``horizons``, ``clv_{clv_days}d`` (currency) and ``next_order_date``
         (ISO date of ``as_of`` + the median wait to the next purchase; None when the user more likely than not
         never buys again, or beyond :data:`NEVER_DAYS`). Every value is NaN/None for users who never bought."""
-        cols = self.transform(features)
-        out = pd.DataFrame(index=features.index)
-        out["p_alive"] = cols["btyd_p_alive"]
-        for h in self.horizons:
-            out[f"expected_purchases_{h}d"] = cols[f"btyd_expected_{h}d"]
-        out[f"clv_{self.clv_days}d"] = cols[f"btyd_clv_{self.clv_days}d"]
-        out["next_order_date"] = self.next_order_dates(features, as_of)
+        index = _index(features)
+        out = pd.DataFrame(index=index)
+        for name, values in self.output_arrays(features, as_of).items():
+            out[name] = pd.Series(values, index=index, dtype=object) if name == "next_order_date" else values
+        return out
+
+    def output_arrays(
+        self, features: Table, as_of: datetime, columns: np.ndarray | None = None,
+        inputs: Mapping[str, np.ndarray] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """:meth:`outputs` as arrays of shape (n,) (float64; ``next_order_date`` an object array of ISO dates and
+        None), for a DataFrame or :data:`features.columns.Columns`. ``columns``: the :meth:`transform_array` of
+        these rows when already computed (a design matrix holds them); ``inputs``: their :func:`input_arrays`."""
+        inp = input_arrays(features) if inputs is None else inputs
+        s = self._summaries(inp)
+        cols = self._columns(inp, s) if columns is None else columns
+        out: dict[str, np.ndarray] = {"p_alive": cols[:, 0]}
+        for i, h in enumerate(self.horizons):
+            out[f"expected_purchases_{h}d"] = cols[:, 3 + i]
+        out[f"clv_{self.clv_days}d"] = cols[:, -1]
+        out["next_order_date"] = self._next_order_array(inp, s, as_of)
         return out
 
     def next_order_dates(self, features: pd.DataFrame, as_of: datetime) -> pd.Series:
         """ISO date (``YYYY-MM-DD``) of ``as_of`` + the median wait to the next purchase, an object Series of
         n rows; None for non-buyers, users who more likely than not never buy again, or waits past NEVER_DAYS."""
+        inp = input_arrays(features)
+        return pd.Series(self._next_order_array(inp, self._summaries(inp), as_of), index=_index(features), dtype=object)
+
+    def _next_order_array(self, inp: Mapping[str, np.ndarray], s: _Summaries | None, as_of: datetime) -> np.ndarray:
+        """:meth:`next_order_dates` of :func:`input_arrays` output and its :meth:`_summaries`, as an object array of
+        shape (n,)."""
         bgf = self._fitted()
-        inp = btyd_inputs(features)
-        wait = np.full(len(inp), np.inf)
-        buyer = inp["buyer"].to_numpy()
-        if buyer.any():
-            x, tx, t_obs = (inp.loc[buyer, c].to_numpy() for c in ("frequency", "recency", "T"))
-            key, (ux, utx, ut) = _distinct(x, tx, t_obs)
-            wait[buyer] = bgf.expected_next_purchase_days(ux, utx, ut)[key]
+        buyer = inp["buyer"]
+        wait = np.full(len(buyer), np.inf)
+        if s is not None:
+            wait[buyer] = bgf._next_purchase_days(s.x, s.t_obs, s.alive, 0.5)[s.key]
         dated = np.isfinite(wait) & (wait <= NEVER_DAYS)
-        dates = np.full(len(inp), None, dtype=object)
+        dates = np.full(len(buyer), None, dtype=object)
         if dated.any():
             base = pd.Timestamp(as_of)
             base = base.tz_localize("UTC") if base.tzinfo is None else base.tz_convert("UTC")
             us = np.rint(wait[dated] * _DAY_US).astype("timedelta64[us]")
             days = (np.datetime64(base.tz_localize(None).to_datetime64(), "us") + us).astype("datetime64[D]")
             dates[dated] = days.astype(str)
-        return pd.Series(dates, index=features.index, dtype=object)
+        return dates
 
     # ------------------------------------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
@@ -273,6 +322,8 @@ def _fit_bgnbd(rows: pd.DataFrame, penalizer: float, horizon: float) -> BetaGeoF
 def _distinct(x: np.ndarray, tx: np.ndarray, t_obs: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
     """Distinct (x, t_x, T) rows of whole-day inputs (each shape (n,)): ``(inverse, (ux, utx, uT))`` with
     ``ux[inverse] == x``. Users share few distinct summaries, so the special functions run once per summary."""
+    if len(x) == 1:  # one summary: itself (as the key's whole-day decomposition gives it back)
+        return np.zeros(1, dtype=np.intp), tuple(v.astype(np.int64).astype(np.float64) for v in (x, tx, t_obs))
     span = int(np.max(t_obs)) + 1
     key = (x.astype(np.int64) * span + tx.astype(np.int64)) * span + t_obs.astype(np.int64)
     uniq, inverse = np.unique(key, return_inverse=True)
