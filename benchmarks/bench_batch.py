@@ -1,17 +1,20 @@
 """Nightly batch: features -> scores -> activation -> publish (SQLite, Redis), and compiled tree prediction.
 
-    .venv/bin/python benchmarks/bench_batch.py --users 200000 [--train-users 20000] [--no-redis] [--no-treelite]
+    .venv/bin/python benchmarks/bench_batch.py --users 200000 [--train-users 20000] [--explain audience [actions]]
+        [--no-redis] [--no-treelite]
 
 1. Bundles for both targets trained on a small generated shop (``--train-users``; cached and shared with
    ``bench_quality.py``), then a ``--users`` shop to score (generated without truth, cached).
 2. The feature table as of the end of the data is built once (timed, but not part of the target: the batch
    starts from the feature table, as ``propensity score --features`` does). ``serving.batch.run.run_batch`` then
    scores it and publishes to a SQLite store and, when ``redis-server`` is on PATH, to a private Redis on a free
-   loopback port, once without reason codes (``--no-reasons``) and once with them. Its parts are timed by
-   wrapping the real functions: ``score_features`` (segmenter, booster probabilities), ``recommend``,
-   ``add_reasons`` (SHAP contributions and ``top_reasons`` for the users with an action, from the model the
-   action rides on); the rest is the audience Parquet file and the store publish.
-   Target: 1M users <= 20 s from the feature table to a published snapshot.
+   loopback port, once without reason codes (``--no-reasons``) and once with them per ``--explain`` scope
+   (``audience``, the default: the users of each action's best-profit audience; ``actions``: every user with an
+   action, the scope before readable reasons). Its parts are timed by wrapping the real functions:
+   ``score_features`` (segmenter, booster probabilities), ``recommend``, ``add_reasons`` (SHAP contributions,
+   ``top_reasons`` and the readable phrases for the explained users, from the model the action rides on); the
+   rest is the audience Parquet file and the store publish. Target: 1M users <= 20 s from the feature table to a
+   published snapshot, with reasons.
 3. Same-run baseline: raw ``lightgbm.Booster.predict`` rows/s on the same design matrix (all cores), and
    ``pred_contrib`` rows/s on a slice (the cost of reason codes).
 4. Compiled trees: treelite + tl2cgen (``uv pip install treelite tl2cgen``; skipped when missing) compile each
@@ -46,12 +49,13 @@ PARTS = (
     ("score_features", 0),
     ("booster predict", 1),
     ("recommend", 0),
-    ("add_reasons (users with an action)", 0),
+    ("add_reasons (explained users)", 0),
     ("SHAP contributions", 1),
     ("top_reasons", 1),
+    ("reason phrases", 1),
     ("segmenter transform (all calls)", 0),
 )
-TOP = ("score_features", "recommend", "add_reasons (users with an action)")
+TOP = ("score_features", "recommend", "add_reasons (explained users)")
 
 
 def timed_points() -> list[tuple[Any, str, str]]:
@@ -67,8 +71,9 @@ def timed_points() -> list[tuple[Any, str, str]]:
         (ModelBundle, "predict_raw", "booster predict"),
         (ModelBundle, "contributions", "SHAP contributions"),
         (scoring, "top_reasons", "top_reasons"),
+        (scoring, "reason_texts", "reason phrases"),
         (batch, "recommend", "recommend"),
-        (batch, "add_reasons", "add_reasons (users with an action)"),
+        (batch, "add_reasons", "add_reasons (explained users)"),
     ]
 
 
@@ -83,23 +88,31 @@ def build(shop: Any, bundles: dict[str, Any]) -> tuple[Any, float, float]:
     return raw, time.perf_counter() - t0, cpu_seconds() - c0
 
 
-def run_one(name: str, store: Any, shop: Any, raw: Any, bundles: dict[str, Any], out: Path, reasons: bool) -> dict:
-    """``run_batch`` from the feature table ``raw`` to a published snapshot, timed by part."""
+def run_one(name: str, store: Any, shop: Any, raw: Any, bundles: dict[str, Any], out: Path,
+            explain: str | None) -> dict:
+    """``run_batch`` from the feature table ``raw`` to a published snapshot, timed by part; ``explain`` is the
+    reasons scope (None: ``--no-reasons``)."""
+    import pandas as pd
+
     from serving.batch import run as batch
 
     watch = Stopwatch()
     with instrumented(watch, timed_points()):
         t0, c0 = time.perf_counter(), cpu_seconds()
-        result = batch.run_batch(None, shop.end, bundles, store, out, features=raw, reasons=reasons,
-                                 created_at=datetime(2026, 11, 24, 3, 0, tzinfo=UTC))
+        result = batch.run_batch(None, shop.end, bundles, store, out, features=raw, reasons=explain is not None,
+                                 explain=explain or "audience", created_at=datetime(2026, 11, 24, 3, 0, tzinfo=UTC))
         wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     parts = {k: (watch.wall[k], watch.cpu[k]) for k in watch.calls}
     top = sum(watch.wall[k] for k in TOP if k in watch.calls)
     parts["parquet + publish (rest)"] = (wall - top, float("nan"))
     acted = sum(n for action, n in result.action_counts.items() if action != "none")
-    label = f"{name}, {'with' if reasons else 'no'} reasons"
+    explained = 0
+    if explain is not None:  # counted after the timed run, from the written audience
+        masks = batch.reason_masks(pd.read_parquet(out, columns=["action", "expected_profit"]), explain)
+        explained = int(sum(m.sum() for m in masks.values()))
+    label = f"{name}, reasons for {explain}" if explain else f"{name}, no reasons"
     return {"store": label, "users": result.users, "wall": wall, "cpu": cpu, "parts": parts, "acted": acted,
-            "rows": result.snapshot.rows if result.snapshot else None}
+            "explained": explained, "rows": result.snapshot.rows if result.snapshot else None}
 
 
 def best_of(fn: Any, repeats: int) -> tuple[float, Any]:
@@ -174,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=CACHE)
     ap.add_argument("--repeats", type=int, default=3, help="timed predictions per predictor (best is kept)")
     ap.add_argument("--contrib-rows", type=int, default=20_000, help="rows for the pred_contrib rate")
+    ap.add_argument("--explain", nargs="+", default=["audience"], choices=["audience", "actions"],
+                    help="reasons scopes, one run with reasons each (after the run without)")
     ap.add_argument("--no-redis", action="store_true")
     ap.add_argument("--no-treelite", action="store_true")
     ap.add_argument("--json", type=Path, default=None)
@@ -202,10 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
         work = Path(tmp)
-        for reasons in (False, True):
+        scopes: list[str | None] = [None, *dict.fromkeys(args.explain)]
+        for explain in scopes:
             store = open_store(work / "scores.sqlite")
             try:
-                runs.append(run_one("sqlite", store, shop, raw, bundles, work / "audience.parquet", reasons))
+                runs.append(run_one("sqlite", store, shop, raw, bundles, work / "audience.parquet", explain))
             finally:
                 store.close()
         proc = None
@@ -216,9 +232,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 store = open_store(work / "unused.sqlite", url, prefix="bench-batch")
                 try:
-                    for reasons in (False, True):
+                    for explain in scopes:
                         runs.append(run_one("redis", store, shop, raw, bundles, work / "audience-redis.parquet",
-                                            reasons))
+                                            explain))
                 finally:
                     store.close()
                     proc.terminate()
@@ -240,15 +256,18 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"{wall:.1f}" + ("" if np.isnan(cpu) else f" ({cpu:.1f})"))
         print(f"| {'&nbsp;' * 4 * level}{name} | " + " | ".join(cells) + " |")
     print("| **run_batch total** | " + " | ".join(f"**{r['wall']:.1f}** ({r['cpu']:.1f})" for r in runs) + " |\n")
-    print("| run | users | with an action | run_batch s (CPU s) | users/s | booster predict s "
-          "| SHAP s | target 1M <= 20 s |\n|---|---|---|---|---|---|---|---|")
+    print("| run | users | with an action | explained | run_batch s (CPU s) | vs no reasons | users/s "
+          "| booster predict s | SHAP s | target 1M <= 20 s |\n|---|---|---|---|---|---|---|---|---|---|")
+    bare = {r["store"].split(",")[0]: r["wall"] for r in runs if r["store"].endswith("no reasons")}
     for r in runs:
         per_million = r["wall"] * 1_000_000 / max(r["users"], 1)
         verdict = ("met" if r["wall"] <= 20 else "missed") if args.users >= 1_000_000 else (
             f"{'on track' if per_million <= 20 else 'missed'}: linear extrapolation {per_million:,.0f} s at 1M")
         shap = r["parts"].get("SHAP contributions", (0.0, 0.0))[0]
-        print(f"| {r['store']} | {r['users']:,} | {r['acted']:,} | {r['wall']:.1f} ({r['cpu']:.1f}) "
-              f"| {r['users'] / r['wall']:,.0f} | {r['parts']['booster predict'][0]:.1f} | {shap:.1f} | {verdict} |")
+        ratio = r["wall"] / bare[r["store"].split(",")[0]]
+        print(f"| {r['store']} | {r['users']:,} | {r['acted']:,} | {r['explained']:,} | {r['wall']:.1f} "
+              f"({r['cpu']:.1f}) | {ratio:.2f}x | {r['users'] / r['wall']:,.0f} "
+              f"| {r['parts']['booster predict'][0]:.1f} | {shap:.1f} | {verdict} |")
     print("\n| model | rows | trees | Booster.predict rows/s (baseline) | pred_contrib rows/s | tl2cgen input "
           "| tl2cgen rows/s | speed-up | max abs diff raw / calibrated (rows > 1e-6) | compile s "
           "| adopt (>= 2x, <= 1e-6) |\n|---|---|---|---|---|---|---|---|---|---|---|")
