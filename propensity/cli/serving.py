@@ -147,7 +147,7 @@ def prebuilt_features(path: Path, as_of: datetime, spec: Any) -> Any:
 def run_score(
     cfg: Settings, events: Path, as_of: datetime, out: Path | None = None, publish: bool = True,
     engine: str = "duckdb", spark_master: str = "local[2]", features: Path | None = None, reasons: bool = True,
-    force: bool = False, log_seq: int = 0,
+    force: bool = False, log_seq: int = 0, explain: str = "audience",
 ) -> Any:
     """Score everyone with the champions, write the audience Parquet, publish the snapshot; print a summary.
 
@@ -184,7 +184,7 @@ def run_score(
             else:
                 result = run_batch(
                     events, as_of, bundles, store, out, chunk_users=cfg.serving.batch_chunk_users,
-                    progress=progress, features=table, reasons=reasons, **common,
+                    progress=progress, features=table, reasons=reasons, explain=explain, **common,
                 )
     finally:
         if store is not None:
@@ -240,8 +240,13 @@ def score(
         help="Score this feature file (from `propensity features`, same --as-of) instead of building features.",
     )] = None,
     reasons: Annotated[bool, typer.Option(
-        help="Reason codes (SHAP) for the users with an action; --no-reasons publishes scores and actions only.",
+        help="Reasons (SHAP feature names and readable phrases) for the users --explain selects; --no-reasons "
+             "publishes scores and actions only.",
     )] = True,
+    explain: Annotated[str, typer.Option(
+        help="Whose reasons the batch computes: audience (the users of each action's best-profit audience, the ones "
+             "a campaign sends to) or actions (every user with an action; SHAP costs about 75x a score).",
+    )] = "audience",
     force: Annotated[bool, typer.Option(
         help="Publish even a batch that scores nobody or fewer users than serving.min_publish_share of the served "
              "snapshot.")] = False,
@@ -250,6 +255,8 @@ def score(
     """Batch-score every user with the @champion models and publish a new score snapshot atomically."""
     cfg = settings(data_dir=data_dir)
     check_engine(engine)
+    if explain not in ("audience", "actions"):
+        raise typer.BadParameter(f"must be audience or actions, got {explain!r}", param_hint="--explain")
     if features is not None and engine != "duckdb":
         raise typer.BadParameter("--features works with the duckdb engine only", param_hint="--features")
     if events is None and features is None:  # acknowledged events (/events, `propensity ingest`) join the batch
@@ -264,7 +271,7 @@ def score(
         check_feature_file(features)
     else:
         check_events(source, default=events is None)
-    run_score(cfg, source, as_of, out, publish, engine, spark_master, features, reasons, force, log_seq)
+    run_score(cfg, source, as_of, out, publish, engine, spark_master, features, reasons, force, log_seq, explain)
 
 
 def snapshots(data_dir: DataDir = None) -> None:
