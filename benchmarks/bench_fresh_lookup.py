@@ -1,7 +1,8 @@
 """Fresh ``/lookup``: rescoring one user who has events newer than the served snapshot, in process and end to end.
 
     .venv/bin/python benchmarks/bench_fresh_lookup.py [--users 20000] [--rescore-users 300] [--rate 500]
-        [--duration 10] [--no-service] [--save FILE | --compare FILE] [--profile FILE]
+        [--duration 10] [--workers 1] [--no-service | --no-rescore] [--save FILE | --compare FILE] [--profile FILE]
+        [--work DIR] [--out FILE]
 
 1. Setup (the way the nightly batch leaves it): a generated shop of ``--users`` users (cached with
    ``bench_quality.make_shop``) and both champions trained on it (``bench_quality.trained_bundles``, cached); the
@@ -14,13 +15,13 @@
    the batch-sized path) must give byte-identical payloads: the one-row path is the batch's path.
    ``--save`` writes the payloads (JSON), ``--compare`` checks them byte for byte against a saved run, so an
    optimisation can be shown to change no output.
-3. End to end (unless ``--no-service``): the real service (``propensity.service.launch.serve_args``, one
-   worker, the bundles pinned with ``model_dir``) on 127.0.0.1; a new event for each of the ``--rescore-users``
-   users is posted to ``POST /events`` (one request), then ``/lookup`` is driven open loop at ``--rate`` req/s for
-   ``--duration`` s (``bench_load_publish.open_loop``: latency from each request's due time, every answer
-   checked) twice: once over users without new events (the stored row: the same-run baseline) and once over the
-   users with a new event (each answer a rescoring: ``fresh: true``, checked on one lookup per user afterwards).
-   Printed: p50/p95/p99/max ms, errors and the server's CPU time per request (all its processes).
+3. End to end (unless ``--no-service``): the real service (``propensity.service.launch.serve_args``,
+   ``--workers`` processes, the bundles pinned with ``model_dir``) on 127.0.0.1; a new event for each of the
+   ``--rescore-users`` users is posted to ``POST /events`` (one request), then ``/lookup`` is driven open loop at
+   ``--rate`` req/s for ``--duration`` s (``bench_load_publish.open_loop``: latency from each request's due time,
+   every answer checked) twice: once over users without new events (the stored row: the same-run baseline) and
+   once over the users with a new event (each answer a rescoring: ``fresh: true``, checked on one lookup per user
+   afterwards). Printed: p50/p95/p99/max ms, errors and the server's CPU time per request (all its processes).
 
 Same-run baseline: the stored-row ``/lookup`` at the same rate on the same server.
 """
@@ -184,14 +185,16 @@ def in_process(setup: dict[str, Any], work: Path, n_users: int, args: argparse.N
     return doc
 
 
-def start_service(setup: dict[str, Any], work: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_service(
+    setup: dict[str, Any], work: Path, log_path: Path, workers: int
+) -> tuple[subprocess.Popen[bytes], int]:
     from propensity.config import Settings
     from propensity.service.launch import serve_args
 
     port = free_port()
     settings = Settings(data_dir=work / "data", store_path=work / "scores.sqlite", serving={"api_token": TOKEN},
                         tracking_uri=f"sqlite:///{work / 'mlflow.db'}", artifact_root=work / "mlruns")
-    argv, env = serve_args(settings, "127.0.0.1", port, 1, model_dir=setup["bundle_dir"], reload_interval_s=30)
+    argv, env = serve_args(settings, "127.0.0.1", port, workers, model_dir=setup["bundle_dir"], reload_interval_s=30)
     env["BENTOML_HOME"] = str(work / "bentoml-home")
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -199,7 +202,7 @@ def start_service(setup: dict[str, Any], work: Path, log_path: Path) -> tuple[su
     return proc, port
 
 
-def end_to_end(setup: dict[str, Any], work: Path, n_users: int, rate: int, duration: float) -> list[Any]:
+def end_to_end(setup: dict[str, Any], work: Path, n_users: int, rate: int, duration: float, workers: int) -> list[Any]:
     """Stored-row and fresh ``/lookup`` open loop at ``rate`` on the real service; returns the two results."""
     import httpx
 
@@ -209,7 +212,7 @@ def end_to_end(setup: dict[str, Any], work: Path, n_users: int, rate: int, durat
     fresh_ids, stored_ids = chosen[:n_users], chosen[n_users:]
     log_path = work / "service.log"
     shutil.rmtree(work / "data" / "events", ignore_errors=True)  # the service's event log: only this run's events
-    proc, port = start_service(setup, work, log_path)
+    proc, port = start_service(setup, work, log_path, workers)
     results = []
     try:
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0,
@@ -258,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rescore-users", type=int, default=300, help="users given a new event")
     ap.add_argument("--rate", type=int, default=500, help="open-loop /lookup rate (req/s)")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per open-loop run")
+    ap.add_argument("--workers", type=int, default=1, help="service worker processes")
     ap.add_argument("--no-service", action="store_true", help="only the in-process rescoring")
+    ap.add_argument("--no-rescore", action="store_true", help="only the service (skip the in-process timing)")
     ap.add_argument("--save", type=Path, default=None, help="write the one-user payloads here (JSON)")
     ap.add_argument("--compare", type=Path, default=None, help="check the payloads against a --save file")
     ap.add_argument("--profile", type=Path, default=None, help="cProfile the timed rescorings into this file")
@@ -271,10 +276,11 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         setup = prepare(work, args.users)
         doc: dict[str, Any] = {"users": args.users, "cpus": os.cpu_count(), "load_at_start": load_note()}
-        doc["rescore"] = in_process(setup, work, args.rescore_users, args)
+        if not args.no_rescore:
+            doc["rescore"] = in_process(setup, work, args.rescore_users, args)
         if not args.no_service:
             doc["service"] = [r.__dict__ for r in end_to_end(setup, work, args.rescore_users, args.rate,
-                                                              args.duration)]
+                                                              args.duration, args.workers)]
             base, fresh = doc["service"]
             if base["p99_ms"] and fresh["p99_ms"]:
                 print(f"fresh / stored p99: {fresh['p99_ms'] / base['p99_ms']:.2f}x, "

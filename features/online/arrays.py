@@ -158,8 +158,8 @@ def id_codes(values: pd.Series | Sequence[object]) -> np.ndarray:
     if len(values) <= _SMALL:
         items = _as_list(values)
         null = np.array([_is_null(v) for v in items], dtype=bool)
-        text = np.array(["" if n else _id_text(v) for v, n in zip(items, null.tolist(), strict=True)], dtype=object)
-        codes = pd.util.hash_array(text, categorize=False).view("int64")  # the same hashes as categorize=True
+        texts = ["" if n else _id_text(v) for v, n in zip(items, null.tolist(), strict=True)]
+        codes = np.array([_text_code(t) for t in texts], dtype=np.int64)
     else:
         series = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
         null = series.isna().to_numpy()
@@ -168,6 +168,22 @@ def id_codes(values: pd.Series | Sequence[object]) -> np.ndarray:
     codes[null] = NULL_ID
     codes[(codes == NULL_ID) & ~null] = NULL_ID + 1  # keep the null code for nulls only
     return codes
+
+
+_CODES: dict[str, int] = {}
+"""Hash codes of recently coded id texts (a looked-up user's new events come back on every lookup)."""
+
+
+def _text_code(text: str) -> int:
+    """The int64 hash of one id text (``pd.util.hash_array``, which gives each value the same hash whether or not it
+    categorizes first), remembered for the next lookups (at most ~100k texts)."""
+    code = _CODES.get(text)
+    if code is None:
+        code = int(pd.util.hash_array(np.array([text], dtype=object), categorize=False).view("int64")[0])
+        if len(_CODES) >= 100_000:
+            _CODES.clear()
+        _CODES[text] = code
+    return code
 
 
 def _id_text(value: object) -> str:

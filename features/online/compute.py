@@ -95,12 +95,17 @@ def user_features(
                                     spec.purchase_days, spec.interest_days, spec.browse_days, spec.distinct_days,
                                     spec.cart_unbought_days, spec.trend_days, spec.trend_days + spec.trend_base_days,
                                     *spec.comparison_windows}}
-    for w in spec.windows:
-        for beh in RECENCY_BEHAVIORS:
-            f[count_column(beh, w)] = _count(is_[beh] & wins[w])
-        f[count_column("event", w)] = _count(wins[w])
+    # events of each behavior (rows; the last row: any) in each window (columns, sorted), as one integer product
+    win_list = sorted(wins)
+    win_matrix = np.array([wins[w] for w in win_list], dtype=np.int64)
+    counts = np.array([is_[beh] for beh in RECENCY_BEHAVIORS], dtype=np.int64) @ win_matrix.T
+    counts = np.vstack([counts, win_matrix.sum(axis=1)]).tolist()
+    col = {w: i for i, w in enumerate(win_list)}
+    for name, row, w in _count_columns(spec):
+        f[name] = counts[row][col[w]]
+    active_days = np.unique(day)
     for w in spec.active_day_windows:
-        f[f"active_days_{w}d"] = int(np.unique(day[day < w]).size)
+        f[f"active_days_{w}d"] = int((active_days < w).sum())
     dd = spec.distinct_days
     items = _distinct(ev.item, wins[dd]) if has_item else 0
     f[f"distinct_items_{dd}d"] = items
@@ -147,7 +152,6 @@ def user_features(
     # rhythm (features.spec.rhythm)
     for beh in RECENCY_BEHAVIORS:
         f[f"days_since_first_{beh}"] = _max(age, is_[beh])
-    active_days = np.unique(day)
     n_active = int(active_days.size)
     mean_gap = float(active_days.max() - active_days.min()) / float(n_active - 1) if n_active >= 2 else _NAN
     f["active_gap_mean_days"] = mean_gap
@@ -158,11 +162,10 @@ def user_features(
     f["purchase_gap_median_days"] = _median_gap(buy_days)
     f["purchase_survival"] = math.exp(-f["repurchase_cycle_ratio"])
     scale = spec.trend_days / spec.trend_base_days
-    long_window = wins[spec.trend_days + spec.trend_base_days]
-    for beh in (*RECENCY_BEHAVIORS, "event"):
-        own = np.ones_like(long_window) if beh == "event" else is_[beh]
-        a = float(_count(own & wins[spec.trend_days]))
-        r = (float(_count(own & long_window)) - a) * scale
+    short, long = col[spec.trend_days], col[spec.trend_days + spec.trend_base_days]
+    for row, beh in enumerate((*RECENCY_BEHAVIORS, "event")):
+        a = float(counts[row][short])
+        r = (float(counts[row][long]) - a) * scale
         f[trend_column(beh, spec)] = (a - r) / (a + r + 1.0)
     # category scope
     if spec.target_categories:
@@ -300,10 +303,19 @@ def _comparison_shopping(ev: EventArrays, age: np.ndarray, is_view: np.ndarray, 
         if not m.any():
             out[w] = 0
             continue
-        pairs = np.unique(np.stack([ev.category[m], ev.item[m]], axis=1), axis=0)
-        _, per_category = np.unique(pairs[:, 0], return_counts=True)
-        out[w] = int(per_category.max())
+        items: dict[int, set[int]] = {}
+        for category, item in zip(ev.category[m].tolist(), ev.item[m].tolist(), strict=True):
+            items.setdefault(category, set()).add(item)
+        out[w] = max(len(v) for v in items.values())
     return out
+
+
+@lru_cache(maxsize=16)
+def _count_columns(spec: FeatureSpec) -> tuple[tuple[str, int, int], ...]:
+    """``(column, behavior row, window)`` of every window count: rows index :data:`RECENCY_BEHAVIORS`, then the
+    row of any event."""
+    rows = {beh: i for i, beh in enumerate((*RECENCY_BEHAVIORS, "event"))}
+    return tuple((count_column(beh, w), rows[beh], w) for w in spec.windows for beh in (*RECENCY_BEHAVIORS, "event"))
 
 
 def _unbought_carts(ev: EventArrays, age: np.ndarray, is_cart: np.ndarray, is_buy: np.ndarray, days: int) -> int:

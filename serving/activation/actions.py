@@ -42,7 +42,7 @@ expected profit is the same; to rank users across actions, sort on ``expected_pr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -289,15 +289,15 @@ def recommend(scored: Table, as_of: datetime, cfg: ActivationConfig | None = Non
 
     order_value = np.where(num["amount_mean"] > 0, num["amount_mean"], cfg.default_order_value)
     buy_age = age_s("days_since_last_buy")
-    rules = {
-        "coupon_24h": _coupon(np.fmin(age_s("days_since_last_fav"), age_s("days_since_last_cart")), buy_age, p_buy,
-                              order_value, cfg),
-        "ad_retarget": _ad(age_s("days_since_last_ad"), buy_age, p_buy, order_value, cfg),
-        "repurchase_reminder": _cycle(layer, buy_age, num["purchase_gap_mean_days"], p_buy, order_value, cfg),
-        "win_back": _win_back(p_lapse, rfm, num[f"amount_{cfg.purchase_days}d"],
-                              num[f"purchase_days_{cfg.purchase_days}d"], cfg),
-        "nurture": _nurture(layer, age_s("days_since_last_event"), num["purchase_days"], num.get("category_new"),
-                            p_buy, order_value, cfg),
+    rules: dict[str, Callable[[], _Rule]] = {  # evaluated in precedence order, only while some user is still free
+        "coupon_24h": lambda: _coupon(np.fmin(age_s("days_since_last_fav"), age_s("days_since_last_cart")), buy_age,
+                                      p_buy, order_value, cfg),
+        "ad_retarget": lambda: _ad(age_s("days_since_last_ad"), buy_age, p_buy, order_value, cfg),
+        "repurchase_reminder": lambda: _cycle(layer, buy_age, num["purchase_gap_mean_days"], p_buy, order_value, cfg),
+        "win_back": lambda: _win_back(p_lapse, rfm, num[f"amount_{cfg.purchase_days}d"],
+                                      num[f"purchase_days_{cfg.purchase_days}d"], cfg),
+        "nurture": lambda: _nurture(layer, age_s("days_since_last_event"), num["purchase_days"],
+                                    num.get("category_new"), p_buy, order_value, cfg),
     }
     added = _assemble(len(p_buy), now, rules, cfg)
     if not isinstance(scored, pd.DataFrame):
@@ -366,9 +366,12 @@ def _nurture(layer: np.ndarray, event_age: np.ndarray, buy_days: np.ndarray, cat
     return _timed(event_age, 0.0, cfg.browse_days * SECONDS_PER_DAY, (layer == "A") & newcomer, p, value)
 
 
-def _assemble(n: int, now: pd.Timestamp, rules: dict[str, _Rule], cfg: ActivationConfig) -> dict[str, np.ndarray]:
-    """The :data:`OUTPUT_COLUMNS` of n users from the rules' verdicts (first match in :data:`ACTIONS` order wins):
-    arrays of shape (n,), ``action`` and ``action_deadline`` object arrays, the rest float64."""
+def _assemble(
+    n: int, now: pd.Timestamp, rules: dict[str, Callable[[], _Rule]], cfg: ActivationConfig
+) -> dict[str, np.ndarray]:
+    """The :data:`OUTPUT_COLUMNS` of n users from the rules' verdicts (first match in :data:`ACTIONS` order wins; a
+    rule is evaluated only while some user has no action yet): arrays of shape (n,), ``action`` and
+    ``action_deadline`` object arrays, the rest float64."""
     action = np.full(n, NO_ACTION, dtype=object)
     remaining = np.full(n, np.nan)
     length = np.full(n, np.nan)
@@ -378,7 +381,9 @@ def _assemble(n: int, now: pd.Timestamp, rules: dict[str, _Rule], cfg: Activatio
     lift = np.zeros(n)
     free = np.ones(n, dtype=bool)
     for name in ACTIONS:  # precedence order: first match wins
-        rule = rules[name]
+        if not free.any():
+            break
+        rule = rules[name]()
         take = free & rule.match
         if not take.any():
             continue

@@ -76,8 +76,9 @@ def score_chunks(
     each chunk is scored on its columns (:func:`features.columns.as_columns`), by the same functions and floats;
     the design matrices :func:`serving.scoring.score_features` builds are reused for the reasons.
     """
-    for start in range(0, n_rows(raw), chunk_users):
-        part = take_rows(raw, slice(start, start + chunk_users))
+    total = n_rows(raw)
+    for start in range(0, total, chunk_users):
+        part = raw if chunk_users >= total else take_rows(raw, slice(start, start + chunk_users))
         table = as_columns(part)
         design: dict[str, Any] = {}
         scored = score_features(table, bundles, as_of, keep_features=True, reasons=False, design=design)

@@ -10,6 +10,7 @@ import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -272,10 +273,9 @@ def _encode_small(
     if not all(type(u) is str and u for u in ids):
         return None
     rows: list[list[str]] = [[] for _ in ids]
-    for i, (name, values) in enumerate(zip(names, arrays, strict=True)):
-        key = ("{" if i == 0 else ",") + dumps_compact(name) + ":"
+    for i, (name, key, values) in enumerate(zip(names, _keys(tuple(names)), arrays, strict=True)):
         if name == "user_id":
-            texts = [dumps_compact(u) for u in ids]
+            texts = [_basestring(u) for u in ids]
         else:
             texts = None if values is None else _small_texts(values)
             if texts is None:
@@ -303,19 +303,32 @@ def _small_texts(values: np.ndarray) -> list[str] | None:
         return None
     out = []
     for v in values.tolist():
-        if v is None or v is pd.NA or v is pd.NaT or (type(v) is float and v != v):
+        if type(v) is str:
+            out.append(_basestring(v))
+        elif v is None or v is pd.NA or v is pd.NaT or (type(v) is float and v != v):
             out.append("null")
-        elif type(v) is str or (type(v) in (list, tuple) and all(type(t) is str for t in v)):
-            out.append(dumps_compact(v))
+        elif type(v) in (list, tuple) and all(type(t) is str for t in v):
+            out.append("[" + ",".join(map(_basestring, v)) + "]")
         else:
             return None
     return out
+
+
+_basestring = json.encoder.encode_basestring  # what the compact encoder writes for a str (ensure_ascii=False)
+
+
+@lru_cache(maxsize=64)
+def _keys(names: tuple[str, ...]) -> list[str]:
+    """The text before each column's value in a payload: ``{"name":`` for the first, ``,"name":`` after."""
+    return [("{" if i == 0 else ",") + dumps_compact(name) + ":" for i, name in enumerate(names)]
 
 
 def _float_text(v: float) -> str:
     """One float as the Arrow path writes it (see :func:`_fragments`): the shortest round-trip digits (Python's
     ``repr`` finds the same ones) laid out as Arrow does, positional for decimal exponents -6 to 9 and ``d.ddde+x``
     outside them; an integral positional value gets ``.0``; NaN and infinities are ``null``."""
+    if 1e-4 <= abs(v) < 1e10 or v == 0:  # positional in both layouts: repr's text, integral ones with ".0"
+        return repr(v)
     if not math.isfinite(v):
         return "null"
     mantissa, _, exp = repr(v).partition("e")

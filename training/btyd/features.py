@@ -65,6 +65,9 @@ def input_arrays(features: Table) -> dict[str, np.ndarray]:
         raise ValueError(f"feature table lacks {missing}, which the BTYD inputs are derived from")
     days, last, gap = (floats(features, c) for c in ("purchase_days", "days_since_last_buy", "purchase_gap_mean_days"))
     days = np.nan_to_num(days, nan=0.0)
+    if not (days >= 1).any():  # nobody ever bought (most users): no buyer, every input NaN
+        buyer = np.zeros(len(days), dtype=bool)
+        return {"buyer": buyer, **{c: np.full(len(days), np.nan) for c in _INPUTS[1:]}}
     first = np.where(days >= 2, last + gap * (days - 1), last)
     buyer = (days >= 1) & np.isfinite(last) & np.isfinite(first) & (last > 0)
     safe_last = np.where(buyer, last, 1.0)
@@ -82,6 +85,9 @@ def input_arrays(features: Table) -> dict[str, np.ndarray]:
         "purchase_days": np.where(buyer, days, nan),
         "spend": np.where(buyer & np.isfinite(spend), spend, nan),
     }
+
+
+_INPUTS = ("buyer", "frequency", "recency", "T", "purchase_days", "spend")
 
 
 def _index(features: Table) -> pd.Index:
