@@ -138,25 +138,28 @@ def in_process(setup: dict[str, Any], work: Path, n_users: int, args: argparse.N
         warm = users[: min(20, len(users))]
         for uid in warm:
             scorer.rescore([uid], snapshot_id, bundles, now)
-        one: dict[str, str] = {}
         wall: list[float] = []
         profiler = cProfile.Profile() if args.profile else None
         c0 = time.process_time()
         t_all = time.perf_counter()
-        for uid in users:
+        for i, uid in enumerate(users):  # each lookup at its own time, as the service's clock gives it
+            at = now + timedelta(milliseconds=i)
             t = time.perf_counter()
             if profiler is not None:
                 profiler.enable()
-            got = scorer.rescore([uid], snapshot_id, bundles, now)
+            got = scorer.rescore([uid], snapshot_id, bundles, at)
             if profiler is not None:
                 profiler.disable()
             wall.append(time.perf_counter() - t)
-            one.update(got)
+            assert list(got) == [uid]
         elapsed = time.perf_counter() - t_all
         cpu = time.process_time() - c0
         if profiler is not None:
             profiler.dump_stats(args.profile)
             pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+        one: dict[str, str] = {}  # the checks: every user alone and all together, at one time
+        for uid in users:
+            one.update(scorer.rescore([uid], snapshot_id, bundles, now))
         together = scorer.rescore(users, snapshot_id, bundles, now)
     finally:
         log.close()

@@ -437,6 +437,8 @@ def _cutoff_shift(scored: Table, now: pd.Timestamp) -> float:
     if "as_of" not in column_names(scored) or n_rows(scored) == 0:
         return 0.0
     values = _distinct(objects(scored, "as_of"))
+    if len(values) == 1 and next(iter(values)) == now.isoformat():  # features cut at the moment of acting
+        return 0.0
     try:
         if all(type(v) is str for v in values):  # one ISO text per batch: parsed once per process
             cutoffs = list(dict.fromkeys(_parse_cutoff(v) for v in values))
