@@ -7,8 +7,9 @@ it on the features of a few users built from the events in the request. Same inp
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -224,15 +225,37 @@ def add_reasons(
     return with_columns(scored, updates)
 
 
-def reason_values(x: np.ndarray, feature_names: list[str], segmented: Table) -> dict[str, Any]:
+def reason_values(x: np.ndarray, feature_names: list[str], segmented: Table) -> Mapping[str, Any]:
     """What the reason phrases read for the m rows of the design matrix ``x`` (shape (m, f)): each of its columns by
-    feature name (float64, shape (m,)) and the segment labels of ``segmented`` (the same m users, in order)."""
-    values: dict[str, Any] = {name: x[:, j] for j, name in enumerate(feature_names)}
+    feature name (float64, shape (m,)) and the segment labels of ``segmented`` (the same m users, in order). A
+    column is sliced when a phrase reads it (a few per reason, of a hundred)."""
     present = column_names(segmented)
-    for col in SEGMENT_COLUMNS:
-        if col in present:
-            values[col] = objects(segmented, col)
-    return values
+    labels = {col: objects(segmented, col) for col in SEGMENT_COLUMNS if col in present}
+    return _ReasonValues(x, _positions(tuple(feature_names)), labels)
+
+
+@lru_cache(maxsize=64)
+def _positions(feature_names: tuple[str, ...]) -> dict[str, int]:
+    return {name: j for j, name in enumerate(feature_names)}
+
+
+class _ReasonValues(Mapping[str, Any]):
+    """:func:`reason_values`: design-matrix columns by feature name (sliced on access), then segment labels."""
+
+    def __init__(self, x: np.ndarray, positions: dict[str, int], labels: dict[str, np.ndarray]) -> None:
+        self.x, self.positions, self.labels = x, positions, labels
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self.labels:
+            return self.labels[name]
+        return self.x[:, self.positions[name]]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.positions
+        yield from (name for name in self.labels if name not in self.positions)
+
+    def __len__(self) -> int:
+        return len(self.positions) + sum(1 for name in self.labels if name not in self.positions)
 
 
 def _segment_labels(segmented: Table, rows: np.ndarray) -> dict[str, np.ndarray]:

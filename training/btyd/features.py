@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from functools import cached_property
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -169,11 +170,15 @@ class BTYDFeatures:
     def columns(self) -> list[str]:
         """Design-matrix columns, in order: P(alive), P(any purchase in the window), expected purchases in the
         window, expected purchases in each of ``horizons`` and the ``clv_days`` CLV."""
+        return list(self._column_names)
+
+    @cached_property
+    def _column_names(self) -> tuple[str, ...]:
         w = self.window_days
-        return [
+        return (
             "btyd_p_alive", f"btyd_p_purchase_{w}d", f"btyd_expected_purchases_{w}d",
             *(f"btyd_expected_{h}d" for h in self.horizons), f"btyd_clv_{self.clv_days}d",
-        ]  # fmt: skip
+        )  # fmt: skip
 
     def transform(self, features: Table) -> pd.DataFrame:
         """:attr:`columns` for every row of a feature table (n users): float64 (n, k), the index of ``features``;
