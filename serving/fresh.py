@@ -62,11 +62,29 @@ class FreshScorer:
         self._lock = threading.Lock()
         self._histories: dict[str, History | None] = {}
         self._seq = 0  # log_seq of the history last used: events above it are not in the served scores
+        self._recent: set[str] = set()  # users with a logged event above _seq, as of log position _seen
+        self._seen = 0
 
     def pending(self, user_ids: Sequence[str]) -> bool:
         """Whether any of ``user_ids`` may need rescoring: an event in the log above the served history's
-        ``log_seq`` (one indexed probe per user; before any history is loaded, any logged event counts)."""
-        return any(self.log.has_events_after(u, self._seq) for u in user_ids)
+        ``log_seq`` (before any history is loaded, any logged event counts). One read of the log's last position
+        per call; the users with newer events are kept in memory and only the log's new entries are read, so a
+        lookup of many ids costs set lookups, not a query per id."""
+        last = self.log.last_seq()
+        if last <= self._seq:
+            return False
+        with self._lock:
+            if last > self._seen:
+                self._recent |= self.log.users_after(max(self._seen, self._seq))
+                self._seen = last
+            recent = self._recent
+        return any(u in recent for u in user_ids)
+
+    def _use_seq(self, seq: int) -> None:
+        """The served history holds the log up to ``seq``: forget the users whose new events it now holds."""
+        with self._lock:
+            if seq != self._seq:
+                self._seq, self._seen, self._recent = seq, seq, set()
 
     def history(self, snapshot_id: str) -> History | None:
         """The history published with ``snapshot_id`` (None when that snapshot has none: no rescoring)."""
@@ -90,7 +108,8 @@ class FreshScorer:
         history = self.history(snapshot_id)
         if history is None or not bundles:
             return {}
-        seq = self._seq = int(history.meta.get(LOG_SEQ_KEY, 0))
+        seq = int(history.meta.get(LOG_SEQ_KEY, 0))
+        self._use_seq(seq)
         fresh = [u for u in dict.fromkeys(user_ids) if self.log.has_events_after(u, seq)]
         if not fresh:
             return {}

@@ -114,3 +114,16 @@ def test_an_event_posted_to_the_service_is_reflected_by_lookup_within_a_second(t
         assert "fresh" not in stored_row and stored_row["found"] is True
     finally:
         server.stop()
+
+
+def test_pending_follows_the_log_and_forgets_what_the_served_history_holds(trained, bundles, scorer, tmp_path):
+    fresh, before = scorer
+    assert not fresh.pending(["u-a", "u-b"])
+    fresh.log.append(new_events("u-a", AS_OF + timedelta(hours=1), ["view"]))
+    assert fresh.pending(["u-b", "u-a"]) and not fresh.pending(["u-b"])
+    fresh.log.append(new_events("u-b", AS_OF + timedelta(hours=2), ["cart"]))
+    assert fresh.pending(["u-b"])  # only the log's new entries are read
+    newer = "20260722T010000Z-abcdef"
+    write_history(events_table(before), tmp_path / "online" / newer, **{LOG_SEQ_KEY: fresh.log.last_seq()})
+    assert fresh.rescore(["u-a"], newer, bundles, AS_OF + timedelta(hours=3)) == {}  # the history holds them
+    assert not fresh.pending(["u-a", "u-b"])
