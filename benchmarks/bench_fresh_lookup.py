@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_fresh_lookup.py [--users 20000] [--rescore-users 300] [--rate 500]
         [--duration 10] [--workers 1] [--no-service | --no-rescore] [--save FILE | --compare FILE] [--profile FILE]
-        [--work DIR] [--out FILE]
+        [--batch-rows N] [--work DIR] [--out FILE]
 
 1. Setup (the way the nightly batch leaves it): a generated shop of ``--users`` users (cached with
    ``bench_quality.make_shop``) and both champions trained on it (``bench_quality.trained_bundles``, cached); the
@@ -22,8 +22,12 @@
    every answer checked) twice: once over users without new events (the stored row: the same-run baseline) and
    once over the users with a new event (each answer a rescoring: ``fresh: true``, checked on one lookup per user
    afterwards). Printed: p50/p95/p99/max ms, errors and the server's CPU time per request (all its processes).
+4. With ``--batch-rows N``: the batch's side of the same functions, ``score_chunks`` over N rows (the feature
+   table repeated), without and with reasons, twice each (wall and CPU seconds): making one user cheap must not
+   make a million users slower.
 
-Same-run baseline: the stored-row ``/lookup`` at the same rate on the same server.
+Same-run baseline: the stored-row ``/lookup`` at the same rate on the same server. ``--work DIR`` keeps the setup
+for the next run (and lets the same runs be repeated on another checkout of the code, for a before/after).
 """
 
 from __future__ import annotations
@@ -76,7 +80,8 @@ def prepare(work: Path, users: int) -> dict[str, Any]:
         if doc["users"] == users:
             print(f"setup reused from {work}: snapshot {doc['snapshot_id']}", flush=True)
             return {"bundles": bundles, "as_of": datetime.fromisoformat(doc["as_of"]), "user_ids": doc["user_ids"],
-                    "snapshot_id": doc["snapshot_id"], "bundle_dir": bundle_dir(users, 120, 7, 30, CACHE)}
+                    "snapshot_id": doc["snapshot_id"], "bundle_dir": bundle_dir(users, 120, 7, 30, CACHE),
+                    "users": users}
     spec = next(iter(bundles.values())).spec
     as_of = shop.end
     raw = build_features(shop.events_dir, as_of, spec)
@@ -96,7 +101,7 @@ def prepare(work: Path, users: int) -> dict[str, Any]:
     done.write_text(json.dumps({"users": users, "as_of": as_of.isoformat(), "snapshot_id": snapshot_id,
                                 "user_ids": user_ids}))
     return {"bundles": bundles, "as_of": as_of, "user_ids": user_ids, "snapshot_id": snapshot_id,
-            "bundle_dir": bundle_dir(users, 120, 7, 30, CACHE)}
+            "bundle_dir": bundle_dir(users, 120, 7, 30, CACHE), "users": users}
 
 
 def new_events(user_ids: list[str], at: datetime, seed: int = 5) -> list[dict[str, Any]]:
@@ -188,6 +193,34 @@ def in_process(setup: dict[str, Any], work: Path, n_users: int, args: argparse.N
     return doc
 
 
+def batch_timing(setup: dict[str, Any], rows: int) -> dict[str, Any]:
+    """The batch's side of the shared code: ``score_chunks`` over ``rows`` rows (the shop's feature table repeated,
+    user ids made unique; chunks of 200,000 as ``run_batch``), without and with reasons (best-profit audiences),
+    twice each; wall and CPU seconds of each run."""
+    import pandas as pd
+
+    from features.build.builder import build_features
+    from serving.activation.actions import ActivationConfig
+    from serving.batch.run import score_chunks
+
+    bundles, as_of = setup["bundles"], setup["as_of"]
+    shop = make_shop(setup["users"], truth=False)
+    raw = build_features(shop.events_dir, as_of, next(iter(bundles.values())).spec)
+    copies = max(1, -(-rows // len(raw)))
+    big = pd.concat([raw.assign(user_id=raw["user_id"] + f"-{i}") for i in range(copies)], ignore_index=True)
+    big = big.iloc[:rows].reset_index(drop=True)
+    now = as_of + timedelta(hours=5)
+    runs = []
+    for reasons in (False, True, False, True):
+        t, c = time.perf_counter(), time.process_time()
+        n = sum(len(chunk) for chunk in score_chunks(big, bundles, now, ActivationConfig(), 200_000, reasons))
+        runs.append({"reasons": reasons, "rows": n, "wall_s": round(time.perf_counter() - t, 3),
+                     "cpu_s": round(time.process_time() - c, 3)})
+        print(f"score_chunks over {n:,} rows, reasons={reasons}: {runs[-1]['wall_s']:.2f} s wall, "
+              f"{runs[-1]['cpu_s']:.2f} s CPU", flush=True)
+    return {"runs": runs}
+
+
 def start_service(
     setup: dict[str, Any], work: Path, log_path: Path, workers: int
 ) -> tuple[subprocess.Popen[bytes], int]:
@@ -267,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1, help="service worker processes")
     ap.add_argument("--no-service", action="store_true", help="only the in-process rescoring")
     ap.add_argument("--no-rescore", action="store_true", help="only the service (skip the in-process timing)")
+    ap.add_argument("--batch-rows", type=int, default=0,
+                    help="also time score_chunks over this many rows (the batch's side of the shared code)")
     ap.add_argument("--save", type=Path, default=None, help="write the one-user payloads here (JSON)")
     ap.add_argument("--compare", type=Path, default=None, help="check the payloads against a --save file")
     ap.add_argument("--profile", type=Path, default=None, help="cProfile the timed rescorings into this file")
@@ -281,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         doc: dict[str, Any] = {"users": args.users, "cpus": os.cpu_count(), "load_at_start": load_note()}
         if not args.no_rescore:
             doc["rescore"] = in_process(setup, work, args.rescore_users, args)
+        if args.batch_rows:
+            doc["batch"] = batch_timing(setup, args.batch_rows)
         if not args.no_service:
             doc["service"] = [r.__dict__ for r in end_to_end(setup, work, args.rescore_users, args.rate,
                                                               args.duration, args.workers)]
