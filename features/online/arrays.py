@@ -162,9 +162,13 @@ def id_codes(values: pd.Series | Sequence[object]) -> np.ndarray:
         codes = np.array([_text_code(t) for t in texts], dtype=np.int64)
     else:
         series = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
-        null = series.isna().to_numpy()
-        text = series.astype(object).where(~null, "").map(_id_text).to_numpy(dtype=object)
-        codes = pd.util.hash_array(text, categorize=True).view("int64")
+        positions, uniques = pd.factorize(series, sort=False)  # null -> -1; each distinct id is hashed once
+        null = positions < 0
+        if isinstance(uniques.dtype, pd.StringDtype):  # text already: no per-value conversion
+            texts = np.append(uniques.to_numpy(dtype=object), "")
+        else:
+            texts = np.array([_id_text(u) for u in uniques] + [""], dtype=object)
+        codes = pd.util.hash_array(texts, categorize=False).view("int64")[positions]
     codes[null] = NULL_ID
     codes[(codes == NULL_ID) & ~null] = NULL_ID + 1  # keep the null code for nulls only
     return codes
