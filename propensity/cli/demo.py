@@ -106,6 +106,7 @@ def demo(
     run_score(cfg, report.events_path, cutoff - timedelta(days=FOLLOW_DAYS), reasons=False)
     result = run_score(cfg, report.events_path, cutoff)
     _sample_lookup(cfg, result)
+    _fresh_lookup(cfg, result, cutoff)
 
     con_.rule("6. activation: one campaign per action (treatment | control), send lists")
     test = cfg.campaigns.model_copy(update={"control_share": TEST_CONTROL_SHARE, "min_control": TEST_MIN_CONTROL})
@@ -148,6 +149,41 @@ def _sample_lookup(cfg: Settings, result: Any) -> None:
         console().print_json(data=json.loads(found[uid]))
     assert snap is not None
     console().print(f"unknown users get the population defaults: {snap.meta.get('defaults')}")
+
+
+def _fresh_lookup(cfg: Settings, result: Any, cutoff: datetime) -> None:
+    """A user without an action carts an item ten hours after the batch: the lookup rescoring them (as ``/lookup``
+    does for a user with ingested events) opens the 24-hour coupon window at once. The event goes to a throwaway
+    event log, so the demo's history stays as generated."""
+    import json
+    import tempfile
+
+    import pandas as pd
+
+    from features.events.log import EventLog
+    from propensity.cli.serving import activation_config, registry
+    from serving.fresh import FreshScorer
+    from training.job import load_champions
+
+    audience = pd.read_parquet(result.audience_path, columns=["user_id", "action", "p_buy"])
+    idle = audience[audience.action == "none"].sort_values("p_buy", ascending=False)
+    if idle.empty or result.snapshot is None:
+        return
+    uid = str(idle.user_id.iloc[0])
+    at = cutoff + timedelta(hours=10)
+    cart = pd.DataFrame({"user_id": [uid], "ts": [at - timedelta(minutes=5)], "behavior": ["cart"],
+                         "item_id": ["sku-demo"], "category_id": [None], "channel": ["search"], "amount": [None]})
+    with tempfile.TemporaryDirectory() as tmp, EventLog(Path(tmp) / "log.db") as log:
+        log.append(cart)
+        fresh = FreshScorer(log, cfg.online_dir, activation_config(cfg))
+        rows = fresh.rescore([uid], result.snapshot.snapshot_id, load_champions(registry(cfg)), at)
+    if uid not in rows:
+        return
+    row = json.loads(rows[uid])
+    console().print(f"fresh score: {uid} had no action at the batch (p_buy {idle.p_buy.iloc[0]:.3f}); a cart posted "
+                    f"at {at - timedelta(minutes=5):%H:%M} is rescored at the next lookup ({at:%H:%M}): action "
+                    f"{row['action']} until {row['action_deadline']}, p_buy {row['p_buy']:.3f}, fresh: "
+                    f"{str(row['fresh']).lower()}", soft_wrap=True)
 
 
 def _campaigns(cfg: Settings, audience_path: Path, as_of: datetime) -> dict[str, Any]:
@@ -231,6 +267,8 @@ def _outputs(cfg: Settings, result: Any, audiences: Path, report_path: Path) -> 
         "monitoring report (realized quality, drift)": cfg.monitoring_dir / "latest.json",
         "asset report": report_path,
         "score store": cfg.redis_url or cfg.store_path,
+        "event history (fresh lookups)": cfg.online_dir,
+        "event log (/events, ingest)": cfg.events_log_path,
     }))
     console().print("serve it: PROPENSITY_SERVING__API_TOKEN=<secret> propensity serve   (then POST /lookup with the "
                     "header Authorization: Bearer <secret>)", soft_wrap=True)
