@@ -372,6 +372,14 @@ class ServiceRuntime:
 
 
 def _score(events: pd.DataFrame, as_of: datetime, bundles: dict[str, Any]) -> pd.DataFrame:
-    from serving.scoring import score_events
+    """Scores of the users in a checked ``/score`` request: features by the online execution of the spec (equal to
+    the batch's table, proven in ``tests/property/test_online_parity.py``; about a millisecond for a few users
+    instead of a DuckDB query), then the batch's own scoring."""
+    from features.online.arrays import EventArrays
+    from features.online.compute import online_feature_table, split_by_user
+    from serving.scoring import score_features
 
-    return score_events(events, as_of, bundles)
+    spec = next(iter(bundles.values())).spec
+    users = split_by_user(events["user_id"].to_numpy(dtype=object), EventArrays.from_frame(events))
+    raw = online_feature_table(users, as_of, spec, has_item="item_id" in events, has_amount="amount" in events)
+    return score_features(raw, bundles, as_of)
