@@ -316,7 +316,8 @@ def lookup(
                                                   metavar="USER_ID...")],
     data_dir: DataDir = None,
 ) -> None:
-    """Print the stored scores of some users, as the /lookup API would return them."""
+    """Print the scores of some users as the /lookup API would return them: the stored row, or a fresh one for a user
+    with ingested events newer than the snapshot."""
     cfg = settings(data_dir=data_dir)
     store = open_score_store(cfg)
     try:
@@ -326,11 +327,31 @@ def lookup(
     if snap is None:
         raise UnavailableError(f"no snapshot published in {cfg.redis_url or cfg.store_path}: "
                                "run `propensity score --as-of T` first")
+    fresh = fresh_rows(cfg, user_ids, snap.snapshot_id, datetime.now(UTC))
     for uid in user_ids:
-        record = json.loads(found[uid]) if uid in found else {
-            "user_id": uid, "found": False, **snap.meta.get("defaults", {})}
+        if uid in fresh:
+            record = json.loads(fresh[uid])
+        else:
+            record = json.loads(found[uid]) if uid in found else {
+                "user_id": uid, "found": False, **snap.meta.get("defaults", {})}
         console().print_json(data=record)
     console().print(f"snapshot {snap.snapshot_id}, as_of {snap.meta.get('as_of')}")
+
+
+def fresh_rows(cfg: Settings, user_ids: list[str], snapshot_id: str, now: datetime) -> dict[str, str]:
+    """``/lookup`` rows of the users with ingested events newer than the snapshot, rescored at ``now`` (empty when
+    fresh scores are off, there is no event log, or nobody has newer events)."""
+    if not cfg.serving.fresh_scores or not cfg.events_log_path.exists():
+        return {}
+    from features.events.log import EventLog
+    from serving.fresh import FreshScorer
+    from training.job import load_champions
+
+    with EventLog(cfg.events_log_path) as log:
+        scorer = FreshScorer(log, cfg.online_dir, activation_config(cfg))
+        if scorer.history(snapshot_id) is None or not scorer.pending(user_ids):
+            return {}
+        return scorer.rescore(user_ids, snapshot_id, load_champions(registry(cfg)), now)
 
 
 def audience(

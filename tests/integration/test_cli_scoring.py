@@ -96,3 +96,23 @@ def test_score_keeps_the_event_history_of_its_snapshot_and_a_failure_to_only_war
     assert second.exit_code == 0, second.output
     assert "warning:" in second.stderr and "event history could not be written" in second.stderr
     assert cli("snapshots").output.count("rows=") == 2  # the batch was published all the same
+
+
+def test_lookup_rescores_a_user_with_an_ingested_event_like_the_service(cli, trained: Trained, tmp_path: Path):
+    from datetime import UTC, datetime
+
+    import pandas as pd
+
+    assert cli("score", "--as-of", AS_OF.isoformat(), "--events", "events.parquet", "--no-reasons").exit_code == 0
+    user, other = str(trained.scores["user_id"].iloc[0]), str(trained.scores["user_id"].iloc[1])
+    cart = pd.DataFrame({"user_id": [user], "ts": [pd.Timestamp(datetime.now(UTC)) - pd.Timedelta(hours=1)],
+                         "behavior": ["cart"], "item_id": ["sku-9"], "category_id": ["c-9"], "channel": ["ad"],
+                         "amount": [None]})
+    cart.to_parquet(tmp_path / "cart.parquet")
+    ingested = cli("ingest", "cart.parquet")
+    assert ingested.exit_code == 0, ingested.output
+    shown = cli("lookup", user, other)
+    assert shown.exit_code == 0, shown.output
+    first, second = shown.output.split(f'"user_id": "{other}"')
+    assert '"fresh": true' in first and '"action": "coupon_24h"' in first, first
+    assert '"fresh"' not in second
