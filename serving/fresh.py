@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +34,8 @@ from serving.batch.run import score_chunks
 from serving.store.encode import dumps_compact, encode_chunk
 from training.bundle import ModelBundle
 
+RETRY_MISSING_S = 2.0
+"""Seconds before a snapshot without a history (not written yet, or never) is looked at again."""
 LOG_SEQ_KEY = "log_seq"
 """History metadata: every event-log event with a sequence number up to this one is inside the history."""
 
@@ -61,6 +64,7 @@ class FreshScorer:
         self.activation = activation
         self._lock = threading.Lock()
         self._histories: dict[str, History | None] = {}
+        self._missing_since = 0.0  # monotonic time the served snapshot's history was last found missing
         self._seq = 0  # log_seq of the history last used: events above it are not in the served scores
         self._recent: set[str] = set()  # users with a logged event above _seq, as of log position _seen
         self._seen = 0
@@ -87,17 +91,24 @@ class FreshScorer:
                 self._seq, self._seen, self._recent = seq, seq, set()
 
     def history(self, snapshot_id: str) -> History | None:
-        """The history published with ``snapshot_id`` (None when that snapshot has none: no rescoring)."""
-        if snapshot_id in self._histories:
-            return self._histories[snapshot_id]
+        """The history published with ``snapshot_id`` (None when that snapshot has none: no rescoring).
+
+        The batch writes the history just after it publishes the snapshot, so a missing one is looked for again
+        after :data:`RETRY_MISSING_S` seconds instead of being given up on."""
+        found = self._histories.get(snapshot_id)
+        if found is not None:
+            return found
+        if snapshot_id in self._histories and time.monotonic() - self._missing_since < RETRY_MISSING_S:
+            return None
         with self._lock:
-            if snapshot_id not in self._histories:
-                path = self.history_root / snapshot_id
-                try:
-                    self._histories = {snapshot_id: History(path)}  # keep only the served snapshot's maps
-                except (OSError, ValueError, KeyError):
-                    self._histories = {snapshot_id: None}
-            return self._histories[snapshot_id]
+            path = self.history_root / snapshot_id
+            try:
+                history: History | None = History(path)
+            except (OSError, ValueError, KeyError):
+                history = None
+                self._missing_since = time.monotonic()
+            self._histories = {snapshot_id: history}  # keep only the served snapshot's maps
+            return history
 
     def rescore(
         self, user_ids: Sequence[str], snapshot_id: str, bundles: Mapping[str, ModelBundle], now: datetime,

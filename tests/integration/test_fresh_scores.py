@@ -127,3 +127,18 @@ def test_pending_follows_the_log_and_forgets_what_the_served_history_holds(train
     write_history(events_table(before), tmp_path / "online" / newer, **{LOG_SEQ_KEY: fresh.log.last_seq()})
     assert fresh.rescore(["u-a"], newer, bundles, AS_OF + timedelta(hours=3)) == {}  # the history holds them
     assert not fresh.pending(["u-a", "u-b"])
+
+
+def test_a_history_written_after_its_snapshot_is_published_is_found(trained, bundles, scorer, tmp_path,
+                                                                    monkeypatch):
+    """The batch publishes, then writes the history: a lookup in between must not turn fresh scores off for good."""
+    import serving.fresh as fresh_module
+
+    fresh, before = scorer
+    late = "20260723T010000Z-abcdef"
+    fresh.log.append(new_events("u-late", AS_OF + timedelta(hours=1), ["cart"]))
+    now = AS_OF + timedelta(hours=2)
+    assert fresh.rescore(["u-late"], late, bundles, now) == {}  # not written yet
+    write_history(events_table(before), tmp_path / "online" / late, **{LOG_SEQ_KEY: 0})
+    monkeypatch.setattr(fresh_module, "RETRY_MISSING_S", 0.0)
+    assert "u-late" in fresh.rescore(["u-late"], late, bundles, now)
