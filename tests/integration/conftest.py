@@ -10,6 +10,7 @@ for ``/readyz``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -170,12 +171,21 @@ class Server:
         self.client.close()
         self.anon.close()
         if self.proc.poll() is None:
+            import psutil
+
+            try:  # BentoML's worker runs in a session of its own: the group signal alone can miss it
+                tree = psutil.Process(self.proc.pid).children(recursive=True)
+            except psutil.Error:
+                tree = []
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
+            for child in tree:  # whatever outlived the arbiter
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
 
 
 def start_server(settings: Any, log_path: Path, *, require_ready: bool = True, timeout: float = 180.0,
