@@ -227,22 +227,16 @@ def server(trained: Trained) -> Iterator[Server]:
         srv.stop()
 
 
-@pytest.fixture()
-def cli(trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Runs `propensity ...` in a fresh working directory against the trained champions; no traceback allowed."""
+def cli_invoker() -> Any:
+    """``invoke(*args)``: runs ``propensity *args`` in process and returns the Click result; a traceback in the
+    output fails the test, and an exception other than the command's exit is raised."""
     from typer.testing import CliRunner
 
     from propensity.cli.main import app
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PROPENSITY_TRACKING_URI", trained.tracking_uri)
-    monkeypatch.setenv("PROPENSITY_ARTIFACT_ROOT", str(trained.artifact_root))
-    for var in ("PROPENSITY_REDIS_URL", "PROPENSITY_DATA_DIR", "PROPENSITY_STORE_PATH", "PROPENSITY_CONFIG"):
-        monkeypatch.delenv(var, raising=False)
-    trained.events.to_parquet(tmp_path / "events.parquet")
     runner = CliRunner()
 
-    def invoke(*args: str):
+    def invoke(*args: str) -> Any:
         result = runner.invoke(app, list(args))
         assert "Traceback" not in result.output, result.output
         if result.exception is not None and not isinstance(result.exception, SystemExit):
@@ -250,3 +244,15 @@ def cli(trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> An
         return result
 
     return invoke
+
+
+@pytest.fixture()
+def cli(trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Runs `propensity ...` in a fresh working directory against the trained champions; no traceback allowed."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PROPENSITY_TRACKING_URI", trained.tracking_uri)
+    monkeypatch.setenv("PROPENSITY_ARTIFACT_ROOT", str(trained.artifact_root))
+    for var in ("PROPENSITY_REDIS_URL", "PROPENSITY_DATA_DIR", "PROPENSITY_STORE_PATH", "PROPENSITY_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    trained.events.to_parquet(tmp_path / "events.parquet")
+    return cli_invoker()

@@ -19,7 +19,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from tests.integration.conftest import AS_OF, TOKEN, Trained, start_server
+from tests.integration.conftest import AS_OF, TOKEN, Trained, cli_invoker, start_server
 
 pytestmark = pytest.mark.integration
 
@@ -243,23 +243,10 @@ def test_the_document_and_the_typed_client_describe_the_route(app: App) -> None:
 # ------------------------------------------------------------------------------------------------- CLI
 @pytest.fixture()
 def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    from typer.testing import CliRunner
-
-    from propensity.cli.main import app as cli_app
-
     monkeypatch.chdir(tmp_path)
     for var in ("PROPENSITY_DATA_DIR", "PROPENSITY_STORE_PATH", "PROPENSITY_CONFIG", "PROPENSITY_SERVING__EVENTS_LOG"):
         monkeypatch.delenv(var, raising=False)
-    runner = CliRunner()
-
-    def invoke(*args: str) -> Any:
-        result = runner.invoke(cli_app, list(args))
-        assert "Traceback" not in result.output, result.output
-        if result.exception is not None and not isinstance(result.exception, SystemExit):
-            raise result.exception
-        return result
-
-    return invoke
+    return cli_invoker()
 
 
 def write_csv(path: Path, events: list[dict[str, Any]], bad: int = 0) -> Path:

@@ -18,6 +18,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from tests.integration.conftest import cli_invoker
+
 START = datetime(2026, 5, 1, tzinfo=UTC)
 DAYS = 200
 TRAIN_END = START + timedelta(days=160)
@@ -117,10 +119,6 @@ def test_the_estimate_is_within_002_auc_of_the_realized_auc_and_nothing_alerts_w
 
 
 def _cli(monkeypatch: pytest.MonkeyPatch, shop: Shop, store: str, tmp_path: Path) -> Any:
-    from typer.testing import CliRunner
-
-    from propensity.cli.main import app
-
     monkeypatch.chdir(tmp_path)
     env = {"TRACKING_URI": shop.tracking_uri, "ARTIFACT_ROOT": str(shop.artifact_root),
            "STORE_PATH": str(shop.stores[store]), "DATA_DIR": str(tmp_path / "data"),
@@ -129,16 +127,7 @@ def _cli(monkeypatch: pytest.MonkeyPatch, shop: Shop, store: str, tmp_path: Path
         monkeypatch.setenv(f"PROPENSITY_{key}", value)
     for key in ("PROPENSITY_REDIS_URL", "PROPENSITY_CONFIG"):
         monkeypatch.delenv(key, raising=False)
-    runner = CliRunner()
-
-    def invoke(*args: str) -> Any:
-        result = runner.invoke(app, list(args))
-        assert "Traceback" not in result.output, result.output
-        if result.exception is not None and not isinstance(result.exception, SystemExit):
-            raise result.exception
-        return result
-
-    return invoke
+    return cli_invoker()
 
 
 def test_a_planted_drift_alerts_with_exit_code_5_and_no_alert_fires_without_it(
