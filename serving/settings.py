@@ -39,6 +39,11 @@ class ServingSettings(BaseModel):
         True, description=("The batch keeps each user's event history next to its snapshot, and /lookup rescores a "
                            "user who has ingested events newer than the snapshot (fresh: true)."),
     )
+    fresh_ttl_s: float = Field(
+        60.0, ge=0.0,
+        description=("Seconds a rescored /lookup row is served again to the same user (it carries its scored_at) "
+                     "while that user has no newer event; 0 rescores at every lookup."),
+    )
 
 class ActivationSettings(BaseModel):
     """Per-action economics used for priority and audience sizing (currency units)."""

@@ -100,7 +100,8 @@ class PropensityService:
         if settings.serving.fresh_scores and _STATE.events_log is not None:
             from serving.fresh import FreshScorer
 
-            self.runtime.fresh = FreshScorer(_STATE.events_log, settings.online_dir.resolve(), _STATE.activation)
+            self.runtime.fresh = FreshScorer(_STATE.events_log, settings.online_dir.resolve(), _STATE.activation,
+                                             ttl_s=settings.serving.fresh_ttl_s)
         _STATE.runtime = self.runtime
         ready, doc = self.runtime.readiness()
         log.info("propensity service started (ready=%s, models=%s, source=%s)", ready, doc["models"], source.kind)

@@ -35,6 +35,7 @@ from typing import Any
 
 import pandas as pd
 
+from serving.fresh import CACHED, RESCORE
 from serving.http.metrics import NoMetrics, ServiceMetrics
 from serving.http.models import LoadedModels, ModelManager, ModelSource
 from serving.http.options import ServiceOptions
@@ -160,14 +161,20 @@ class ServiceRuntime:
         """:meth:`lookup_body`, in a lookup thread unless the store is read on the event loop (see the module
         docstring); raises :class:`LookupUnavailable` at once when ``max_waiting`` lookups already wait for the
         store. With fresh scores on, a user with ingested events newer than the served snapshot is rescored
-        (:meth:`fresh_lookup_body`, in the scoring threads)."""
+        (:meth:`fresh_lookup_body`, in the scoring threads) unless a row rescored for it is still valid (served
+        like a stored row, see :mod:`serving.fresh`)."""
         store = self.store
         fresh = self.fresh
-        if fresh is not None and store is not None and fresh.pending(user_ids):
-            return await asyncio.get_running_loop().run_in_executor(
-                self._score_pool, self.fresh_lookup_body, user_ids)
+        rescore = None
+        if fresh is not None and store is not None:
+            state = fresh.pending(user_ids)
+            if state == RESCORE:
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._score_pool, self.fresh_lookup_body, user_ids)
+            if state == CACHED:
+                rescore = self._rescorer(user_ids)
         if store is not None and store is self._inline_store:
-            return self.lookup_body(user_ids)
+            return self.lookup_body(user_ids, rescore)
         if self.in_flight >= self.max_waiting:
             self.metrics.store_busy()
             raise LookupUnavailable(
@@ -175,16 +182,20 @@ class ServiceRuntime:
             )
         self.in_flight += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._lookup_pool, self.lookup_body, user_ids)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._lookup_pool, self.lookup_body, user_ids, rescore)
         finally:
             self.in_flight -= 1
 
     def fresh_lookup_body(self, user_ids: Sequence[str]) -> bytes:
         """:meth:`lookup_body` with the users who have events newer than the snapshot rescored now (blocking)."""
+        return self.lookup_body(user_ids, self._rescorer(user_ids))
+
+    def _rescorer(self, user_ids: Sequence[str]) -> Any:
+        """``rescore(snapshot_id)`` for :meth:`lookup_body`: the fresh rows of ``user_ids`` at this moment."""
         now = datetime.now(UTC)
         loaded: LoadedModels = self.models.current
-        return self.lookup_body(user_ids, lambda snapshot_id: self.fresh.rescore(
-            user_ids, snapshot_id, dict(loaded.bundles), now))
+        return lambda snapshot_id: self.fresh.rescore(user_ids, snapshot_id, dict(loaded.bundles), now)
 
     def lookup_body(self, user_ids: Sequence[str], rescore: Any = None) -> bytes:
         """The ``/lookup`` JSON response for ``user_ids`` (strings), in request order (blocking: reads the store).

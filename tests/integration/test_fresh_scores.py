@@ -6,6 +6,7 @@ generated events, and the batch's own scoring path as the reference.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from datetime import timedelta
@@ -112,6 +113,14 @@ def test_an_event_posted_to_the_service_is_reflected_by_lookup_within_a_second(t
         assert fresh_row["fresh"] is True and fresh_row["action"] == "coupon_24h", fresh_row
         assert datetime.fromisoformat(fresh_row["scored_at"]) >= now
         assert "fresh" not in stored_row and stored_row["found"] is True
+        again = server.client.post("/lookup", json={"user_ids": [user]}).json()["results"][0]
+        assert again == fresh_row  # no newer event: the rescored row is served again, its scored_at unchanged
+        buy = dict(cart, ts=(now - timedelta(seconds=1)).isoformat(), behavior="buy", amount=30.0)
+        t0 = time.monotonic()
+        assert server.client.post("/events", json={"events": [buy]}).status_code == 200
+        after = server.client.post("/lookup", json={"user_ids": [user]}).json()["results"][0]
+        assert time.monotonic() - t0 < 1.0
+        assert after["scored_at"] > fresh_row["scored_at"] and after["action"] != "coupon_24h", after
     finally:
         server.stop()
 
@@ -142,3 +151,33 @@ def test_a_history_written_after_its_snapshot_is_published_is_found(trained, bun
     write_history(events_table(before), tmp_path / "online" / late, **{LOG_SEQ_KEY: 0})
     monkeypatch.setattr(fresh_module, "RETRY_MISSING_S", 0.0)
     assert "u-late" in fresh.rescore(["u-late"], late, bundles, now)
+
+
+def test_a_rescored_row_is_served_again_until_the_user_acts_the_time_runs_out_or_the_models_change(
+        trained, bundles, tmp_path):
+    from serving.fresh import CACHED, NOTHING, RESCORE
+
+    before = trained.events[trained.events.ts < pd.Timestamp(AS_OF)]
+    with EventLog(tmp_path / "log.db") as log:
+        write_history(events_table(before), tmp_path / "online" / SNAPSHOT, **{LOG_SEQ_KEY: 0})
+        fresh = FreshScorer(log, tmp_path / "online", ActivationConfig(), ttl_s=0.5)
+        user, other = trained.raw.user_id.iloc[0], trained.raw.user_id.iloc[1]
+        log.append(new_events(user, AS_OF + timedelta(hours=1), ["view"]))
+        assert fresh.pending([user]) == RESCORE and fresh.pending([other]) == NOTHING
+        t1, t2 = AS_OF + timedelta(hours=2), AS_OF + timedelta(hours=3)
+        first = fresh.rescore([user], SNAPSHOT, bundles, t1)
+        assert fresh.pending([other, user]) == CACHED
+        assert fresh.rescore([user], SNAPSHOT, bundles, t2) == first  # the same row, its own scored_at
+        log.append(new_events(user, AS_OF + timedelta(hours=2), ["cart"]))
+        assert fresh.pending([user]) == RESCORE
+        after_cart = json.loads(fresh.rescore([user], SNAPSHOT, bundles, t2)[user])
+        assert after_cart["scored_at"] == t2.isoformat() and after_cart["action"] == "coupon_24h"
+        other_models = {k: copy.copy(b) for k, b in bundles.items()}  # a new champion: new objects
+        assert json.loads(fresh.rescore([user], SNAPSHOT, other_models, t1)[user])["scored_at"] == t1.isoformat()
+        time.sleep(0.6)
+        assert fresh.pending([user]) == RESCORE  # older than ttl_s
+        assert json.loads(fresh.rescore([user], SNAPSHOT, other_models, t2)[user])["scored_at"] == t2.isoformat()
+        unkept = FreshScorer(log, tmp_path / "online", ActivationConfig())  # ttl_s 0: every lookup rescored
+        assert json.loads(unkept.rescore([user], SNAPSHOT, bundles, t1)[user])["scored_at"] == t1.isoformat()
+        assert json.loads(unkept.rescore([user], SNAPSHOT, bundles, t2)[user])["scored_at"] == t2.isoformat()
+        assert unkept.pending([user]) == RESCORE
