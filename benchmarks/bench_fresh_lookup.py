@@ -222,13 +222,14 @@ def batch_timing(setup: dict[str, Any], rows: int) -> dict[str, Any]:
 
 
 def start_service(
-    setup: dict[str, Any], work: Path, log_path: Path, workers: int
+    setup: dict[str, Any], work: Path, log_path: Path, workers: int, ttl_s: float = 0.0
 ) -> tuple[subprocess.Popen[bytes], int]:
     from propensity.config import Settings
     from propensity.service.launch import serve_args
 
     port = free_port()
-    settings = Settings(data_dir=work / "data", store_path=work / "scores.sqlite", serving={"api_token": TOKEN},
+    settings = Settings(data_dir=work / "data", store_path=work / "scores.sqlite",
+                        serving={"api_token": TOKEN, "fresh_ttl_s": ttl_s},
                         tracking_uri=f"sqlite:///{work / 'mlflow.db'}", artifact_root=work / "mlruns")
     argv, env = serve_args(settings, "127.0.0.1", port, workers, model_dir=setup["bundle_dir"], reload_interval_s=30)
     env["BENTOML_HOME"] = str(work / "bentoml-home")
@@ -238,8 +239,52 @@ def start_service(
     return proc, port
 
 
-def end_to_end(setup: dict[str, Any], work: Path, n_users: int, rate: int, duration: float, workers: int) -> list[Any]:
-    """Stored-row and fresh ``/lookup`` open loop at ``rate`` on the real service; returns the two results."""
+def post_events(client: Any, events: list[dict[str, Any]]) -> None:
+    body = [{k: v.isoformat() if k == "ts" else v for k, v in e.items() if v is not None} for e in events]
+    r = client.post("/events", json={"events": body})
+    assert r.status_code == 200, r.text[:400]
+
+
+class EventStream:
+    """Posts one new event per request to ``POST /events`` at ``rate``/s for random users of ``user_ids`` in a
+    thread (users acting while they are looked up: each event makes that user's next lookup a rescoring)."""
+
+    def __init__(self, port: int, user_ids: list[str], rate: float, seed: int = 31) -> None:
+        import threading
+
+        self.port, self.user_ids, self.rate, self.sent = port, user_ids, rate, 0
+        self.rng = np.random.default_rng(seed)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import httpx
+
+        with httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30.0,
+                          headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+            t0 = time.perf_counter()
+            while not self.done.is_set():
+                delay = t0 + self.sent / self.rate - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                uid = self.user_ids[int(self.rng.integers(len(self.user_ids)))]
+                post_events(client, new_events([uid], datetime.now(UTC), seed=self.sent))
+                self.sent += 1
+
+    def __enter__(self) -> EventStream:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+
+def end_to_end(setup: dict[str, Any], work: Path, n_users: int, rate: int, duration: float, workers: int,
+               ttl_s: float, event_rate: float) -> list[Any]:
+    """Stored-row and fresh ``/lookup`` open loop at ``rate`` on the real service started with ``fresh_ttl_s``
+    ``ttl_s``: once over users without new events, once over users with one, and (``event_rate`` > 0) once more
+    while new events for those users arrive at ``event_rate``/s; returns the results."""
     import httpx
 
     all_ids = np.array(setup["user_ids"], dtype=object)
@@ -248,35 +293,44 @@ def end_to_end(setup: dict[str, Any], work: Path, n_users: int, rate: int, durat
     fresh_ids, stored_ids = chosen[:n_users], chosen[n_users:]
     log_path = work / "service.log"
     shutil.rmtree(work / "data" / "events", ignore_errors=True)  # the service's event log: only this run's events
-    proc, port = start_service(setup, work, log_path, workers)
+    proc, port = start_service(setup, work, log_path, workers, ttl_s)
     results = []
     try:
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0,
                               headers={"Authorization": f"Bearer {TOKEN}"})
-        events = new_events(fresh_ids, datetime.now(UTC) - timedelta(seconds=2))
-        body = [{k: v.isoformat() if k == "ts" else v for k, v in e.items() if v is not None} for e in events]
-        r = client.post("/events", json={"events": body})
-        assert r.status_code == 200, r.text[:400]
+        post_events(client, new_events(fresh_ids, datetime.now(UTC) - timedelta(seconds=2)))
 
-        def run(ids: list[str], seconds: float, seed: int) -> dict[str, Any]:
+        def run(ids: list[str], seconds: float, seed: int, seen: set[tuple[str, str]] | None = None) -> dict[str, Any]:
             return run_async(open_loop(port, TOKEN, ids, ["nobody"], rate=rate, min_s=seconds, max_s=seconds,
-                                       unknown_share=0.0, seed=seed, max_conns=256))
+                                       unknown_share=0.0, seed=seed, max_conns=256, fresh_seen=seen))
 
         run(stored_ids, 2.0, 1)  # warm up the routes and the store
         for uid in fresh_ids[:20]:  # and the rescoring path (history maps, models)
             client.post("/lookup", json={"user_ids": [uid]})
+        print(f"service: {workers} worker(s), fresh_ttl_s {ttl_s:g}")
         print("| lookup                         |  rate |   sent | errs | p50 ms  | p95 ms  | p99 ms  |  max ms  "
-              "|  rps    | cpu us/req |")
+              "|  rps    | cpu us/req | rescored |")
         print("|--------------------------------|-------|--------|------|---------|---------|---------|----------|"
-              "---------|------------|")
-        for name, ids, seed in (("stored row (baseline)", stored_ids, 2), ("fresh: rescored", fresh_ids, 3)):
+              "---------|------------|----------|")
+        runs = [("stored row (baseline)", stored_ids, 2, 0.0), (f"fresh, ttl {ttl_s:g} s", fresh_ids, 3, 0.0)]
+        if event_rate > 0:
+            runs.append((f"fresh, ttl {ttl_s:g} s, {event_rate:g} ev/s", fresh_ids, 4, event_rate))
+        for name, ids, seed, events_per_s in runs:
             time.sleep(1.0)
+            seen: set[tuple[str, str]] = set()
             cpu0 = tree_cpu_seconds(proc.pid)
-            report = run(ids, duration, seed)
+            if events_per_s > 0:
+                with EventStream(port, ids, events_per_s) as stream:
+                    report = run(ids, duration, seed, seen)
+                name = f"{name} ({stream.sent} sent)"
+            else:
+                report = run(ids, duration, seed, seen)
             res = summarize(name, rate, report["sent"], [ms / 1000 for _, ms in report["samples"]],
                             dict(report["errors"]), report["elapsed_s"], tree_cpu_seconds(proc.pid) - cpu0)
+            res.rescored = len(seen)  # distinct (user, scored_at) among the answers: rescorings seen by the client
             results.append(res)
-            print(format_row(res).replace(f"| {name:<28} ", f"| {name:<30} "), flush=True)
+            row = format_row(res).replace(f"| {name:<28} ", f"| {name:<30} ")
+            print(f"{row} {len(seen):>8} |", flush=True)
         fresh_answers = 0
         for uid in fresh_ids:
             doc = client.post("/lookup", json={"user_ids": [uid]}).json()
@@ -298,6 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=int, default=500, help="open-loop /lookup rate (req/s)")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per open-loop run")
     ap.add_argument("--workers", type=int, default=1, help="service worker processes")
+    ap.add_argument("--ttl", type=float, nargs="+", default=[0.0],
+                    help="serving.fresh_ttl_s values to run the service with (one service start each; 0: every "
+                         "lookup of a user with a new event rescores)")
+    ap.add_argument("--event-rate", type=float, default=0.0,
+                    help="also run the fresh lookups while new events for those users arrive at this rate (ev/s)")
     ap.add_argument("--no-service", action="store_true", help="only the in-process rescoring")
     ap.add_argument("--no-rescore", action="store_true", help="only the service (skip the in-process timing)")
     ap.add_argument("--batch-rows", type=int, default=0,
@@ -319,12 +378,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.batch_rows:
             doc["batch"] = batch_timing(setup, args.batch_rows)
         if not args.no_service:
-            doc["service"] = [r.__dict__ for r in end_to_end(setup, work, args.rescore_users, args.rate,
-                                                              args.duration, args.workers)]
-            base, fresh = doc["service"]
-            if base["p99_ms"] and fresh["p99_ms"]:
-                print(f"fresh / stored p99: {fresh['p99_ms'] / base['p99_ms']:.2f}x, "
-                      f"server CPU per request: {fresh['server_cpu_us_per_req'] / base['server_cpu_us_per_req']:.1f}x")
+            doc["service"] = []
+            for ttl in args.ttl:
+                rows = [r.__dict__ for r in end_to_end(setup, work, args.rescore_users, args.rate, args.duration,
+                                                        args.workers, ttl, args.event_rate)]
+                doc["service"].append({"ttl_s": ttl, "runs": rows})
+                base = rows[0]
+                for fresh in rows[1:]:
+                    if base["p99_ms"] and fresh["p99_ms"]:
+                        print(f"{fresh['server']}: p99 {fresh['p99_ms'] / base['p99_ms']:.2f}x the stored rows', "
+                              f"server CPU per request "
+                              f"{fresh['server_cpu_us_per_req'] / base['server_cpu_us_per_req']:.1f}x")
         doc["load_at_end"] = load_note()
         print(doc["load_at_end"])
         if args.out:

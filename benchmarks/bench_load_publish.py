@@ -51,14 +51,15 @@ IDLE_REUSE_S = 3.0  # the server drops keep-alive connections idle for 5 s
 async def open_loop(
     port: int, token: str, known: list[str], unknown: list[str], *, rate: float, min_s: float, max_s: float,
     stop_file: Path | None = None, started_file: Path | None = None, timeout_s: float = 5.0,
-    unknown_share: float = 0.1, seed: int = 1, max_conns: int = 512,
+    unknown_share: float = 0.1, seed: int = 1, max_conns: int = 512, fresh_seen: set[tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Send one-user ``/lookup`` requests open-loop at ``rate``/s on 127.0.0.1:``port``.
 
     Runs at least ``min_s`` seconds, then until ``stop_file`` exists (immediately when None), at most ``max_s``;
     ``started_file`` is created just before the first request is sent.
     Returns the report: counts, errors by kind, latency percentiles in ms, ``snapshots`` (snapshot id -> answers)
-    and ``samples`` ``[due offset s, latency ms]`` of each successful request.
+    and ``samples`` ``[due offset s, latency ms]`` of each successful request. ``fresh_seen`` (optional) collects
+    ``(user_id, scored_at)`` of every answer marked ``fresh``: its size is the number of distinct rescorings seen.
     """
     rng = random.Random(seed)
     pool: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
@@ -120,6 +121,8 @@ async def open_loop(
             errors[f"wrong answer: {body[:160].decode(errors='replace')}"] += 1
             return
         snapshots[doc["snapshot_id"]] += 1
+        if fresh_seen is not None and result.get("fresh") is True:
+            fresh_seen.add((uid, result["scored_at"]))
         samples.append((round(due - t0, 4), round(latency_ms, 3)))
 
     tasks: set[asyncio.Task[None]] = set()
