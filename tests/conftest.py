@@ -1,6 +1,8 @@
 """Shared pytest fixtures.
 
-``redis_server`` (session scope) runs a private ``redis-server`` on a free loopback port. It finds the
+``redis_server`` (session scope) runs a private ``redis-server`` on a free loopback port, without persistence;
+``durable_redis_server`` another one with ``appendonly yes`` and ``appendfsync always`` (the event log refuses a
+Redis without them), whose data survives :meth:`RedisServer.kill_9` and a restart. The fixture finds the
 binary on PATH or at /usr/bin/redis-server; when missing and we are root with apt-get available it installs
 Debian's ``redis-server`` package (set ``PROPENSITY_TEST_NO_APT=1`` to forbid that); otherwise the tests
 that need it are skipped with the reason.
@@ -74,18 +76,19 @@ def chromium_binary() -> str:
 class RedisServer(str):
     """A private redis-server; the object *is* its URL (``redis://127.0.0.1:PORT/0``).
 
-    ``stop()`` and ``start()`` kill and restart it on the same port (data is not persisted), for tests of
-    outages; ``ensure_running()`` restarts it if a test left it stopped.
+    ``stop()`` and ``start()`` kill and restart it on the same port (data is not persisted unless ``extra_args``
+    turn the append-only file on), for tests of outages; ``ensure_running()`` restarts it if a test left it stopped.
     """
 
     binary: str
     port: int
     workdir: Path
+    extra_args: tuple[str, ...]
     proc: subprocess.Popen[bytes] | None
 
-    def __new__(cls, binary: str, port: int, workdir: Path) -> Self:
+    def __new__(cls, binary: str, port: int, workdir: Path, extra_args: tuple[str, ...] = ()) -> Self:
         self = super().__new__(cls, f"redis://127.0.0.1:{port}/0")
-        self.binary, self.port, self.workdir, self.proc = binary, port, workdir, None
+        self.binary, self.port, self.workdir, self.extra_args, self.proc = binary, port, workdir, extra_args, None
         return self
 
     @property
@@ -97,6 +100,7 @@ class RedisServer(str):
             return
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         args += ["--daemonize", "no", "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")]
+        args += self.extra_args  # later options win
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -122,6 +126,16 @@ class RedisServer(str):
             self.proc.stderr.close()
         self.proc = None
 
+    def kill_9(self) -> None:
+        """SIGKILL the server (no shutdown, no final write) and wait for it to be gone."""
+        if self.proc is None:
+            return
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        self.proc = None
+
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None and _redis_ping(self.port)
 
@@ -131,15 +145,26 @@ class RedisServer(str):
             self.start()
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A running private Redis (the value is its URL; see :class:`RedisServer`)."""
+def _redis_fixture(tmp_path_factory: pytest.TempPathFactory, name: str, *extra: str) -> Iterator[RedisServer]:
     binary, reason = find_redis_server()
     if binary is None:
         pytest.skip(reason)
-    server = RedisServer(binary, _free_port(), tmp_path_factory.mktemp("redis"))
+    server = RedisServer(binary, _free_port(), tmp_path_factory.mktemp(name), extra)
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A running private Redis (the value is its URL; see :class:`RedisServer`)."""
+    yield from _redis_fixture(tmp_path_factory, "redis")
+
+
+@pytest.fixture(scope="session")
+def durable_redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A running private Redis that makes every write durable before it answers (``appendonly yes``,
+    ``appendfsync always``), as the event log requires; its data survives :meth:`RedisServer.kill_9` + ``start``."""
+    yield from _redis_fixture(tmp_path_factory, "redis-aof", "--appendonly", "yes", "--appendfsync", "always")

@@ -1,11 +1,15 @@
-"""The event log: idempotent appends (on event_id and on the full event), all or nothing, reads by user, and the
+"""The event log, on both backends (a SQLite file, and Redis: the private durable redis-server of
+tests/conftest.py): idempotent appends (on event_id and on the full event), all or nothing, reads by user, and the
 export into the clean history exactly once, including after a crash between the part's rename and the watermark."""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from features.events.log import PART_GLOB, EventLog, EventLogError, EventLogInputError, event_key
+from features.events.logbase import BaseEventLog
 from features.events.schema import CANONICAL_COLUMNS, arrow_schema
 
 T0 = pd.Timestamp("2026-11-01", tz="UTC")
@@ -33,13 +38,72 @@ def events(n: int, seed: int = 3, users: int = 20) -> pd.DataFrame:
     })
 
 
+class Backend:
+    """Opens event logs of one kind: SQLite files under ``tmp_path``, or logs under prefixes of one test run in the
+    Redis at ``url`` (removed by :meth:`clean`)."""
+
+    def __init__(self, kind: str, tmp_path: Path, url: str | None = None) -> None:
+        self.kind, self.tmp_path, self.url = kind, tmp_path, url
+        self.run = f"test-{uuid.uuid4().hex[:8]}"
+
+    def open(self, name: str = "log", **kwargs: Any) -> BaseEventLog:
+        """The log called ``name`` of this test (the same storage each time)."""
+        if self.kind == "sqlite":
+            return EventLog(self.tmp_path / "events" / f"{name}.db", **kwargs)
+        from features.events.redis_log import RedisEventLog
+
+        return RedisEventLog(self.url, self.prefix(name), **kwargs)
+
+    def prefix(self, name: str = "log") -> str:
+        return f"{self.run}:{name}"
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.url)
+
+    def fail_user(self, log: BaseEventLog, user_id: str) -> str:
+        """Make any append holding an event of ``user_id`` fail inside the backend; returns words of its error."""
+        if self.kind == "sqlite":
+            con = sqlite3.connect(log.path)
+            con.execute(f"CREATE TRIGGER boom BEFORE INSERT ON events WHEN NEW.user_id = '{user_id}' "
+                        "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
+            con.commit()
+            con.close()
+            return "refused by the test"
+        with self.client() as client:
+            client.set(f"{log.prefix}:user:{user_id}", "not a sorted set")  # its index cannot take the event
+        return "holds a string"
+
+    def clean(self) -> None:
+        if self.kind == "redis":
+            with self.client() as client:
+                keys = list(client.scan_iter(match=f"{self.run}:*", count=1000))
+                if keys:
+                    client.delete(*keys)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=[pytest.mark.redis, pytest.mark.integration])])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    url = None
+    if request.param == "redis":
+        server = request.getfixturevalue("durable_redis_server")
+        server.ensure_running()
+        url = server.url
+    made = Backend(request.param, tmp_path, url)
+    try:
+        yield made
+    finally:
+        made.clean()
+
+
 @pytest.fixture()
-def log(tmp_path: Path) -> EventLog:
-    with EventLog(tmp_path / "events" / "log.db") as opened:
+def log(backend: Backend) -> Iterator[BaseEventLog]:
+    with backend.open() as opened:
         yield opened
 
 
-def stored(log: EventLog) -> pd.DataFrame:
+def stored(log: BaseEventLog) -> pd.DataFrame:
     """Every event in the log as a canonical frame sorted by user, ts."""
     frames = [log.user_events(u) for u in sorted(log.users_after(0))]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(CANONICAL_COLUMNS))
@@ -51,7 +115,7 @@ def key(frame: pd.DataFrame) -> list[tuple]:
 
 
 # ------------------------------------------------------------------------------------------------- append
-def test_append_stores_each_full_event_once(log: EventLog) -> None:
+def test_append_stores_each_full_event_once(log: BaseEventLog) -> None:
     batch = events(200)
     first = log.append(batch)
     assert (first.accepted, first.duplicates, first.last_seq) == (200, 0, 200)
@@ -63,7 +127,7 @@ def test_append_stores_each_full_event_once(log: EventLog) -> None:
     assert key(stored(log)) == key(pd.concat([batch, changed]))
 
 
-def test_append_is_idempotent_on_the_client_event_id(log: EventLog) -> None:
+def test_append_is_idempotent_on_the_client_event_id(log: BaseEventLog) -> None:
     batch = events(10).assign(event_id=[f"e{i}" for i in range(10)])
     assert log.append(batch).accepted == 10
     resent = events(10, seed=99).assign(event_id=[f"e{i}" for i in range(5, 15)])  # other content, ids 5..14
@@ -72,7 +136,7 @@ def test_append_is_idempotent_on_the_client_event_id(log: EventLog) -> None:
     assert log.count() == 15
 
 
-def test_records_and_frames_give_an_event_the_same_key(log: EventLog) -> None:
+def test_records_and_frames_give_an_event_the_same_key(log: BaseEventLog) -> None:
     """An event posted to /events (records) and the same event in a file (a frame) are one event."""
     batch = events(60)
     records = batch.to_dict("records")  # ts as pandas Timestamps, a missing amount as NaN
@@ -89,7 +153,7 @@ def test_records_and_frames_give_an_event_the_same_key(log: EventLog) -> None:
     assert log.count() == 60
 
 
-def test_duplicates_within_one_batch_are_counted(log: EventLog) -> None:
+def test_duplicates_within_one_batch_are_counted(log: BaseEventLog) -> None:
     batch = events(50)
     result = log.append(pd.concat([batch, batch.iloc[[3, 3, 7]]], ignore_index=True))
     assert (result.accepted, result.duplicates) == (50, 3)
@@ -106,13 +170,9 @@ def test_the_event_key_is_the_full_canonical_event() -> None:
         assert event_key(*other) != event_key(*base), i
 
 
-def test_a_batch_failing_inside_the_transaction_stores_nothing(log: EventLog) -> None:
+def test_a_batch_failing_inside_the_transaction_stores_nothing(log: BaseEventLog, backend: Backend) -> None:
     log.append(events(20))
-    con = sqlite3.connect(log.path)
-    con.execute("CREATE TRIGGER boom BEFORE INSERT ON events WHEN NEW.user_id = 'boom' "
-                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
-    con.commit()
-    con.close()
+    backend.fail_user(log, "boom")
     batch = pd.concat([events(30, seed=5), events(1, seed=6).assign(user_id="boom")], ignore_index=True)
     with pytest.raises(EventLogError, match="nothing was stored"):
         log.append(batch)  # the 30 good rows were inserted before the last one failed: all rolled back
@@ -120,25 +180,21 @@ def test_a_batch_failing_inside_the_transaction_stores_nothing(log: EventLog) ->
     assert log.append(events(30, seed=5)).accepted == 30  # and the log still takes appends
 
 
-def test_a_group_commit_stores_each_batch_all_or_none_on_its_own(log: EventLog) -> None:
-    con = sqlite3.connect(log.path)
-    con.execute("CREATE TRIGGER boom BEFORE INSERT ON events WHEN NEW.user_id = 'boom' "
-                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
-    con.commit()
-    con.close()
+def test_a_group_commit_stores_each_batch_all_or_none_on_its_own(log: BaseEventLog, backend: Backend) -> None:
+    refused = backend.fail_user(log, "boom")
     first, third = events(10, seed=1).to_dict("records"), events(10, seed=3).to_dict("records")
     failing = [*events(10, seed=2).to_dict("records"), {**first[0], "user_id": "boom"}]
     breaching = [*events(10, seed=4).to_dict("records"), {**first[0], "behavior": "teleport"}]
     results = log.append_groups([first, failing, breaching, third, first[:4]])
     assert [type(r).__name__ for r in results] == ["AppendResult", "EventLogError", "EventLogInputError",
                                                    "AppendResult", "AppendResult"]
-    assert "refused by the test" in str(results[1]) and "event 10 (of 11)" in str(results[2])
+    assert refused in str(results[1]) and "event 10 (of 11)" in str(results[2])
     assert (results[0].accepted, results[3].accepted, results[4].duplicates) == (10, 10, 4)
     assert results[0].last_seq < results[3].last_seq == log.last_seq()
     assert log.count() == 20 and log.users_after(0).isdisjoint({"boom"})
 
 
-def test_a_batch_breaking_the_contract_is_refused_whole_with_the_row(log: EventLog) -> None:
+def test_a_batch_breaking_the_contract_is_refused_whole_with_the_row(log: BaseEventLog) -> None:
     batch = events(10)
     for column, value, what in (("behavior", "zap", "event 4 .*behavior"), ("user_id", None, "event 4 .*user_id"),
                                 ("ts", pd.NaT, "event 4 .*ts"), ("amount", -1.0, "event 4 .*amount"),
@@ -154,7 +210,7 @@ def test_a_batch_breaking_the_contract_is_refused_whole_with_the_row(log: EventL
     assert log.count() == 0
 
 
-def test_appends_from_many_threads_all_land(log: EventLog) -> None:
+def test_appends_from_many_threads_all_land(log: BaseEventLog) -> None:
     batches = [events(100, seed=s) for s in range(8)]
     results = []
 
@@ -169,14 +225,14 @@ def test_appends_from_many_threads_all_land(log: EventLog) -> None:
     assert sum(r.accepted for r in results) == log.count() == len({*map(tuple, pd.concat(batches).astype(str).values)})
 
 
-def test_appended_events_survive_a_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "log.db"
-    with EventLog(path) as log:
+def test_appended_events_survive_a_reopen(backend: Backend) -> None:
+    with backend.open() as log:
         log.append(events(40))
         log_id = log.log_id
-    with EventLog(path) as log:
-        assert log.count() == 40 and log.log_id == log_id
-        assert (log.path.read_bytes()[:16]) == b"SQLite format 3\x00"
+    with backend.open() as log:
+        assert log.count() == 40 and log.log_id == log_id and len(log_id) == 32
+        if backend.kind == "sqlite":
+            assert (log.path.read_bytes()[:16]) == b"SQLite format 3\x00"
 
 
 def test_a_file_that_is_not_a_log_is_a_clear_error(tmp_path: Path) -> None:
@@ -187,15 +243,17 @@ def test_a_file_that_is_not_a_log_is_a_clear_error(tmp_path: Path) -> None:
     assert caught.value.exit_code == 6
 
 
-def test_a_closed_log_refuses_appends(tmp_path: Path) -> None:
-    log = EventLog(tmp_path / "log.db")
+def test_a_closed_log_refuses_appends_and_reads(backend: Backend) -> None:
+    log = backend.open()
     log.close()
     with pytest.raises(EventLogError, match="closed"):
         log.append(events(1))
+    with pytest.raises(EventLogError, match="closed"):
+        log.last_seq()
 
 
 # ------------------------------------------------------------------------------------------------- reads
-def test_user_events_are_ordered_by_ts_and_filtered_by_seq(log: EventLog) -> None:
+def test_user_events_are_ordered_by_ts_and_filtered_by_seq(log: BaseEventLog) -> None:
     late = pd.DataFrame({"user_id": ["a"] * 3, "ts": [T0 + pd.Timedelta(hours=h) for h in (5, 1, 3)],
                          "behavior": ["buy", "view", "cart"], "amount": [9.5, None, None]})
     log.append(late)  # seqs 1..3
@@ -224,7 +282,7 @@ def exported(dest: Path) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(p) for p in parts(dest)], ignore_index=True)
 
 
-def test_export_writes_each_event_once_in_canonical_parquet(log: EventLog, tmp_path: Path) -> None:
+def test_export_writes_each_event_once_in_canonical_parquet(log: BaseEventLog, tmp_path: Path) -> None:
     dest = tmp_path / "clean"
     assert log.export(dest) is None  # nothing yet
     log.append(events(300))
@@ -247,14 +305,14 @@ def test_export_writes_each_event_once_in_canonical_parquet(log: EventLog, tmp_p
     assert len(exported(dest)) == log.count() == 420
 
 
-def test_a_large_backlog_is_exported_in_parts(log: EventLog, tmp_path: Path) -> None:
+def test_a_large_backlog_is_exported_in_parts(log: BaseEventLog, tmp_path: Path) -> None:
     log.append(events(250))
     result = log.export(tmp_path / "clean", max_part_rows=100)
     assert result is not None and result.rows == 250 and len(result.paths) == 3
     assert [pq.read_metadata(p).num_rows for p in result.paths] == [100, 100, 50]
 
 
-def test_a_crash_after_the_rename_never_exports_the_rows_twice(log: EventLog, tmp_path: Path) -> None:
+def test_a_crash_after_the_rename_never_exports_the_rows_twice(log: BaseEventLog, tmp_path: Path) -> None:
     dest = tmp_path / "clean"
     dest.mkdir()
     log.append(events(100))
@@ -270,7 +328,7 @@ def test_a_crash_after_the_rename_never_exports_the_rows_twice(log: EventLog, tm
     assert log.export(dest) is None and log.exported_seq() == 130
 
 
-def test_a_crash_before_the_rename_leaves_no_trace(log: EventLog, tmp_path: Path, monkeypatch) -> None:
+def test_a_crash_before_the_rename_leaves_no_trace(log: BaseEventLog, tmp_path: Path, monkeypatch) -> None:
     import features.events.log as module
 
     dest = tmp_path / "clean"
@@ -289,9 +347,9 @@ def test_a_crash_before_the_rename_leaves_no_trace(log: EventLog, tmp_path: Path
     assert result is not None and result.rows == 50 and list(dest.iterdir()) == [result.path]
 
 
-def test_two_logs_can_share_a_history_folder(tmp_path: Path) -> None:
+def test_two_logs_can_share_a_history_folder(backend: Backend, tmp_path: Path) -> None:
     dest = tmp_path / "clean"
-    with EventLog(tmp_path / "a.db") as a, EventLog(tmp_path / "b.db") as b:
+    with backend.open("a") as a, backend.open("b") as b:
         a.append(events(10))
         b.append(events(15, seed=9))
         ra, rb = a.export(dest), b.export(dest)
@@ -301,7 +359,7 @@ def test_two_logs_can_share_a_history_folder(tmp_path: Path) -> None:
     assert len(exported(dest)) == 25
 
 
-def test_a_part_that_does_not_follow_the_watermark_is_refused(log: EventLog, tmp_path: Path) -> None:
+def test_a_part_that_does_not_follow_the_watermark_is_refused(log: BaseEventLog, tmp_path: Path) -> None:
     dest = tmp_path / "clean"
     dest.mkdir()
     log.append(events(40))
