@@ -153,7 +153,7 @@ def run_score(
 
     With ``engine="spark"`` features and scores are computed on Spark (partitioned audience directory). With
     ``features`` (a file written by ``propensity features``) the batch scores that table instead of building one.
-    With fresh scores on, a published DuckDB batch also keeps each user's events next to the snapshot
+    With fresh scores on, a published batch (either engine) also keeps each user's events next to the snapshot
     (:func:`keep_history`; ``log_seq``: the event-log sequence number up to which ``events`` holds ingested
     events)."""
     from serving.batch.run import run_batch
@@ -198,7 +198,7 @@ def run_score(
     if result.snapshot is not None:
         rows["snapshot"] = result.snapshot.snapshot_id
         rows["store"] = cfg.redis_url or cfg.store_path
-        if cfg.serving.fresh_scores and engine == "duckdb" and features is None:
+        if cfg.serving.fresh_scores and features is None:  # either engine: the history is read with DuckDB
             try:
                 rows["event history"] = keep_history(cfg, events, result.snapshot.snapshot_id, log_seq)
             except OSError as exc:  # the snapshot is published and served; only its fresh rescoring is off
@@ -341,13 +341,14 @@ def lookup(
 def fresh_rows(cfg: Settings, user_ids: list[str], snapshot_id: str, now: datetime) -> dict[str, str]:
     """``/lookup`` rows of the users with ingested events newer than the snapshot, rescored at ``now`` (empty when
     fresh scores are off, there is no event log, or nobody has newer events)."""
-    if not cfg.serving.fresh_scores or not cfg.events_log_path.exists():
+    from propensity.cli.events import log_exists, open_log
+
+    if not cfg.serving.fresh_scores or not log_exists(cfg):
         return {}
-    from features.events.log import EventLog
     from serving.fresh import FreshScorer
     from training.job import load_champions
 
-    with EventLog(cfg.events_log_path) as log:
+    with open_log(cfg) as log:
         scorer = FreshScorer(log, cfg.online_dir, activation_config(cfg))
         if scorer.history(snapshot_id) is None or not scorer.pending(user_ids):
             return {}

@@ -394,3 +394,34 @@ def test_the_online_history_written_on_spark_equals_duckdbs_and_gives_the_batch_
             np.testing.assert_array_equal(getattr(a, name)[order_a], getattr(b, name)[order_b], err_msg=name)
     live = online_feature_table(((u, on_spark.events(u)) for u in users), AS_OF, SPEC)
     pd.testing.assert_frame_equal(live, duck, check_exact=False, rtol=TOL, atol=TOL)
+
+
+def test_a_published_spark_batch_keeps_the_event_history_that_fresh_lookups_read(
+    events_dir: Path, con: Any, bundles: dict[str, Any], duck: pd.DataFrame, tmp_path: Path, monkeypatch,
+) -> None:
+    """``propensity score --engine spark`` publishes and, like the DuckDB batch, writes each user's events next to
+    the snapshot (otherwise its snapshots are served without fresh rescoring)."""
+    from features.build.builder import events_table
+    from features.online.history import History, write_history
+    from propensity.cli.serving import run_score
+    from propensity.config import Settings
+    from serving.fresh import LOG_SEQ_KEY
+    from training.registry import Registry
+
+    monkeypatch.setenv("MLFLOW_REQUIREMENTS_INFERENCE_TIMEOUT", "1")
+    cfg = Settings(data_dir=tmp_path / "data", store_path=tmp_path / "scores.sqlite",
+                   tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=tmp_path / "mlruns")
+    registry = Registry(cfg.tracking_uri, cfg.artifact_root)
+    for bundle in bundles.values():
+        example = pd.DataFrame(np.zeros((3, len(bundle.feature_names))), columns=bundle.feature_names)
+        _, version = registry.log_challenger(bundle, params={}, metrics={}, plots={}, input_example=example)
+        registry.promote(bundle.target, version)
+    result = run_score(cfg, events_dir, AS_OF, engine="spark", spark_master=session_of(con), log_seq=7)
+    assert result.snapshot is not None and result.users == len(duck)
+    kept = History(cfg.online_dir / result.snapshot.snapshot_id)
+    assert kept.meta[LOG_SEQ_KEY] == 7
+    write_history(events_table(events_dir), tmp_path / "duck")
+    reference = History(tmp_path / "duck")
+    assert len(kept) == len(reference) > 0
+    for uid in list(duck.user_id)[:20]:
+        np.testing.assert_array_equal(kept.events(uid).ts_us, reference.events(uid).ts_us)
