@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     """The SQLite score store; unless set (``store_path``, ``PROPENSITY_STORE_PATH``) it follows ``data_dir``:
     ``<data_dir>/store/scores.sqlite``."""
     redis_url: str | None = None
+    """Redis holding the score store and, when set, the event log too (under ``events_redis_prefix``)."""
+    events_redis_prefix: str = "propensity:events"
+    """Key prefix of the event log in Redis (used when ``redis_url`` is set)."""
+    events_redis_allow_volatile: bool = False
+    """Let the event log use a Redis without ``appendonly yes`` and ``appendfsync always``, which loses acknowledged
+    events when Redis or its host crashes (for development; refused otherwise)."""
     seed: int = 7
 
     validation: ValidationSettings = ValidationSettings()
@@ -86,9 +92,16 @@ class Settings(BaseSettings):
 
     @property
     def events_log_path(self) -> Path:
-        """The event log that ``/events`` and ``propensity ingest`` append to: ``serving.events_log``, else
-        ``<data_dir>/events/log.db``."""
+        """The SQLite event log that ``/events`` and ``propensity ingest`` append to when ``redis_url`` is not set:
+        ``serving.events_log``, else ``<data_dir>/events/log.db``."""
         return self.serving.events_log or self.data_dir / "events" / "log.db"
+
+    @property
+    def event_log_options(self) -> dict[str, Any]:
+        """Where the event log lives besides :attr:`events_log_path`: the keyword arguments of
+        :func:`features.events.backends.open_event_log` (and of ``event_log_exists``, ``event_log_location``)."""
+        return {"redis_url": self.redis_url, "redis_prefix": self.events_redis_prefix,
+                "allow_volatile": self.events_redis_allow_volatile}
 
     @property
     def online_dir(self) -> Path:

@@ -32,9 +32,11 @@ def open_event_log(path: Path, redis_url: str | None = None, *, redis_prefix: st
     return EventLog(path)
 
 
-def event_log_exists(path: Path, redis_url: str | None = None, *, redis_prefix: str = DEFAULT_PREFIX) -> bool:
+def event_log_exists(path: Path, redis_url: str | None = None, *, redis_prefix: str = DEFAULT_PREFIX,
+                     allow_volatile: bool = False) -> bool:
     """Whether :func:`open_event_log` with these arguments would find a log (nothing is created: a file test, or
-    one ``EXISTS`` in Redis). Raises :class:`EventLogError` when Redis does not answer."""
+    one ``EXISTS`` in Redis; ``allow_volatile`` is not used). Raises :class:`EventLogError` when Redis does not
+    answer."""
     if redis_url:
         from features.events.redis_log import redis_log_exists
 
@@ -42,8 +44,10 @@ def event_log_exists(path: Path, redis_url: str | None = None, *, redis_prefix: 
     return Path(path).exists()
 
 
-def event_log_location(path: Path, redis_url: str | None = None, *, redis_prefix: str = DEFAULT_PREFIX) -> str:
-    """Where :func:`open_event_log` keeps the log, for messages (a Redis URL is shown without its password)."""
+def event_log_location(path: Path, redis_url: str | None = None, *, redis_prefix: str = DEFAULT_PREFIX,
+                       allow_volatile: bool = False) -> str:
+    """Where :func:`open_event_log` keeps the log, for messages (a Redis URL is shown without its password;
+    ``allow_volatile`` is not used)."""
     if redis_url:
         from features.events.redis_log import redact_url
 

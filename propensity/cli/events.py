@@ -1,10 +1,11 @@
 """Event ingestion command: ``propensity ingest FILE... [--export]``.
 
 Each file is checked like ``propensity validate`` (bad rows quarantined with their reasons and not ingested; too
-many of them stop the command with exit code 3) and its good rows are appended to the event log
-(:class:`features.events.log.EventLog`, ``Settings.events_log_path``) in one transaction: all of the file's events
-or none. Events already in the log count as duplicates, so ingesting a file twice stores it once. ``--export`` (and
-``propensity score`` before it reads the clean events) moves the log's events not yet exported into
+many of them stop the command with exit code 3) and its good rows are appended to the event log in one transaction:
+all of the file's events or none. The log is the SQLite file ``Settings.events_log_path``, or, when ``redis_url`` is
+set, the Redis log under ``events_redis_prefix`` (:func:`open_log`). Events already in the log count as duplicates,
+so ingesting a file twice stores it once. ``--export`` (and ``propensity score`` before it reads the clean events)
+moves the log's events not yet exported into
 ``<data-dir>/clean`` as ``ingested-*.parquet`` parts, where every command reading the clean events finds them;
 ``propensity retrain`` trains on its newly validated events together with those parts (:func:`with_ingested`).
 """
@@ -54,9 +55,8 @@ def ingest(
 def ingest_file(cfg: Settings, file: Path, n: int = 1, *, taobao: bool = False, source_tz: str | None = None,
                 max_bad_share: float | None = None) -> Any:
     """Validate ``file`` into a staging folder under ``<data-dir>/events/ingest`` and append its good rows to the
-    event log; print and return the :class:`features.events.log.AppendResult`. The staging folder keeps the
+    event log; print and return the :class:`features.events.rows.AppendResult`. The staging folder keeps the
     quarantine file and report when rows were quarantined (and when the file fails its threshold), else it goes."""
-    from features.events.log import EventLog
     from features.events.validate import load_events
     from propensity.cli.data import run_validation
 
@@ -65,13 +65,14 @@ def ingest_file(cfg: Settings, file: Path, n: int = 1, *, taobao: bool = False, 
     report = run_validation(cfg, [file], out=staging, taobao=taobao, source_tz=source_tz,
                             max_bad_share=max_bad_share)
     frame = load_events(report.events_path)
-    with EventLog(cfg.events_log_path) as log:
+    with open_log(cfg) as log:
         result = log.append(frame)
+        where = log.location
     report.events_path.unlink(missing_ok=True)
     rows: dict[str, Any] = {
         "rows in": report.rows_in, "quarantined": report.quarantined, "repeated in the file": report.duplicates,
         "stored": result.accepted, "already in the log": result.duplicates, "last seq": result.last_seq,
-        "event log": cfg.events_log_path,
+        "event log": where,
     }
     if report.quarantined:
         rows["quarantine"] = report.quarantine_path
@@ -81,25 +82,35 @@ def ingest_file(cfg: Settings, file: Path, n: int = 1, *, taobao: bool = False, 
     return result
 
 
+def open_log(cfg: Settings) -> Any:
+    """The configured event log (:func:`features.events.backends.open_event_log`), created when missing."""
+    from features.events.backends import open_event_log
+
+    return open_event_log(cfg.events_log_path, **cfg.event_log_options)
+
+
+def log_exists(cfg: Settings) -> bool:
+    """Whether the configured event log exists (nothing is created)."""
+    from features.events.backends import event_log_exists
+
+    return event_log_exists(cfg.events_log_path, **cfg.event_log_options)
+
+
 def exported_seq(cfg: Settings) -> int:
     """The event log's export watermark: every logged event up to it is in the clean history (0 without a log)."""
-    from features.events.log import EventLog
-
-    if not cfg.events_log_path.exists():
+    if not log_exists(cfg):
         return 0
-    with EventLog(cfg.events_log_path) as log:
+    with open_log(cfg) as log:
         return log.exported_seq()
 
 
 def export_history(cfg: Settings, *, quiet: bool = False) -> Any:
-    """Move the event log's events not yet exported into ``<data-dir>/clean`` (:meth:`EventLog.export`); None when
+    """Move the event log's events not yet exported into ``<data-dir>/clean`` (the log's ``export``); None when
     there is no log or nothing new. Prints what it wrote unless ``quiet``."""
-    from features.events.log import EventLog
-
-    if not cfg.events_log_path.exists():
+    if not log_exists(cfg):
         return None
     dest = check_output(cfg.clean_dir, cfg, is_dir=True)
-    with EventLog(cfg.events_log_path) as log:
+    with open_log(cfg) as log:
         result = log.export(dest)
     if result is not None and not quiet:
         where = result.path if len(result.paths) == 1 else f"{len(result.paths)} files in {dest}"
@@ -114,7 +125,7 @@ def with_ingested(cfg: Settings, staging: Path, events: Path) -> Path:
     is not possible) and the source is ``staging/*.parquet``; ``events`` itself when nothing was ingested."""
     import os
 
-    from features.events.log import PART_GLOB
+    from features.events.logbase import PART_GLOB
 
     export_history(cfg)
     parts = sorted(cfg.clean_dir.glob(PART_GLOB))

@@ -244,7 +244,8 @@ def test_the_document_and_the_typed_client_describe_the_route(app: App) -> None:
 @pytest.fixture()
 def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.chdir(tmp_path)
-    for var in ("PROPENSITY_DATA_DIR", "PROPENSITY_STORE_PATH", "PROPENSITY_CONFIG", "PROPENSITY_SERVING__EVENTS_LOG"):
+    for var in ("PROPENSITY_DATA_DIR", "PROPENSITY_STORE_PATH", "PROPENSITY_CONFIG", "PROPENSITY_SERVING__EVENTS_LOG",
+                "PROPENSITY_REDIS_URL"):  # the SQLite log: with a Redis URL the log would be there
         monkeypatch.delenv(var, raising=False)
     return cli_invoker()
 
