@@ -8,6 +8,7 @@ de-duplicated and sorted, straight into Parquet. Neither pass holds the whole in
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features.events.schema import arrow_schema
+from features.events.schema import OPTIONAL_COLUMNS, arrow_schema
 from features.events.sources import (
     ColumnPlan,
     CsvLayout,
@@ -34,6 +35,7 @@ FILE_COL = "_src_file"
 BATCH_ROWS = 1_000_000
 # low-cardinality columns; item ids are often too many for a dictionary to pay off
 _DICTIONARY_COLUMNS = ["user_id", "behavior", "category_id", "channel"]
+_NULLABLE = frozenset(OPTIONAL_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -185,35 +187,54 @@ def _same_as_previous(batch: pa.RecordBatch, previous: pa.RecordBatch | None) ->
     return same
 
 
-def write_good_rows(con: duckdb.DuckDBPyConnection, plan: SourcePlan, path: Path) -> tuple[int, int]:
-    """Pass 2: stream the good rows sorted by all output columns into ``path`` (Parquet with
-    :func:`arrow_schema`), dropping exact duplicates (adjacent after the sort).
+def _known_mark(known: Sequence[Path]) -> str:
+    """A select-list expression: whether the row ``g`` equals an event of the canonical Parquet files ``known``
+    (every column, nulls equal to nulls)."""
+    if not known:
+        return "FALSE"
+    match = " AND ".join(f"k.{c} IS NOT DISTINCT FROM g.{c}" if c in _NULLABLE else f"k.{c} = g.{c}"
+                         for c in OUTPUT_COLUMNS)
+    return f"EXISTS (SELECT 1 FROM read_parquet({sql_path_list(known)}) k WHERE {match})"
 
-    Returns (good rows read, distinct rows written).
+
+def write_good_rows(
+    con: duckdb.DuckDBPyConnection, plan: SourcePlan, path: Path, known: Sequence[Path] = ()
+) -> tuple[int, int, int]:
+    """Pass 2: stream the good rows sorted by all output columns into ``path`` (Parquet with
+    :func:`arrow_schema`), dropping exact duplicates (adjacent after the sort) and the rows equal to an event of
+    ``known`` (canonical Parquet files of events already in the history, e.g. the event log's exported parts).
+
+    Returns (good rows read, distinct rows written, distinct rows dropped because ``known`` holds them).
     """
     call = _read_call(plan.layout, plan.files.paths, rejects=False)
     select = _normalised(plan, call, file_col="NULL::VARCHAR", row_col=None)
     cols = ", ".join(OUTPUT_COLUMNS)
-    query_sql = f"SELECT {cols} FROM ({select}) WHERE reason IS NULL ORDER BY {cols}"
+    query_sql = (f"SELECT {cols}, {_known_mark(known)} AS _known FROM ({select}) g WHERE reason IS NULL "
+                 f"ORDER BY {cols}")
     schema = arrow_schema()
-    valid = written = 0
+    valid = written = already = 0
     previous: pa.RecordBatch | None = None
     try:
         reader = con.sql(query_sql).to_arrow_reader(BATCH_ROWS)
         with pq.ParquetWriter(path, schema, compression="zstd", use_dictionary=_DICTIONARY_COLUMNS) as writer:
-            for batch in reader:
-                if batch.num_rows == 0:
+            for marked in reader:
+                if marked.num_rows == 0:
                     continue
-                batch = batch.cast(schema)
+                is_known = marked.column(len(OUTPUT_COLUMNS))
+                batch = pa.RecordBatch.from_arrays(marked.columns[: len(OUTPUT_COLUMNS)],
+                                                   names=list(OUTPUT_COLUMNS)).cast(schema)
                 valid += batch.num_rows
-                keep = batch.filter(pc.invert(_same_as_previous(batch, previous)))
+                first = pc.invert(_same_as_previous(batch, previous))
                 previous = batch.slice(batch.num_rows - 1, 1)
-                written += keep.num_rows
-                writer.write_batch(keep)
+                keep = pc.and_(first, pc.invert(pc.fill_null(is_known, False)))
+                already += pc.sum(pc.and_(first, pc.fill_null(is_known, False)).cast(pa.int64())).as_py() or 0
+                kept = batch.filter(keep)
+                written += kept.num_rows
+                writer.write_batch(kept)
     except duckdb.Error as exc:
         path.unlink(missing_ok=True)
         raise SourceError(f"cannot read the event sources: {duck_message(exc)}") from None
-    return valid, written
+    return valid, written, already
 
 
 def bad_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:

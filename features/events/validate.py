@@ -8,7 +8,10 @@ normalises every row to the canonical schema of :mod:`features.events.schema`, w
 Outputs in ``out_dir``:
 
 - ``events.parquet``: canonical events (:func:`features.events.schema.arrow_schema`), exact duplicates
-  removed, sorted by all columns (user_id, ts first). Not written when the run fails its threshold.
+  removed, sorted by all columns (user_id, ts first). Not written when the run fails its threshold. With
+  ``known`` (the event log's exported parts next to it), events equal to one of theirs are left out as
+  duplicates too, so an export that repeats events already ingested through ``/events`` does not count them
+  twice.
 - ``quarantine.csv``: one row per bad input row: ``source_file``, ``source_row`` (1-based; the
   line number for CSV with a header counted as line 1, the row index for Parquet), the raw values
   of the seven canonical columns as text, ``raw_line`` (only for CSV lines that could not be split
@@ -156,7 +159,8 @@ class ValidationConfig:
 class ValidationReport:
     """Counts and output paths of one validation run (``rows_in == accepted + quarantined + duplicates``).
 
-    ``bad_share`` is ``quarantined / rows_in`` (0 for empty input). ``by_reason`` counts quarantined
+    ``bad_share`` is ``quarantined / rows_in`` (0 for empty input). ``already_known`` is the part of
+    ``duplicates`` left out because the ``known`` files already hold them. ``by_reason`` counts quarantined
     rows per reason (every reason listed, zeros included); ``examples`` holds up to three of the most
     frequent raw values per reason. ``events_path`` is None when the run failed its threshold.
     """
@@ -176,6 +180,7 @@ class ValidationReport:
     columns: dict[str, str]
     examples: dict[str, list[str]]
     passed: bool
+    already_known: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (paths as strings, cutoff as ISO 8601)."""
@@ -185,6 +190,7 @@ class ValidationReport:
             "accepted": self.accepted,
             "quarantined": self.quarantined,
             "duplicates": self.duplicates,
+            "already_known": self.already_known,
             "bad_share": self.bad_share,
             "max_bad_share": self.max_bad_share,
             "by_reason": dict(self.by_reason),
@@ -276,13 +282,16 @@ def validate_events(
     *,
     now: datetime,
     progress: Progress | None = None,
+    known: Sequence[Path] = (),
 ) -> ValidationReport:
     """Validate event sources into ``out_dir/events.parquet``, ``quarantine.csv`` and ``validation.json``.
 
     ``sources``: a CSV or Parquet file, a directory of Parquet parts, a glob, or a sequence of these
     (one format). ``now`` (tz-aware) is the cutoff when ``config.as_of`` is None. Output events
     follow :func:`features.events.schema.arrow_schema`, without exact duplicates (first copy kept), sorted
-    by user_id, ts. ``progress(done, total)`` is called with pipeline stages done (of 4).
+    by user_id, ts. ``progress(done, total)`` is called with pipeline stages done (of 4). ``known``: canonical
+    Parquet files of events already in the history (the event log's exported parts); a row equal to one of their
+    events (every column) is left out and counted as a duplicate (``already_known``).
 
     Raises :class:`SourceError` (unreadable input), :class:`MissingColumnError` (required column
     absent) and, after writing the quarantine file and report (but no events file),
@@ -323,7 +332,7 @@ def validate_events(
         parsed = count_parsed_rows(con, plan)
         if progress:
             progress(2, _STAGES)
-        valid, accepted = write_good_rows(con, plan, events_tmp)
+        valid, accepted, already = write_good_rows(con, plan, events_tmp, known)
         if progress:
             progress(3, _STAGES)
         by_reason = {r: counts.get(r, 0) for r in REASONS}
@@ -347,6 +356,7 @@ def validate_events(
             columns=dict(plan.columns.source),
             examples=examples(con) if quarantined else {},
             passed=passed,
+            already_known=already,
         )
         _check_invariant(report, parsed, valid, written_q)
         if passed:

@@ -144,9 +144,13 @@ def read_options(taobao: bool, names: str | None, map_column: list[str] | None, 
 def run_validation(
     cfg: Settings, sources: list[Path], *, out: Path | None = None, as_of: datetime | None = None,
     taobao: bool = False, names: str | None = None, map_column: list[str] | None = None,
-    source_tz: str | None = None, max_bad_share: float | None = None,
+    source_tz: str | None = None, max_bad_share: float | None = None, against_ingested: bool | None = None,
 ) -> Any:
-    """Validate ``sources`` into ``out`` (default ``<data-dir>/clean``); prints the summary even when it fails."""
+    """Validate ``sources`` into ``out`` (default ``<data-dir>/clean``); prints the summary even when it fails.
+
+    ``against_ingested`` (default: when ``out`` is the clean folder, where the event log's parts live): export
+    the event log first and leave out the rows it already holds, so events ingested through ``/events`` and
+    repeated in a later export are kept once."""
     from features.events.validate import (
         EventsError,
         MissingColumnError,
@@ -161,14 +165,22 @@ def run_validation(
         future_tolerance=timedelta(hours=cfg.validation.future_tolerance_hours),
         max_bad_share=cfg.validation.max_bad_share if max_bad_share is None else max_bad_share,
     )
+    into_clean = out is None or Path(out).resolve() == cfg.clean_dir.resolve()
     out = check_output(out or cfg.clean_dir, cfg, is_dir=True)
+    known: list[Path] = []
+    if into_clean if against_ingested is None else against_ingested:
+        from features.events.logbase import PART_GLOB
+        from propensity.cli.eventlog import export_history
+
+        export_history(cfg)
+        known = sorted(cfg.clean_dir.glob(PART_GLOB))
     for source in sources:  # a Parquet name or folder must hold Parquet (a CSV renamed .parquet is said so)
         if source.suffix == ".parquet" and source.is_file() or source.is_dir():
             parquet_files(source, "events", "export the events again, or give a CSV file its .csv name")
     with progress_bar("validating events") as progress:
         try:
             return validate_events(
-                [str(s) for s in sources], out, vcfg, read, now=datetime.now(UTC), progress=progress
+                [str(s) for s in sources], out, vcfg, read, now=datetime.now(UTC), progress=progress, known=known
             )
         except TooManyBadRowsError as exc:
             print_validation(exc.report)
@@ -186,6 +198,7 @@ def print_validation(report: Any) -> None:
     rows: dict[str, Any] = {
         "rows in": report.rows_in, "accepted": report.accepted, "quarantined": report.quarantined,
         "duplicates dropped": report.duplicates,
+        "  already ingested": report.already_known,
         "invariant": f"{report.rows_in:,} == {report.accepted:,} + {report.quarantined:,} + {report.duplicates:,}",
         "bad-row share": f"{report.bad_share:.3%} (limit {report.max_bad_share:.2%})",
     }

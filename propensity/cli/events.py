@@ -3,11 +3,12 @@
 Each file is checked like ``propensity validate`` (bad rows quarantined with their reasons and not ingested; too
 many of them stop the command with exit code 3) and its good rows are appended to the event log in one transaction:
 all of the file's events or none. The log is the SQLite file ``Settings.events_log_path``, or, when ``redis_url`` is
-set, the Redis log under ``events_redis_prefix`` (:func:`open_log`). Events already in the log count as duplicates,
-so ingesting a file twice stores it once. ``--export`` (and ``propensity score`` before it reads the clean events)
-moves the log's events not yet exported into
-``<data-dir>/clean`` as ``ingested-*.parquet`` parts, where every command reading the clean events finds them;
-``propensity retrain`` trains on its newly validated events together with those parts (:func:`with_ingested`).
+set, the Redis log under ``events_redis_prefix`` (:func:`propensity.cli.eventlog.open_log`). Events already in the
+log count as duplicates, so ingesting a file twice stores it once. ``--export`` (and ``propensity score`` before it
+reads the clean events) moves the log's events not yet exported into ``<data-dir>/clean`` as ``ingested-*.parquet``
+parts, where every command reading the clean events finds them; ``propensity validate`` into that folder and
+``propensity retrain`` leave out the rows of a new export those parts already hold, and ``retrain`` trains on its
+newly validated events together with the parts (:func:`with_ingested`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from propensity.cli.common import DataDir, settings
+from propensity.cli.eventlog import export_history, open_log
 from propensity.cli.ui import console, kv_table
 from propensity.config import Settings
 from propensity.paths import check_output
@@ -79,43 +81,6 @@ def ingest_file(cfg: Settings, file: Path, n: int = 1, *, taobao: bool = False, 
     else:
         shutil.rmtree(staging, ignore_errors=True)
     console().print(kv_table(f"ingested {file}", rows))
-    return result
-
-
-def open_log(cfg: Settings) -> Any:
-    """The configured event log (:func:`features.events.backends.open_event_log`), created when missing."""
-    from features.events.backends import open_event_log
-
-    return open_event_log(cfg.events_log_path, **cfg.event_log_options)
-
-
-def log_exists(cfg: Settings) -> bool:
-    """Whether the configured event log exists (nothing is created)."""
-    from features.events.backends import event_log_exists
-
-    return event_log_exists(cfg.events_log_path, **cfg.event_log_options)
-
-
-def exported_seq(cfg: Settings) -> int:
-    """The event log's export watermark: every logged event up to it is in the clean history (0 without a log)."""
-    if not log_exists(cfg):
-        return 0
-    with open_log(cfg) as log:
-        return log.exported_seq()
-
-
-def export_history(cfg: Settings, *, quiet: bool = False) -> Any:
-    """Move the event log's events not yet exported into ``<data-dir>/clean`` (the log's ``export``); None when
-    there is no log or nothing new. Prints what it wrote unless ``quiet``."""
-    if not log_exists(cfg):
-        return None
-    dest = check_output(cfg.clean_dir, cfg, is_dir=True)
-    with open_log(cfg) as log:
-        result = log.export(dest)
-    if result is not None and not quiet:
-        where = result.path if len(result.paths) == 1 else f"{len(result.paths)} files in {dest}"
-        console().print(f"exported {result.rows:,} ingested events (seq {result.first_seq:,} to "
-                        f"{result.last_seq:,}) to {where}", soft_wrap=True)
     return result
 
 

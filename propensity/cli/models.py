@@ -184,7 +184,7 @@ def retrain(
     with exclusive_lock(cfg.artifact_root / ".retrain.lock", started.isoformat()):
         staging = cfg.data_dir / "retrain" / f"{started:%Y%m%dT%H%M%S}"
         try:
-            report = run_validation(cfg, events, out=staging, taobao=taobao)
+            report = run_validation(cfg, events, out=staging, taobao=taobao, against_ingested=True)
             source = with_ingested(cfg, staging, report.events_path)  # and the events /events acknowledged
             if if_degraded and not degraded(cfg, source):
                 drop_staging(staging)

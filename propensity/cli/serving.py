@@ -260,7 +260,7 @@ def score(
     if features is not None and engine != "duckdb":
         raise typer.BadParameter("--features works with the duckdb engine only", param_hint="--features")
     if events is None and features is None:  # acknowledged events (/events, `propensity ingest`) join the batch
-        from propensity.cli.events import export_history, exported_seq
+        from propensity.cli.eventlog import export_history, exported_seq
 
         export_history(cfg)
         log_seq = exported_seq(cfg)
@@ -341,7 +341,7 @@ def lookup(
 def fresh_rows(cfg: Settings, user_ids: list[str], snapshot_id: str, now: datetime) -> dict[str, str]:
     """``/lookup`` rows of the users with ingested events newer than the snapshot, rescored at ``now`` (empty when
     fresh scores are off, there is no event log, or nobody has newer events)."""
-    from propensity.cli.events import log_exists, open_log
+    from propensity.cli.eventlog import log_exists, open_log
 
     if not cfg.serving.fresh_scores or not log_exists(cfg):
         return {}

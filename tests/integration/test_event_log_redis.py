@@ -318,7 +318,7 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 def test_cli_ingest_with_redis_url_stores_in_redis_and_exports(run: Any, durable: Backend, tmp_path: Path,
                                                                monkeypatch: Any) -> None:
-    from propensity.cli.events import exported_seq
+    from propensity.cli.eventlog import exported_seq
     from propensity.cli.serving import fresh_rows
     from propensity.config import load_settings
     from tests.integration.test_ingest import posted, write_csv

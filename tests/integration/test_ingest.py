@@ -299,6 +299,44 @@ def test_cli_ingest_quarantines_bad_rows_stores_each_event_once_and_exports_to_t
     assert usage.exit_code == 2 and "--export" in usage.output
 
 
+def test_a_full_export_repeating_ingested_events_is_kept_once(run: Any, tmp_path: Path) -> None:
+    """Events posted to /events (the log's own checks) or ingested from a file, then sent again in a full export
+    to `validate` (into the clean folder) or `retrain` (its staging folder plus the ingested parts): every event
+    is in the clean history once."""
+    from features.build.builder import events_table
+    from propensity.cli.common import events_path
+    from propensity.cli.data import run_validation
+    from propensity.cli.events import with_ingested
+    from propensity.config import load_settings
+
+    events = posted(120, seed=21)
+    distinct = len({(e["user_id"], round(float(datetime.fromisoformat(e["ts"]).timestamp() if isinstance(e["ts"], str)
+                                                  else e["ts"]), 6), e["behavior"].replace("pv", "view"),
+                     e["item_id"], e["channel"], e.get("amount")) for e in events})
+    cfg = load_settings()
+    served = App(cfg.events_log_path.parent)  # the service's /events on the configured log
+    try:
+        assert served.post({"events": events[:40]}).json()["accepted"] == 40
+    finally:
+        served.close()
+    assert run("ingest", str(write_csv(tmp_path / "some.csv", events[40:70]))).exit_code == 0
+    full = write_csv(tmp_path / "full.csv", events)
+    validated = run("validate", str(full))
+    assert validated.exit_code == 0, validated.output
+    assert "already ingested" in validated.output
+    report = json.loads((cfg.clean_dir / "validation.json").read_text())
+    assert report["already_known"] == 70 and report["accepted"] == distinct - 70
+    assert events_table(events_path(cfg, None)).count().to_pyarrow().as_py() == distinct
+
+    staging = tmp_path / "data" / "retrain" / "run"
+    again = run_validation(cfg, [full], out=staging, against_ingested=True)
+    assert again.already_known == 70
+    source = with_ingested(cfg, staging, again.events_path)
+    assert events_table(source).count().to_pyarrow().as_py() == distinct
+    elsewhere = run_validation(cfg, [full], out=tmp_path / "elsewhere")  # not the clean folder: a full copy
+    assert elsewhere.already_known == 0 and elsewhere.accepted == distinct
+
+
 def test_retrain_trains_on_its_validated_events_and_the_ingested_ones(tmp_path: Path) -> None:
     from features.build.builder import events_table
     from features.events.log import EventLog

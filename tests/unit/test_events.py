@@ -209,6 +209,33 @@ def test_duplicates_identical_after_normalisation_are_dropped_and_counted(tmp_pa
     assert events(report)["item_id"].tolist() == ["i1", "i2"]
 
 
+def test_rows_already_in_known_history_files_are_left_out_and_counted(tmp_path):
+    """An export repeating events already in the history (e.g. ingested through /events) keeps them once."""
+    ingested = write(
+        tmp_path / "ingested.csv",
+        "user_id,ts,behavior,item_id,amount\n"
+        f"u1,{EPOCH},view,i1,\n"
+        f"u2,{EPOCH},buy,,12.5\n",  # no item: nulls must match nulls
+    )
+    known = validate_events(ingested, tmp_path / "known", LENIENT, now=NOW).events_path
+    src = write(
+        tmp_path / "export.csv",
+        "user_id,ts,behavior,item_id,amount\n"
+        f"u1,{EPOCH},view,i1,\n"  # in the history
+        f"u2,{EPOCH},buy,,12.5\n"  # in the history
+        f"u2,{EPOCH},buy,,12.5\n"  # and repeated in the export
+        f"u2,{EPOCH},buy,,13.0\n"  # another amount: new
+        f"u1,{EPOCH + 1},view,i1,\n"  # a second later: new
+        f"u3,{EPOCH},view,i1,\n",
+    )
+    report = run(tmp_path, src, known=[known])
+    assert (report.rows_in, report.accepted, report.quarantined, report.duplicates) == (6, 3, 0, 3)
+    assert report.already_known == 2 and report.to_dict()["already_known"] == 2
+    got = events(report)
+    assert sorted(zip(got.user_id, got.amount.fillna(0), strict=True)) == [("u1", 0), ("u2", 13.0), ("u3", 0)]
+    assert run(tmp_path, src).already_known == 0  # without known files every distinct row is kept
+
+
 # --- reading -----------------------------------------------------------------------------------
 
 
