@@ -215,8 +215,16 @@ def _check_prefix(prefix: str) -> str:
     return prefix
 
 
+def _redis_package() -> Any:
+    try:
+        import redis
+    except ImportError:
+        raise EventLogError("the Redis event log needs the 'redis' package: pip install 'redis>=5'") from None
+    return redis
+
+
 def _client(url: str, timeout_s: float, retries: int) -> Any:
-    import redis
+    redis = _redis_package()
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
@@ -230,8 +238,7 @@ def _client(url: str, timeout_s: float, retries: int) -> Any:
 def redis_log_exists(url: str, prefix: str = DEFAULT_PREFIX, *, timeout_s: float = 5.0) -> bool:
     """Whether the Redis at ``url`` holds an event log under ``prefix`` (one ``EXISTS``; nothing is created).
     Raises :class:`EventLogError` when Redis does not answer."""
-    import redis
-
+    redis = _redis_package()
     client = _client(url, timeout_s, 1)
     try:
         return bool(client.exists(f"{_check_prefix(prefix)}:meta"))
@@ -280,6 +287,22 @@ def _event(f: dict[bytes, bytes]) -> tuple[int, str | None, str | None, str | No
             None if nulls & 4 else f[b"h"].decode(), None if nulls & 8 else float(f[b"a"]))
 
 
+def _page_table(entries: list[Any], schema: pa.Schema) -> pa.Table:
+    """Stream entries ``(id, fields)`` as a table of ``schema`` plus a last column ``seq`` (int64)."""
+    cols: list[list[Any]] = [[] for _ in range(8)]  # user_id, ts_us, behavior, item, category, channel, amount, seq
+    for sid, raw in entries:
+        f = _fields(raw)
+        ts, item, cat, chan, amount = _event(f)
+        for col, value in zip(cols, (f[b"u"].decode(), ts, f[b"b"].decode(), item, cat, chan, amount,
+                                     int(sid.split(b"-", 1)[0])), strict=True):
+            col.append(value)
+    arrays = [pa.array(values, pa.int64() if field.name == "ts" else field.type)
+              for field, values in zip(schema, cols[:7], strict=True)]
+    arrays[1] = arrays[1].cast(schema.field("ts").type)
+    return pa.Table.from_arrays([*arrays, pa.array(cols[7], pa.int64())],
+                                schema=schema.append(pa.field("seq", pa.int64(), nullable=False)))
+
+
 class RedisEventLog(BaseEventLog):
     """The event log in the Redis at ``url`` under ``prefix`` (created when missing; see the module docstring); the
     public methods are those of :class:`features.events.logbase.BaseEventLog`.
@@ -299,11 +322,9 @@ class RedisEventLog(BaseEventLog):
     """
 
     def __init__(self, url: str, prefix: str = DEFAULT_PREFIX, *, allow_volatile: bool = False,
-                 timeout_s: float = 10.0, read_timeout_s: float = 2.0, lock_ttl_s: float = 30.0,
+                 timeout_s: float = 10.0, read_timeout_s: float = 1.0, lock_ttl_s: float = 30.0,
                  lock_wait_s: float = 600.0) -> None:
-        import redis
-
-        self._redis = redis
+        self._redis = _redis_package()
         self.url = redact_url(url)
         self.prefix = _check_prefix(prefix)
         self.location = f"{self.url} (keys {prefix}:*)"
@@ -529,27 +550,20 @@ class RedisEventLog(BaseEventLog):
         return min(last, after + max_rows)
 
     def _part_tables(self, after: int, upto: int, schema: pa.Schema) -> Iterator[pa.Table]:
-        cols: list[list[Any]] = [[] for _ in range(8)]  # seq, user_id, ts_us, behavior, item, category, channel, amount
+        # read in pages, each turned into Arrow at once (about 60 bytes an event, where Python objects take 400),
+        # then sorted as a whole: the stream is in seq order, a part in (user_id, ts, seq) order
+        pages: list[pa.Table] = []
         start = after + 1
         while start <= upto:
             page = self._do("read", self._writes.xrange, self._k_stream, f"{start}-0", f"{upto}-0",
                             count=EXPORT_BATCH_ROWS)
             if not page:
                 break
-            for sid, raw in page:
-                f = _fields(raw)
-                seq = int(sid.split(b"-", 1)[0])
-                ts, item, cat, chan, amount = _event(f)
-                for col, value in zip(cols, (seq, f[b"u"].decode(), ts, f[b"b"].decode(), item, cat, chan, amount),
-                                      strict=True):
-                    col.append(value)
-            start = cols[0][-1] + 1
-        arrays = [pa.array(values, pa.int64() if field.name == "ts" else field.type)
-                  for field, values in zip(schema, cols[1:], strict=True)]
-        arrays[1] = arrays[1].cast(schema.field("ts").type)
-        keys = pa.table({"user_id": arrays[0], "ts": arrays[1], "seq": pa.array(cols[0], pa.int64())})
-        order = pc.sort_indices(keys, sort_keys=[("user_id", "ascending"), ("ts", "ascending"), ("seq", "ascending")])
-        table = pa.Table.from_arrays(arrays, schema=schema).take(order)
+            pages.append(_page_table(page, schema))
+            start = pages[-1].column("seq")[-1].as_py() + 1
+        table = pa.concat_tables(pages) if pages else _page_table([], schema)
+        order = pc.sort_indices(table, sort_keys=[("user_id", "ascending"), ("ts", "ascending"), ("seq", "ascending")])
+        table = table.drop_columns(["seq"]).take(order)
         for offset in range(0, table.num_rows, EXPORT_BATCH_ROWS):
             yield table.slice(offset, EXPORT_BATCH_ROWS)
 

@@ -287,13 +287,21 @@ def test_exports_from_two_hosts_write_each_event_once(durable: Backend, tmp_path
         with pytest.raises(EventLogError, match="another export .* has held"):
             b.export(dest)
         client.delete(f"{durable.prefix()}:export-lock")
+        b.lock_wait_s = 60.0
         results: list[Any] = []
-        threads = [threading.Thread(target=lambda log=log: results.append(log.export(dest, max_part_rows=700)))
-                   for log in (a, b)]
+
+        def export(log: Any) -> None:
+            try:
+                results.append(log.export(dest, max_part_rows=700))
+            except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+                results.append(exc)
+
+        threads = [threading.Thread(target=export, args=(log,)) for log in (a, b)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        assert not [r for r in results if isinstance(r, Exception)], results
         assert sum(r.rows for r in results if r is not None) == 3_000
         frames = [pd.read_parquet(p) for p in sorted(dest.glob(PART_GLOB))]
         assert sum(map(len, frames)) == 3_000 and a.exported_seq() == 3_000
