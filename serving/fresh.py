@@ -23,6 +23,7 @@ lookup. At most :data:`MAX_CACHED_USERS` rows are kept (the oldest go first).
 from __future__ import annotations
 
 import itertools
+import logging
 import shutil
 import threading
 import time
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from features.events.log import EventLog
+from features.events.log import EventLog, EventLogError
 from features.online.arrays import EventArrays, behavior_codes, channel_codes, id_codes
 from features.online.compute import as_of_us, feature_arrays, user_features
 from features.online.history import History
@@ -41,6 +42,8 @@ from serving.activation.actions import ActivationConfig
 from serving.batch.run import score_chunks
 from serving.store.encode import dumps_compact, encode_chunk
 from training.bundle import ModelBundle
+
+log = logging.getLogger(__name__)
 
 RETRY_MISSING_S = 2.0
 """Seconds before a snapshot without a history (not written yet, or never) is looked at again."""
@@ -99,17 +102,32 @@ class FreshScorer:
         # users with a logged event above _seq -> a log position at or after their last such event (as of _seen)
         self._recent: dict[str, int] = {}
         self._seen = 0
+        self._warned = 0.0  # monotonic time of the last "event log unavailable" warning
+        self.probe_inline = not getattr(log, "remote", False)
+        """Whether :meth:`pending` may run on an event loop: the log is a local file, not a network round trip."""
+
+    def _unavailable(self, exc: EventLogError) -> None:
+        """Log (at most once a minute) that the event log cannot be read: the stored rows are served meanwhile."""
+        now = time.monotonic()
+        if now - self._warned >= 60.0:
+            self._warned = now
+            log.warning("fresh scores paused, the stored rows are served: %s", exc)
 
     def pending(self, user_ids: Sequence[str]) -> int:
         """Whether any of ``user_ids`` has an event in the log above the served history's ``log_seq`` (before any
         history is loaded, any logged event counts): :data:`NOTHING`, :data:`CACHED` (every such user has a valid
         rescored row: no scoring needed) or :data:`RESCORE` (falsy only for NOTHING). One read of the log's last
         position per call; the users with newer events are kept in memory and only the log's new entries are read,
-        so a lookup of many ids costs dict lookups, not a query per id."""
-        last = self.log.last_seq()
-        if last <= self._seq:
+        so a lookup of many ids costs dict lookups, not a query per id. An unreadable log answers NOTHING (the
+        stored rows are served)."""
+        try:
+            last = self.log.last_seq()
+            if last <= self._seq:
+                return NOTHING
+            recent = self._notice(last)
+        except EventLogError as exc:
+            self._unavailable(exc)
             return NOTHING
-        recent = self._notice(last)
         answer = NOTHING
         now = time.monotonic()
         for uid in user_ids:
@@ -197,7 +215,17 @@ class FreshScorer:
         """``{user_id: /lookup payload}`` for the users of ``user_ids`` with events after the snapshot, scored at
         ``now`` (aware UTC): the stored record's fields recomputed, plus ``fresh: true`` and ``scored_at``; users
         without newer events are absent (serve their stored row). With ``ttl_s`` above 0, a user's row rescored
-        before and still valid is served again as it was (its own ``scored_at``)."""
+        before and still valid is served again as it was (its own ``scored_at``). When the event log cannot be
+        read, nobody is rescored (the stored rows are served)."""
+        try:
+            return self._rescore(user_ids, snapshot_id, bundles, now)
+        except EventLogError as exc:
+            self._unavailable(exc)
+            return {}
+
+    def _rescore(
+        self, user_ids: Sequence[str], snapshot_id: str, bundles: Mapping[str, ModelBundle], now: datetime,
+    ) -> dict[str, str]:
         history = self.history(snapshot_id)
         if history is None or not bundles:
             return {}

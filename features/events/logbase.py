@@ -76,6 +76,8 @@ class BaseEventLog:
 
     log_id: str
     location: str
+    remote: bool = False
+    """True when a read is a network round trip (callers on an event loop then read it from a thread)."""
 
     # ------------------------------------------------------------------------------------------ backend hooks
     def _commit(self, batches: list[list[Row] | EventLogError]) -> list[AppendResult | EventLogError]:

@@ -324,6 +324,7 @@ class RedisEventLog(BaseEventLog):
     def __init__(self, url: str, prefix: str = DEFAULT_PREFIX, *, allow_volatile: bool = False,
                  timeout_s: float = 10.0, read_timeout_s: float = 1.0, lock_ttl_s: float = 30.0,
                  lock_wait_s: float = 600.0) -> None:
+        self.remote = True
         self._redis = _redis_package()
         self.url = redact_url(url)
         self.prefix = _check_prefix(prefix)

@@ -22,6 +22,7 @@ import functools
 import gc
 import logging
 from pathlib import Path
+from typing import Any
 
 import bentoml
 
@@ -56,12 +57,13 @@ def _model_source(tracking_uri: str, artifact_root: Path, options: ServiceOption
     return RegistrySource(tracking_uri, artifact_root)
 
 
-def _open_events_log(path: Path) -> tuple[object | None, str | None]:
-    """The event log ``/events`` appends to, or (None, why) when it cannot be opened (the other routes still serve)."""
-    from features.events.log import EventLog, EventLogError
+def _open_events_log(path: Path, options: dict[str, Any]) -> tuple[object | None, str | None]:
+    """The event log ``/events`` appends to (SQLite at ``path``, or Redis per ``options``: ``Settings.
+    event_log_options``), or (None, why) when it cannot be opened (the other routes still serve)."""
+    from features.events.backends import EventLogError, open_event_log
 
     try:
-        return EventLog(path), None
+        return open_event_log(path, **options), None
     except EventLogError as exc:
         log.warning("/events is unavailable: %s", exc)
         return None, str(exc)
@@ -95,7 +97,8 @@ class PropensityService:
         _STATE.metrics = _metrics()
         _STATE.monitoring_file = (settings.monitoring_dir / "latest.json").resolve()
         watch_monitoring(_STATE.monitoring_file)  # /metrics: propensity_model_alert from `propensity monitor`
-        _STATE.events_log, _STATE.events_log_error = _open_events_log(settings.events_log_path.resolve())
+        _STATE.events_log, _STATE.events_log_error = _open_events_log(settings.events_log_path.resolve(),
+                                                                      settings.event_log_options)
         self.runtime = ServiceRuntime.create(options, open_fn, source, metrics=_STATE.metrics)
         if settings.serving.fresh_scores and _STATE.events_log is not None:
             from serving.fresh import FreshScorer

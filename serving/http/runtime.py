@@ -166,14 +166,18 @@ class ServiceRuntime:
         store = self.store
         fresh = self.fresh
         rescore = None
+        body = self.lookup_body
         if fresh is not None and store is not None:
-            state = fresh.pending(user_ids)
-            if state == RESCORE:
-                return await asyncio.get_running_loop().run_in_executor(
-                    self._score_pool, self.fresh_lookup_body, user_ids)
-            if state == CACHED:
-                rescore = self._rescorer(user_ids)
-        if store is not None and store is self._inline_store:
+            if not fresh.probe_inline:  # a remote event log: its probe must not hold the event loop
+                body = self.probed_lookup_body
+            else:
+                state = fresh.pending(user_ids)
+                if state == RESCORE:
+                    return await asyncio.get_running_loop().run_in_executor(
+                        self._score_pool, self.fresh_lookup_body, user_ids)
+                if state == CACHED:
+                    rescore = self._rescorer(user_ids)
+        if store is not None and store is self._inline_store and body == self.lookup_body:
             return self.lookup_body(user_ids, rescore)
         if self.in_flight >= self.max_waiting:
             self.metrics.store_busy()
@@ -182,10 +186,15 @@ class ServiceRuntime:
             )
         self.in_flight += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._lookup_pool, self.lookup_body, user_ids, rescore)
+            return await asyncio.get_running_loop().run_in_executor(self._lookup_pool, body, user_ids, rescore)
         finally:
             self.in_flight -= 1
+
+    def probed_lookup_body(self, user_ids: Sequence[str], rescore: Any = None) -> bytes:
+        """:meth:`lookup_body` after asking the (remote) event log which users have newer events (blocking)."""
+        if self.fresh.pending(user_ids):
+            rescore = self._rescorer(user_ids)
+        return self.lookup_body(user_ids, rescore)
 
     def fresh_lookup_body(self, user_ids: Sequence[str]) -> bytes:
         """:meth:`lookup_body` with the users who have events newer than the snapshot rescored now (blocking)."""

@@ -181,3 +181,33 @@ def test_a_rescored_row_is_served_again_until_the_user_acts_the_time_runs_out_or
         assert json.loads(unkept.rescore([user], SNAPSHOT, bundles, t1)[user])["scored_at"] == t1.isoformat()
         assert json.loads(unkept.rescore([user], SNAPSHOT, bundles, t2)[user])["scored_at"] == t2.isoformat()
         assert unkept.pending([user]) == RESCORE
+
+
+def test_the_redis_event_log_gives_the_same_fresh_rows_as_sqlite(trained, bundles, durable_redis_server, tmp_path):
+    import os
+
+    from features.events.redis_log import RedisEventLog
+
+    before = trained.events[trained.events.ts < pd.Timestamp(AS_OF)]
+    write_history(events_table(before), tmp_path / "online" / SNAPSHOT, **{LOG_SEQ_KEY: 0})
+    user = trained.raw.user_id.iloc[0]
+    added = pd.concat([new_events(user, AS_OF + timedelta(hours=10), ["view", "cart"]),
+                       new_events("first-seen", AS_OF + timedelta(hours=11), ["visit", "fav"])])
+    now = AS_OF + timedelta(hours=12)
+    rows = []
+    for log in (EventLog(tmp_path / "log.db"), RedisEventLog(durable_redis_server.url, prefix=f"fresh-{os.getpid()}")):
+        with log:
+            log.append(added)
+            fresh = FreshScorer(log, tmp_path / "online", ActivationConfig())
+            assert fresh.pending([user]) and fresh.probe_inline is (not log.remote)
+            rows.append(fresh.rescore([user, "first-seen", "nobody"], SNAPSHOT, bundles, now))
+    assert rows[0] == rows[1] and sorted(rows[0]) == sorted([user, "first-seen"])
+
+
+def test_an_unreadable_event_log_leaves_the_stored_rows(trained, bundles, scorer):
+    fresh, _ = scorer
+    fresh.log.append(new_events("u-gone", AS_OF + timedelta(hours=1), ["cart"]))
+    assert fresh.pending(["u-gone"])
+    fresh.log.close()  # every read now fails
+    assert not fresh.pending(["u-gone"])
+    assert fresh.rescore(["u-gone"], SNAPSHOT, bundles, AS_OF + timedelta(hours=2)) == {}

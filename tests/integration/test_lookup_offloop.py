@@ -158,3 +158,48 @@ def test_lookups_past_the_waiting_limit_are_refused_at_once(redis_server: Any, t
     assert registry.get_sample_value("propensity_store_errors_total", {"kind": "busy"}) == 1
     assert registry.get_sample_value("propensity_store_errors_total", {"kind": "error"}) == 2
     assert registry.get_sample_value("propensity_lookup_users_total", {"outcome": "found"}) == 2
+
+
+def test_a_hanging_redis_event_log_never_holds_the_loop_and_lookups_get_the_stored_rows(
+    durable_redis_server: Any, tmp_path: Path
+) -> None:
+    """Fresh scores over the Redis event log: the probe "has this user newer events" is a network round trip, so
+    it runs in a lookup thread; when the log hangs, the lookup answers the stored row after the log's read
+    timeout and the event loop stays free meanwhile."""
+    from features.events.redis_log import RedisEventLog
+    from serving.activation.actions import ActivationConfig
+    from serving.fresh import FreshScorer
+    from serving.http.models import DirectorySource, ModelManager
+    from serving.http.options import ServiceOptions
+    from serving.http.runtime import ServiceRuntime
+    from serving.store.base import open_store
+
+    store = open_store(tmp_path / "scores.sqlite")
+    store.publish([USERS], {"created_at": datetime.now(UTC), "as_of": "2026-07-01T00:00:00+00:00",
+                            "defaults": {"p_buy": 0.01}})
+    log = RedisEventLog(durable_redis_server.url, prefix=f"offloop-{os.getpid()}")
+    log.append_records([{"user_id": "u1", "ts": datetime.now(UTC), "behavior": "cart"}])
+    options = ServiceOptions(token=TOKEN, allow_no_auth=False, max_request_bytes=10_000, lookup_max_ids=10,
+                             score_max_users=1, score_max_events=1, future_tolerance_s=0.0, reload_interval_s=60.0,
+                             model_dir=None)
+    rt = ServiceRuntime(options, store, ModelManager(DirectorySource(tmp_path)))
+    rt.fresh = FreshScorer(log, tmp_path / "online", ActivationConfig())
+    assert rt.fresh.probe_inline is False
+
+    async def scenario() -> None:
+        assert b'"found":true' in await rt.lookup(["u1"])  # no history for the snapshot: the stored row
+        with paused(durable_redis_server.proc.pid):
+            t0 = time.perf_counter()
+            pending = asyncio.create_task(rt.lookup(["u2"]))
+            await asyncio.sleep(0.01)
+            assert time.perf_counter() - t0 < 0.1  # the loop runs while the probe waits for Redis
+            body = await pending
+            assert 0.5 < time.perf_counter() - t0 < 5.0
+        assert b'"user_id":"u2"' in body and b'"found":true' in body and b'"fresh"' not in body
+        await rt.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        log.close()
+        store.close()
