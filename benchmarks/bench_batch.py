@@ -192,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-redis", action="store_true")
     ap.add_argument("--no-treelite", action="store_true")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--features", type=Path, default=None,
+                    help="reuse this feature table (Parquet; written by an earlier run's --save-features) instead "
+                         "of building it (the build is not in the target)")
+    ap.add_argument("--save-features", type=Path, default=None, help="write the built feature table here")
     args = ap.parse_args(argv)
 
     from serving.store.base import open_store
@@ -212,7 +216,14 @@ def main(argv: list[str] | None = None) -> int:
         have_treelite = False
         print("treelite/tl2cgen not installed: compiled prediction skipped", file=sys.stderr)
 
-    raw, feat_wall, feat_cpu = build(shop, bundles)
+    if args.features is not None:
+        import pandas as pd
+
+        raw, feat_wall, feat_cpu = pd.read_parquet(args.features), float("nan"), float("nan")
+    else:
+        raw, feat_wall, feat_cpu = build(shop, bundles)
+        if args.save_features is not None:
+            raw.to_parquet(args.save_features)
     print(f"feature table: {len(raw):,} users in {feat_wall:.1f} s ({feat_cpu:.1f} CPU s)", file=sys.stderr, flush=True)
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:

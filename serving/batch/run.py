@@ -231,6 +231,12 @@ def population_defaults(frame: pd.DataFrame) -> dict[str, Any]:
     return PopulationStats().add(frame).defaults()
 
 
+PUBLISH_CHUNK_ROWS = 50_000
+"""Rows per chunk the audience file is read back in for publishing: small enough that the store's writes of one
+chunk overlap the reading and encoding of the next (:func:`serving.store.encode.iter_encoded`) for most of the
+publish."""
+
+
 def read_audience_chunks(path: str | Path, chunk_rows: int = 200_000) -> Iterator[pd.DataFrame]:
     """Audience records from an audience Parquet file (:func:`run_batch`) or a hive-partitioned directory of them
     (the Spark batch), ``chunk_rows`` at a time: columns in :data:`AUDIENCE_COLUMNS` order (a partition column
@@ -359,7 +365,7 @@ def run_batch(
         snapshot = None
         if store is not None:
             meta = snapshot_meta(as_of, created_at, total, bundles, stats.defaults(), out_path)
-            snapshot = store.publish(read_audience_chunks(tmp_path, chunk_users), meta)
+            snapshot = store.publish(read_audience_chunks(tmp_path, min(chunk_users, PUBLISH_CHUNK_ROWS)), meta)
     except BaseException:
         if writer is not None:
             writer.close()

@@ -30,6 +30,7 @@ from serving.activation.actions import ActivationConfig
 from serving.batch.run import (
     DEFAULT_MIN_SHARE,
     LIST_COLUMNS,
+    PUBLISH_CHUNK_ROWS,
     BatchResult,
     PopulationStats,
     check_publish,
@@ -171,7 +172,8 @@ def publish_audience(
 
     ``meta`` needs ``created_at`` (see :meth:`ScoreStore.publish`); ``rows``, when an int, is the progress total.
     """
-    return store.publish(iter_audience_chunks(audience_dir, chunk_rows), meta, progress=progress)
+    return store.publish(iter_audience_chunks(audience_dir, min(chunk_rows, PUBLISH_CHUNK_ROWS)), meta,
+                         progress=progress)
 
 
 # --------------------------------------------------------------------------------------------- the job

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from functools import lru_cache
@@ -353,12 +355,18 @@ def _float_text(v: float) -> str:
 
 
 def iter_encoded(
-    chunks: Iterable[pd.DataFrame], total: int | None, progress: ProgressFn | None
+    chunks: Iterable[pd.DataFrame], total: int | None, progress: ProgressFn | None, *, ahead: int = 2
 ) -> Iterator[tuple[list[str], list[str]]]:
-    """Encode chunks one by one, reporting ``progress(rows_done, total)`` after each one is yielded."""
+    """Encode chunks one by one, reporting ``progress(rows_done, total)`` after each one is yielded.
+
+    Reading and encoding run in a background thread up to ``ahead`` chunks ahead of the consumer, so a backend's
+    writes of one chunk overlap the reading and encoding of the next (both release the interpreter lock for much
+    of their work: Arrow kernels, SQLite's B-tree). ``ahead=0`` does it all in the caller's thread. An exception
+    of ``chunks`` or of the encoding comes out of this iterator unchanged; closing it early stops the thread.
+    """
+    encoded = (encode_chunk(chunk) for chunk in chunks)
     done = 0
-    for chunk in chunks:
-        ids, payloads = encode_chunk(chunk)
+    for ids, payloads in (read_ahead(encoded, ahead) if ahead > 0 else encoded):
         if not ids:
             continue
         yield ids, payloads
@@ -367,3 +375,48 @@ def iter_encoded(
             progress(done, total)
 
 
+_END = object()
+
+
+def read_ahead(items: Iterable[Any], depth: int) -> Iterator[Any]:
+    """The items of ``items``, produced by a background thread up to ``depth`` items ahead (``depth`` >= 1).
+
+    The producer's exception (any, ``KeyboardInterrupt`` included) is raised here unchanged, after the items
+    before it; when the consumer stops early (``close``, an exception, garbage collection) the producer stops at
+    its next item and its thread ends.
+    """
+    slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((_END, exc))
+            return
+        put((_END, None))
+
+    worker = threading.Thread(target=produce, name="read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if item is _END:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5.0)

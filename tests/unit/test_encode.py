@@ -75,3 +75,61 @@ def test_columns_are_checked_like_a_frame() -> None:
     with pytest.raises(StoreInputError, match="empty user_id"):
         encode_chunk(pd.DataFrame({"user_id": [""], "p": [1.0]}))
     assert encode_chunk({"user_id": np.array([7]), "p": np.array([2.0])}) == (["7"], ['{"user_id":"7","p":2.0}'])
+
+
+def test_read_ahead_yields_every_item_in_order_and_raises_the_producers_error_unchanged():
+    from serving.store.encode import read_ahead
+
+    for depth in (1, 3):
+        assert list(read_ahead(iter(range(50)), depth)) == list(range(50))
+
+    class Broken(Exception):
+        pass
+
+    def source():
+        yield from range(3)
+        raise Broken("chunk 3 failed")
+
+    got = []
+    with pytest.raises(Broken, match="chunk 3 failed"):
+        for item in read_ahead(source(), 2):
+            got.append(item)
+    assert got == [0, 1, 2]
+
+    def interrupted():
+        yield 1
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        list(read_ahead(interrupted(), 1))
+
+
+def test_read_ahead_stops_its_thread_when_the_consumer_stops_early():
+    import threading
+
+    from serving.store.encode import read_ahead
+
+    produced = []
+
+    def source():
+        for i in range(1000):
+            produced.append(i)
+            yield i
+
+    items = read_ahead(source(), 2)
+    assert [next(items), next(items)] == [0, 1]
+    items.close()
+    assert not [t for t in threading.enumerate() if t.name == "read-ahead"]
+    assert len(produced) <= 2 + 2 + 1  # consumed, queued, one in hand
+
+
+def test_iter_encoded_overlapped_or_not_gives_the_same_payloads_and_progress():
+    from serving.store.encode import iter_encoded
+
+    chunks = [pd.DataFrame({"user_id": [f"u{i}-{j}" for j in range(4)], "p": [0.1 * j for j in range(4)]})
+              for i in range(5)]
+    seen: dict[int, list] = {0: [], 2: []}
+    out = {ahead: list(iter_encoded(iter(chunks), 20, lambda d, t, a=ahead: seen[a].append((d, t)), ahead=ahead))
+           for ahead in (0, 2)}
+    assert out[0] == out[2] and len(out[0]) == 5
+    assert seen[0] == seen[2] == [(4 * (i + 1), 20) for i in range(5)]
