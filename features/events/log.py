@@ -42,7 +42,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from features.events.logbase import EXPORT_BATCH_ROWS, MAX_PART_ROWS, PART_GLOB, BaseEventLog, ExportResult, arrow_batch
+from features.events.logbase import (
+    EXPORT_BATCH_ROWS,
+    MAX_PART_ROWS,
+    PART_GLOB,
+    BaseEventLog,
+    ExportResult,
+    arrow_batch,
+    user_arrays,
+)
 from features.events.rows import AppendResult, EventLogError, EventLogInputError, Row, event_key
 
 __all__ = [
@@ -255,17 +263,7 @@ class EventLog(BaseEventLog):
         rows = self._query(
             "SELECT seq, ts_us, behavior, item_id, category_id, channel, amount FROM events "
             "WHERE user_id = ? AND seq > ? ORDER BY ts_us, seq", (user_id, int(after_seq)))
-        cols = list(zip(*rows, strict=True)) if rows else [()] * 7
-        out = {
-            "seq": np.asarray(cols[0], dtype=np.int64),
-            "ts_us": np.asarray(cols[1], dtype=np.int64),
-            "amount": np.asarray([np.nan if a is None else a for a in cols[6]], dtype=np.float64),
-        }
-        for name, values in zip(("behavior", "item_id", "category_id", "channel"), cols[2:6], strict=True):
-            arr = np.empty(len(values), dtype=object)
-            arr[:] = values
-            out[name] = arr
-        return out
+        return user_arrays(rows)
 
     # ------------------------------------------------------------------------------------------ export
     @contextmanager

@@ -33,7 +33,9 @@ import pyarrow.parquet as pq
 from features.events.rows import AppendResult, EventLogError, EventLogInputError, Row, frame_rows, record_rows
 from features.events.schema import CANONICAL_COLUMNS, arrow_schema
 
-__all__ = ["EXPORT_BATCH_ROWS", "MAX_PART_ROWS", "PART_GLOB", "BaseEventLog", "ExportResult", "arrow_batch"]
+__all__ = [
+    "EXPORT_BATCH_ROWS", "MAX_PART_ROWS", "PART_GLOB", "BaseEventLog", "ExportResult", "arrow_batch", "user_arrays",
+]
 
 PART_GLOB = "ingested-*.parquet"
 """Names of the exported part files in the history directory."""
@@ -280,6 +282,23 @@ class BaseEventLog:
         except (OSError, pa.ArrowException, ValueError):
             return False
         return doc == {"log_id": self.log_id, "first_seq": first, "last_seq": last}
+
+
+def user_arrays(rows: Sequence[tuple[Any, ...]]) -> dict[str, np.ndarray]:
+    """Rows ``(seq, ts_us, behavior, item_id, category_id, channel, amount)`` (already in order) as the aligned
+    arrays of ``user_event_arrays``: ``seq`` and ``ts_us`` int64, the texts object (None for null), ``amount``
+    float64 (NaN for null)."""
+    cols = list(zip(*rows, strict=True)) if rows else [()] * 7
+    out = {
+        "seq": np.asarray(cols[0], dtype=np.int64),
+        "ts_us": np.asarray(cols[1], dtype=np.int64),
+        "amount": np.asarray([np.nan if a is None else a for a in cols[6]], dtype=np.float64),
+    }
+    for name, values in zip(("behavior", "item_id", "category_id", "channel"), cols[2:6], strict=True):
+        arr = np.empty(len(values), dtype=object)
+        arr[:] = values
+        out[name] = arr
+    return out
 
 
 def arrow_batch(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:

@@ -59,7 +59,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.events.logbase import EXPORT_BATCH_ROWS, BaseEventLog
+from features.events.logbase import EXPORT_BATCH_ROWS, BaseEventLog, user_arrays
 from features.events.rows import AppendResult, EventLogError, EventLogInputError, Row
 
 __all__ = ["CHUNK_EVENTS", "DEFAULT_PREFIX", "STAGE_ABOVE", "RedisEventLog", "redact_url", "redis_log_exists"]
@@ -499,19 +499,9 @@ class RedisEventLog(BaseEventLog):
         for sid, raw in entries:
             f = _fields(raw)
             ts, item, cat, chan, amount = _event(f)
-            rows.append((ts, int(sid.split(b"-", 1)[0]), f[b"b"].decode(), item, cat, chan, amount))
-        rows.sort(key=lambda r: (r[0], r[1]))
-        cols = list(zip(*rows, strict=True)) if rows else [()] * 7
-        out = {
-            "seq": np.asarray(cols[1], dtype=np.int64),
-            "ts_us": np.asarray(cols[0], dtype=np.int64),
-            "amount": np.asarray([np.nan if a is None else a for a in cols[6]], dtype=np.float64),
-        }
-        for name, values in zip(("behavior", "item_id", "category_id", "channel"), cols[2:6], strict=True):
-            arr = np.empty(len(values), dtype=object)
-            arr[:] = values
-            out[name] = arr
-        return out
+            rows.append((int(sid.split(b"-", 1)[0]), ts, f[b"b"].decode(), item, cat, chan, amount))
+        rows.sort(key=lambda r: (r[1], r[0]))  # by ts, then seq
+        return user_arrays(rows)
 
     # ------------------------------------------------------------------------------------------ export
     @contextmanager

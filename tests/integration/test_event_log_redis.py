@@ -23,7 +23,7 @@ import redis
 from features.events.log import PART_GLOB, EventLogError
 from features.events.redis_log import RedisEventLog
 from tests.integration.conftest import cli_invoker
-from tests.unit.test_event_log import Backend, events
+from tests.unit.test_event_log import Backend, backend_of, events
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
 
@@ -113,16 +113,7 @@ def durable(durable_redis_server: Any, tmp_path: Path) -> Iterator[Backend]:
 
 @pytest.fixture(params=["sqlite", "redis"])
 def any_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    url = None
-    if request.param == "redis":
-        server = request.getfixturevalue("durable_redis_server")
-        server.ensure_running()
-        url = server.url
-    made = Backend(request.param, tmp_path, url)
-    try:
-        yield made
-    finally:
-        made.clean()
+    yield from backend_of(request, tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------- opening

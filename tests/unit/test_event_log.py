@@ -85,6 +85,12 @@ class Backend:
 
 @pytest.fixture(params=["sqlite", pytest.param("redis", marks=[pytest.mark.redis, pytest.mark.integration])])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    yield from backend_of(request, tmp_path)
+
+
+def backend_of(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """The body of a fixture parametrized by backend kind: the :class:`Backend`, cleaned up afterwards (the
+    durable redis-server is started for the Redis kind)."""
     url = None
     if request.param == "redis":
         server = request.getfixturevalue("durable_redis_server")
