@@ -36,6 +36,7 @@ from typing import Any
 import pandas as pd
 
 from serving.fresh import CACHED, RESCORE
+from serving.http.batching import MicroBatcher
 from serving.http.metrics import NoMetrics, ServiceMetrics
 from serving.http.models import LoadedModels, ModelManager, ModelSource
 from serving.http.options import ServiceOptions
@@ -52,6 +53,8 @@ LOOKUP_THREADS = 4
 """Threads per worker process that read the store for ``/lookup``."""
 MAX_WAITING_LOOKUPS = 256
 """Lookups per worker process that may wait for the store at once; the next one is answered 503 at once."""
+FRESH_MAX_BATCH = 32
+"""Most lookups whose users are rescored in one call (those that queued while the previous rescoring ran)."""
 
 
 class LookupUnavailable(Exception):
@@ -112,6 +115,8 @@ class ServiceRuntime:
         self._probe: asyncio.Future[tuple[bool, dict[str, Any]]] | None = None
         self._task: asyncio.Task[None] | None = None
         self.fresh: Any = None  # serving.fresh.FreshScorer: rescoring of users with newer events (None: off)
+        self._fresh_batches: MicroBatcher[list[str], bytes] = MicroBatcher(
+            self.fresh_lookup_bodies, max_batch=FRESH_MAX_BATCH, name="fresh-rescore")
 
     @classmethod
     def create(
@@ -172,9 +177,8 @@ class ServiceRuntime:
                 body = self.probed_lookup_body
             else:
                 state = fresh.pending(user_ids)
-                if state == RESCORE:
-                    return await asyncio.get_running_loop().run_in_executor(
-                        self._score_pool, self.fresh_lookup_body, user_ids)
+                if state == RESCORE:  # with the other lookups that wait for a rescoring, in one call
+                    return await asyncio.wrap_future(self._fresh_batches.submit(list(user_ids)))
                 if state == CACHED:
                     rescore = self._rescorer(user_ids)
         if store is not None and store is self._inline_store and body == self.lookup_body:
@@ -195,6 +199,33 @@ class ServiceRuntime:
         if self.fresh.pending(user_ids):
             rescore = self._rescorer(user_ids)
         return self.lookup_body(user_ids, rescore)
+
+    def fresh_lookup_bodies(self, requests: list[list[str]]) -> list[bytes | Exception]:
+        """The ``/lookup`` bodies of several requests whose users are rescored in one call (blocking; one result
+        per request, a :class:`LookupUnavailable` in place of a request the store cannot answer). Every user's row
+        is the one a request of its own would get at the same time: the rows of a rescoring do not depend on the
+        other users of the call."""
+        now = datetime.now(UTC)
+        loaded: LoadedModels = self.models.current
+        bundles = dict(loaded.bundles)
+        union = list(dict.fromkeys(u for ids in requests for u in ids))
+        done: dict[str, dict[str, str]] = {}  # snapshot id -> rows of the union
+
+        def rows_of(ids: list[str]) -> Any:
+            def rescore(snapshot_id: str) -> dict[str, str]:
+                if snapshot_id not in done:
+                    done[snapshot_id] = self.fresh.rescore(union, snapshot_id, bundles, now)
+                rows = done[snapshot_id]
+                return {u: rows[u] for u in ids if u in rows}
+            return rescore
+
+        out: list[bytes | Exception] = []
+        for ids in requests:
+            try:
+                out.append(self.lookup_body(ids, rows_of(ids)))
+            except LookupUnavailable as exc:
+                out.append(exc)
+        return out
 
     def fresh_lookup_body(self, user_ids: Sequence[str]) -> bytes:
         """:meth:`lookup_body` with the users who have events newer than the snapshot rescored now (blocking)."""
@@ -384,6 +415,7 @@ class ServiceRuntime:
                 await self._task
             self._task = None
         self._score_pool.shutdown(wait=False, cancel_futures=True)
+        self._fresh_batches.close()
         self._reload_pool.shutdown(wait=False, cancel_futures=True)
         self._probe_pool.shutdown(wait=False, cancel_futures=True)
         self._lookup_pool.shutdown(wait=False, cancel_futures=True)

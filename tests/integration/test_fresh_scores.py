@@ -211,3 +211,45 @@ def test_an_unreadable_event_log_leaves_the_stored_rows(trained, bundles, scorer
     fresh.log.close()  # every read now fails
     assert not fresh.pending(["u-gone"])
     assert fresh.rescore(["u-gone"], SNAPSHOT, bundles, AS_OF + timedelta(hours=2)) == {}
+
+
+def test_lookups_rescored_together_get_the_rows_each_would_get_alone(trained, bundles, scorer, tmp_path):
+    """The service rescores the lookups that queue up behind a rescoring in one call: each request's body must be
+    the one it gets on its own at the same time (its users only, in its order, the same rows)."""
+    import asyncio
+    from unittest import mock
+
+    from serving.http.models import DirectorySource, ModelManager
+    from serving.http.options import ServiceOptions
+    from serving.http.runtime import ServiceRuntime
+    from serving.store.base import open_store
+
+    fresh, _ = scorer
+    models = tmp_path / "models"
+    for target, bundle in bundles.items():
+        bundle.save(models / target)
+    store = open_store(tmp_path / "scores.sqlite")
+    users = list(trained.raw.user_id[:6])
+    store.publish([trained.scores[trained.scores.user_id.isin(users)]],
+                  {"created_at": AS_OF, "as_of": AS_OF.isoformat(), "defaults": {"p_buy": 0.01}})
+    snapshot = store.current().snapshot_id
+    (tmp_path / "online" / SNAPSHOT).rename(tmp_path / "online" / snapshot)  # the history of the served snapshot
+    for i, uid in enumerate(users[:4]):
+        fresh.log.append(new_events(uid, AS_OF + timedelta(hours=1 + i), ["view", "cart"][: 1 + i % 2]))
+    options = ServiceOptions(token="t", allow_no_auth=False, max_request_bytes=10_000, lookup_max_ids=10,
+                             score_max_users=1, score_max_events=1, future_tolerance_s=0.0, reload_interval_s=60.0,
+                             model_dir=None)
+    rt = ServiceRuntime(options, store, ModelManager(DirectorySource(models)))
+    rt.models.refresh()
+    rt.fresh = fresh
+    requests = [[users[0], users[4]], [users[1]], [users[2], users[3], users[0]], [users[5]]]
+    now = AS_OF + timedelta(hours=6)
+    with mock.patch("serving.http.runtime.datetime") as clock:
+        clock.now.return_value = now
+        together = rt.fresh_lookup_bodies(requests)
+        alone = [rt.fresh_lookup_bodies([ids])[0] for ids in requests]
+    assert together == alone
+    docs = [json.loads(body) for body in together]
+    assert [[r["user_id"] for r in d["results"]] for d in docs] == requests
+    assert docs[2]["results"][0]["fresh"] is True and "fresh" not in docs[0]["results"][1]
+    asyncio.run(rt.stop())
