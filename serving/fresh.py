@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from features.events.log import EventLog, EventLogError
+from features.events.logbase import BaseEventLog
+from features.events.rows import EventLogError
 from features.online.arrays import EventArrays, behavior_codes, channel_codes, id_codes
 from features.online.compute import as_of_us, feature_arrays, user_features
 from features.online.history import History
@@ -57,7 +58,7 @@ LOG_SEQ_KEY = "log_seq"
 
 
 def log_arrays(rows: Mapping[str, np.ndarray]) -> EventArrays:
-    """:meth:`features.events.log.EventLog.user_event_arrays` output as :class:`EventArrays`."""
+    """``user_event_arrays`` output of an event log (:mod:`features.events.logbase`) as :class:`EventArrays`."""
     return EventArrays(
         ts_us=np.asarray(rows["ts_us"], dtype=np.int64),
         behavior=behavior_codes(rows["behavior"]),
@@ -82,11 +83,14 @@ class _Cached:
 class FreshScorer:
     """Rescoring of looked-up users who have events after the served snapshot (thread-safe).
 
-    ``history_root`` holds one history directory per snapshot id; ``log`` is the event log ingestion writes to;
+    ``history_root`` holds one history directory per snapshot id; ``log`` is the event log ingestion writes to
+    (SQLite or Redis);
     ``ttl_s``: seconds a rescored row may be served again (0: rescore at every lookup; see the module docstring).
     """
 
-    def __init__(self, log: EventLog, history_root: Path, activation: ActivationConfig, *, ttl_s: float = 0.0) -> None:
+    def __init__(
+        self, log: BaseEventLog, history_root: Path, activation: ActivationConfig, *, ttl_s: float = 0.0
+    ) -> None:
         if ttl_s < 0:
             raise ValueError(f"ttl_s must be >= 0, got {ttl_s}")
         self.log = log
