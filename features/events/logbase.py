@@ -19,6 +19,7 @@ import json
 import os
 import re
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -65,7 +66,7 @@ class ExportResult:
         return self.paths[-1]
 
 
-class BaseEventLog:
+class BaseEventLog(ABC):
     """The public interface of an event log over a backend's storage hooks:
 
     - ``_commit(batches)``: store each list of rows all or none on its own, durably, as one commit; an
@@ -82,53 +83,56 @@ class BaseEventLog:
     """True when a read is a network round trip (callers on an event loop then read it from a thread)."""
 
     # ------------------------------------------------------------------------------------------ backend hooks
+    @abstractmethod
     def _commit(self, batches: list[list[Row] | EventLogError]) -> list[AppendResult | EventLogError]:
-        raise NotImplementedError
+        """Store each list of rows all or none on its own, durably, in one commit (see the class docstring)."""
 
+    @abstractmethod
     def last_seq(self) -> int:
         """The highest seq in the log (0 when it is empty)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def count(self) -> int:
         """Events in the log."""
-        raise NotImplementedError
 
+    @abstractmethod
     def exported_seq(self) -> int:
         """The export watermark: every event with ``seq`` up to it is in an exported part."""
-        raise NotImplementedError
 
+    @abstractmethod
     def users_after(self, seq: int) -> set[str]:
         """The users with an event of ``seq`` above ``seq``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def has_events_after(self, user_id: str, seq: int) -> bool:
         """Whether ``user_id`` has an event of ``seq`` above ``seq``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def user_event_arrays(self, user_id: str, after_seq: int = 0) -> dict[str, np.ndarray]:
         """The events of ``user_id`` with ``seq`` above ``after_seq``, ordered by ts then seq, as aligned arrays:
         ``seq`` and ``ts_us`` (UTC epoch microseconds) int64, ``behavior``, ``item_id``, ``category_id``,
         ``channel`` object (None for null), ``amount`` float64 (NaN for null)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Release the log's connections (it cannot be used afterwards)."""
 
+    @abstractmethod
     def _export_lock(self) -> AbstractContextManager[None]:
-        raise NotImplementedError
+        """Held by one export at a time, across processes (and hosts, for a shared backend)."""
 
+    @abstractmethod
     def _part_end(self, after: int, last: int, max_rows: int) -> int:
         """The seq that ends a part starting after ``after``: ``last``, or the ``max_rows``-th seq after ``after``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _part_tables(self, after: int, upto: int, schema: pa.Schema) -> Iterator[pa.Table]:
         """The events with ``after < seq <= upto`` as tables of ``schema``, in (user_id, ts, seq) order across
         all of them. Raises :class:`EventLogError` when the log cannot be read."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _set_watermark(self, seq: int) -> None:
         """Commit the export watermark (never moved back)."""
-        raise NotImplementedError
 
     def __enter__(self) -> Self:
         return self
