@@ -191,7 +191,7 @@ def test_bad_chunks_are_rejected_and_the_old_snapshot_kept(backend: Backend) -> 
 
 CRASHING_PUBLISHER = textwrap.dedent(
     """
-    import os, sys
+    import os, sys, time
     import pandas as pd
     from serving.store.redis import RedisScoreStore
     from serving.store.sqlite import SQLiteScoreStore
@@ -202,9 +202,20 @@ CRASHING_PUBLISHER = textwrap.dedent(
     else:
         store = RedisScoreStore(target, prefix=prefix, batch_rows=10, lock_ttl_s=1.0)
 
+    def written():  # whether the publish has stored rows yet (it writes while later chunks are read ahead)
+        if kind == "sqlite":
+            return True  # the snapshot's table exists from the start of the publish
+        import redis
+        with redis.Redis.from_url(target) as client:
+            return bool(client.keys(f"{prefix}:data:*"))
+
     def chunks():
         for c in range(5):
             if c == 3:
+                for _ in range(200):  # die only once rows of the partial snapshot are stored
+                    if written():
+                        break
+                    time.sleep(0.05)
                 os._exit(3)  # the process dies mid-publish, without any clean-up
             yield pd.DataFrame({"user_id": [f"u{c}_{i}" for i in range(20)], "batch": "crashed"})
 
