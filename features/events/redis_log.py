@@ -62,7 +62,10 @@ import pyarrow.compute as pc
 from features.events.logbase import EXPORT_BATCH_ROWS, BaseEventLog, user_arrays
 from features.events.rows import AppendResult, EventLogError, EventLogInputError, Row
 
-__all__ = ["CHUNK_EVENTS", "DEFAULT_PREFIX", "STAGE_ABOVE", "RedisEventLog", "redact_url", "redis_log_exists"]
+__all__ = [
+    "CHUNK_EVENTS", "DEFAULT_PREFIX", "REFRESH_LOCK", "RELEASE_LOCK", "STAGE_ABOVE", "RedisEventLog", "redact_url",
+    "redis_log_exists",
+]
 
 log = logging.getLogger(__name__)
 
@@ -194,10 +197,10 @@ if tonumber(ARGV[1]) > tonumber(redis.call('HGET', KEYS[1], 'exported_seq') or '
 end
 return 1
 """
-_REFRESH_LOCK = (
+REFRESH_LOCK = (  # extend a lock only while its token still holds it (also the score store's)
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
 )
-_RELEASE_LOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+RELEASE_LOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 def redact_url(url: str) -> str:
@@ -341,7 +344,7 @@ class RedisEventLog(BaseEventLog):
         try:
             self._scripts = {name: self._writes.register_script(text) for name, text in (
                 ("append", _APPEND), ("user", _USER_EVENTS), ("open", _OPEN), ("watermark", _WATERMARK),
-                ("refresh", _REFRESH_LOCK), ("release", _RELEASE_LOCK))}
+                ("refresh", REFRESH_LOCK), ("release", RELEASE_LOCK))}
             self._check_durable(allow_volatile)
             self.log_id = self._open()
         except BaseException:

@@ -27,10 +27,10 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
+from features.events.redis_log import REFRESH_LOCK, RELEASE_LOCK, redact_url
 from serving.store.encode import ProgressFn, iter_encoded, normalize_user_ids
 from serving.store.errors import StoreError, StoreInputError, StoreUnavailableError
 from serving.store.protocol import BaseScoreStore, Draft
@@ -57,22 +57,6 @@ _FIELDS_PER_HSET = 1_000
 WATCH_ATTEMPTS = 10
 """Optimistic (WATCH/MULTI) updates give up after this many tries when another client keeps touching the keys."""
 T = TypeVar("T")
-
-# Extend the lock only while we still own it; delete it only if we own it.
-_REFRESH_LOCK = (
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
-)
-_RELEASE_LOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-
-
-def _redact(url: str) -> str:
-    """The URL without its password (for error messages)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 class RedisScoreStore(BaseScoreStore):
@@ -106,7 +90,7 @@ class RedisScoreStore(BaseScoreStore):
             raise StoreError("the Redis score store needs the 'redis' package: pip install 'redis>=5'")
         if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
             raise StoreInputError(f"Redis key prefix must be 1-64 characters of [A-Za-z0-9_.:{{}}-], got {prefix!r}")
-        self.url = _redact(url)
+        self.url = redact_url(url)
         self.prefix = prefix
         super().__init__(self.url, keep)
         self.batch_rows = max(1, int(batch_rows))
@@ -127,8 +111,8 @@ class RedisScoreStore(BaseScoreStore):
             self._writer = redis.Redis.from_url(url, socket_timeout=publish_timeout, **common)
         except ValueError as exc:
             raise StoreInputError(f"bad Redis URL {self.url!r}: {exc}") from None
-        self._refresh_lock = self._writer.register_script(_REFRESH_LOCK)
-        self._release_lock = self._writer.register_script(_RELEASE_LOCK)
+        self._refresh_lock = self._writer.register_script(REFRESH_LOCK)
+        self._release_lock = self._writer.register_script(RELEASE_LOCK)
 
     def _data_key(self, snapshot_id: str) -> str:
         key = self._data_keys.get(snapshot_id)
