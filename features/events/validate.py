@@ -60,6 +60,7 @@ __all__ = [
     "EventsError",
     "InvariantError",
     "MissingColumnError",
+    "NothingToStoreError",
     "ReadOptions",
     "SourceError",
     "TooManyBadRowsError",
@@ -215,6 +216,17 @@ class TooManyBadRowsError(EventsError):
         self.report = report
 
 
+class NothingToStoreError(EventsError):
+    """No event of the run is left to store, and ``events.parquet`` in the output folder holds events: that file is
+    kept (the report and quarantine file were written). ``report`` holds the counts."""
+
+    exit_code = 1  # CLI exit code: bad input
+
+    def __init__(self, report: ValidationReport, message: str) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 class InvariantError(RuntimeError):
     """The row accounting did not add up (a bug, never bad input)."""
 
@@ -283,6 +295,7 @@ def validate_events(
     now: datetime,
     progress: Progress | None = None,
     known: Sequence[Path] = (),
+    keep_nonempty: bool = False,
 ) -> ValidationReport:
     """Validate event sources into ``out_dir/events.parquet``, ``quarantine.csv`` and ``validation.json``.
 
@@ -291,7 +304,9 @@ def validate_events(
     follow :func:`features.events.schema.arrow_schema`, without exact duplicates (first copy kept), sorted
     by user_id, ts. ``progress(done, total)`` is called with pipeline stages done (of 4). ``known``: canonical
     Parquet files of events already in the history (the event log's exported parts); a row equal to one of their
-    events (every column) is left out and counted as a duplicate (``already_known``).
+    events (every column) is left out and counted as a duplicate (``already_known``). ``keep_nonempty``: a run
+    with no event left to store does not replace an ``events.parquet`` that holds events (the clean history):
+    :class:`NothingToStoreError` after the report is written.
 
     Raises :class:`SourceError` (unreadable input), :class:`MissingColumnError` (required column
     absent) and, after writing the quarantine file and report (but no events file),
@@ -340,13 +355,14 @@ def validate_events(
         rows_in = valid + quarantined
         bad_share = quarantined / rows_in if rows_in else 0.0
         passed = bad_share <= config.max_bad_share
+        kept = _stored_rows(events_path) if keep_nonempty and passed and accepted == 0 else 0
         report = ValidationReport(
             rows_in=rows_in,
             accepted=accepted,
             quarantined=quarantined,
             duplicates=valid - accepted,
             by_reason=by_reason,
-            events_path=events_path if passed else None,
+            events_path=events_path if passed and not kept else None,
             quarantine_path=quarantine_path,
             report_path=report_path,
             bad_share=bad_share,
@@ -359,7 +375,9 @@ def validate_events(
             already_known=already,
         )
         _check_invariant(report, parsed, valid, written_q)
-        if passed:
+        if kept:
+            pass  # nothing new: the events already stored stay
+        elif passed:
             os.replace(events_tmp, events_path)
         else:
             events_path.unlink(missing_ok=True)  # never leave a stale file next to a failed report
@@ -371,7 +389,20 @@ def validate_events(
         progress(4, _STAGES)
     if not passed:
         raise TooManyBadRowsError(report, _failure_message(report))
+    if kept:
+        raise NothingToStoreError(report, (
+            f"no event of this export is left to store ({report.quarantined:,} quarantined, {report.duplicates:,} "
+            f"duplicates, {report.already_known:,} of them already in the history); {events_path} and its "
+            f"{kept:,} events are kept"))
     return report
+
+
+def _stored_rows(path: Path) -> int:
+    """Rows of an existing events file (0 when there is none or it cannot be read)."""
+    try:
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    except (OSError, pa.ArrowException):
+        return 0
 
 
 def load_events(path: Path) -> pd.DataFrame:

@@ -150,10 +150,12 @@ def run_validation(
 
     ``against_ingested`` (default: when ``out`` is the clean folder, where the event log's parts live): export
     the event log first and leave out the rows it already holds, so events ingested through ``/events`` and
-    repeated in a later export are kept once."""
+    repeated in a later export are kept once. A run into the clean folder that leaves no event to store keeps the
+    clean events there (exit code 1)."""
     from features.events.validate import (
         EventsError,
         MissingColumnError,
+        NothingToStoreError,
         TooManyBadRowsError,
         ValidationConfig,
         validate_events,
@@ -180,9 +182,10 @@ def run_validation(
     with progress_bar("validating events") as progress:
         try:
             return validate_events(
-                [str(s) for s in sources], out, vcfg, read, now=datetime.now(UTC), progress=progress, known=known
+                [str(s) for s in sources], out, vcfg, read, now=datetime.now(UTC), progress=progress, known=known,
+                keep_nonempty=into_clean,
             )
-        except TooManyBadRowsError as exc:
+        except (TooManyBadRowsError, NothingToStoreError) as exc:
             print_validation(exc.report)
             raise
         except MissingColumnError as exc:

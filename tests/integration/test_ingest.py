@@ -336,6 +336,13 @@ def test_a_full_export_repeating_ingested_events_is_kept_once(run: Any, tmp_path
     elsewhere = run_validation(cfg, [full], out=tmp_path / "elsewhere")  # not the clean folder: a full copy
     assert elsewhere.already_known == 0 and elsewhere.accepted == distinct
 
+    clean = (cfg.clean_dir / "events.parquet").read_bytes()
+    repeat = run("validate", str(write_csv(tmp_path / "again.csv", events[:70])))  # only events already ingested
+    assert repeat.exit_code == 1 and "Traceback" not in repeat.output
+    assert "no event of this export is left to store" in repeat.output and "are kept" in repeat.output
+    assert (cfg.clean_dir / "events.parquet").read_bytes() == clean
+    assert events_table(events_path(cfg, None)).count().to_pyarrow().as_py() == distinct
+
 
 def test_retrain_trains_on_its_validated_events_and_the_ingested_ones(tmp_path: Path) -> None:
     from features.build.builder import events_table

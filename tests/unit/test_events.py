@@ -236,6 +236,22 @@ def test_rows_already_in_known_history_files_are_left_out_and_counted(tmp_path):
     assert run(tmp_path, src).already_known == 0  # without known files every distinct row is kept
 
 
+def test_a_run_with_nothing_left_to_store_keeps_the_stored_events(tmp_path):
+    from features.events.validate import NothingToStoreError
+
+    good = write(tmp_path / "good.csv", f"user_id,ts,behavior\nu1,{EPOCH},view\nu2,{EPOCH},buy\n")
+    stored = run(tmp_path, good).events_path
+    before = stored.read_bytes()
+    known = validate_events(good, tmp_path / "known", LENIENT, now=NOW).events_path
+    empty = write(tmp_path / "empty.csv", "user_id,ts,behavior\n")
+    for src, kw, already in ((empty, {}, 0), (good, {"known": [known]}, 2)):
+        with pytest.raises(NothingToStoreError, match="no event of this export is left to store") as caught:
+            run(tmp_path, src, keep_nonempty=True, **kw)
+        assert caught.value.report.already_known == already and caught.value.report.events_path is None
+        assert stored.read_bytes() == before  # the 2 stored events stay
+    assert run(tmp_path, empty).accepted == 0 and len(load_events(stored)) == 0  # without the guard: replaced
+
+
 # --- reading -----------------------------------------------------------------------------------
 
 
