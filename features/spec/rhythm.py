@@ -40,11 +40,32 @@ def trend_windows(spec: FeatureSpec) -> tuple[int, int]:
     return spec.trend_days, spec.trend_days + spec.trend_base_days
 
 
-def _with_gaps(days: ibis.Table) -> ibis.Table:
-    """Distinct ``(user_id, day)`` rows plus ``_gap``: whole days (float64) to the user's next more recent day
-    bucket (null for the most recent one)."""
-    window = ibis.window(group_by="user_id", order_by="day")
-    return days.mutate(_gap=(days.day - days.day.lag().over(window)).cast(_F64))
+def _day_sets(ev: ibis.Table) -> ibis.Table:
+    """Per user: ``_days``, the distinct day buckets of ``ev`` in ascending order (an array of int64).
+
+    The sort is part of the aggregation's own projection, so the expressions over ``_days`` read a column: an
+    expression built on a sorted array in a later projection is inlined into the array lambdas by the compiler
+    and re-sorted for every element (on 10M events 10 s instead of 1.7 s).
+    """
+    return ev.group_by("user_id").aggregate(_days=ev.day.collect(distinct=True).sort())
+
+
+def _count_below(days: ibis.ArrayValue, w: int) -> ibis.IntegerValue:
+    """Entries of ``days`` (day buckets) below ``w``: the distinct days inside the ``w``-day window."""
+    return days.filter(lambda day: day < w).length()
+
+
+def _median_gap(days: ibis.ArrayValue) -> ibis.FloatingValue:
+    """Exact median of the whole-day gaps between consecutive entries of the ascending ``days`` (float64; the
+    mean of the two middle gaps for an even count; null below 2 days).
+
+    The gaps of ``n`` days are ``days[i+1] - days[i]``, ``n - 1`` of them; sorted, the median is the mean of the
+    slice ``[(n - 2) // 2, (n - 1) // 2]``. On 10M events this takes about a quarter of the time of a lag window
+    over a ``(user, day)`` table and its ``median`` (the sort by user and day dominated that route)."""
+    n = days.length()
+    gaps = days[1:].map(lambda day, i: day - days[i]).sort()
+    middle = gaps[(n - 2) // 2 : (n - 1) // 2 + 1].means()
+    return ibis.ifelse(n >= 2, middle.cast(_F64), ibis.null(_F64))
 
 
 def active_day_gaps(ev: ibis.Table, spec: FeatureSpec) -> ibis.Table:
@@ -52,27 +73,30 @@ def active_day_gaps(ev: ibis.Table, spec: FeatureSpec) -> ibis.Table:
     ``spec.active_day_windows`` (buckets ``0..w-1``), ``_active_n`` (all buckets), ``_active_span`` = oldest -
     newest bucket (days) and ``active_gap_median_days`` (float64 days, null below 2 active days).
 
-    One ``(user, day)`` table serves the window counts and the gaps (on 10M events about half the time of a
-    per-word day bitmap for the counts plus this table for the gaps).
+    One sorted array of day buckets per user serves the window counts, the span and the gaps.
     """
-    days = _with_gaps(ev.group_by(["user_id", "day"]).aggregate())
-    return days.group_by("user_id").aggregate(
-        **{f"active_days_{w}d": days.day.count(where=days.day < w) for w in spec.active_day_windows},
-        _active_n=days.day.count(),
-        _active_span=days.day.max() - days.day.min(),
-        active_gap_median_days=days._gap.median(),
+    sets = _day_sets(ev)
+    days = sets._days
+    return sets.select(
+        "user_id",
+        **{f"active_days_{w}d": _count_below(days, w) for w in spec.active_day_windows},
+        _active_n=days.length(),
+        _active_span=days[days.length() - 1] - days[0],
+        active_gap_median_days=_median_gap(days),
     )
 
 
 def purchase_day_gaps(ev: ibis.Table, spec: FeatureSpec) -> ibis.Table:
     """Per user: distinct day buckets with a buy over all history (``purchase_days``) and within
     ``purchase_days`` days, and ``purchase_gap_median_days`` (float64 days, null below 2 purchase days)."""
-    buys = ev.filter(is_behavior(ev.behavior_code, "buy"))
-    days = _with_gaps(buys.group_by(["user_id", "day"]).aggregate())
-    return days.group_by("user_id").aggregate(
-        purchase_days=days.day.count(),
-        **{f"purchase_days_{spec.purchase_days}d": days.day.count(where=days.day < spec.purchase_days)},
-        purchase_gap_median_days=days._gap.median(),
+    sets = _day_sets(ev.filter(is_behavior(ev.behavior_code, "buy")))
+    days = sets._days
+    pw = spec.purchase_days
+    return sets.select(
+        "user_id",
+        purchase_days=days.length(),
+        **{f"purchase_days_{pw}d": _count_below(days, pw)},
+        purchase_gap_median_days=_median_gap(days),
     )
 
 
