@@ -24,7 +24,14 @@ from features.spec.definition import (
     count_column,
     output_columns,
 )
-from features.spec.rhythm import active_day_gaps, purchase_day_gaps, rhythm_aggregates, rhythm_derived, trend_windows
+from features.spec.rhythm import (
+    active_day_gaps,
+    purchase_day_gaps,
+    rhythm_aggregates,
+    rhythm_derived,
+    sum_counts,
+    trend_windows,
+)
 from features.spec.rhythm import is_behavior as _is
 
 _MAX_TERM = 1.0 - 1e-9  # keeps the within-layer term strictly below 1 even when float division rounds up
@@ -107,9 +114,6 @@ def _user_aggregates(
     b = g.behavior_code
     within = {w: g.slot <= i for i, w in enumerate(slots)}
 
-    def total(col: ibis.Column, where: ibis.BooleanValue | None = None) -> ibis.Value:
-        return ibis.coalesce(col.sum(where=where), 0).cast("int64")
-
     is_buy = _is(b, "buy")
     agg: dict[str, ibis.Value] = {}
     for beh in RECENCY_BEHAVIORS:
@@ -118,32 +122,33 @@ def _user_aggregates(
     agg["days_since_first_event"] = g.max_age.max()
     for w in spec.windows:
         for beh in RECENCY_BEHAVIORS:
-            agg[count_column(beh, w)] = total(g.n, _is(b, beh) & within[w])
-        agg[count_column("event", w)] = total(g.n, within[w])
-    agg[f"favcart_count_{spec.favcart_days}d"] = total(g.n, _is(b, *INTEREST_BEHAVIORS) & within[spec.favcart_days])
+            agg[count_column(beh, w)] = sum_counts(g.n, _is(b, beh) & within[w])
+        agg[count_column("event", w)] = sum_counts(g.n, within[w])
+    favcart = _is(b, *INTEREST_BEHAVIORS) & within[spec.favcart_days]
+    agg[f"favcart_count_{spec.favcart_days}d"] = sum_counts(g.n, favcart)
     for w in spec.ad_windows:
-        agg[count_column("ad", w)] = total(g.n_ad, within[w])
+        agg[count_column("ad", w)] = sum_counts(g.n_ad, within[w])
     agg["days_since_last_ad"] = g.ad_min_age.min()
     cs = within[spec.channel_share_days]
-    agg["_chan_n"] = total(g.n_channel, cs)
-    agg["_chan_active"] = total(g.n_active, cs)
-    agg["_chan_passive"] = total(g.n_passive, cs)
+    agg["_chan_n"] = sum_counts(g.n_channel, cs)
+    agg["_chan_active"] = sum_counts(g.n_active, cs)
+    agg["_chan_passive"] = sum_counts(g.n_passive, cs)
     for layer, behaviors in _LAYERS.items():  # weights are 0 beyond the span: sum over the whole history
-        agg[f"decay_{layer}"] = ibis.coalesce(g.weight.sum(where=_is(b, *behaviors)), 0.0)
+        agg[f"decay_{layer}"] = ibis.coalesce(ibis.ifelse(_is(b, *behaviors), g.weight, 0.0).sum(), 0.0)
     pw = spec.purchase_days
-    agg["buy_count"] = total(g.n, is_buy)
+    agg["buy_count"] = sum_counts(g.n, is_buy)
     agg["_first_buy_age"] = g.max_age.max(where=is_buy)
     if has_amount:
         agg["amount_total"] = ibis.coalesce(g.amount.sum(where=is_buy), 0.0)
         n_amount = g.n_amount.sum(where=is_buy)
         agg["amount_mean"] = ibis.ifelse(n_amount > 0, g.amount.sum(where=is_buy) / n_amount, ibis.null("float64"))
         agg[f"amount_{pw}d"] = ibis.coalesce(g.amount.sum(where=is_buy & within[pw]), 0.0)
-    agg["_interest_n"] = total(g.n, _is(b, *INTEREST_BEHAVIORS) & within[spec.interest_days])
-    agg["_browse_n"] = total(g.n, within[spec.browse_days])
+    agg["_interest_n"] = sum_counts(g.n, _is(b, *INTEREST_BEHAVIORS) & within[spec.interest_days])
+    agg["_browse_n"] = sum_counts(g.n, within[spec.browse_days])
     if spec.target_categories:
-        agg["target_view_count"] = total(g.n_target, _is(b, "view"))
-        agg["target_cart_count"] = total(g.n_target, _is(b, "cart"))
-        agg["target_buy_count"] = total(g.n_target, is_buy)
+        agg["target_view_count"] = sum_counts(g.n_target, _is(b, "view"))
+        agg["target_cart_count"] = sum_counts(g.n_target, _is(b, "cart"))
+        agg["target_buy_count"] = sum_counts(g.n_target, is_buy)
         agg["_target_first_browse_age"] = g.target_max_age.max(where=b != BEHAVIOR_CODES["buy"])
     agg.update(rhythm_aggregates(g, spec, within))
     return agg
