@@ -89,8 +89,8 @@ def _check_magic(file: Path, what: str, hint: str) -> None:
         raise InputError(f"{file} is empty (0 bytes), not {what}; {hint}")
     if head[:4] == MAGIC and tail == MAGIC and size >= 12:
         return
-    looks = "CSV or other text" if _looks_like_text(head) else "not Parquet"
-    raise InputError(f"{file} is {looks}, not Parquet ({what}); {hint}")
+    looks = "CSV or other text, not Parquet" if _looks_like_text(head) else "not a Parquet file (no PAR1 marks)"
+    raise InputError(f"{file} is {looks} ({what}); {hint}")
 
 
 def _looks_like_text(head: bytes) -> bool:
