@@ -81,6 +81,9 @@ class BaseEventLog(ABC):
     location: str
     remote: bool = False
     """True when a read is a network round trip (callers on an event loop then read it from a thread)."""
+    max_one_append: int | None = None
+    """The most events one append should hold, when an append holds a server shared with other clients (None: no
+    limit; a longer append is still stored whole)."""
 
     # ------------------------------------------------------------------------------------------ backend hooks
     @abstractmethod

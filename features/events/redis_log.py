@@ -28,7 +28,7 @@ go to the script as JSON chunks of :data:`CHUNK_EVENTS`; an append of more than 
 first pushed in chunks to a staging list and the script reads them from there. Either way the script holds Redis
 for the whole append, about 20 us per event (10,000 events: 0.2 s, on par with the SQLite log): while it runs other
 clients of that Redis wait, and after ``busy-reply-threshold`` (5 s, some 250,000 events) they get BUSY errors, so
-very large files are better ingested in parts.
+`propensity ingest` refuses a file of more than :data:`MAX_ONE_APPEND` events unless told to store it in parts.
 
 Durability: Redis answers a script after writing its effects to the append-only file, and with
 ``appendfsync always`` after an fsync of that file, so an append that returned survives ``kill -9`` of Redis and a
@@ -63,8 +63,8 @@ from features.events.logbase import EXPORT_BATCH_ROWS, BaseEventLog, user_arrays
 from features.events.rows import AppendResult, EventLogError, EventLogInputError, Row
 
 __all__ = [
-    "CHUNK_EVENTS", "DEFAULT_PREFIX", "REFRESH_LOCK", "RELEASE_LOCK", "STAGE_ABOVE", "RedisEventLog", "redact_url",
-    "redis_log_exists",
+    "CHUNK_EVENTS", "DEFAULT_PREFIX", "MAX_ONE_APPEND", "REFRESH_LOCK", "RELEASE_LOCK", "STAGE_ABOVE", "RedisEventLog",
+    "redact_url", "redis_log_exists",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,9 @@ CHUNK_EVENTS = 10_000
 """Events per JSON chunk sent to the append script."""
 STAGE_ABOVE = 50_000
 """An append (all batches of a group commit together) of more events is staged in Redis before the script runs."""
+MAX_ONE_APPEND = 200_000
+"""The most events `propensity ingest` puts in one append (about 4 s of Redis at ~20 us per event, under Redis's
+5 s ``busy-reply-threshold``): a larger file is refused, or stored in parts of this size with ``--split``."""
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:{}-]{1,64}$")
 T = TypeVar("T")
 
@@ -328,6 +331,7 @@ class RedisEventLog(BaseEventLog):
                  timeout_s: float = 10.0, read_timeout_s: float = 1.0, lock_ttl_s: float = 30.0,
                  lock_wait_s: float = 600.0) -> None:
         self.remote = True
+        self.max_one_append = MAX_ONE_APPEND
         self._redis = _redis_package()
         self.url = redact_url(url)
         self.prefix = _check_prefix(prefix)

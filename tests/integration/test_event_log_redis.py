@@ -354,3 +354,42 @@ def test_cli_ingest_into_a_volatile_redis_is_refused_in_one_line(run: Any, redis
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "appendfsync always" in lines[0], result.output
 
+
+
+def test_cli_ingest_of_a_file_too_long_for_one_redis_append_is_refused_or_stored_in_parts(
+        run: Any, durable: Backend, tmp_path: Path, monkeypatch: Any) -> None:
+    """One append holds the shared Redis for its length, so a file of more events than ``MAX_ONE_APPEND`` is refused
+    in one line with nothing stored (its staging folder removed too); ``--split`` stores it in whole parts of that
+    size, and ingesting it again stores nothing new (a run cut short between parts is finished by a rerun)."""
+    import features.events.redis_log as redis_log
+    from propensity.config import load_settings
+    from tests.integration.test_ingest import posted, write_csv
+
+    monkeypatch.setenv("PROPENSITY_REDIS_URL", durable.url)
+    monkeypatch.setenv("PROPENSITY_EVENTS_REDIS_PREFIX", durable.prefix())
+    monkeypatch.setattr(redis_log, "MAX_ONE_APPEND", 40)
+    cfg = load_settings()
+    path = write_csv(tmp_path / "big.csv", posted(120, seed=21))
+
+    refused = run("ingest", str(path))
+    assert refused.exit_code == 1, refused.output
+    lines = [line for line in refused.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--split" in lines[0] and "nothing was stored" in lines[0], refused.output
+    with durable.open() as log:
+        assert log.count() == 0
+    assert not any((cfg.data_dir / "events" / "ingest").glob("*"))
+
+    stored = run("ingest", str(path), "--split")
+    assert stored.exit_code == 0, stored.output
+    with durable.open() as log:
+        n = log.count()
+        assert 100 <= n <= 120 and log.last_seq() == n
+    with durable.client() as client:
+        seqs = [int(entry_id.split(b"-")[0]) for entry_id, _ in client.xrange(f"{durable.prefix()}:stream")]
+    assert seqs == list(range(1, n + 1))
+    assert "appends" in stored.output and str(-(-n // 40)) in stored.output, stored.output
+
+    again = run("ingest", str(path), "--split")
+    assert again.exit_code == 0 and "already in the log" in again.output, again.output
+    with durable.open() as log:
+        assert log.count() == n
