@@ -12,7 +12,7 @@ one code path with the same floats.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -120,6 +120,15 @@ class LayeredColumns(Mapping[str, np.ndarray]):
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
+
+
+def column_list(table: Columns, names: Iterable[str]) -> list[Any]:
+    """The columns ``names`` of ``table`` as stored (arrays, or Series of a :class:`FrameColumns`), in order: what
+    ``[table[n] for n in names]`` gives, without a method call per column on layered columns over a dict."""
+    if isinstance(table, LayeredColumns) and type(table.base) is dict:
+        added, base = table.added, table.base
+        return [added[n] if n in added else base[n] for n in names]
+    return [table[n] for n in names]
 
 
 def floats(table: Table, name: str) -> np.ndarray:

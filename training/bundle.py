@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.columns import LayeredColumns, Table, column_names, floats, n_rows, objects
+from features.columns import LayeredColumns, Table, column_list, column_names, floats, n_rows, objects
 from features.segments.segmenter import SEGMENT_CODE_COLUMNS, SEGMENT_COLUMNS, Segmenter, SegmentError, segment_codes
 from features.spec.definition import FeatureSpec, feature_columns
 from training.btyd.features import BTYDFeatures
@@ -70,7 +70,7 @@ def _numeric_and_codes(features: Table, numeric: list[str]) -> np.ndarray:
     ``features`` (n rows), as one float64 (n, len(numeric) + 3) block."""
     n = n_rows(features)
     block = np.empty((n, len(numeric) + len(SEGMENT_COLUMNS)), dtype=np.float64)
-    arrays = None if isinstance(features, pd.DataFrame) else [features[name] for name in numeric]
+    arrays = None if isinstance(features, pd.DataFrame) else column_list(features, numeric)
     if arrays is not None and {getattr(a, "dtype", _OBJECT).kind for a in arrays} <= set("fiub"):
         block[:, : len(numeric)] = np.array(arrays, dtype=np.float64).T  # one conversion, one copy
     else:

@@ -290,8 +290,15 @@ def _distinct(codes: np.ndarray, mask: np.ndarray) -> int:
 
 
 def _median_gap(days: np.ndarray) -> float:
-    """Exact median of the whole-day gaps between consecutive distinct day buckets (sorted); NaN below 2."""
-    return float(np.median(np.diff(days))) if days.size >= 2 else _NAN
+    """Exact median of the whole-day gaps between consecutive distinct day buckets (sorted); NaN below 2.
+
+    The mean of the middle one or two sorted gaps, as ``np.median`` gives it (whole-number gaps: the sum is exact),
+    without ``np.median``'s fixed cost (tens of microseconds on a few values)."""
+    if days.size < 2:
+        return _NAN
+    gaps = np.sort(np.diff(days))
+    n = gaps.size
+    return float(gaps[(n - 1) // 2] + gaps[n // 2]) / 2.0
 
 
 def _comparison_shopping(ev: EventArrays, age: np.ndarray, is_view: np.ndarray, spec: FeatureSpec) -> dict[int, int]:

@@ -23,6 +23,8 @@ LIFECYCLE_STAGES: tuple[str, ...] = ("new", "growth", "mature", "silent", "churn
 
 GAP_KINDS: tuple[str, ...] = ("order_return", "active_day", "purchase_day")
 LIFECYCLE_INPUTS: tuple[str, ...] = ("days_since_last_event", "purchase_days")
+_STAGE_NAMES = np.array(["churned", "silent", "mature", "growth", "new"], dtype=object)
+"""The stages in rule order (code 0 = the first rule of :meth:`LifecycleSegmenter.stages`)."""
 
 
 class SegmentError(ValueError):
@@ -217,17 +219,11 @@ class LifecycleSegmenter:
             raise SegmentError(f"feature table lacks {missing} needed for lifecycle stages")
         recency = fill_nan(floats(features, "days_since_last_event"), np.inf)
         buy_days = fill_nan(floats(features, "purchase_days"), 0.0)
-        stage = np.select(
-            [
-                recency >= self.churn_days_,
-                (buy_days >= 1) & (recency >= self.silent_days_),
-                buy_days >= 2,
-                buy_days == 1,
-            ],
-            ["churned", "silent", "mature", "growth"],
-            default="new",
-        )
-        return stage.astype(object)
+        # the first rule that holds names the stage (codes index _STAGE_NAMES; cheaper than np.select on text)
+        code = np.where(recency >= self.churn_days_, 0, np.where(
+            (buy_days >= 1) & (recency >= self.silent_days_), 1, np.where(
+                buy_days >= 2, 2, np.where(buy_days == 1, 3, 4))))
+        return _STAGE_NAMES[code]
 
     def transform(self, features: pd.DataFrame) -> pd.DataFrame:
         """A copy of ``features`` with a ``lifecycle`` column."""

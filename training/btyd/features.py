@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from features.columns import Table, column_names, floats, n_rows
+from features.columns import Table, column_names, fill_nan, floats, n_rows
 from training.btyd.bgnbd import BetaGeoFitter, BTYDError, summary_arrays
 from training.btyd.gamma_gamma import GammaGammaFitter
 
@@ -65,7 +65,7 @@ def input_arrays(features: Table) -> dict[str, np.ndarray]:
     if missing:
         raise ValueError(f"feature table lacks {missing}, which the BTYD inputs are derived from")
     days, last, gap = (floats(features, c) for c in ("purchase_days", "days_since_last_buy", "purchase_gap_mean_days"))
-    days = np.nan_to_num(days, nan=0.0)
+    days = fill_nan(days, 0.0)  # a count: never infinite
     if not (days >= 1).any():  # nobody ever bought (most users): no buyer, every input NaN
         buyer = np.zeros(len(days), dtype=bool)
         return {"buyer": buyer, **{c: np.full(len(days), np.nan) for c in _INPUTS[1:]}}
