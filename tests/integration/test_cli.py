@@ -221,8 +221,10 @@ def _sweep_inputs(tmp_path: Path) -> dict[str, Path]:
     _csv(tmp_path / "raw.parquet", EVENTS_CSV)  # a CSV under a Parquet name
     _csv(tmp_path / "raw.csv", EVENTS_CSV)
     (tmp_path / "folder").mkdir()
+    (tmp_path / "binary.parquet").write_bytes(b"\x00\x01\xff\xfe not parquet \x00" * 8)
     return {"missing": tmp_path / "missing.parquet", "empty": tmp_path / "empty.parquet",
-            "csv": tmp_path / "raw.csv", "csv named parquet": tmp_path / "raw.parquet", "folder": tmp_path / "folder"}
+            "csv": tmp_path / "raw.csv", "csv named parquet": tmp_path / "raw.parquet", "folder": tmp_path / "folder",
+            "binary": tmp_path / "binary.parquet"}
 
 
 SWEEP: dict[str, list[str]] = {
@@ -244,11 +246,11 @@ RAW_SWEEP: dict[str, list[str]] = {
 
 @pytest.mark.parametrize("command", [*SWEEP, *RAW_SWEEP])
 def test_sweep_every_command_answers_a_bad_file_in_one_line(run, tmp_path: Path, command: str):
-    """A missing file, an empty file, a folder without Parquet and a raw CSV where Parquet is needed: a documented
-    non-zero exit code, one line on stderr that names the file, no traceback, and nothing written."""
+    """A missing file, an empty file, a folder without Parquet, a raw CSV and a binary file where Parquet is needed:
+    a documented non-zero exit code, one line on stderr that names the file, no traceback, and nothing written."""
     inputs = _sweep_inputs(tmp_path)
     raw = command in RAW_SWEEP
-    cases = ["missing", "empty", "folder", "csv named parquet"] if raw else list(inputs)
+    cases = ["missing", "empty", "folder", "csv named parquet", "binary"] if raw else list(inputs)
     for case in cases:
         path = inputs[case]
         args = [a.replace("{}", str(path)) for a in (RAW_SWEEP if raw else SWEEP)[command]]
@@ -258,6 +260,8 @@ def test_sweep_every_command_answers_a_bad_file_in_one_line(run, tmp_path: Path,
         assert path.name in line, (command, case, line)
         if case in ("csv", "csv named parquet"):
             assert "not Parquet" in line and ("propensity" in line or ".csv" in line), line
+        if case == "binary":
+            assert "not a Parquet file" in line and "not Parquet, not Parquet" not in line, line
     assert not (tmp_path / "data" / "clean" / "events.parquet").exists()
 
 
