@@ -168,3 +168,13 @@ def durable_redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
     """A running private Redis that makes every write durable before it answers (``appendonly yes``,
     ``appendfsync always``), as the event log requires; its data survives :meth:`RedisServer.kill_9` + ``start``."""
     yield from _redis_fixture(tmp_path_factory, "redis-aof", "--appendonly", "yes", "--appendfsync", "always")
+
+
+def backend_redis_url(request: pytest.FixtureRequest, server_fixture: str = "redis_server") -> str | None:
+    """For a fixture parametrized by backend kind (``"sqlite"`` / ``"redis"``): the URL of the running
+    ``server_fixture`` (``redis_server`` or ``durable_redis_server``) for the Redis kind, None otherwise."""
+    if request.param != "redis":
+        return None
+    server = request.getfixturevalue(server_fixture)
+    server.ensure_running()
+    return server.url

@@ -43,6 +43,7 @@ import pytest
 from serving.store.base import StoreError
 from serving.store.redis import RedisScoreStore
 from serving.store.sqlite import SQLiteScoreStore
+from tests.conftest import backend_redis_url
 from tests.integration.conftest import START, TOKEN, Server, Trained, register, train_bundle
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -327,12 +328,7 @@ def publish_after_crash(target: KillTarget, batch: str) -> float:
 # ------------------------------------------------------------------------------------------------- kill -9
 @pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
 def kill_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KillTarget]:
-    url = None
-    if request.param == "redis":
-        server = request.getfixturevalue("redis_server")
-        server.ensure_running()
-        url = server.url
-    target = KillTarget(request.param, tmp_path, url)
+    target = KillTarget(request.param, tmp_path, backend_redis_url(request))
     try:
         yield target
     finally:

@@ -26,6 +26,7 @@ from serving.store.base import (
     open_store,
 )
 from serving.store.sqlite import SQLiteScoreStore
+from tests.conftest import backend_redis_url
 from tests.integration.store_support import Backend, frames, meta_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,12 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    url = None
-    if request.param == "redis":
-        server = request.getfixturevalue("redis_server")
-        server.ensure_running()
-        url = server.url
-    b = Backend(request.param, tmp_path, url)
+    b = Backend(request.param, tmp_path, backend_redis_url(request))
     yield b
     b.close()
 

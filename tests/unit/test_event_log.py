@@ -19,6 +19,7 @@ import pytest
 from features.events.log import PART_GLOB, EventLog, EventLogError, EventLogInputError, event_key
 from features.events.logbase import BaseEventLog
 from features.events.schema import CANONICAL_COLUMNS, arrow_schema
+from tests.conftest import backend_redis_url
 
 T0 = pd.Timestamp("2026-11-01", tz="UTC")
 
@@ -91,12 +92,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 def backend_of(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """The body of a fixture parametrized by backend kind: the :class:`Backend`, cleaned up afterwards (the
     durable redis-server is started for the Redis kind)."""
-    url = None
-    if request.param == "redis":
-        server = request.getfixturevalue("durable_redis_server")
-        server.ensure_running()
-        url = server.url
-    made = Backend(request.param, tmp_path, url)
+    made = Backend(request.param, tmp_path, backend_redis_url(request, "durable_redis_server"))
     try:
         yield made
     finally:
