@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -85,14 +86,18 @@ class FreshScorer:
 
     ``history_root`` holds one history directory per snapshot id; ``log`` is the event log ingestion writes to
     (SQLite or Redis);
-    ``ttl_s``: seconds a rescored row may be served again (0: rescore at every lookup; see the module docstring).
+    ``ttl_s``: seconds a rescored row may be served again (0: rescore at every lookup; see the module docstring);
+    ``metrics``: a :class:`serving.http.metrics.ServiceMetrics` told of every rescoring call (users rescored and
+    reused, seconds) and of every time the log could not be read (None: nothing is counted).
     """
 
     def __init__(
-        self, log: BaseEventLog, history_root: Path, activation: ActivationConfig, *, ttl_s: float = 0.0
+        self, log: BaseEventLog, history_root: Path, activation: ActivationConfig, *, ttl_s: float = 0.0,
+        metrics: Any = None,
     ) -> None:
         if ttl_s < 0:
             raise ValueError(f"ttl_s must be >= 0, got {ttl_s}")
+        self.metrics = metrics
         self.log = log
         self.history_root = Path(history_root)
         self.activation = activation
@@ -112,6 +117,8 @@ class FreshScorer:
 
     def _unavailable(self, exc: EventLogError) -> None:
         """Log (at most once a minute) that the event log cannot be read: the stored rows are served meanwhile."""
+        if self.metrics is not None:
+            self.metrics.fresh_paused()
         now = time.monotonic()
         if now - self._warned >= 60.0:
             self._warned = now
@@ -233,6 +240,7 @@ class FreshScorer:
         history = self.history(snapshot_id)
         if history is None or not bundles:
             return {}
+        started = time.perf_counter()
         seq = int(history.meta.get(LOG_SEQ_KEY, 0))
         self._use_seq(seq)
         wanted = list(dict.fromkeys(user_ids))
@@ -241,6 +249,7 @@ class FreshScorer:
         reused = self._reuse(wanted, snapshot_id, bundles)
         fresh = [u for u in wanted if u not in reused and self.log.has_events_after(u, seq)]
         if not fresh:
+            self._count(0, len(reused), None)
             return reused
         spec = next(iter(bundles.values())).spec
         t = as_of_us(now)
@@ -252,6 +261,7 @@ class FreshScorer:
                 row["user_id"] = uid
                 rows.append(row)
         if not rows:
+            self._count(0, len(reused), None)
             return reused
         raw = feature_arrays(rows, spec)  # the feature table of these users as columns: no pandas on this path
         records = next(score_chunks(raw, bundles, now, self.activation, len(rows), reasons=True, explain="actions"))
@@ -259,7 +269,20 @@ class FreshScorer:
         head = '{"found":true,"fresh":true,"scored_at":' + dumps_compact(now.isoformat()) + ","
         scored = {uid: head + payload[1:] for uid, payload in zip(ids, payloads, strict=True)}
         self._keep(scored, snapshot_id, covered)
+        self._count(len(scored), len(reused), time.perf_counter() - started)
         return reused | scored
+
+    def _count(self, rescored: int, reused: int, seconds: float | None) -> None:
+        if self.metrics is not None and (rescored or reused):
+            self.metrics.fresh(rescored, reused, seconds)
+
+    def positions(self, snapshot_id: str | None) -> tuple[int, int | None]:
+        """``(last seq of the event log, log_seq of the history of snapshot_id)`` (the second None when that snapshot
+        has no history); blocking (a remote log is a round trip), raises :class:`EventLogError` when the log cannot
+        be read."""
+        last = self.log.last_seq()
+        history = self.history(snapshot_id) if snapshot_id else None
+        return last, (None if history is None else int(history.meta.get(LOG_SEQ_KEY, 0)))
 
 
 def prune_histories(history_root: Path, keep: Sequence[str]) -> list[str]:

@@ -104,7 +104,7 @@ class PropensityService:
             from serving.fresh import FreshScorer
 
             self.runtime.fresh = FreshScorer(_STATE.events_log, settings.online_dir.resolve(), _STATE.activation,
-                                             ttl_s=settings.serving.fresh_ttl_s)
+                                             ttl_s=settings.serving.fresh_ttl_s, metrics=self.runtime.metrics)
         _STATE.runtime = self.runtime
         ready, doc = self.runtime.readiness()
         log.info("propensity service started (ready=%s, models=%s, source=%s)", ready, doc["models"], source.kind)

@@ -111,4 +111,5 @@ class EventsEndpoint(PostEndpoint):
             raise HTTPError(422, "invalid", str(exc)) from None
         except EventLogError as exc:
             raise HTTPError(503, "ingest_unavailable", f"cannot store the events: {exc}") from None
+        rt.metrics.ingested(result.accepted, result.duplicates)
         return json.dumps(result.to_dict()).encode()

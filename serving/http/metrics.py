@@ -10,7 +10,15 @@ Counted per request (every worker process adds to the same totals under BentoML,
   served snapshot;
 - ``propensity_store_errors_total{kind}``: ``/lookup`` calls the store failed (``error``) or that were refused
   because too many lookups already waited for a store that does not answer (``busy``);
-- ``propensity_score_users_total``: users scored by ``/score``; ``propensity_model_reloads_total{result}``.
+- ``propensity_score_users_total``: users scored by ``/score``; ``propensity_model_reloads_total{result}``;
+- ``propensity_events_ingested_total{result}``: events of the ``/events`` requests answered 200, ``accepted`` (stored
+  now) or ``duplicate`` (already in the event log: an idempotent repeat);
+- ``propensity_fresh_users_total{outcome}``: users of ``/lookup`` answered from their events newer than the served
+  snapshot, ``rescored`` (features, models and action recomputed for the lookup) or ``reused`` (a row rescored
+  earlier and still valid, see :mod:`serving.fresh`); ``propensity_fresh_rescore_duration_seconds`` (histogram,
+  seconds per rescoring call, whatever its number of users: reading the events, features, models, action and
+  encoding); ``propensity_fresh_paused_total``: times the event log could not be read, so the stored rows were
+  served instead of fresh ones.
 
 Read when scraped, from the worker that answers the scrape (see :func:`state_families`):
 
@@ -18,7 +26,10 @@ Read when scraped, from the worker that answers the scrape (see :func:`state_fam
   ``propensity_snapshot_created_timestamp_seconds``, ``propensity_snapshot_users``;
 - ``propensity_model_version_info{target, version, source}`` (value 1) for each loaded model;
 - ``propensity_lookups_in_flight``: lookups waiting for or reading a network store (Redis) in this worker's lookup
-  threads (always 0 for the SQLite store, read on the event loop: see :mod:`serving.http.runtime`).
+  threads (always 0 for the SQLite store, read on the event loop: see :mod:`serving.http.runtime`);
+- with fresh scores on: ``propensity_event_log_last_seq`` (sequence number of the newest event in the event log) and
+  ``propensity_events_after_snapshot`` (logged events that the served snapshot's history does not hold: their users
+  are rescored at lookup until the next batch takes them in; absent while the snapshot has no history).
 - ``propensity_model_alert`` (1 when the latest ``propensity monitor`` report alerts, else 0) and
   ``propensity_monitoring_age_seconds`` (now minus the report's ``checked_at``), from the report file the entry point
   names with :func:`watch_monitoring` (``<data_dir>/monitoring/latest.json``); both absent while there is no readable
@@ -87,6 +98,20 @@ class ServiceMetrics:
         self._scored = Counter("score_users", "Users scored by /score", namespace=namespace, registry=reg)
         self._reloads = Counter("model_reloads", "Model reload checks, by result", ["result"], namespace=namespace,
                                 registry=reg)
+        ingested = Counter("events_ingested", "Events of the /events requests answered 200, by result (accepted: "
+                           "stored now; duplicate: already in the event log)", ["result"], namespace=namespace,
+                           registry=reg)
+        self._accepted = ingested.labels(result="accepted")
+        self._duplicate = ingested.labels(result="duplicate")
+        fresh = Counter("fresh_users", "Users of /lookup answered from events newer than the served snapshot, by "
+                        "outcome (rescored now, or reused: a rescored row still valid)", ["outcome"],
+                        namespace=namespace, registry=reg)
+        self._rescored = fresh.labels(outcome="rescored")
+        self._reused = fresh.labels(outcome="reused")
+        self._rescore_duration = Histogram("fresh_rescore_duration_seconds", "Seconds per rescoring call (every user "
+                                           "it rescored)", namespace=namespace, buckets=BUCKETS, registry=reg)
+        self._fresh_paused = Counter("fresh_paused", "Times the event log could not be read, so the stored rows were "
+                                     "served instead of fresh ones", namespace=namespace, registry=reg)
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
         for route, status in _PREPARED:  # zero series from the start: rate() works from the first request
             self._child(route, status)
@@ -122,6 +147,21 @@ class ServiceMetrics:
     def reload(self, result: str) -> None:
         self._reloads.labels(result=result).inc()
 
+    def ingested(self, accepted: int, duplicates: int) -> None:
+        self._accepted.inc(accepted)
+        self._duplicate.inc(duplicates)
+
+    def fresh(self, rescored: int, reused: int, seconds: float | None) -> None:
+        """One rescoring call: ``rescored`` users recomputed in ``seconds`` (None when none was), ``reused`` served
+        again."""
+        self._rescored.inc(rescored)
+        self._reused.inc(reused)
+        if seconds is not None:
+            self._rescore_duration.observe(seconds)
+
+    def fresh_paused(self) -> None:
+        self._fresh_paused.inc()
+
 
 class NoMetrics:
     """Stands in for :class:`ServiceMetrics` when metrics are off."""
@@ -132,6 +172,9 @@ class NoMetrics:
     def store_busy(self) -> None: ...
     def scored(self, n: int) -> None: ...
     def reload(self, result: str) -> None: ...
+    def ingested(self, accepted: int, duplicates: int) -> None: ...
+    def fresh(self, rescored: int, reused: int, seconds: float | None) -> None: ...
+    def fresh_paused(self) -> None: ...
 
 
 def state_families(
@@ -141,9 +184,12 @@ def state_families(
     versions: Mapping[str, str | None],
     source: str,
     in_flight: int,
+    log_positions: tuple[int, int | None] | None = None,
     now: datetime | None = None,
 ) -> list[Any]:
-    """The scrape-time gauges (see the module docstring) of one worker's state; ``now`` defaults to the clock."""
+    """The scrape-time gauges (see the module docstring) of one worker's state; ``log_positions`` = (the event log's
+    last seq, the served history's ``log_seq`` or None without a history), None when fresh scores are off or the log
+    did not answer; ``now`` defaults to the clock."""
     from prometheus_client.core import GaugeMetricFamily
 
     now = now or datetime.now(UTC)
@@ -166,6 +212,14 @@ def state_families(
     out.append(info)
     out.append(GaugeMetricFamily("propensity_lookups_in_flight", "Lookups waiting for or reading the store in the "
                                  "worker that answered this scrape", value=in_flight))
+    if log_positions is not None:
+        last, covered = log_positions
+        out.append(GaugeMetricFamily("propensity_event_log_last_seq", "Sequence number of the newest event in the "
+                                     "event log", value=last))
+        if covered is not None:
+            out.append(GaugeMetricFamily("propensity_events_after_snapshot", "Logged events the served snapshot's "
+                                         "history does not hold (their users are rescored at lookup)",
+                                         value=max(last - covered, 0)))
     return out
 
 

@@ -378,8 +378,23 @@ class ServiceRuntime:
 
         ready, _ = await self.probe()
         families = state_families(ready=ready, snapshot=self.snapshot, versions=dict(self.models.current.versions),
-                                  source=self.models.source.kind, in_flight=self.in_flight)
+                                  source=self.models.source.kind, in_flight=self.in_flight,
+                                  log_positions=await self._log_positions())
         return exposition(families)
+
+    async def _log_positions(self, timeout_s: float = PROBE_TIMEOUT_S) -> tuple[int, int | None] | None:
+        """:meth:`serving.fresh.FreshScorer.positions` of the served snapshot, in the probe thread (None when fresh
+        scores are off, or the log fails or does not answer within ``timeout_s`` seconds)."""
+        fresh = self.fresh
+        if fresh is None:
+            return None
+        snapshot_id = self.snapshot.snapshot_id if self.snapshot is not None else None
+        fut = asyncio.get_running_loop().run_in_executor(self._probe_pool, fresh.positions, snapshot_id)
+        try:
+            return await asyncio.wait_for(fut, timeout_s)
+        except Exception as exc:  # noqa: BLE001 - a scrape answers without these gauges rather than fail
+            log.debug("event log positions not read for /metrics: %s", exc)
+            return None
 
     # ------------------------------------------------------------------------------------------ reload
     async def refresh_models(self) -> bool:

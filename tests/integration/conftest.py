@@ -215,6 +215,21 @@ def start_server(settings: Any, log_path: Path, *, require_ready: bool = True, t
     raise RuntimeError(f"server not ready within {timeout} s:\n{server.log()}")
 
 
+def scrape(server: Server) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """``/metrics`` parsed with Prometheus' own parser: ``{(sample name, labels): value}``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = server.anon.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain"), r.text[:300]
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(r.text) for s in family.samples}
+
+
+def metric(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    """The value of sample ``name`` with exactly ``labels`` in :func:`scrape` output (0 when absent)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
 @pytest.fixture(scope="module")
 def server(trained: Trained) -> Iterator[Server]:
     """The service on the fixture's registry and store, with small limits and a 1 s model check."""

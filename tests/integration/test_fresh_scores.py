@@ -16,12 +16,12 @@ import pandas as pd
 import pytest
 
 from features.build.builder import build_features, events_table
-from features.events.log import EventLog
+from features.events.log import EventLog, EventLogError
 from features.online.history import write_history
 from serving.activation.actions import ActivationConfig
 from serving.batch.run import score_chunks
 from serving.fresh import LOG_SEQ_KEY, FreshScorer
-from tests.integration.conftest import AS_OF, Trained, start_server
+from tests.integration.conftest import AS_OF, Trained, metric, scrape, start_server
 from training.job import load_champions
 from training.registry import Registry
 
@@ -87,7 +87,8 @@ def test_without_a_history_for_the_served_snapshot_nothing_is_rescored(trained, 
 
 def test_an_event_posted_to_the_service_is_reflected_by_lookup_within_a_second(trained: Trained, tmp_path):
     """The real server: POST /events with a cart, then /lookup of that user answers a fresh row opening the
-    coupon window; a user without new events keeps the stored row."""
+    coupon window; a user without new events keeps the stored row. ``/metrics`` counts the events ingested, the
+    users rescored and reused, and how many logged events the served snapshot does not hold."""
     from datetime import UTC, datetime
 
     from serving.store.base import open_store
@@ -100,6 +101,9 @@ def test_an_event_posted_to_the_service_is_reflected_by_lookup_within_a_second(t
     write_history(events_table(before), settings.online_dir / snapshot_id, **{LOG_SEQ_KEY: 0})
     server = start_server(settings, tmp_path / "server.log")
     try:
+        before = scrape(server)
+        assert metric(before, "propensity_event_log_last_seq") == 0
+        assert metric(before, "propensity_events_after_snapshot") == 0
         user, other = trained.raw.user_id.iloc[0], trained.raw.user_id.iloc[1]
         now = datetime.now(UTC)
         cart = {"user_id": user, "ts": (now - timedelta(seconds=5)).isoformat(), "behavior": "cart",
@@ -121,6 +125,21 @@ def test_an_event_posted_to_the_service_is_reflected_by_lookup_within_a_second(t
         after = server.client.post("/lookup", json={"user_ids": [user]}).json()["results"][0]
         assert time.monotonic() - t0 < 1.0
         assert after["scored_at"] > fresh_row["scored_at"] and after["action"] != "coupon_24h", after
+        assert server.client.post("/events", json={"events": [buy]}).json()["duplicates"] == 1
+        seen = scrape(server)
+
+        def delta(name: str, **labels: str) -> float:
+            return metric(seen, name, **labels) - metric(before, name, **labels)
+
+        assert delta("propensity_events_ingested_total", result="accepted") == 2
+        assert delta("propensity_events_ingested_total", result="duplicate") == 1
+        assert delta("propensity_fresh_users_total", outcome="rescored") == 2  # the cart, then the buy
+        assert delta("propensity_fresh_users_total", outcome="reused") == 1  # the lookup between them
+        assert delta("propensity_fresh_rescore_duration_seconds_count") == 2
+        assert 0 < delta("propensity_fresh_rescore_duration_seconds_sum") < 1.0
+        assert delta("propensity_fresh_paused_total") == 0
+        assert metric(seen, "propensity_event_log_last_seq") == 2
+        assert metric(seen, "propensity_events_after_snapshot") == 2  # the history holds the log up to seq 0
     finally:
         server.stop()
 
@@ -204,13 +223,24 @@ def test_the_redis_event_log_gives_the_same_fresh_rows_as_sqlite(trained, bundle
     assert rows[0] == rows[1] and sorted(rows[0]) == sorted([user, "first-seen"])
 
 
-def test_an_unreadable_event_log_leaves_the_stored_rows(trained, bundles, scorer):
+def test_an_unreadable_event_log_leaves_the_stored_rows_and_is_counted(trained, bundles, scorer):
+    from prometheus_client import CollectorRegistry
+
+    from serving.http.metrics import ServiceMetrics
+
     fresh, _ = scorer
+    registry = CollectorRegistry()
+    fresh.metrics = ServiceMetrics(registry=registry)
     fresh.log.append(new_events("u-gone", AS_OF + timedelta(hours=1), ["cart"]))
     assert fresh.pending(["u-gone"])
+    assert fresh.positions(SNAPSHOT) == (1, 0) and fresh.positions("20990101T000000Z-000000") == (1, None)
     fresh.log.close()  # every read now fails
     assert not fresh.pending(["u-gone"])
     assert fresh.rescore(["u-gone"], SNAPSHOT, bundles, AS_OF + timedelta(hours=2)) == {}
+    assert registry.get_sample_value("propensity_fresh_paused_total") == 2  # the probe, then the rescoring
+    assert registry.get_sample_value("propensity_fresh_users_total", {"outcome": "rescored"}) == 0
+    with pytest.raises(EventLogError):
+        fresh.positions(SNAPSHOT)  # /metrics then leaves the gauges out
 
 
 def test_lookups_rescored_together_get_the_rows_each_would_get_alone(trained, bundles, scorer, tmp_path):

@@ -26,8 +26,10 @@ from tests.integration.conftest import (
     Server,
     Trained,
     free_port,
+    metric,
     publish,
     register,
+    scrape,
     start_server,
     train_bundle,
 )
@@ -344,20 +346,6 @@ def test_client_raises_the_servers_one_line_message(server: Server) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- ops
-def scrape(server: Server) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """``/metrics`` parsed with Prometheus' own parser: ``{(sample name, labels): value}``."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    r = server.anon.get("/metrics")
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain"), r.text[:300]
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(r.text) for s in family.samples}
-
-
-def metric(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
 def test_readiness_and_metrics(server: Server, trained: Trained) -> None:
     r = server.anon.get("/readyz")
     doc = r.json()
