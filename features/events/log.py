@@ -33,11 +33,12 @@ import fcntl
 import os
 import sqlite3
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -82,6 +83,29 @@ _INSERT = (
 )
 
 
+T = TypeVar("T")
+
+
+def retry_locked(fn: Callable[[], T], timeout_s: float) -> T:
+    """``fn()``, called again for up to ``timeout_s`` seconds while SQLite answers "database is locked".
+
+    The workers of one service open the log at the same moment; when the file is new they contend for the switch to
+    WAL and for the schema, and there SQLite can answer at once instead of calling its busy handler (it does not wait
+    where waiting could deadlock). Without the retry one worker in a few dozen starts came up without a log: no
+    ``/events`` and no fresh scores in that process.
+    """
+    deadline = time.monotonic() + timeout_s
+    delay = 0.002
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(2 * delay, 0.1)
+
+
 class EventLog(BaseEventLog):
     """The event log at ``path`` (created with its folder when missing; see the module docstring); the public
     methods are those of :class:`features.events.logbase.BaseEventLog`.
@@ -117,7 +141,7 @@ class EventLog(BaseEventLog):
         except sqlite3.Error as exc:
             raise EventLogError(f"cannot open the event log {self.path}: {exc}") from None
         try:
-            mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = retry_locked(lambda: con.execute("PRAGMA journal_mode=WAL").fetchone()[0], self.busy_timeout_s)
             if str(mode).lower() != "wal":
                 raise EventLogError(f"the event log {self.path} cannot use a WAL journal (got {mode!r}); "
                                     "put it on a local disk")
@@ -134,7 +158,7 @@ class EventLog(BaseEventLog):
     def _init_schema(self) -> None:
         con = self._writer
         try:
-            con.execute("BEGIN IMMEDIATE")
+            retry_locked(lambda: con.execute("BEGIN IMMEDIATE"), self.busy_timeout_s)
             try:
                 for statement in _SCHEMA_SQL.split(";"):
                     if statement.strip():

@@ -245,6 +245,28 @@ def test_a_file_that_is_not_a_log_is_a_clear_error(tmp_path: Path) -> None:
     assert caught.value.exit_code == 6
 
 
+def test_a_new_log_opened_while_another_process_creates_it_waits_for_it(tmp_path: Path) -> None:
+    """The workers of one service open a new log at the same moment: the one that finds the other half way through
+    creating it (holding the write lock before the switch to WAL) waits, instead of coming up without a log."""
+    path = tmp_path / "log.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    timer = threading.Timer(0.3, lambda: (other.execute("COMMIT"), other.close()))
+    timer.start()
+    try:
+        with EventLog(path, busy_timeout_s=5.0) as log:  # SQLite answered "database is locked" at once
+            assert log.append(events(3)).accepted == 3
+    finally:
+        timer.join()
+    with pytest.raises(EventLogError, match="database is locked"):  # a lock that outlives the timeout still fails
+        blocker = sqlite3.connect(tmp_path / "held.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            EventLog(tmp_path / "held.db", busy_timeout_s=0.2)
+        finally:
+            blocker.close()
+
+
 def test_a_closed_log_refuses_appends_and_reads(backend: Backend) -> None:
     log = backend.open()
     log.close()
