@@ -8,7 +8,8 @@ answers ``/lookup`` (the same endpoint, ahead of BentoML's router), ``/healthz``
 its reasons), ``/metrics`` and the API documentation (``/openapi.json``, ``/docs``), and counts and times every
 request by route and status (:mod:`serving.http.metrics`): BentoML's own request metrics are turned off, they would
 count the same requests again, labelled by raw path. ``/events`` appends to the event log at
-``Settings.events_log_path`` (opened at start; when it cannot be, ``/events`` answers 503 and the rest serves).
+``Settings.events_log_path`` (opened at start; when it cannot be, ``/events`` answers 503, the rest serves, and the
+log is tried again at every model check until it opens).
 
 Configuration comes from :func:`propensity.service.options.settings_from_env` (see that module for the variables).
 Models come, in this order of preference, from ``PROPENSITY_MODEL_DIR``, from the pinned ``propensity_champions``
@@ -65,7 +66,6 @@ def _open_events_log(path: Path, options: dict[str, Any]) -> tuple[object | None
     try:
         return open_event_log(path, **options), None
     except EventLogError as exc:
-        log.warning("/events is unavailable: %s", exc)
         return None, str(exc)
 
 
@@ -97,19 +97,42 @@ class PropensityService:
         _STATE.metrics = _metrics()
         _STATE.monitoring_file = (settings.monitoring_dir / "latest.json").resolve()
         watch_monitoring(_STATE.monitoring_file)  # /metrics: propensity_model_alert from `propensity monitor`
-        _STATE.events_log, _STATE.events_log_error = _open_events_log(settings.events_log_path.resolve(),
-                                                                      settings.event_log_options)
         self.runtime = ServiceRuntime.create(options, open_fn, source, metrics=_STATE.metrics)
-        if settings.serving.fresh_scores and _STATE.events_log is not None:
-            from serving.fresh import FreshScorer
-
-            self.runtime.fresh = FreshScorer(_STATE.events_log, settings.online_dir.resolve(), _STATE.activation,
-                                             ttl_s=settings.serving.fresh_ttl_s, metrics=self.runtime.metrics)
+        self._settings = settings
+        if not self._connect_events_log():  # tried again at every model check until it opens
+            self.runtime.upkeep.append(self._connect_events_log)
         _STATE.runtime = self.runtime
         ready, doc = self.runtime.readiness()
         log.info("propensity service started (ready=%s, models=%s, source=%s)", ready, doc["models"], source.kind)
         for error in doc["errors"]:
             log.warning("not ready: %s", error)
+
+    def _connect_events_log(self) -> bool:
+        """Open the event log ``/events`` appends to and, with fresh scores on, rescore from it; True once it is open.
+
+        A log that cannot be opened (Redis not up yet, a folder that cannot be created) leaves ``/events`` answering
+        503 with the reason and the stored rows served; the reload loop calls this again at every model check, so
+        the service takes the log up once it can be opened, without a restart."""
+        if _STATE.events_log is not None:
+            return True
+        settings = self._settings
+        before = _STATE.events_log_error
+        events_log, _STATE.events_log_error = _open_events_log(settings.events_log_path.resolve(),
+                                                               settings.event_log_options)
+        if events_log is None:
+            if _STATE.events_log_error != before:  # once per reason, not at every check
+                log.warning("/events is unavailable (tried again at every model check): %s", _STATE.events_log_error)
+            return False
+        if settings.serving.fresh_scores:
+            from serving.fresh import FreshScorer
+
+            self.runtime.fresh = FreshScorer(events_log, settings.online_dir.resolve(), _STATE.activation,
+                                             ttl_s=settings.serving.fresh_ttl_s, metrics=self.runtime.metrics)
+        _STATE.events_log = events_log
+        if self._connect_events_log in self.runtime.upkeep:
+            self.runtime.upkeep.remove(self._connect_events_log)
+            log.info("the event log is open now: /events takes events again")
+        return True
 
     @bentoml.on_startup
     async def _start_reload(self) -> None:

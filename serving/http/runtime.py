@@ -115,6 +115,7 @@ class ServiceRuntime:
         self._probe: asyncio.Future[tuple[bool, dict[str, Any]]] | None = None
         self._task: asyncio.Task[None] | None = None
         self.fresh: Any = None  # serving.fresh.FreshScorer: rescoring of users with newer events (None: off)
+        self.upkeep: list[Any] = []  # blocking callables run by the reload loop at every check (entry point's own)
         self._fresh_batches: MicroBatcher[list[str], bytes] = MicroBatcher(
             self.fresh_lookup_bodies, max_batch=FRESH_MAX_BATCH, name="fresh-rescore")
 
@@ -412,10 +413,21 @@ class ServiceRuntime:
         return changed
 
     async def reload_loop(self) -> None:
-        """Check for new champions every ``options.reload_interval_s`` seconds until cancelled."""
+        """Check for new champions every ``options.reload_interval_s`` seconds until cancelled, and run the
+        :attr:`upkeep` tasks at the same pace."""
         while True:
             await asyncio.sleep(self.options.reload_interval_s)
             await self.refresh_models()
+            await self.run_upkeep()
+
+    async def run_upkeep(self) -> None:
+        """Each :attr:`upkeep` task once, in the reload thread (a failing task is logged, the others still run)."""
+        loop = asyncio.get_running_loop()
+        for task in list(self.upkeep):
+            try:
+                await loop.run_in_executor(self._reload_pool, task)
+            except Exception:  # never let the loop die
+                log.exception("upkeep task %s failed", getattr(task, "__name__", task))
 
     def start(self) -> None:
         """Start the reload loop on the running event loop."""

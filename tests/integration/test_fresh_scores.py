@@ -144,6 +144,43 @@ def test_an_event_posted_to_the_service_is_reflected_by_lookup_within_a_second(t
         server.stop()
 
 
+def test_an_event_log_that_cannot_be_opened_at_start_is_taken_up_once_it_can(trained: Trained, tmp_path):
+    """The real server, started while its event log cannot be opened (here a file holds the name of the log's folder;
+    in production, a Redis that is not up yet): ``/events`` answers 503 with the reason and lookups serve the stored
+    rows. Once the log can be opened, the next model check takes it up, without a restart: events are accepted and
+    the next lookup is fresh."""
+    from datetime import UTC, datetime
+
+    from serving.store.base import open_store
+
+    store = open_store(trained.store_path)
+    snapshot_id = store.current().snapshot_id
+    store.close()
+    blocked = tmp_path / "blocked"
+    blocked.write_text("not a folder")
+    settings = trained.settings(events_log=blocked / "log.db")
+    before = trained.events[trained.events.ts < pd.Timestamp(AS_OF)]
+    write_history(events_table(before), settings.online_dir / snapshot_id, **{LOG_SEQ_KEY: 0})
+    server = start_server(settings, tmp_path / "server.log", reload_interval_s=0.5)
+    try:
+        user = trained.raw.user_id.iloc[0]
+        cart = {"user_id": user, "ts": (datetime.now(UTC) - timedelta(seconds=5)).isoformat(), "behavior": "cart",
+                "item_id": "sku-1", "category_id": "c-1"}
+        refused = server.client.post("/events", json={"events": [cart]})
+        assert refused.status_code == 503 and "cannot create the folder" in refused.json()["message"], refused.text
+        assert "fresh" not in server.client.post("/lookup", json={"user_ids": [user]}).json()["results"][0]
+        blocked.unlink()
+        deadline = time.monotonic() + 10
+        while (answer := server.client.post("/events", json={"events": [cart]})).status_code == 503:
+            assert time.monotonic() < deadline, answer.text
+            time.sleep(0.2)
+        assert answer.status_code == 200 and answer.json()["accepted"] == 1, answer.text
+        row = server.client.post("/lookup", json={"user_ids": [user]}).json()["results"][0]
+        assert row["fresh"] is True and row["action"] == "coupon_24h", row
+    finally:
+        server.stop()
+
+
 def test_pending_follows_the_log_and_forgets_what_the_served_history_holds(trained, bundles, scorer, tmp_path):
     fresh, before = scorer
     assert not fresh.pending(["u-a", "u-b"])
