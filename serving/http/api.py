@@ -203,6 +203,14 @@ class StoreStatus(_Model):
     scored_at: str | None = Field(None, description="Publish time of the served snapshot, ISO 8601.")
 
 
+class EventLogStatus(_Model):
+    """The event log ``/events`` appends to, as this worker holds it (it does not count towards readiness)."""
+
+    ok: bool = Field(description="The log is open: /events takes events.")
+    fresh_scores: bool = Field(description="Lookups of users with events newer than the snapshot are rescored.")
+    error: str | None = Field(None, description="Why the log is not open (it is tried again at every model check).")
+
+
 class ReadinessResponse(_Model):
     """``GET /readyz``: 200 when every model is loaded and a snapshot is served, else 503 with ``reason``."""
 
@@ -210,6 +218,7 @@ class ReadinessResponse(_Model):
     models: dict[str, str | None] | None = Field(None, description="Loaded version per target (null: none).")
     model_source: Literal["registry", "directory"] | None = None
     store: StoreStatus | None = None
+    events_log: EventLogStatus | None = None
     errors: list[str]
     reason: str | None = None
 

@@ -130,7 +130,9 @@ class ScoreEndpoint(PostEndpoint):
 
 class ReadyzEndpoint:
     """``GET /readyz``: 200 with the status document when ready, else 503 with ``reason`` (checked in the probe
-    thread, see :meth:`ServiceRuntime.probe`: a store that hangs makes it answer 503 within seconds)."""
+    thread, see :meth:`ServiceRuntime.probe`: a store that hangs makes it answer 503 within seconds). The document
+    also says whether this worker holds its event log (``events_log``: ``/events`` and fresh scores), which does not
+    count towards readiness."""
 
     def __init__(self, state: AppState) -> None:
         self.state = state
@@ -141,6 +143,9 @@ class ReadyzEndpoint:
             await send_json(send, 503, b'{"ready":false,"reason":"the service is still starting","errors":[]}')
             return 503
         ready, doc = await rt.probe()
+        state = self.state
+        doc["events_log"] = {"ok": state.events_log is not None, "fresh_scores": rt.fresh is not None,
+                             "error": state.events_log_error}
         status = 200 if ready else 503
         await send_json(send, status, json.dumps(doc).encode())
         return status

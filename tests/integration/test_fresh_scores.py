@@ -169,6 +169,11 @@ def test_an_event_log_that_cannot_be_opened_at_start_is_taken_up_once_it_can(tra
         refused = server.client.post("/events", json={"events": [cart]})
         assert refused.status_code == 503 and "cannot create the folder" in refused.json()["message"], refused.text
         assert "fresh" not in server.client.post("/lookup", json={"user_ids": [user]}).json()["results"][0]
+        ready = server.anon.get("/readyz")
+        assert ready.status_code == 200, ready.text  # models and store: the log does not count towards readiness
+        status = ready.json()["events_log"]
+        assert status["ok"] is False and status["fresh_scores"] is False
+        assert "cannot create the folder" in status["error"]
         blocked.unlink()
         deadline = time.monotonic() + 10
         while (answer := server.client.post("/events", json={"events": [cart]})).status_code == 503:
@@ -177,6 +182,7 @@ def test_an_event_log_that_cannot_be_opened_at_start_is_taken_up_once_it_can(tra
         assert answer.status_code == 200 and answer.json()["accepted"] == 1, answer.text
         row = server.client.post("/lookup", json={"user_ids": [user]}).json()["results"][0]
         assert row["fresh"] is True and row["action"] == "coupon_24h", row
+        assert server.anon.get("/readyz").json()["events_log"] == {"ok": True, "fresh_scores": True, "error": None}
     finally:
         server.stop()
 
