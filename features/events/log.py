@@ -91,8 +91,8 @@ def retry_locked(fn: Callable[[], T], timeout_s: float) -> T:
 
     The workers of one service open the log at the same moment; when the file is new they contend for the switch to
     WAL and for the schema, and there SQLite can answer at once instead of calling its busy handler (it does not wait
-    where waiting could deadlock). Without the retry one worker in a few dozen starts came up without a log: no
-    ``/events`` and no fresh scores in that process.
+    where waiting could deadlock). Without the retry such a worker came up without a log: no ``/events`` and no
+    fresh scores in that process.
     """
     deadline = time.monotonic() + timeout_s
     delay = 0.002
