@@ -144,8 +144,8 @@ class ReadyzEndpoint:
             return 503
         ready, doc = await rt.probe()
         state = self.state
-        doc["events_log"] = {"ok": state.events_log is not None, "fresh_scores": rt.fresh is not None,
-                             "error": state.events_log_error}
+        doc = {**doc, "events_log": {"ok": state.events_log is not None, "fresh_scores": rt.fresh is not None,
+                                     "error": state.events_log_error}}  # the probe's document is shared: a copy
         status = 200 if ready else 503
         await send_json(send, status, json.dumps(doc).encode())
         return status
