@@ -44,6 +44,11 @@ class ServingSettings(BaseModel):
         description=("Seconds a rescored /lookup row is served again to the same user (it carries its scored_at) "
                      "while that user has no newer event; 0 rescores at every lookup."),
     )
+    history_max_deltas: int = Field(
+        7, ge=0,
+        description=("The batch extends the last event history with the event files added since (a segment per "
+                     "batch) up to this many times, then writes it whole again; 0 always writes it whole."),
+    )
 
 class ActivationSettings(BaseModel):
     """Per-action economics used for priority and audience sizing (currency units)."""

@@ -114,6 +114,12 @@ def _parquet_source(path: Path) -> str:
     return text
 
 
+def source_files(events: Path) -> list[Path]:
+    """The Parquet files :func:`events_table` reads for the path ``events`` (a file, a directory or a glob
+    pattern), sorted; raises :class:`FeatureInputError` when there is none."""
+    return parquet_files(_parquet_source(Path(events)))
+
+
 def _arrow_events(df: pd.DataFrame) -> pa.Table:
     """A pandas event frame as an Arrow table with canonical types for the columns it has."""
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]

@@ -200,7 +200,8 @@ def run_score(
         rows["store"] = cfg.redis_url or cfg.store_path
         if cfg.serving.fresh_scores and features is None:  # either engine: the history is read with DuckDB
             try:
-                rows["event history"] = keep_history(cfg, events, result.snapshot.snapshot_id, log_seq)
+                rows["event history"], rows["  history kept"] = keep_history(cfg, events, result.snapshot.snapshot_id,
+                                                                             log_seq)
             except OSError as exc:  # the snapshot is published and served; only its fresh rescoring is off
                 warn(f"the snapshot is published, but its event history could not be written ({exc}): /lookup "
                      "serves its stored rows without rescoring users with newer events")
@@ -208,23 +209,30 @@ def run_score(
     return result
 
 
-def keep_history(cfg: Settings, events: Path, snapshot_id: str, log_seq: int) -> Path:
+def keep_history(cfg: Settings, events: Path, snapshot_id: str, log_seq: int) -> tuple[Path, str]:
     """Write the per-user event history of ``snapshot_id`` under ``cfg.online_dir`` (the state ``/lookup`` rescores
-    fresh users from) and remove those of snapshots the store no longer keeps."""
-    from features.build.builder import default_connection, events_table
-    from features.online.history import write_history
+    fresh users from) and remove those of snapshots the store no longer keeps; returns its path and how it was
+    written.
+
+    The last history is extended with the event files added since, when its files are unchanged (up to
+    ``serving.history_max_deltas`` times); otherwise the history is written whole."""
+    from features.build.builder import default_connection
+    from features.online.sources import keep_history as keep
     from serving.fresh import LOG_SEQ_KEY, prune_histories
 
     out = cfg.online_dir / snapshot_id
     with progress_bar("keeping event history") as progress:
-        write_history(events_table(events, default_connection()), out, progress=progress,
-                      **{LOG_SEQ_KEY: int(log_seq), "snapshot_id": snapshot_id})
+        kept = keep(events, out, con=default_connection(), max_deltas=cfg.serving.history_max_deltas,
+                    progress=progress, **{LOG_SEQ_KEY: int(log_seq), "snapshot_id": snapshot_id})
     store = open_score_store(cfg)
     try:
         prune_histories(cfg.online_dir, [s.snapshot_id for s in store.snapshots()])
     finally:
         store.close()
-    return out
+    if kept.base is None:
+        return out, f"written whole: {kept.info.events:,} events"
+    return out, (f"extended: {kept.added_events:,} new events from {kept.added_files} file(s), "
+                 f"{kept.info.events:,} in all")
 
 
 def score(

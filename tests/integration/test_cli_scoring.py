@@ -116,3 +116,36 @@ def test_lookup_rescores_a_user_with_an_ingested_event_like_the_service(cli, tra
     first, second = shown.output.split(f'"user_id": "{other}"')
     assert '"fresh": true' in first and '"action": "coupon_24h"' in first, first
     assert '"fresh"' not in second
+
+
+def _text(output: str) -> str:
+    """A command's output without table borders, whitespace collapsed (a wrapped cell reads as one line)."""
+    return " ".join(output.replace("│", " ").split())
+
+
+def test_the_next_batch_extends_the_history_with_the_exported_events_only(cli, trained: Trained, tmp_path: Path):
+    from datetime import UTC, datetime
+
+    import pandas as pd
+
+    from features.online.history import History
+
+    clean = tmp_path / "data" / "clean"
+    clean.mkdir(parents=True)
+    trained.events.to_parquet(clean / "events.parquet")  # the default source, as `propensity validate` leaves it
+    first = cli("score", "--as-of", AS_OF.isoformat(), "--no-reasons")
+    assert first.exit_code == 0, first.output
+    assert "history kept written whole:" in _text(first.output), first.output
+    user = str(trained.scores["user_id"].iloc[0])
+    cart_ts = pd.Timestamp(datetime.now(UTC)) - pd.Timedelta(hours=1)
+    pd.DataFrame({"user_id": [user], "ts": [cart_ts], "behavior": ["cart"], "item_id": ["sku-9"],
+                  "category_id": ["c-9"], "channel": ["ad"], "amount": [None]}).to_parquet(tmp_path / "cart.parquet")
+    assert cli("ingest", "cart.parquet").exit_code == 0
+    second = cli("score", "--as-of", AS_OF.isoformat(), "--no-reasons")  # exports the cart, then scores
+    assert second.exit_code == 0, second.output
+    assert "extended: 1 new events from 1 file(s)," in _text(second.output), second.output
+    snapshots = {p.name: History(p) for p in (tmp_path / "data" / "online").iterdir()}
+    [extended] = [h for h in snapshots.values() if h.deltas == 1]
+    assert extended.meta["events"] == len(trained.events) + 1 and extended.meta["log_seq"] == 1
+    ts = extended.events(user).ts_us
+    assert int(cart_ts.value // 1000) in ts.tolist() and len(ts) == (trained.events.user_id == user).sum() + 1
