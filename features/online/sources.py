@@ -74,8 +74,9 @@ def keep_history(
 
     Looks among the sibling histories of ``out_dir`` for one whose recorded files are all still in ``source``
     unchanged; the one with the most events is extended with the other files (:func:`extend_history`) unless it
-    already has ``max_deltas`` added segments. Otherwise, or when the added files' columns differ from the base's,
-    the history is written whole. ``extra`` (JSON-ready) goes into the metadata.
+    already has ``max_deltas`` added segments. Otherwise, or when the extension fails (the added files' columns
+    differ from the base's, the base was removed or damaged meanwhile), the history is written whole. ``extra``
+    (JSON-ready) goes into the metadata.
     """
     current = manifest(source_files(source))
     base, added = _extendable(Path(out_dir), current, max_deltas)
@@ -86,8 +87,8 @@ def keep_history(
         try:
             info = extend_history(base, new_events, out_dir, progress=progress, **extra)
             return KeptHistory(info, base, len(added), info.events - before)
-        except HistoryError:
-            pass  # the new files have other columns: write the whole source, as the batch reads it
+        except (HistoryError, OSError, ValueError):
+            pass  # other columns, or the base was removed or damaged meanwhile: write the whole source
     info = write_history(events_table(source, con), out_dir, progress=progress, **extra)
     return KeptHistory(info, None, len(current), info.events)
 

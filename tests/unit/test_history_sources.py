@@ -85,3 +85,16 @@ def test_a_changed_file_or_too_many_segments_write_the_history_whole(tmp_path: P
     changed = keep_history(src, root / "s5", con=con, max_deltas=2)
     assert changed.base is None and changed.info.events == 550
     assert keep_history(src, root / "s6", con=con, max_deltas=0).base is None
+
+
+def test_a_damaged_last_history_is_not_extended_but_written_whole(tmp_path: Path):
+    con = default_connection()
+    src, root = tmp_path / "clean", tmp_path / "online"
+    src.mkdir()
+    _events(1, 300).to_parquet(src / "a.parquet")
+    keep_history(src, root / "s1", con=con)
+    (root / "s1" / "offsets.npy").unlink()  # e.g. a disk cleanup gone wrong
+    _events(2, 30).to_parquet(src / "b.parquet")
+    kept = keep_history(src, root / "s2", con=con)
+    assert kept.base is None and kept.info.events == 330 and History(root / "s2").deltas == 0
+    assert sorted(p.name for p in root.iterdir()) == ["s1", "s2"]  # no partial directory left
