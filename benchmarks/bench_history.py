@@ -43,7 +43,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from features.build.builder import build_features, default_connection
-    from features.online.compute import online_feature_table
     from features.online.history import History
     from features.online.sources import keep_history
 
@@ -66,15 +65,7 @@ def main() -> None:
     history = History(args.out / "online" / "night1")
     rng = np.random.default_rng(args.seed)
     sample = sorted(rng.choice(raw.user_id.to_numpy(dtype=object), 2_000, replace=False))
-    reads = []
-    for uid in sample:
-        t = time.perf_counter()
-        history.events(uid)
-        reads.append(time.perf_counter() - t)
-    live = online_feature_table(((u, history.events(u)) for u in sample), AS_OF)
-    expected = raw[raw.user_id.isin(sample)].reset_index(drop=True)
-    numeric = [c for c in live.columns if live[c].dtype.kind in "fi"]
-    worst = float(np.nanmax(np.abs(live[numeric].to_numpy(float) - expected[numeric].to_numpy(float))))
+    reads, worst = _read_and_check(history, sample, raw, AS_OF)
     night = _next_night(args, source, sample, con)
     result = {
         "events": info.events, "users": info.users, "feature_build_s": round(build_s, 2),
@@ -89,13 +80,28 @@ def main() -> None:
     shutil.rmtree(args.out, ignore_errors=True)
 
 
+def _read_and_check(history, sample: list, raw, as_of) -> tuple[list[float], float]:
+    """Seconds to read each sampled user's events from ``history``, and the largest difference between their
+    features at ``as_of`` from the history and the build's table ``raw``."""
+    from features.online.compute import online_feature_table
+
+    reads = []
+    for uid in sample:
+        t = time.perf_counter()
+        history.events(uid)
+        reads.append(time.perf_counter() - t)
+    live = online_feature_table(((u, history.events(u)) for u in sample), as_of)
+    expected = raw[raw.user_id.isin(sample)].reset_index(drop=True)
+    numeric = [c for c in live.columns if live[c].dtype.kind in "fi"]
+    return reads, float(np.nanmax(np.abs(live[numeric].to_numpy(float) - expected[numeric].to_numpy(float))))
+
+
 def _next_night(args: argparse.Namespace, source: Path, sample: list, con) -> dict:
     """Add a file of the next day's events to ``source``; time extending the first night's history with it
     against writing the history of both files whole; check the sample's features at the next cutoff."""
     import pyarrow as pa
 
     from features.build.builder import build_features
-    from features.online.compute import online_feature_table
     from features.online.history import History
     from features.online.sources import keep_history
 
@@ -116,16 +122,7 @@ def _next_night(args: argparse.Namespace, source: Path, sample: list, con) -> di
     assert whole.base is None and whole.info.events == kept.info.events
     as_of = AS_OF + timedelta(days=1)
     history = History(args.out / "online" / "night2")
-    reads = []
-    for uid in sample:
-        t = time.perf_counter()
-        history.events(uid)
-        reads.append(time.perf_counter() - t)
-    live = online_feature_table(((u, history.events(u)) for u in sample), as_of)
-    raw = build_features(source, as_of)
-    expected = raw[raw.user_id.isin(sample)].reset_index(drop=True)
-    numeric = [c for c in live.columns if live[c].dtype.kind in "fi"]
-    worst = float(np.nanmax(np.abs(live[numeric].to_numpy(float) - expected[numeric].to_numpy(float))))
+    reads, worst = _read_and_check(history, sample, build_features(source, as_of), as_of)
     return {
         "next_day_events": n_new, "extend_history_s": round(extend_s, 2),
         "write_whole_history_s": round(whole_s, 2), "ratio_extend_to_whole": round(extend_s / whole_s, 3),
