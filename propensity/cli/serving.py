@@ -291,11 +291,27 @@ def snapshots(data_dir: DataDir = None) -> None:
         found = store.snapshots()
         for snap in found:
             mark = "*" if current and snap.snapshot_id == current.snapshot_id else " "
-            console().print(f"{mark} {snap.snapshot_id}  rows={snap.rows:,}  as_of={snap.meta.get('as_of')}")
+            console().print(f"{mark} {snap.snapshot_id}  rows={snap.rows:,}  as_of={snap.meta.get('as_of')}  "
+                            f"history={_history_summary(cfg.online_dir / snap.snapshot_id)}", soft_wrap=True)
     finally:
         store.close()
     if not found:
         console().print(f"no snapshot in {cfg.redis_url or cfg.store_path}: run `propensity score --as-of T` first")
+
+
+def _history_summary(path: Path) -> str:
+    """What the snapshot's event history holds, for `propensity snapshots`: ``none`` (fresh lookups serve its
+    stored rows), or its events and the segments the batches after the last whole write added."""
+    import json
+
+    from features.online.history import DELTAS_KEY, META_FILE
+
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+        events, added = int(meta["events"]), len(meta.get(DELTAS_KEY, []))
+    except (OSError, ValueError, KeyError, TypeError):
+        return "none"
+    return f"{events:,} events" + (f" ({added} added segment{'s' if added > 1 else ''})" if added else "")
 
 
 def rollback_scores(

@@ -146,6 +146,10 @@ def test_the_next_batch_extends_the_history_with_the_exported_events_only(cli, t
     assert "extended: 1 new events from 1 file(s)," in _text(second.output), second.output
     snapshots = {p.name: History(p) for p in (tmp_path / "data" / "online").iterdir()}
     [extended] = [h for h in snapshots.values() if h.deltas == 1]
+    listed = cli("snapshots").output
+    assert f"* {extended.meta['snapshot_id']}" in listed, listed
+    assert f"history={len(trained.events) + 1:,} events (1 added segment)" in listed, listed
+    assert f"history={len(trained.events):,} events\n" in listed, listed
     assert extended.meta["events"] == len(trained.events) + 1 and extended.meta["log_seq"] == 1
     ts = extended.events(user).ts_us
     assert int(cart_ts.value // 1000) in ts.tolist() and len(ts) == (trained.events.user_id == user).sum() + 1
