@@ -222,7 +222,7 @@ class _Segment:
         self._cols = {c: np.load(path / f"{c}.npy", mmap_mode="r") for c in COLUMNS}
 
     def holds(self, user_ids: np.ndarray) -> np.ndarray:
-        """Whether each of the sorted ``user_ids`` has events in this segment (boolean, same shape)."""
+        """Whether each of ``user_ids`` has events in this segment (boolean, same shape)."""
         if not len(self.users) or not len(user_ids):
             return np.zeros(len(user_ids), dtype=bool)
         i = np.minimum(np.searchsorted(self.users, user_ids), len(self.users) - 1)
