@@ -18,7 +18,7 @@ from typing import Any
 
 import ibis
 
-from features.build.builder import events_table, source_files
+from features.build.builder import source_files
 from features.online.history import (
     DELTAS_KEY,
     META_FILE,
@@ -28,6 +28,7 @@ from features.online.history import (
     extend_history,
     write_history,
 )
+from features.spec.definition import FeatureInputError
 
 SOURCES_KEY = "sources"
 """History metadata: the :func:`manifest` of the files the history holds every event of."""
@@ -67,10 +68,12 @@ class KeptHistory:
 
 
 def keep_history(
-    source: Path, out_dir: Path, *, con: ibis.BaseBackend, max_deltas: int = 7, progress: Progress | None = None,
-    **extra: Any,
+    source: Path | Sequence[Path], out_dir: Path, *, con: ibis.BaseBackend, max_deltas: int = 7,
+    progress: Progress | None = None, **extra: Any,
 ) -> KeptHistory:
-    """Write the history of every event of the Parquet ``source`` (file, directory or glob) at ``out_dir``.
+    """Write the history of every event of the Parquet ``source`` at ``out_dir``: a file, a directory or a glob, or
+    the list of its files (as listed when the batch started: the history then holds exactly those, whatever is
+    added meanwhile).
 
     Looks among the sibling histories of ``out_dir`` for one whose recorded files are all still in ``source``
     unchanged; the one with the most events is extended with the other files (:func:`extend_history`) unless it
@@ -78,7 +81,10 @@ def keep_history(
     differ from the base's, the base was removed or damaged meanwhile), the history is written whole. ``extra``
     (JSON-ready) goes into the metadata.
     """
-    current = manifest(source_files(source))
+    files = source_files(source) if isinstance(source, (str, Path)) else list(source)
+    if not files:
+        raise FeatureInputError("no event file to keep a history of")
+    current = manifest(files)
     base, added = _extendable(Path(out_dir), current, max_deltas)
     extra = {**extra, SOURCES_KEY: current}
     if base is not None and added is not None:
@@ -89,7 +95,7 @@ def keep_history(
             return KeptHistory(info, base, len(added), info.events - before)
         except (HistoryError, OSError, ValueError):
             pass  # other columns, or the base was removed or damaged meanwhile: write the whole source
-    info = write_history(events_table(source, con), out_dir, progress=progress, **extra)
+    info = write_history(con.read_parquet([f["path"] for f in current]), out_dir, progress=progress, **extra)
     return KeptHistory(info, None, len(current), info.events)
 
 

@@ -156,9 +156,11 @@ def run_score(
     With fresh scores on, a published batch (either engine) also keeps each user's events next to the snapshot
     (:func:`keep_history`; ``log_seq``: the event-log sequence number up to which ``events`` holds ingested
     events)."""
+    from features.build.builder import source_files
     from serving.batch.run import run_batch
     from training.job import load_champions
 
+    history_files = source_files(events) if features is None and cfg.serving.fresh_scores else None
     if features is None and engine == "duckdb":
         from features.build.builder import default_connection, events_table
         from propensity.cli.data import warn_cutoff
@@ -200,8 +202,8 @@ def run_score(
         rows["store"] = cfg.redis_url or cfg.store_path
         if cfg.serving.fresh_scores and features is None:  # either engine: the history is read with DuckDB
             try:
-                rows["event history"], rows["  history kept"] = keep_history(cfg, events, result.snapshot.snapshot_id,
-                                                                             log_seq)
+                rows["event history"], rows["  history kept"] = keep_history(
+                    cfg, history_files or [], result.snapshot.snapshot_id, log_seq)
             except OSError as exc:  # the snapshot is published and served; only its fresh rescoring is off
                 warn(f"the snapshot is published, but its event history could not be written ({exc}): /lookup "
                      "serves its stored rows without rescoring users with newer events")
@@ -209,10 +211,11 @@ def run_score(
     return result
 
 
-def keep_history(cfg: Settings, events: Path, snapshot_id: str, log_seq: int) -> tuple[Path, str]:
+def keep_history(cfg: Settings, files: list[Path], snapshot_id: str, log_seq: int) -> tuple[Path, str]:
     """Write the per-user event history of ``snapshot_id`` under ``cfg.online_dir`` (the state ``/lookup`` rescores
     fresh users from) and remove those of snapshots the store no longer keeps; returns its path and how it was
-    written.
+    written. ``files``: the event files as listed when the batch started, which hold the log up to ``log_seq`` (a
+    part another command exports meanwhile is left to the next batch: its events are above ``log_seq``).
 
     The last history is extended with the event files added since, when its files are unchanged (up to
     ``serving.history_max_deltas`` times); otherwise the history is written whole."""
@@ -222,7 +225,7 @@ def keep_history(cfg: Settings, events: Path, snapshot_id: str, log_seq: int) ->
 
     out = cfg.online_dir / snapshot_id
     with progress_bar("keeping event history") as progress:
-        kept = keep(events, out, con=default_connection(), max_deltas=cfg.serving.history_max_deltas,
+        kept = keep(files, out, con=default_connection(), max_deltas=cfg.serving.history_max_deltas,
                     progress=progress, **{LOG_SEQ_KEY: int(log_seq), "snapshot_id": snapshot_id})
     store = open_score_store(cfg)
     try:

@@ -98,3 +98,16 @@ def test_a_damaged_last_history_is_not_extended_but_written_whole(tmp_path: Path
     kept = keep_history(src, root / "s2", con=con)
     assert kept.base is None and kept.info.events == 330 and History(root / "s2").deltas == 0
     assert sorted(p.name for p in root.iterdir()) == ["s1", "s2"]  # no partial directory left
+
+
+def test_a_file_exported_while_the_batch_runs_is_left_to_the_next_history_once(tmp_path: Path):
+    con = default_connection()
+    src, root = tmp_path / "clean", tmp_path / "online"
+    src.mkdir()
+    _events(1, 400).to_parquet(src / "events.parquet")
+    listed = sorted(src.glob("*.parquet"))  # as the batch lists them when it starts
+    _events(2, 40).to_parquet(src / "ingested-late.parquet")  # exported by another command meanwhile
+    first = keep_history(listed, root / "s1", con=con)
+    assert first.info.events == 400  # not the late part: its events are above the batch's log_seq
+    second = keep_history(src, root / "s2", con=con)
+    assert (second.base, second.added_events, second.info.events) == (root / "s1", 40, 440)  # added once
