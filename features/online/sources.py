@@ -111,12 +111,12 @@ def _extendable(out_dir: Path, current: list[dict[str, Any]], max_deltas: int) -
             continue
         try:
             meta = json.loads((path / META_FILE).read_text())
-        except (OSError, ValueError):
-            continue
-        previous = meta.get(SOURCES_KEY)
-        added = added_files(previous, current) if isinstance(previous, list) else None
-        if added is not None and (best is None or int(meta["events"]) > best[0]):
-            best = (int(meta["events"]), path, added, len(meta.get(DELTAS_KEY, [])))
+            events, previous, deltas = int(meta["events"]), meta.get(SOURCES_KEY), len(meta.get(DELTAS_KEY, []))
+            added = added_files(previous, current) if isinstance(previous, list) else None
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a history this version wrote: never a base
+        if added is not None and (best is None or events > best[0]):
+            best = (events, path, added, deltas)
     if best is None or best[3] >= max_deltas:
         return None, None
     return best[1], best[2]

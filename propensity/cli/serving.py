@@ -160,7 +160,7 @@ def run_score(
     from serving.batch.run import run_batch
     from training.job import load_champions
 
-    history_files = source_files(events) if features is None and cfg.serving.fresh_scores else None
+    history_files = source_files(events) if features is None and cfg.serving.fresh_scores else []
     if features is None and engine == "duckdb":
         from features.build.builder import default_connection, events_table
         from propensity.cli.data import warn_cutoff
@@ -203,7 +203,7 @@ def run_score(
         if cfg.serving.fresh_scores and features is None:  # either engine: the history is read with DuckDB
             try:
                 rows["event history"], rows["  history kept"] = keep_history(
-                    cfg, history_files or [], result.snapshot.snapshot_id, log_seq)
+                    cfg, history_files, result.snapshot.snapshot_id, log_seq)
             except OSError as exc:  # the snapshot is published and served; only its fresh rescoring is off
                 warn(f"the snapshot is published, but its event history could not be written ({exc}): /lookup "
                      "serves its stored rows without rescoring users with newer events")

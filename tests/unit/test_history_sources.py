@@ -94,10 +94,13 @@ def test_a_damaged_last_history_is_not_extended_but_written_whole(tmp_path: Path
     _events(1, 300).to_parquet(src / "a.parquet")
     keep_history(src, root / "s1", con=con)
     (root / "s1" / "offsets.npy").unlink()  # e.g. a disk cleanup gone wrong
+    for name, text in (("junk1", '{"sources": []}'), ("junk2", "not json"), ("junk3", '{"events": "x", "sources": 3}')):
+        (root / name).mkdir()
+        (root / name / "meta.json").write_text(text)
     _events(2, 30).to_parquet(src / "b.parquet")
     kept = keep_history(src, root / "s2", con=con)
     assert kept.base is None and kept.info.events == 330 and History(root / "s2").deltas == 0
-    assert sorted(p.name for p in root.iterdir()) == ["s1", "s2"]  # no partial directory left
+    assert sorted(p.name for p in root.iterdir()) == ["junk1", "junk2", "junk3", "s1", "s2"]  # no partial left
 
 
 def test_a_file_exported_while_the_batch_runs_is_left_to_the_next_history_once(tmp_path: Path):
