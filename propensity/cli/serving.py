@@ -234,6 +234,8 @@ def keep_history(cfg: Settings, files: list[Path], snapshot_id: str, log_seq: in
         store.close()
     if kept.base is None:
         return out, f"written whole: {kept.info.events:,} events"
+    if not kept.added_files:
+        return out, f"linked: no new event file since the last history ({kept.info.events:,} events)"
     return out, (f"extended: {kept.added_events:,} new events from {kept.added_files} file(s), "
                  f"{kept.info.events:,} in all")
 

@@ -136,6 +136,8 @@ def test_the_next_batch_extends_the_history_with_the_exported_events_only(cli, t
     first = cli("score", "--as-of", AS_OF.isoformat(), "--no-reasons")
     assert first.exit_code == 0, first.output
     assert "history kept written whole:" in _text(first.output), first.output
+    again = cli("score", "--as-of", AS_OF.isoformat(), "--no-reasons")
+    assert "linked: no new event file since the last history" in _text(again.output), again.output
     user = str(trained.scores["user_id"].iloc[0])
     cart_ts = pd.Timestamp(datetime.now(UTC)) - pd.Timedelta(hours=1)
     pd.DataFrame({"user_id": [user], "ts": [cart_ts], "behavior": ["cart"], "item_id": ["sku-9"],
