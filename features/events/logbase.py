@@ -20,11 +20,11 @@ import os
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -64,6 +64,9 @@ class ExportResult:
     def path(self) -> Path:
         """The last part written."""
         return self.paths[-1]
+
+
+T = TypeVar("T")
 
 
 class BaseEventLog(ABC):
@@ -200,6 +203,14 @@ class BaseEventLog(ABC):
         ``max_part_rows`` rows (see the module docstring), each then recorded by the watermark; None when there is
         nothing to export. Parts of this log renamed into ``dest_dir`` before a crash are recognised, never written
         twice. Raises :class:`EventLogError` when the log or the folder cannot be used."""
+        return self.export_then(dest_dir, lambda _watermark: None, max_part_rows=max_part_rows)[0]
+
+    def export_then(
+        self, dest_dir: Path, read: Callable[[int], T], *, max_part_rows: int = MAX_PART_ROWS
+    ) -> tuple[ExportResult | None, T]:
+        """:meth:`export`, then ``read(watermark)`` while the export lock is still held: another export waits, so
+        the parts ``read`` finds in ``dest_dir`` hold exactly this log's events up to the watermark it is given
+        (a batch lists its event files this way). Returns the export's result and what ``read`` returned."""
         if max_part_rows < 1:
             raise ValueError(f"max_part_rows must be >= 1, got {max_part_rows}")
         dest_dir = Path(dest_dir)
@@ -222,9 +233,11 @@ class BaseEventLog(ABC):
                 paths.append(path)
                 rows += n
                 watermark = upto
+            found = read(watermark)
         if not paths:
-            return None
-        return ExportResult(rows=rows, paths=tuple(paths), first_seq=first, last_seq=watermark, recovered=recovered)
+            return None, found
+        return ExportResult(rows=rows, paths=tuple(paths), first_seq=first, last_seq=watermark,
+                            recovered=recovered), found
 
     def _part_name(self, after: int, upto: int) -> str:
         return f"ingested-{after + 1:012d}-{upto:012d}-{self.log_id[:8]}.parquet"

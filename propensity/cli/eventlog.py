@@ -3,13 +3,17 @@ history (used by ``ingest``, ``validate``, ``score``, ``lookup`` and ``retrain``
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 from propensity.cli.ui import console
 from propensity.config import Settings
 from propensity.paths import check_output
 
-__all__ = ["export_history", "exported_seq", "log_exists", "open_log"]
+__all__ = ["export_for_batch", "export_history", "exported_seq", "log_exists", "open_log"]
+
+T = TypeVar("T")
 
 
 def open_log(cfg: Settings) -> Any:
@@ -42,8 +46,27 @@ def export_history(cfg: Settings, *, quiet: bool = False) -> Any:
     dest = check_output(cfg.clean_dir, cfg, is_dir=True)
     with open_log(cfg) as log:
         result = log.export(dest)
-    if result is not None and not quiet:
-        where = result.path if len(result.paths) == 1 else f"{len(result.paths)} files in {dest}"
-        console().print(f"exported {result.rows:,} ingested events (seq {result.first_seq:,} to "
-                        f"{result.last_seq:,}) to {where}", soft_wrap=True)
+    if not quiet:
+        _print_export(result, dest)
     return result
+
+
+def export_for_batch(cfg: Settings, list_files: Callable[[], T]) -> tuple[int, T]:
+    """:func:`export_history`, then ``(watermark, list_files())`` read before any other command can export a part:
+    the files listed hold the logged events up to the watermark, no more, no fewer. Without a log: ``(0,
+    list_files())``."""
+    if not log_exists(cfg):
+        return 0, list_files()
+    dest = check_output(cfg.clean_dir, cfg, is_dir=True)
+    with open_log(cfg) as log:
+        result, found = log.export_then(dest, lambda watermark: (watermark, list_files()))
+    _print_export(result, dest)
+    return found
+
+
+def _print_export(result: Any, dest: Path) -> None:
+    if result is None:
+        return
+    where = result.path if len(result.paths) == 1 else f"{len(result.paths)} files in {dest}"
+    console().print(f"exported {result.rows:,} ingested events (seq {result.first_seq:,} to "
+                    f"{result.last_seq:,}) to {where}", soft_wrap=True)

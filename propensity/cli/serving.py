@@ -147,7 +147,7 @@ def prebuilt_features(path: Path, as_of: datetime, spec: Any) -> Any:
 def run_score(
     cfg: Settings, events: Path, as_of: datetime, out: Path | None = None, publish: bool = True,
     engine: str = "duckdb", spark_master: str = "local[2]", features: Path | None = None, reasons: bool = True,
-    force: bool = False, log_seq: int = 0, explain: str = "audience",
+    force: bool = False, log_seq: int = 0, explain: str = "audience", history_files: list[Path] | None = None,
 ) -> Any:
     """Score everyone with the champions, write the audience Parquet, publish the snapshot; print a summary.
 
@@ -155,12 +155,14 @@ def run_score(
     ``features`` (a file written by ``propensity features``) the batch scores that table instead of building one.
     With fresh scores on, a published batch (either engine) also keeps each user's events next to the snapshot
     (:func:`keep_history`; ``log_seq``: the event-log sequence number up to which ``events`` holds ingested
-    events)."""
+    events; ``history_files``: the event files that hold exactly those, listed under the export's lock, else listed
+    here)."""
     from features.build.builder import source_files
     from serving.batch.run import run_batch
     from training.job import load_champions
 
-    history_files = source_files(events) if features is None and cfg.serving.fresh_scores else []
+    if history_files is None:  # listed by the export when the events include the log's (see export_for_batch)
+        history_files = source_files(events) if features is None and cfg.serving.fresh_scores else []
     if features is None and engine == "duckdb":
         from features.build.builder import default_connection, events_table
         from propensity.cli.data import warn_cutoff
@@ -272,11 +274,11 @@ def score(
         raise typer.BadParameter(f"must be audience or actions, got {explain!r}", param_hint="--explain")
     if features is not None and engine != "duckdb":
         raise typer.BadParameter("--features works with the duckdb engine only", param_hint="--features")
+    listed: list[Path] | None = None
     if events is None and features is None:  # acknowledged events (/events, `propensity ingest`) join the batch
-        from propensity.cli.eventlog import export_history, exported_seq
+        from propensity.cli.eventlog import export_for_batch
 
-        export_history(cfg)
-        log_seq = exported_seq(cfg)
+        log_seq, listed = export_for_batch(cfg, lambda: _listed_events(cfg))
     else:
         log_seq = 0  # another source: every logged event counts as newer than the batch
     source = events_path(cfg, events)
@@ -284,7 +286,19 @@ def score(
         check_feature_file(features)
     else:
         check_events(source, default=events is None)
-    run_score(cfg, source, as_of, out, publish, engine, spark_master, features, reasons, force, log_seq, explain)
+    run_score(cfg, source, as_of, out, publish, engine, spark_master, features, reasons, force, log_seq, explain,
+              history_files=listed)
+
+
+def _listed_events(cfg: Settings) -> list[Path] | None:
+    """The default source's event files (None when it has none: the source check then says what to do)."""
+    from features.build.builder import source_files
+    from features.spec.definition import FeatureInputError
+
+    try:
+        return source_files(events_path(cfg, None))
+    except FeatureInputError:
+        return None
 
 
 def snapshots(data_dir: DataDir = None) -> None:

@@ -329,6 +329,26 @@ def test_export_writes_each_event_once_in_canonical_parquet(log: BaseEventLog, t
     assert len(exported(dest)) == log.count() == 420
 
 
+def test_what_is_listed_after_an_export_holds_the_log_exactly_up_to_its_watermark(
+    log: BaseEventLog, backend: Backend, tmp_path: Path
+) -> None:
+    dest = tmp_path / "clean"
+    log.append(events(50))
+    other = threading.Thread(target=lambda: backend.open().export(dest))  # another command's export
+
+    def listing(watermark: int) -> tuple[int, list[str], bool]:
+        log.append(events(20, seed=9))  # ingested meanwhile
+        other.start()
+        other.join(timeout=0.5)  # it waits for the lock this export still holds
+        return watermark, [p.name for p in parts(dest)], other.is_alive()
+
+    result, (watermark, listed, waited) = log.export_then(dest, listing)
+    other.join(timeout=10)
+    assert result is not None and watermark == result.last_seq == 50
+    assert waited and len(listed) == 1 and listed[0].startswith("ingested-000000000001-000000000050-")
+    assert len(parts(dest)) == 2 and log.exported_seq() == 70  # the other export ran after: seq 51 to 70
+
+
 def test_a_large_backlog_is_exported_in_parts(log: BaseEventLog, tmp_path: Path) -> None:
     log.append(events(250))
     result = log.export(tmp_path / "clean", max_part_rows=100)
