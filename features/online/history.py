@@ -40,6 +40,13 @@ DELTAS_KEY = "deltas"
 Progress = Callable[[int, int | None], None]
 
 
+def read_meta(path: Path) -> dict[str, Any]:
+    """The metadata of the history at ``path`` (``events``, ``users``, ``has_item``, ``has_amount``, the segments
+    under :data:`DELTAS_KEY` and the writer's extras). Raises OSError when it cannot be read, ValueError when it is
+    not JSON."""
+    return json.loads((Path(path) / META_FILE).read_text())
+
+
 class HistoryError(ValueError):
     """A history cannot be extended with the given events (write it whole instead)."""
 
@@ -93,7 +100,7 @@ def extend_history(
     history whole then.
     """
     base = Path(base)
-    meta = json.loads((base / META_FILE).read_text())
+    meta = read_meta(base)
     if events is not None:
         schema = events.schema()
         if ("item_id" in schema, "amount" in schema) != (bool(meta["has_item"]), bool(meta["has_amount"])):
@@ -242,7 +249,7 @@ class History:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        meta = json.loads((self.path / META_FILE).read_text())
+        meta = read_meta(self.path)
         self.meta: dict[str, Any] = meta
         self.has_item = bool(meta["has_item"])
         self.has_amount = bool(meta["has_amount"])
@@ -259,7 +266,4 @@ class History:
 
     def events(self, user_id: str) -> EventArrays:
         """The user's events of every segment (empty when the history has none of theirs), copied out of the maps."""
-        parts = [p for p in (s.events(user_id) for s in self._segments) if p is not None]
-        if not parts:
-            return EventArrays.empty()
-        return parts[0] if len(parts) == 1 else EventArrays.concat(parts)
+        return EventArrays.concat([p for p in (s.events(user_id) for s in self._segments) if p is not None])

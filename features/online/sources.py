@@ -10,7 +10,6 @@ whole. Both give every user the same events.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +21,10 @@ from features.build.builder import source_files
 from features.online.history import (
     DELTAS_KEY,
     META_FILE,
-    HistoryError,
     HistoryInfo,
     Progress,
     extend_history,
+    read_meta,
     write_history,
 )
 from features.spec.definition import FeatureInputError
@@ -93,8 +92,8 @@ def keep_history(
         try:
             info = extend_history(base, new_events, out_dir, progress=progress, **extra)
             return KeptHistory(info, base, len(added), info.events - before)
-        except (HistoryError, OSError, ValueError):
-            pass  # other columns, or the base was removed or damaged meanwhile: write the whole source
+        except (OSError, ValueError):  # a HistoryError (other columns), or the base removed or damaged meanwhile
+            pass  # write the whole source
     info = write_history(con.read_parquet([f["path"] for f in current]), out_dir, progress=progress, **extra)
     return KeptHistory(info, None, len(current), info.events)
 
@@ -110,7 +109,7 @@ def _extendable(out_dir: Path, current: list[dict[str, Any]], max_deltas: int) -
         if path.name.startswith(".") or not (path / META_FILE).is_file():
             continue
         try:
-            meta = json.loads((path / META_FILE).read_text())
+            meta = read_meta(path)
             events, previous, deltas = int(meta["events"]), meta.get(SOURCES_KEY), len(meta.get(DELTAS_KEY, []))
             added = added_files(previous, current) if isinstance(previous, list) else None
         except (OSError, ValueError, KeyError, TypeError):
@@ -127,4 +126,4 @@ def _identity(entry: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _events(history: Path) -> int:
-    return int(json.loads((Path(history) / META_FILE).read_text())["events"])
+    return int(read_meta(history)["events"])

@@ -321,12 +321,10 @@ def snapshots(data_dir: DataDir = None) -> None:
 def _history_summary(path: Path) -> str:
     """What the snapshot's event history holds, for `propensity snapshots`: ``none`` (fresh lookups serve its
     stored rows), or its events and the segments the batches after the last whole write added."""
-    import json
-
-    from features.online.history import DELTAS_KEY, META_FILE
+    from features.online.history import DELTAS_KEY, read_meta
 
     try:
-        meta = json.loads((path / META_FILE).read_text())
+        meta = read_meta(path)
         events, added = int(meta["events"]), len(meta.get(DELTAS_KEY, []))
     except (OSError, ValueError, KeyError, TypeError):
         return "none"
