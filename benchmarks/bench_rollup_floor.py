@@ -69,8 +69,17 @@ def main() -> None:
     t_us = int(next_cutoff.timestamp()) * 1_000_000
     state = _stored_state(con, source / "events.parquet", last_night, t_us, spec.distinct_days, edges)
     del last_night
+    stored = args.out / "last_night.arrow"
+    with pa.OSFile(str(stored), "wb") as sink:  # uncompressed Arrow IPC: read back memory-mapped, without copies
+        table = con.sql("SELECT * EXCLUDE (uid) FROM s ORDER BY uid").to_arrow_table().combine_chunks()
+        with pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        del table
 
     timed = {}
+    t0 = time.perf_counter()
+    last = {name: col.to_numpy(zero_copy_only=False) for name, col in zip(*_read(stored), strict=True)}
+    timed["read_last_night_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     con.execute(f"""CREATE TABLE r0 AS SELECT u.uid, 0 AS day, {_codes()}, count(*) AS n, sum(amount) AS amount,
         count(amount) AS n_amount, sum({_mult()}) AS m, sum({_mult()} * epoch_us(ts)) AS mt,
@@ -94,7 +103,7 @@ def main() -> None:
     timed["item_pairs_probe_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    table = _moved_on(state["table"], delta, (0, *edges))
+    table = _moved_on(last, delta, (0, *edges))
     timed["join_and_hand_over_s"] = time.perf_counter() - t0
     floor_s = sum(timed.values())
 
@@ -156,32 +165,39 @@ def _stored_state(con, events: Path, last_night, t_us: int, distinct_days: int, 
     con.register("last_night", last_night)
     con.execute("CREATE TABLE s AS SELECT u.uid, l.* FROM last_night l JOIN users u USING (user_id)")
     con.unregister("last_night")
-    table = con.execute("SELECT * EXCLUDE (uid) FROM s ORDER BY uid").fetchnumpy()
     count = lambda sql: con.execute(sql).fetchone()[0]  # noqa: E731
     return {"users": count("SELECT count(*) FROM s"), "rollup_rows": count("SELECT count(*) FROM r"),
-            "pairs": count("SELECT count(*) FROM pairs"), "table": {k: np.asarray(v) for k, v in table.items()}}
+            "pairs": count("SELECT count(*) FROM pairs")}
+
+
+def _read(path: Path) -> tuple[list[str], list[pa.Array]]:
+    """The columns of an Arrow IPC file of one record batch, memory-mapped (names, arrays)."""
+    table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+    return table.column_names, [table.column(i).chunk(0) for i in range(table.num_columns)]
 
 
 def _delta_arrays(parts: dict, days: tuple[int, ...], n_users: int) -> dict[str, np.ndarray]:
-    """Per user (row = user code) and per day of ``days`` (the new day 0, then the day leaving each window edge):
-    events per behavior, shape (users, days, 6); per channel class (ad, search, recommend, other, none), shape
-    (users, days, 5); buy amounts, decay parts (multiplier sums, multiplier x time sums) and whether the user was
-    active, shape (users, days)."""
+    """Per day of ``days`` (the new day 0, then the day leaving each window edge) and user (user code): events per
+    behavior, shape (days, users, 6); per channel class (other, ad, search, recommend, none), shape
+    (days, users, 5); buy amounts, decay parts (multiplier sums, multiplier x time sums) and whether the user was
+    active or bought, shape (days, users)."""
     index = np.full(max(days) + 1, -1, dtype=np.int64)
     index[list(days)] = np.arange(len(days))
     k = len(days)
-    cell = parts["uid"].astype(np.int64) * k + index[parts["day"]]
+    no_channel = np.ma.getmaskarray(parts["c"])
+    parts = {name: np.ma.getdata(values) for name, values in parts.items()}  # plain arrays: masked maths is slow
+    cell = index[parts["day"]] * n_users + parts["uid"]  # day-major: the rows come sorted by day and user
     n = parts["n"].astype(np.float64)
-    channel = np.where(parts["c"].mask, 4, parts["c"].filled(0)) if np.ma.isMaskedArray(parts["c"]) else parts["c"]
+    channel = np.where(no_channel, 4, parts["c"])
     size = n_users * k
 
     def per_cell(weights, classes=None, n_classes=1):
         key = cell if classes is None else cell * n_classes + classes
-        shape = (n_users, k) if classes is None else (n_users, k, n_classes)
+        shape = (k, n_users) if classes is None else (k, n_users, n_classes)
         return np.bincount(key, weights=weights, minlength=size * n_classes).reshape(shape)
 
     buys = parts["b"] == 3
-    amount = np.where(buys, np.nan_to_num(np.ma.filled(parts["amount"], np.nan)), 0.0)
+    amount = np.where(buys, np.nan_to_num(parts["amount"]), 0.0)
     return {
         "behavior": per_cell(n, parts["b"].astype(np.int64), 6),
         "channel": per_cell(n, np.asarray(channel, dtype=np.int64), 5),
@@ -203,12 +219,12 @@ def _moved_on(last: dict[str, np.ndarray], delta: dict[str, np.ndarray], days: t
         if window and beh in (*BEHAVIORS, "event", "ad"):
             w = at[int(window.rstrip("d"))]
             if beh == "event":
-                moved = delta["behavior"][:, 0].sum(axis=1) - delta["behavior"][:, w].sum(axis=1)
+                moved = delta["behavior"][0].sum(axis=1) - delta["behavior"][w].sum(axis=1)
             elif beh == "ad":
-                moved = delta["channel"][:, 0, 1] - delta["channel"][:, w, 1]
+                moved = delta["channel"][0, :, 1] - delta["channel"][w, :, 1]
             else:
                 b = BEHAVIORS.index(beh)
-                moved = delta["behavior"][:, 0, b] - delta["behavior"][:, w, b]
+                moved = delta["behavior"][0, :, b] - delta["behavior"][w, :, b]
             out[col] = values + moved.astype(np.int64)
         else:
             out[col] = values
