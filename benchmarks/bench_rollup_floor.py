@@ -120,7 +120,7 @@ def main() -> None:
         "moved_counts_equal_to_full_build": bool(same.all()), "floor_over_full": round(floor_s / full_s, 3),
         "rollup_rows_of_leaving_days": state["rollup_rows"],
         "item_pairs_in_window": state["pairs"],
-        "new_day_item_pairs": con.execute("SELECT count(*) FROM n").fetchone()[0],
+        "new_day_item_pairs": con.execute("SELECT count(*) FROM n").fetchall()[0][0],
     }
     print(json.dumps(result, indent=2))
     shutil.rmtree(args.out, ignore_errors=True)
@@ -165,7 +165,7 @@ def _stored_state(con, events: Path, last_night, t_us: int, distinct_days: int, 
     con.register("last_night", last_night)
     con.execute("CREATE TABLE s AS SELECT u.uid, l.* FROM last_night l JOIN users u USING (user_id)")
     con.unregister("last_night")
-    count = lambda sql: con.execute(sql).fetchone()[0]  # noqa: E731
+    count = lambda sql: con.execute(sql).fetchall()[0][0]  # noqa: E731
     return {"users": count("SELECT count(*) FROM s"), "rollup_rows": count("SELECT count(*) FROM r"),
             "pairs": count("SELECT count(*) FROM pairs")}
 
