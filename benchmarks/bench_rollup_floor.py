@@ -2,18 +2,21 @@
 
     python benchmarks/bench_rollup_floor.py --events 100000000 --users 1000000
 
-An exact nightly build from stored state must, at the least, (1) roll up the new day's events, (2) take out of
-every windowed sum the day that leaves the window overnight (one day per window edge), (3) find which of the new
-day's (user, item) pairs were already seen in the distinct-items window, and (4) join those changes onto the last
-night's feature rows and hand the table over. This script builds the best-case stored state for that (untimed):
-roll-ups per (user code, day, behavior, channel) sorted by day, the last-seen day of every (user, item) pair of
-the distinct-items window, and the last night's feature table, all in DuckDB tables in memory. It then times
-those four steps, with integer user codes and nothing written to disk, and the full build of the next night
-(``build_features`` on the same files: the same-run baseline).
+An exact nightly build from stored state must, at the least: read the last night's rows back; roll up the new
+day's events; take out of every windowed count the day that leaves its window overnight (one day per window
+edge); find which of the new day's (user, item) pairs were already seen in the distinct-items window; join those
+changes onto the last night's rows and hand the table over (pandas, as ``build_features`` does); and keep
+tonight's rows for tomorrow. This script builds the best-case stored state for that, untimed: integer user
+codes, roll-ups per (user, day, behavior, channel) of the days that leave a window tonight, sorted by day, in
+DuckDB in memory; the last-seen day of every (user, item) pair of the distinct-items window, likewise; the last
+night's feature table as uncompressed Arrow, read memory-mapped. It times those six steps, then the full build of
+the next night (``build_features`` on the same files: the same-run baseline). The 50 moved window counts are
+checked equal to the full build's.
 
-The four steps leave out, and so the real build would add: the distinct categories, the comparison-shopping
-maxima, the unbought carts, the active- and purchase-day gaps and medians, and writing the new state back.
-Their sum is therefore a floor, not an estimate, of what such a build costs.
+The six steps leave out what the real build would add: the other windowed sums (channel shares, amounts, decay,
+active and purchase days, trends), the distinct categories, the comparison-shopping maxima, the unbought carts,
+the active- and purchase-day gaps and medians, the global aggregates of the new day, and storing the new day's
+roll-ups and pairs. Their sum is therefore a floor, not an estimate, of what such a build costs.
 """
 
 from __future__ import annotations
@@ -70,11 +73,7 @@ def main() -> None:
     state = _stored_state(con, source / "events.parquet", last_night, t_us, spec.distinct_days, edges)
     del last_night
     stored = args.out / "last_night.arrow"
-    with pa.OSFile(str(stored), "wb") as sink:  # uncompressed Arrow IPC: read back memory-mapped, without copies
-        table = con.sql("SELECT * EXCLUDE (uid) FROM s ORDER BY uid").to_arrow_table().combine_chunks()
-        with pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        del table
+    _write(con.sql("SELECT * EXCLUDE (uid) FROM s ORDER BY uid").to_arrow_table(), stored)
 
     timed = {}
     t0 = time.perf_counter()
@@ -89,22 +88,27 @@ def main() -> None:
 
     t0 = time.perf_counter()
     leaving = ", ".join(str(w) for w in edges)
-    parts = con.execute(f"""SELECT uid, day, b, c, n, amount, m, mt FROM r WHERE day IN ({leaving})
-        UNION ALL SELECT uid, day, b, c, n, amount, m, mt FROM r0""").fetchnumpy()
-    delta = _delta_arrays(parts, (0, *edges), state["users"])
-    del parts
-    timed["window_edges_s"] = time.perf_counter() - t0
+    new, old = (_numpy(con, f"SELECT uid, day, b, c, n FROM {sql} ORDER BY day")
+                for sql in ("r0", f"r WHERE day IN ({leaving})"))
+    rows = {name: np.concatenate([new[name], old[name]]) for name in new}
+    del new, old
+    timed["read_leaving_days_s"] = time.perf_counter() - t0
+
+    for kind, column in (("item", "item_id"), ("category", "category_id")):
+        t0 = time.perf_counter()
+        con.execute(f"""CREATE TABLE new_{kind} AS SELECT DISTINCT u.uid, e.{column} AS key
+            FROM read_parquet('{source / "ingested-1.parquet"}') e JOIN users u USING (user_id)""")
+        con.execute(f"""CREATE TABLE seen_{kind} AS SELECT n.uid, count(*) AS again FROM new_{kind} n
+            JOIN {kind}_pairs p ON n.uid = p.uid AND n.key = p.key AND p.last_day < {spec.distinct_days}
+            GROUP BY n.uid""")
+        timed[f"{kind}_pairs_probe_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    con.execute(f"""CREATE TABLE n AS SELECT DISTINCT u.uid, e.item_id
-        FROM read_parquet('{source / "ingested-1.parquet"}') e JOIN users u USING (user_id)""")
-    con.execute(f"""CREATE TABLE seen AS SELECT n.uid, count(*) AS again FROM n JOIN pairs p
-        ON n.uid = p.uid AND n.item_id = p.item_id AND p.last_day < {spec.distinct_days} GROUP BY n.uid""")
-    timed["item_pairs_probe_s"] = time.perf_counter() - t0
-
+    table = _moved_on(last, rows, (0, *edges), state["users"])
+    timed["move_counts_and_hand_over_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    table = _moved_on(last, delta, (0, *edges))
-    timed["join_and_hand_over_s"] = time.perf_counter() - t0
+    _write(table, args.out / "tonight.arrow")
+    timed["keep_for_tomorrow_s"] = time.perf_counter() - t0
     floor_s = sum(timed.values())
 
     t0 = time.perf_counter()
@@ -119,8 +123,9 @@ def main() -> None:
         "floor_s": round(floor_s, 2), "moved_count_columns": len(moved),
         "moved_counts_equal_to_full_build": bool(same.all()), "floor_over_full": round(floor_s / full_s, 3),
         "rollup_rows_of_leaving_days": state["rollup_rows"],
-        "item_pairs_in_window": state["pairs"],
-        "new_day_item_pairs": con.execute("SELECT count(*) FROM n").fetchall()[0][0],
+        **{f"{kind}_pairs_in_window": state[kind] for kind in ("item", "category")},
+        **{f"new_day_{kind}_pairs": con.execute(f"SELECT count(*) FROM new_{kind}").fetchall()[0][0]
+           for kind in ("item", "category")},
     }
     print(json.dumps(result, indent=2))
     shutil.rmtree(args.out, ignore_errors=True)
@@ -154,20 +159,28 @@ def _stored_state(con, events: Path, last_night, t_us: int, distinct_days: int, 
     con.execute(f"CREATE TABLE users AS SELECT user_id, (row_number() OVER () - 1)::INTEGER AS uid FROM "
                 f"(SELECT DISTINCT user_id FROM read_parquet('{events}'))")
     day = f"(({t_us} - epoch_us(e.ts) - 1) // {DAY_US})::INTEGER"  # day k: t - (k + 1) days <= ts < t - k days
-    con.execute(f"""CREATE TABLE r AS SELECT u.uid, {day} AS day, {_codes()}, count(*) AS n, sum(amount) AS amount,
-        count(amount) AS n_amount, sum({_mult()}) AS m, sum({_mult()} * epoch_us(ts)) AS mt,
-        min(epoch_us(ts)) AS first_us, max(epoch_us(ts)) AS last_us
+    con.execute(f"""CREATE TABLE r AS SELECT u.uid, {day} AS day, {_codes()}, count(*) AS n
         FROM read_parquet('{events}') e JOIN users u USING (user_id)
         WHERE {day} IN ({", ".join(map(str, edges))}) GROUP BY ALL ORDER BY day, uid""")
-    con.execute(f"""CREATE TABLE pairs AS SELECT u.uid, e.item_id, min({day}) AS last_day
-        FROM read_parquet('{events}') e JOIN users u USING (user_id) WHERE {day} <= {distinct_days}
-        GROUP BY ALL ORDER BY uid""")
+    for kind, column in (("item", "item_id"), ("category", "category_id")):
+        con.execute(f"""CREATE TABLE {kind}_pairs AS SELECT u.uid, e.{column} AS key, min({day}) AS last_day
+            FROM read_parquet('{events}') e JOIN users u USING (user_id) WHERE {day} <= {distinct_days}
+            GROUP BY ALL ORDER BY uid""")
     con.register("last_night", last_night)
     con.execute("CREATE TABLE s AS SELECT u.uid, l.* FROM last_night l JOIN users u USING (user_id)")
     con.unregister("last_night")
     count = lambda sql: con.execute(sql).fetchall()[0][0]  # noqa: E731
     return {"users": count("SELECT count(*) FROM s"), "rollup_rows": count("SELECT count(*) FROM r"),
-            "pairs": count("SELECT count(*) FROM pairs")}
+            "item": count("SELECT count(*) FROM item_pairs"), "category": count("SELECT count(*) FROM category_pairs")}
+
+
+def _write(table, path: Path) -> None:
+    """``table`` (Arrow or pandas) as uncompressed Arrow IPC, one record batch: the cheapest form to read back."""
+    if not isinstance(table, pa.Table):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    table = table.combine_chunks()
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
 
 
 def _read(path: Path) -> tuple[list[str], list[pa.Array]]:
@@ -176,56 +189,41 @@ def _read(path: Path) -> tuple[list[str], list[pa.Array]]:
     return table.column_names, [table.column(i).chunk(0) for i in range(table.num_columns)]
 
 
-def _delta_arrays(parts: dict, days: tuple[int, ...], n_users: int) -> dict[str, np.ndarray]:
-    """Per day of ``days`` (the new day 0, then the day leaving each window edge) and user (user code): events per
-    behavior, shape (days, users, 6); per channel class (other, ad, search, recommend, none), shape
-    (days, users, 5); buy amounts, decay parts (multiplier sums, multiplier x time sums) and whether the user was
-    active or bought, shape (days, users)."""
-    index = np.full(max(days) + 1, -1, dtype=np.int64)
-    index[list(days)] = np.arange(len(days))
-    k = len(days)
-    no_channel = np.ma.getmaskarray(parts["c"])
-    parts = {name: np.ma.getdata(values) for name, values in parts.items()}  # plain arrays: masked maths is slow
-    cell = index[parts["day"]] * n_users + parts["uid"]  # day-major: the rows come sorted by day and user
-    n = parts["n"].astype(np.float64)
-    channel = np.where(no_channel, 4, parts["c"])
-    size = n_users * k
-
-    def per_cell(weights, classes=None, n_classes=1):
-        key = cell if classes is None else cell * n_classes + classes
-        shape = (k, n_users) if classes is None else (k, n_users, n_classes)
-        return np.bincount(key, weights=weights, minlength=size * n_classes).reshape(shape)
-
-    buys = parts["b"] == 3
-    amount = np.where(buys, np.nan_to_num(parts["amount"]), 0.0)
-    return {
-        "behavior": per_cell(n, parts["b"].astype(np.int64), 6),
-        "channel": per_cell(n, np.asarray(channel, dtype=np.int64), 5),
-        "amount": per_cell(amount), "m": per_cell(np.asarray(parts["m"], dtype=np.float64)),
-        "mt": per_cell(np.asarray(parts["mt"], dtype=np.float64)), "active": per_cell(None) > 0,
-        "buy_day": per_cell(buys.astype(np.float64)) > 0,
-    }
+def _numpy(con, sql: str) -> dict[str, np.ndarray]:
+    """The result of ``sql`` as plain numpy columns (a null channel class as 4)."""
+    cols = con.execute(sql).fetchnumpy()
+    out = {name: np.ma.getdata(values) for name, values in cols.items()}
+    out["c"] = np.where(np.ma.getmaskarray(cols["c"]), 4, out["c"])
+    return out
 
 
-def _moved_on(last: dict[str, np.ndarray], delta: dict[str, np.ndarray], days: tuple[int, ...]):
-    """Last night's feature columns (``last``: column -> array in user-code order) with every windowed count moved
-    on by a day (``+ new day - leaving day``), the rest carried over, as the pandas table a build hands over."""
+def _moved_on(last: dict[str, np.ndarray], rows: dict[str, np.ndarray], days: tuple[int, ...], n_users: int):
+    """Last night's feature columns (``last``: column -> array in user-code order) with every windowed event, ad and
+    per-behavior count moved on by a day (``+ the new day - the day leaving the window``), the rest carried over,
+    as the pandas table a build hands over. ``rows``: roll-up rows (user code, day, behavior code, channel class,
+    events) of the new day (day 0) and of the days leaving a window, sorted by day."""
     import pandas as pd
 
-    at = {d: i for i, d in enumerate(days)}
+    bounds = dict(zip(days, zip(np.searchsorted(rows["day"], days, "left"), np.searchsorted(rows["day"], days,
+                                                                                             "right"), strict=True),
+                      strict=True))
+
+    def events(day: int, what: str) -> np.ndarray:
+        lo, hi = bounds[day]
+        uid, n = rows["uid"][lo:hi], rows["n"][lo:hi]
+        if what != "event":
+            keep = rows["c"][lo:hi] == 1 if what == "ad" else rows["b"][lo:hi] == BEHAVIORS.index(what)
+            uid, n = uid[keep], n[keep]
+        return np.bincount(uid, weights=n, minlength=n_users).astype(np.int64)
+
+    new_day = {what: events(0, what) for what in (*BEHAVIORS, "event", "ad")}
     out = {}
     for col, values in last.items():
-        beh, _, window = col.partition("_count_")
-        if window and beh in (*BEHAVIORS, "event", "ad"):
-            w = at[int(window.rstrip("d"))]
-            if beh == "event":
-                moved = delta["behavior"][0].sum(axis=1) - delta["behavior"][w].sum(axis=1)
-            elif beh == "ad":
-                moved = delta["channel"][0, :, 1] - delta["channel"][w, :, 1]
-            else:
-                b = BEHAVIORS.index(beh)
-                moved = delta["behavior"][0, :, b] - delta["behavior"][w, :, b]
-            out[col] = values + moved.astype(np.int64)
+        what, _, window = col.partition("_count_")
+        if window and what in new_day:
+            moved = values + new_day[what]
+            moved -= events(int(window.rstrip("d")), what)
+            out[col] = moved
         else:
             out[col] = values
     return pd.DataFrame(out)
