@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_features import AS_OF, synthetic_events  # noqa: E402
+from bench_features import AS_OF, next_day_events, synthetic_events  # noqa: E402
 
 
 def main() -> None:
@@ -99,18 +99,12 @@ def _read_and_check(history, sample: list, raw, as_of) -> tuple[list[float], flo
 def _next_night(args: argparse.Namespace, source: Path, sample: list, con) -> dict:
     """Add a file of the next day's events to ``source``; time extending the first night's history with it
     against writing the history of both files whole; check the sample's features at the next cutoff."""
-    import pyarrow as pa
-
     from features.build.builder import build_features
     from features.online.history import History
     from features.online.sources import keep_history
 
     n_new = args.new_events if args.new_events is not None else max(args.events // 100, 1)
-    new = synthetic_events(n_new, args.users, args.seed + 1)
-    rng = np.random.default_rng(args.seed + 1)
-    day_start = int(AS_OF.timestamp()) * 1_000_000
-    ts = pa.array(np.sort(day_start + rng.integers(0, 86_400 * 1_000_000, n_new)), pa.timestamp("us", tz="UTC"))
-    pq.write_table(new.set_column(new.schema.get_field_index("ts"), "ts", ts), source / "ingested-1.parquet",
+    pq.write_table(next_day_events(n_new, args.users, args.seed + 1), source / "ingested-1.parquet",
                    row_group_size=1_000_000)
     t0 = time.perf_counter()
     kept = keep_history(source, args.out / "online" / "night2", con=con)

@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_features import AS_OF, synthetic_events  # noqa: E402
+from bench_features import AS_OF, next_day_events, synthetic_events  # noqa: E402
 
 DAY_US = 86_400_000_000
 BEHAVIORS = ("view", "fav", "cart", "buy", "visit")
@@ -69,7 +69,8 @@ def main() -> None:
     pq.write_table(synthetic_events(args.events, args.users, args.seed), source / "events.parquet",
                    row_group_size=1_000_000)
     n_new = max(args.events // 100, 1)
-    _write_next_day(source / "ingested-1.parquet", n_new, args.users, args.seed + 1)
+    pq.write_table(next_day_events(n_new, args.users, args.seed + 1), source / "ingested-1.parquet",
+                   row_group_size=1_000_000)
     next_cutoff = AS_OF + timedelta(days=1)
     spec = FeatureSpec()
     edges = _slots(spec)
@@ -141,15 +142,6 @@ def main() -> None:
     }
     print(json.dumps(result, indent=2))
     shutil.rmtree(args.out, ignore_errors=True)
-
-
-def _write_next_day(path: Path, n: int, n_users: int, seed: int) -> None:
-    """``n`` events of the day after the cutoff (``AS_OF``), written to ``path``."""
-    new = synthetic_events(n, n_users, seed)
-    rng = np.random.default_rng(seed)
-    start = int(AS_OF.timestamp()) * 1_000_000
-    ts = pa.array(np.sort(start + rng.integers(0, DAY_US, n)), pa.timestamp("us", tz="UTC"))
-    pq.write_table(new.set_column(new.schema.get_field_index("ts"), "ts", ts), path, row_group_size=1_000_000)
 
 
 def _codes() -> str:
