@@ -4,26 +4,29 @@
 
 An exact nightly build from stored state must, at the least: read the last night's rows back; roll up the new
 day's events; read the roll-ups of the days that leave a window overnight (one day per window edge); find which of
-the new day's (user, item) and (user, category) pairs were already seen in the distinct-count window; move the
-windowed counts on by a day and hand the table over (pandas, as ``build_features`` does); and keep tonight's rows
-for tomorrow.
+the new day's (user, item) and (user, category) pairs were already seen in the distinct-count window and keep
+those pair states; keep the (user, category, item) views of the comparison window and take each user's maxima;
+add the new day's gaps between active days and take each user's median; move the windowed counts on by a day and
+hand the table over (pandas, as ``build_features`` does); and keep tonight's rows for tomorrow.
 
 This script builds the best-case stored state for those steps, untimed:
-- integer user codes;
+- integer user codes, and item and category codes (the new day's new items included);
 - roll-ups per (user, day, behavior, channel) of the days that leave a window tonight, sorted by day, in DuckDB
   in memory;
-- the pairs of the distinct-count window as sorted numpy keys (user code << 32 | item or category code) with their
-  last-seen days, probed with ``searchsorted``;
+- the pairs of the distinct-count window and the views of the comparison window as sorted numpy keys (user code
+  << 32 | codes) with their last-seen days, probed with ``searchsorted`` (:mod:`rollup_pieces`);
+- each user's gaps between active days as sorted keys (user code << 16 | days), and most recent active day;
 - the last night's feature table as uncompressed Arrow, read memory-mapped.
 
-It times the seven steps, then the full build of the next night (``build_features`` on the same files: the
-same-run baseline). It checks the 50 moved window counts equal to the full build's, and the pairs found again
-equal to a plain join's.
+It times those steps, then the full build of the next night (``build_features`` on the same files: the same-run
+baseline). Checks: the 50 moved window counts, the comparison maxima and the active-gap medians equal the full
+build's for every user; the pairs found again equal a plain join's; the kept pair states equal states built
+afresh from both files.
 
 The steps leave out what the real build would add: the other windowed sums (channel shares, amounts, decay,
-active and purchase days, trends), the comparison-shopping maxima, the unbought carts, the active- and purchase-day
-gaps and medians, the global aggregates of the new day, codes for new users and items, and storing the new day's
-roll-ups and pairs. Their sum is therefore a floor, not an estimate, of what such a build costs.
+active and purchase days, trends), the unbought carts, the purchase-day gaps and median and the other rhythm
+columns, the global aggregates of the new day (recency, first seen, totals), codes for new users and items, and
+storing the new day's roll-ups. Their sum is therefore a floor, not an estimate, of what such a build costs.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench_features import AS_OF, next_day_events, synthetic_events  # noqa: E402
+from rollup_pieces import ITEM_BITS, comparison_maxima, gap_medians, keep_pairs  # noqa: E402
 
 DAY_US = 86_400_000_000
 BEHAVIORS = ("view", "fav", "cart", "buy", "visit")
@@ -78,7 +82,8 @@ def main() -> None:
     last_night = build_features(source / "events.parquet", AS_OF)  # the state the night starts from
     con = duckdb.connect(config={"memory_limit": "14GB", "temp_directory": str(args.out / "spill")})
     t_us = int(next_cutoff.timestamp()) * 1_000_000
-    state = _stored_state(con, source / "events.parquet", last_night, t_us, spec.distinct_days, edges)
+    state = _stored_state(con, source / "events.parquet", source / "ingested-1.parquet", last_night, t_us, spec,
+                          edges)
     del last_night
     stored = args.out / "last_night.arrow"
     _write(con.sql("SELECT * EXCLUDE (uid) FROM s ORDER BY uid").to_arrow_table(), stored)
@@ -112,8 +117,29 @@ def main() -> None:
         at = np.minimum(np.searchsorted(stored_keys, keys), len(stored_keys) - 1)
         again = (stored_keys[at] == keys) & (last_day[at] < spec.distinct_days)
         seen[kind] = np.bincount(keys[again] >> 32, minlength=state["users"])
+        state[f"new_{kind}_keys"] = keys
         timed[f"{kind}_pairs_probe_s"] = time.perf_counter() - t0
         state[f"new_day_{kind}_pairs_probed"] = len(keys)
+
+    t0 = time.perf_counter()
+    tonight = {kind: keep_pairs(*state[kind], state[f"new_{kind}_keys"], spec.distinct_days)
+               for kind in ("item", "category")}
+    timed["pair_states_upkeep_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    views = con.execute(f"""SELECT DISTINCT {_view_key()} AS k FROM read_parquet('{source / "ingested-1.parquet"}') e
+        JOIN users u USING (user_id) JOIN category_codes c ON e.category_id = c.key
+        JOIN item_codes i ON e.item_id = i.key WHERE e.behavior = 'view'""").fetchnumpy()
+    window = max(spec.comparison_windows)
+    views = keep_pairs(*state["views"], np.sort(np.ma.getdata(views["k"])), window)
+    maxima = comparison_maxima(*views, spec.comparison_windows, state["users"])
+    timed["comparison_maxima_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    active = np.ma.getdata(con.execute("SELECT DISTINCT uid FROM r0").fetchnumpy()["uid"])
+    _, _, medians = gap_medians(state["gaps"], state["gap_count"], state["newest"], active,
+                                last["active_gap_median_days"])
+    timed["gap_medians_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     table = _moved_on(last, rows, (0, *edges), state["users"])
@@ -128,13 +154,25 @@ def main() -> None:
     full_s = time.perf_counter() - t0
     assert len(table) == state["users"] and len(full) >= state["users"]
     moved = [c for c in table.columns if "_count_" in c and c.split("_count_")[0] in (*BEHAVIORS, "event", "ad")]
-    same = full.set_index("user_id").loc[table.user_id, moved].to_numpy() == table[moved].to_numpy()
+    expected = full.set_index("user_id").loc[table.user_id]
+    same = expected[moved].to_numpy() == table[moved].to_numpy()
+    pieces = {
+        "pair_states_equal_to_a_fresh_build": all(
+            _equal(tonight[kind], _pairs(con, kind, [source / "events.parquet", source / "ingested-1.parquet"],
+                                         t_us, spec.distinct_days - 1)) for kind in ("item", "category")),
+        "comparison_maxima_equal_to_full_build": all(
+            np.array_equal(maxima[w], expected[f"max_items_per_category_{w}d"].to_numpy())
+            for w in spec.comparison_windows),
+        "gap_medians_equal_to_full_build": bool(np.array_equal(
+            medians, expected["active_gap_median_days"].to_numpy(dtype=float), equal_nan=True)),
+        "view_triplets_in_window": len(views[0]),
+    }
     result = {
         "events": args.events, "users": state["users"], "next_day_events": n_new,
         "full_build_s": round(full_s, 2), **{k: round(v, 2) for k, v in timed.items()},
         "floor_s": round(floor_s, 2), "moved_count_columns": len(moved),
         "moved_counts_equal_to_full_build": bool(same.all()), "floor_over_full": round(floor_s / full_s, 3),
-        "rollup_rows_of_leaving_days": state["rollup_rows"],
+        **pieces, "rollup_rows_of_leaving_days": state["rollup_rows"],
         **{f"{kind}_pairs_in_window": len(state[kind][0]) for kind in ("item", "category")},
         **{f"new_day_{kind}_pairs_probed": state[f"new_day_{kind}_pairs_probed"] for kind in ("item", "category")},
         "pairs_seen_again_equal_to_a_join": all(int(seen[kind].sum()) == _seen_again(con, kind, source, spec)
@@ -155,33 +193,74 @@ def _mult() -> str:
     return "CASE e.channel WHEN 'ad' THEN 2.0 WHEN 'search' THEN 1.5 WHEN 'recommend' THEN 0.8 ELSE 1.0 END"
 
 
-def _stored_state(con, events: Path, last_night, t_us: int, distinct_days: int, edges: tuple[int, ...]) -> dict:
-    """Untimed: user codes, roll-ups by (user, day before ``t_us``, behavior, channel) of the days that leave a
-    window tonight (the only ones the night reads; a real state holds every day, sorted by day so that the night
-    reads only these), the last-seen day of the (user, item) pairs of the distinct-items window, and the last
-    night's features."""
+def _stored_state(con, events: Path, new_day: Path, last_night, t_us: int, spec, edges: tuple[int, ...]) -> dict:
+    """Untimed: user codes; item and category codes (those of the new day's new items too); roll-ups by (user, day
+    before ``t_us``, behavior, channel) of the days that leave a window tonight (the only ones the night reads; a
+    real state holds every day, sorted by day so that the night reads only these); the last-seen day of the (user,
+    item), (user, category) and viewed (user, category, item) keys of their windows; each user's gaps between
+    active days and most recent active day; the last night's features."""
+    distinct_days, comparison_days = spec.distinct_days, max(spec.comparison_windows)
     con.execute(f"CREATE TABLE users AS SELECT user_id, (row_number() OVER () - 1)::INTEGER AS uid FROM "
                 f"(SELECT DISTINCT user_id FROM read_parquet('{events}'))")
-    day = f"(({t_us} - epoch_us(e.ts) - 1) // {DAY_US})::INTEGER"  # day k: t - (k + 1) days <= ts < t - k days
+    day = _day(t_us)
     con.execute(f"""CREATE TABLE r AS SELECT u.uid, {day} AS day, {_codes()}, count(*) AS n
         FROM read_parquet('{events}') e JOIN users u USING (user_id)
         WHERE {day} IN ({", ".join(map(str, edges))}) GROUP BY ALL ORDER BY day, uid""")
     pairs = {}
     for kind, column in (("item", "item_id"), ("category", "category_id")):
         con.execute(f"""CREATE TABLE {kind}_codes AS SELECT key, (row_number() OVER () - 1)::BIGINT AS code
-            FROM (SELECT DISTINCT {column} AS key FROM read_parquet('{events}'))""")
+            FROM (SELECT DISTINCT {column} AS key FROM read_parquet(['{events}', '{new_day}']))""")
         con.execute(f"""CREATE TABLE {kind}_pairs AS SELECT u.uid, d.key, min({day}) AS last_day
             FROM read_parquet('{events}') e JOIN users u USING (user_id) JOIN {kind}_codes d ON e.{column} = d.key
             WHERE {day} <= {distinct_days} GROUP BY ALL""")
-        got = con.execute(f"""SELECT (p.uid::BIGINT << 32) | d.code AS k, p.last_day::SMALLINT AS last_day
-            FROM {kind}_pairs p JOIN {kind}_codes d USING (key) ORDER BY k""").fetchnumpy()
-        pairs[kind] = (np.ma.getdata(got["k"]), np.ma.getdata(got["last_day"]))
+        pairs[kind] = _pairs(con, kind, [events], t_us, distinct_days)
+    got = con.execute(f"""SELECT {_view_key()} AS k, min({day})::SMALLINT AS last_day FROM read_parquet('{events}') e
+        JOIN users u USING (user_id) JOIN category_codes c ON e.category_id = c.key
+        JOIN item_codes i ON e.item_id = i.key WHERE e.behavior = 'view' AND {day} <= {comparison_days}
+        GROUP BY k ORDER BY k""").fetchnumpy()
+    pairs["views"] = (np.ma.getdata(got["k"]), np.ma.getdata(got["last_day"]))
+    got = con.execute(f"""WITH d AS (SELECT DISTINCT u.uid, {day} AS day FROM read_parquet('{events}') e
+            JOIN users u USING (user_id)),
+        g AS (SELECT uid, lead(day) OVER (PARTITION BY uid ORDER BY day) - day AS gap FROM d)
+        SELECT (uid::BIGINT << 16) | gap AS k FROM g WHERE gap IS NOT NULL ORDER BY k""").fetchnumpy()
+    pairs["gaps"] = np.ma.getdata(got["k"])
+    got = con.execute(f"""SELECT u.uid, min({day}) AS newest FROM read_parquet('{events}') e JOIN users u
+        USING (user_id) GROUP BY u.uid""").fetchnumpy()
+    newest = np.full(int(got["uid"].max()) + 1, -1, dtype=np.int64)
+    newest[np.ma.getdata(got["uid"])] = np.ma.getdata(got["newest"])
+    pairs["newest"] = newest
+    pairs["gap_count"] = np.bincount(pairs["gaps"] >> 16, minlength=len(newest))
     con.register("last_night", last_night)
     con.execute("CREATE TABLE s AS SELECT u.uid, l.* FROM last_night l JOIN users u USING (user_id)")
     con.unregister("last_night")
     count = lambda sql: con.execute(sql).fetchall()[0][0]  # noqa: E731
     return {"users": count("SELECT count(*) FROM s"), "rollup_rows": count("SELECT count(*) FROM r"),
             **pairs}
+
+
+def _day(t_us: int) -> str:
+    """Day ``k`` of an event ``e``: ``t - (k + 1) days <= ts < t - k days`` (``t_us``: tonight's cutoff)."""
+    return f"(({t_us} - epoch_us(e.ts) - 1) // {DAY_US})::INTEGER"
+
+
+def _view_key() -> str:
+    """The (user, category, item) key of a view ``e`` (users ``u``, category codes ``c``, item codes ``i``)."""
+    return f"(u.uid::BIGINT << 32) | (c.code << {ITEM_BITS}) | i.code"
+
+
+def _pairs(con, kind: str, files: list[Path], t_us: int, last_day: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (user, item or category) pairs of ``files`` last seen on day ``last_day`` or later: sorted keys
+    (user code << 32 | code) and their last-seen days (int16)."""
+    column = {"item": "item_id", "category": "category_id"}[kind]
+    paths = ", ".join(f"'{f}'" for f in files)
+    got = con.execute(f"""SELECT (u.uid::BIGINT << 32) | d.code AS k, min({_day(t_us)})::SMALLINT AS last_day
+        FROM read_parquet([{paths}]) e JOIN users u USING (user_id) JOIN {kind}_codes d ON e.{column} = d.key
+        WHERE {_day(t_us)} <= {last_day} GROUP BY k ORDER BY k""").fetchnumpy()
+    return np.ma.getdata(got["k"]), np.ma.getdata(got["last_day"])
+
+
+def _equal(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def _seen_again(con, kind: str, source: Path, spec) -> int:
