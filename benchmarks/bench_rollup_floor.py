@@ -47,9 +47,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench_features import AS_OF, next_day_events, synthetic_events  # noqa: E402
-from rollup_pieces import ITEM_BITS, comparison_maxima, gap_medians, keep_pairs  # noqa: E402
+from rollup_pieces import ITEM_BITS, comparison_maxima, gap_medians, keep_pairs, last_seen, merge_runs  # noqa: E402
 
 DAY_US = 86_400_000_000
+LSM_NIGHTS = 7
+"""The log-structured pair states are folded every this many nights; the script times the last night before a
+fold (the most runs to probe) and the fold, which counts for 1/LSM_NIGHTS of it per night."""
 BEHAVIORS = ("view", "fav", "cart", "buy", "visit")
 
 
@@ -113,6 +116,8 @@ def main() -> None:
         got = con.execute(f"""SELECT DISTINCT u.uid, d.code FROM read_parquet('{source / "ingested-1.parquet"}') e
             JOIN users u USING (user_id) JOIN {kind}_codes d ON e.{column} = d.key""").fetchnumpy()
         keys = np.sort(np.ma.getdata(got["uid"]).astype(np.int64) << 32 | np.ma.getdata(got["code"]))
+        timed[f"{kind}_new_day_pairs_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         stored_keys, last_day = state[kind]
         at = np.minimum(np.searchsorted(stored_keys, keys), len(stored_keys) - 1)
         again = (stored_keys[at] == keys) & (last_day[at] < spec.distinct_days)
@@ -120,6 +125,17 @@ def main() -> None:
         state[f"new_{kind}_keys"] = keys
         timed[f"{kind}_pairs_probe_s"] = time.perf_counter() - t0
         state[f"new_day_{kind}_pairs_probed"] = len(keys)
+
+    lsm = {}
+    for kind in ("item", "category"):
+        base, runs = state[f"{kind}_runs"]
+        t0 = time.perf_counter()
+        seen_lsm = last_seen(base, runs, state[f"new_{kind}_keys"]) < spec.distinct_days
+        lsm[f"{kind}_again"] = np.bincount(state[f"new_{kind}_keys"][seen_lsm] >> 32, minlength=state["users"])
+        lsm[f"{kind}_pairs_probe_{LSM_NIGHTS - 1}_runs_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        lsm[f"{kind}_state"] = merge_runs(base, [*runs, (0, state[f"new_{kind}_keys"])], spec.distinct_days)
+        lsm[f"{kind}_fold_{LSM_NIGHTS}_runs_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     tonight = {kind: keep_pairs(*state[kind], state[f"new_{kind}_keys"], spec.distinct_days)
@@ -167,12 +183,23 @@ def main() -> None:
             medians, expected["active_gap_median_days"].to_numpy(dtype=float), equal_nan=True)),
         "view_triplets_in_window": len(views[0]),
     }
+    flat = sum(timed[k] for k in ("item_pairs_probe_s", "category_pairs_probe_s", "pair_states_upkeep_s"))
+    logged = sum(v for k, v in lsm.items() if k.endswith("_runs_s") and "_probe_" in k)
+    folds = sum(v for k, v in lsm.items() if k.endswith("_runs_s") and "_fold_" in k)
+    log_structured = {
+        **{k: round(v, 2) for k, v in lsm.items() if k.endswith("_s")},
+        "floor_log_structured_s": round(floor_s - flat + logged + folds / LSM_NIGHTS, 2),
+        "floor_log_structured_over_full": round((floor_s - flat + logged + folds / LSM_NIGHTS) / full_s, 3),
+        "log_structured_equal_to_kept_states": all(
+            _equal(lsm[f"{kind}_state"], tonight[kind]) and np.array_equal(lsm[f"{kind}_again"], seen[kind])
+            for kind in ("item", "category")),
+    }
     result = {
         "events": args.events, "users": state["users"], "next_day_events": n_new,
         "full_build_s": round(full_s, 2), **{k: round(v, 2) for k, v in timed.items()},
         "floor_s": round(floor_s, 2), "moved_count_columns": len(moved),
         "moved_counts_equal_to_full_build": bool(same.all()), "floor_over_full": round(floor_s / full_s, 3),
-        **pieces, "rollup_rows_of_leaving_days": state["rollup_rows"],
+        **pieces, **log_structured, "rollup_rows_of_leaving_days": state["rollup_rows"],
         **{f"{kind}_pairs_in_window": len(state[kind][0]) for kind in ("item", "category")},
         **{f"new_day_{kind}_pairs_probed": state[f"new_day_{kind}_pairs_probed"] for kind in ("item", "category")},
         "pairs_seen_again_equal_to_a_join": all(int(seen[kind].sum()) == _seen_again(con, kind, source, spec)
@@ -214,6 +241,9 @@ def _stored_state(con, events: Path, new_day: Path, last_night, t_us: int, spec,
             FROM read_parquet('{events}') e JOIN users u USING (user_id) JOIN {kind}_codes d ON e.{column} = d.key
             WHERE {day} <= {distinct_days} GROUP BY ALL""")
         pairs[kind] = _pairs(con, kind, [events], t_us, distinct_days)
+        pairs[f"{kind}_runs"] = (  # log-structured: folded into a base LSM_NIGHTS nights ago, a run per night since
+            _pairs(con, kind, [events], t_us, distinct_days - 1 + LSM_NIGHTS, LSM_NIGHTS),
+            [(d, _pairs(con, kind, [events], t_us, d, d)[0]) for d in range(1, LSM_NIGHTS)])
     got = con.execute(f"""SELECT {_view_key()} AS k, min({day})::SMALLINT AS last_day FROM read_parquet('{events}') e
         JOIN users u USING (user_id) JOIN category_codes c ON e.category_id = c.key
         JOIN item_codes i ON e.item_id = i.key WHERE e.behavior = 'view' AND {day} <= {comparison_days}
@@ -248,14 +278,15 @@ def _view_key() -> str:
     return f"(u.uid::BIGINT << 32) | (c.code << {ITEM_BITS}) | i.code"
 
 
-def _pairs(con, kind: str, files: list[Path], t_us: int, last_day: int) -> tuple[np.ndarray, np.ndarray]:
-    """The (user, item or category) pairs of ``files`` last seen on day ``last_day`` or later: sorted keys
-    (user code << 32 | code) and their last-seen days (int16)."""
+def _pairs(con, kind: str, files: list[Path], t_us: int, last_day: int, first_day: int = 0
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """The (user, item or category) pairs of the events of ``files`` from day ``first_day`` to day ``last_day``:
+    sorted keys (user code << 32 | code) and their most recent days in that span (int16)."""
     column = {"item": "item_id", "category": "category_id"}[kind]
     paths = ", ".join(f"'{f}'" for f in files)
     got = con.execute(f"""SELECT (u.uid::BIGINT << 32) | d.code AS k, min({_day(t_us)})::SMALLINT AS last_day
         FROM read_parquet([{paths}]) e JOIN users u USING (user_id) JOIN {kind}_codes d ON e.{column} = d.key
-        WHERE {_day(t_us)} <= {last_day} GROUP BY k ORDER BY k""").fetchnumpy()
+        WHERE {_day(t_us)} BETWEEN {first_day} AND {last_day} GROUP BY k ORDER BY k""").fetchnumpy()
     return np.ma.getdata(got["k"]), np.ma.getdata(got["last_day"])
 
 
