@@ -23,6 +23,11 @@ baseline). Checks: the 50 moved window counts, the comparison maxima and the act
 build's for every user; the pairs found again equal a plain join's; the kept pair states equal states built
 afresh from both files.
 
+The same pair states are also kept log-structured (:func:`rollup_pieces.last_seen`, :func:`rollup_pieces.merge_runs`):
+a base folded ``LSM_NIGHTS`` nights ago plus one sorted run per night since. The script times the night before a
+fold (the base and 6 runs probed) and the fold of 7 runs, counts 1/7 of the fold per night
+(``floor_log_structured_s``), and checks the fold equal to the sorted states.
+
 The steps leave out what the real build would add: the other windowed sums (channel shares, amounts, decay,
 active and purchase days, trends), the unbought carts, the purchase-day gaps and median and the other rhythm
 columns, the global aggregates of the new day (recency, first seen, totals), codes for new users and items, and
