@@ -4,7 +4,6 @@ history (used by ``ingest``, ``validate``, ``score``, ``lookup`` and ``retrain``
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from propensity.cli.ui import console
@@ -43,12 +42,7 @@ def export_history(cfg: Settings, *, quiet: bool = False) -> Any:
     there is no log or nothing new. Prints what it wrote unless ``quiet``."""
     if not log_exists(cfg):
         return None
-    dest = check_output(cfg.clean_dir, cfg, is_dir=True)
-    with open_log(cfg) as log:
-        result = log.export(dest)
-    if not quiet:
-        _print_export(result, dest)
-    return result
+    return _export(cfg, lambda _watermark: None, quiet=quiet)[0]
 
 
 def export_for_batch(cfg: Settings, list_files: Callable[[], T]) -> tuple[int, T]:
@@ -57,16 +51,16 @@ def export_for_batch(cfg: Settings, list_files: Callable[[], T]) -> tuple[int, T
     list_files())``."""
     if not log_exists(cfg):
         return 0, list_files()
+    return _export(cfg, lambda watermark: (watermark, list_files()), quiet=False)[1]
+
+
+def _export(cfg: Settings, read: Callable[[int], T], *, quiet: bool) -> tuple[Any, T]:
+    """The log's ``export_then`` into ``<data-dir>/clean``, printing what it wrote unless ``quiet``."""
     dest = check_output(cfg.clean_dir, cfg, is_dir=True)
     with open_log(cfg) as log:
-        result, found = log.export_then(dest, lambda watermark: (watermark, list_files()))
-    _print_export(result, dest)
-    return found
-
-
-def _print_export(result: Any, dest: Path) -> None:
-    if result is None:
-        return
-    where = result.path if len(result.paths) == 1 else f"{len(result.paths)} files in {dest}"
-    console().print(f"exported {result.rows:,} ingested events (seq {result.first_seq:,} to "
-                    f"{result.last_seq:,}) to {where}", soft_wrap=True)
+        result, found = log.export_then(dest, read)
+    if result is not None and not quiet:
+        where = result.path if len(result.paths) == 1 else f"{len(result.paths)} files in {dest}"
+        console().print(f"exported {result.rows:,} ingested events (seq {result.first_seq:,} to "
+                        f"{result.last_seq:,}) to {where}", soft_wrap=True)
+    return result, found
