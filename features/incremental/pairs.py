@@ -1,0 +1,78 @@
+"""Pair states: (user, key) pairs with the day each was last seen, as sorted int64 keys.
+
+A pair key is ``user code << 32 | key code`` (both below 2**31 and 2**32). Days are absolute day numbers of the
+state (:mod:`features.incremental.state`): a pair is inside a ``w``-day window at night ``k`` (cutoff
+``origin + k days``) when ``k - 1 - day < w``. Sorted keys are probed with ``searchsorted``; on 100M events the
+measured cost of keeping two 30-day states of ~39M pairs is in ``benchmarks/README.md`` ("Incremental feature
+build").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+KEY_BITS = 32
+
+
+def pair_keys(users: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Keys of (user code, key code) pairs, int64 of shape (n,)."""
+    return users.astype(np.int64) << KEY_BITS | codes.astype(np.int64)
+
+
+def key_users(keys: np.ndarray) -> np.ndarray:
+    """The user codes of pair keys (int64)."""
+    return keys >> KEY_BITS
+
+
+def unique_last(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct ``keys`` (sorted) with the largest of their ``values``."""
+    if not len(keys):
+        return keys.astype(np.int64), values
+    order = np.lexsort((values, keys))
+    keys, values = keys[order], values[order]
+    last = np.r_[keys[1:] != keys[:-1], True]
+    return keys[last], values[last]
+
+
+def upsert(keys: np.ndarray, values: tuple[np.ndarray, ...], new: np.ndarray, new_values: tuple[np.ndarray, ...]
+           ) -> tuple[np.ndarray, tuple[np.ndarray, ...], np.ndarray]:
+    """``keys`` (sorted, unique) with their aligned ``values`` arrays, the sorted unique ``new`` keys set to
+    ``new_values`` (replacing the stored values of keys already there, inserted otherwise).
+
+    Returns (keys, values, found): ``found[i]`` says whether ``new[i]`` was already stored; its old values are
+    overwritten, so read them before when they matter."""
+    at = np.searchsorted(keys, new)
+    found = np.zeros(len(new), dtype=bool)
+    inside = at < len(keys)
+    found[inside] = keys[at[inside]] == new[inside]
+    out = []
+    for old, fresh in zip(values, new_values, strict=True):
+        old = old.copy()
+        old[at[found]] = fresh[found]
+        out.append(np.insert(old, at[~found], fresh[~found]))
+    return np.insert(keys, at[~found], new[~found]), tuple(out), found
+
+
+def lookup(keys: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the ``new`` keys in the sorted ``keys`` and whether each is there."""
+    at = np.searchsorted(keys, new)
+    found = np.zeros(len(new), dtype=bool)
+    inside = at < len(keys)
+    found[inside] = keys[at[inside]] == new[inside]
+    return at, found
+
+
+def per_user_max_distinct(users: np.ndarray, groups: np.ndarray, n_users: int) -> np.ndarray:
+    """For each user code, the most entries in one of its groups (int64 of shape (n_users,), 0 without entries):
+    ``users`` and ``groups`` align, one entry per distinct (user, group, member)."""
+    out = np.zeros(n_users, dtype=np.int64)
+    if not len(users):
+        return out
+    cell = pair_keys(users, groups)
+    cell.sort()
+    starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
+    sizes = np.diff(np.r_[starts, len(cell)])
+    owner = key_users(cell[starts])
+    first = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+    out[owner[first]] = np.maximum.reduceat(sizes, first)
+    return out

@@ -1,0 +1,306 @@
+"""The per-user state of the feature table at one cutoff, moved on by one day at a time.
+
+Days are numbered from the state's ``origin`` (a cutoff, epoch microseconds): day ``d`` holds
+``origin + d days <= ts < origin + (d + 1) days``. At night ``k`` the cutoff is ``as_of = origin + k days`` and day
+``d`` is the day bucket ``k - 1 - d`` of :mod:`features.spec.definition`, so a ``w``-day window holds the days
+``k - w .. k - 1``. :meth:`FeatureState.advance` takes the events of day ``k`` and moves to night ``k + 1``:
+
+- windowed sums add the new day and drop the one day that leaves each window (its :class:`DayRollup`);
+- decay sums lose ``multiplier / span`` per event still inside the span and the day that leaves it, and gain the
+  new events' weights (whole-day spans only);
+- all-history extremes, totals and the gaps between active (purchase) days take the new day's;
+- the pair states (:mod:`features.incremental.pairs`) take the new day's pairs and drop those past their window.
+
+:func:`features.incremental.table.feature_frame` turns a state into the feature table; it equals
+:func:`features.build.builder.build_features` at the same cutoff (``tests/property/test_incremental_parity.py``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from features.incremental.pairs import key_users, lookup, pair_keys, unique_last, upsert
+from features.incremental.rollup import DAY_US, N_CODES, DayRollup, layer_of, multipliers
+from features.online.arrays import NULL_ID, EventArrays, id_codes
+from features.spec.aggregate import _slots
+from features.spec.definition import BEHAVIOR_CODES, RECENCY_BEHAVIORS, FeatureSpec
+from features.spec.table import SECONDS_PER_DAY
+
+NEVER_TS = np.iinfo(np.int64).min
+"""``last`` timestamp of something that never happened."""
+NO_TS = np.iinfo(np.int64).max
+"""``first`` timestamp of something that never happened."""
+NO_DAY = np.iinfo(np.int64).min
+_BUY, _VIEW, _CART = BEHAVIOR_CODES["buy"], BEHAVIOR_CODES["view"], BEHAVIOR_CODES["cart"]
+_GAP_BITS = 20
+
+
+class IncrementalUnsupported(ValueError):
+    """The spec or the events cannot be kept incrementally (a fractional decay span, events before the cutoff)."""
+
+
+def spans(spec: FeatureSpec) -> tuple[int, int, int]:
+    """The decay spans (days) of the browse, interest and purchase layers, which must be whole days."""
+    out = (spec.decay_browse_days, spec.decay_interest_days, spec.decay_purchase_days)
+    if any(float(s) != int(s) for s in out):
+        raise IncrementalUnsupported(f"decay spans must be whole days to be kept incrementally, got {out}")
+    return tuple(int(s) for s in out)  # type: ignore[return-value]
+
+
+def windows(spec: FeatureSpec) -> dict[str, tuple[int, ...]]:
+    """The windows (days) of each windowed sum: ``n`` events per behavior code, ``ad``, ``chan`` (channel
+    counts), ``amount`` (known buy amounts), ``mult0..2`` (decay multipliers per layer, over its span),
+    ``active`` and ``bought`` (active and purchase days)."""
+    browse, interest, purchase = spans(spec)
+    return {"n": _slots(spec), "ad": tuple(spec.ad_windows), "chan": (spec.channel_share_days,),
+            "amount": (spec.purchase_days,), "mult0": (browse,), "mult1": (interest,), "mult2": (purchase,),
+            "active": tuple(spec.active_day_windows), "bought": (spec.purchase_days,)}
+
+
+def _rolled(r: DayRollup, group: str) -> np.ndarray:
+    """The columns of a roll-up that the windowed sum ``group`` adds up, shape (m, c)."""
+    if group.startswith("mult"):
+        return r.mult[:, int(group[-1])][:, None]
+    if group == "active":
+        return np.ones((len(r.user), 1), dtype=np.int64)
+    if group == "bought":
+        return (r.n[:, _BUY] > 0).astype(np.int64)[:, None]
+    value = getattr(r, group)
+    return value if value.ndim == 2 else value[:, None]
+
+
+class Dictionary:
+    """Dense codes (0, 1, ...) of int64 values in order of first appearance."""
+
+    def __init__(self, values: np.ndarray | None = None) -> None:
+        self.values = np.zeros(0, np.int64) if values is None else values
+        self._index: pd.Index | None = None
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        """Codes of ``values`` (int64), new values appended."""
+        if self._index is None:
+            self._index = pd.Index(self.values)
+        codes = self._index.get_indexer(values)
+        new = codes < 0
+        if new.any():
+            fresh = pd.unique(values[new])
+            self.values = np.concatenate([self.values, fresh])
+            self._index = pd.Index(self.values)
+            codes[new] = self._index.get_indexer(values[new])
+        return codes.astype(np.int64)
+
+
+class FeatureState:
+    """The state at night ``night`` (cutoff ``origin_us + night days``) of a spec; see the module docstring.
+
+    Per-user arrays have one row per user code (``user_ids[code]``, in order of first appearance)."""
+
+    def __init__(self, spec: FeatureSpec, origin_us: int, *, has_item: bool = True, has_amount: bool = True) -> None:
+        self.spec, self.origin_us, self.night = spec, int(origin_us), 0
+        self.has_item, self.has_amount = has_item, has_amount
+        self.windows = windows(spec)
+        self.spans = spans(spec)
+        self.user_ids = np.zeros(0, dtype=object)
+        self.users = Dictionary()
+        self.items, self.categories, self.views_dict = Dictionary(), Dictionary(), Dictionary()
+        widths = {"n": N_CODES, "chan": 3}
+        self.win = {(g, w): np.zeros((0, widths.get(g, 1)), np.float64 if g in ("amount",) or g.startswith("mult")
+                                     else np.int64) for g, ws in self.windows.items() for w in ws}
+        self.per_user: dict[str, np.ndarray] = {
+            "last_ts": np.zeros((0, 7), np.int64),  # behaviors 0..4, any event, ad
+            "first_ts": np.zeros((0, 6), np.int64),  # behaviors 0..4, any event
+            "decay": np.zeros((0, 3), np.float64),
+            "buy_count": np.zeros(0, np.int64), "amount_total": np.zeros(0), "amount_n": np.zeros(0, np.int64),
+            "active_n": np.zeros(0, np.int64), "first_day": np.zeros(0, np.int64), "last_day": np.zeros(0, np.int64),
+            "buy_days": np.zeros(0, np.int64), "last_buy_day": np.zeros(0, np.int64),
+            "active_median": np.zeros(0), "buy_median": np.zeros(0),
+            "target": np.zeros((0, 3), np.int64), "target_first_browse": np.zeros(0, np.int64),
+        }
+        self._fill = {"last_ts": NEVER_TS, "first_ts": NO_TS, "first_day": NO_DAY, "last_day": NO_DAY,
+                      "last_buy_day": NO_DAY, "active_median": np.nan, "buy_median": np.nan,
+                      "target_first_browse": NO_TS}
+        self.gaps = {"active": np.zeros(0, np.int64), "buy": np.zeros(0, np.int64)}
+        empty = np.zeros(0, np.int64)
+        self.pairs: dict[str, tuple[np.ndarray, tuple[np.ndarray, ...]]] = {
+            "item": (empty, (empty,)), "category": (empty, (empty,)), "view": (empty, (empty, empty)),
+            "cart": (empty, (empty, empty)),
+        }
+        self.rollups: dict[int, DayRollup] = {}
+        self.target_codes = id_codes(list(spec.target_categories)) if spec.target_categories else None
+
+    @property
+    def as_of_us(self) -> int:
+        """The cutoff of the state's night (UTC epoch microseconds)."""
+        return self.origin_us + self.night * DAY_US
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    def advance(self, user_ids: np.ndarray, ev: EventArrays) -> FeatureState:
+        """Take the events of the state's next day (``as_of_us <= ts < as_of_us + 1 day``; ``user_ids`` aligned)
+        and move to the next night. Raises :class:`IncrementalUnsupported` for an event outside that day."""
+        start, k = self.as_of_us, self.night
+        if len(ev) and (int(ev.ts_us.min()) < start or int(ev.ts_us.max()) >= start + DAY_US):
+            raise IncrementalUnsupported("events outside the next day of the kept state")
+        if len(ev):
+            user = self._user_codes(np.asarray(user_ids, dtype=object))
+            day = DayRollup.of(user, ev.ts_us, ev.behavior, ev.channel, ev.amount, start, self.spec)
+        else:
+            user, day = np.zeros(0, np.int64), DayRollup.empty()
+        self._decay(user, ev, day)
+        for (group, w), sums in self.win.items():
+            if len(day.user):
+                sums[day.user] += _rolled(day, group)
+            if (old := self.rollups.get(k - w)) is not None:
+                sums[old.user] -= _rolled(old, group)
+        if len(ev):
+            self._history(user, ev, day)
+            self._pairs(user, ev)
+        self._prune()
+        self.rollups[k] = day
+        self.night = k + 1
+        oldest = self.night - max(max(ws) for ws in self.windows.values())
+        for d in [d for d in self.rollups if d < oldest]:
+            del self.rollups[d]
+        return self
+
+    # -------------------------------------------------------------------------------------------------- pieces
+    def _user_codes(self, user_ids: np.ndarray) -> np.ndarray:
+        """Codes of the day's users; new users get a row of empty state."""
+        if not len(user_ids):
+            return np.zeros(0, np.int64)
+        before = len(self.users.values)
+        codes = self.users.encode(pd.util.hash_array(user_ids, categorize=True).view(np.int64))
+        added = len(self.users.values) - before
+        if added:
+            fresh = np.zeros(added, dtype=object)
+            firsts = pd.Series(codes).drop_duplicates()
+            firsts = firsts[firsts >= before]
+            fresh[firsts.to_numpy() - before] = user_ids[firsts.index.to_numpy()]
+            self.user_ids = np.concatenate([self.user_ids, fresh])
+            for key, arr in self.win.items():
+                self.win[key] = np.concatenate([arr, np.zeros((added, *arr.shape[1:]), arr.dtype)])
+            for name, arr in self.per_user.items():
+                grown = np.full((added, *arr.shape[1:]), self._fill.get(name, 0), dtype=arr.dtype)
+                self.per_user[name] = np.concatenate([arr, grown])
+        return codes
+
+    def _decay(self, user: np.ndarray, ev: EventArrays, day: DayRollup) -> None:
+        """Decay sums at the next cutoff: every event inside a span loses ``multiplier / span``, the day that
+        leaves the span its remaining weight, and the new day's events add theirs."""
+        decay, k, n = self.per_user["decay"], self.night, self.n_users
+        age = np.maximum((self.as_of_us + DAY_US - ev.ts_us).astype(np.float64) / 1e6, 0.0) / SECONDS_PER_DAY
+        layer, mult = layer_of(ev.behavior), multipliers(ev.channel, self.spec)
+        for i, span in enumerate(self.spans):
+            inside = self.win[(f"mult{i}", span)][:, 0]
+            leaving_mult, leaving_into = np.zeros(n), np.zeros(n)
+            if (old := self.rollups.get(k - span)) is not None:
+                leaving_mult[old.user], leaving_into[old.user] = old.mult[:, i], old.mult_into[:, i]
+            decay[:, i] -= leaving_into / span + (inside - leaving_mult) / span
+            m = layer == i
+            weight = np.maximum(1.0 - age[m] / span, 0.0) * mult[m]
+            decay[:, i] += np.bincount(user[m], weights=weight, minlength=n)
+
+    def _history(self, user: np.ndarray, ev: EventArrays, day: DayRollup) -> None:
+        """All-history extremes, totals and day gaps with the new day."""
+        p, ts, b = self.per_user, ev.ts_us, ev.behavior
+        for col, mask in [*((c, b == c) for c in range(len(RECENCY_BEHAVIORS))), (5, None),
+                          (6, ev.channel == 1)]:
+            u, t = (user, ts) if mask is None else (user[mask], ts[mask])
+            np.maximum.at(p["last_ts"][:, col], u, t)
+            if col < 6:
+                np.minimum.at(p["first_ts"][:, col], u, t)
+        p["buy_count"][day.user] += day.n[:, _BUY]
+        p["amount_total"][day.user] += day.amount
+        known = (b == _BUY) & ~np.isnan(ev.amount)
+        p["amount_n"] += np.bincount(user[known], minlength=self.n_users)
+        if self.target_codes is not None:
+            target = np.isin(ev.category, self.target_codes) & (ev.category != NULL_ID)
+            for col, code in enumerate((_VIEW, _CART, _BUY)):
+                p["target"][:, col] += np.bincount(user[target & (b == code)], minlength=self.n_users)
+            browse = target & (b != _BUY)
+            np.minimum.at(p["target_first_browse"], user[browse], ts[browse])
+        self._days(day.user, "active", "first_day", "last_day", "active_n", "active_median")
+        buyers = day.user[day.n[:, _BUY] > 0]
+        self._days(buyers, "buy", None, "last_buy_day", "buy_days", "buy_median")
+
+    def _days(self, users: np.ndarray, gaps: str, first: str | None, last: str, count: str, median: str) -> None:
+        """Add day ``night`` to the distinct days of ``users`` (sorted codes): count, first and last day, and the
+        sorted gap keys ``user << 20 | gap`` with each user's exact median gap."""
+        p, k = self.per_user, self.night
+        if first:
+            fresh = users[p[first][users] == NO_DAY]
+            p[first][fresh] = k
+        before = p[last][users]
+        had = before != NO_DAY
+        with_gap = users[had]
+        added = with_gap << _GAP_BITS | (k - before[had])
+        keys = self.gaps[gaps]
+        keys = self.gaps[gaps] = np.insert(keys, np.searchsorted(keys, added), added)
+        p[last][users] = k
+        p[count][users] += 1
+        if len(with_gap):
+            owner = keys >> _GAP_BITS
+            lo, hi = np.searchsorted(owner, with_gap, "left"), np.searchsorted(owner, with_gap, "right")
+            n = hi - lo
+            gap = keys & ((1 << _GAP_BITS) - 1)
+            p[median][with_gap] = (gap[lo + (n - 1) // 2] + gap[lo + n // 2]) / 2.0
+
+    def _pairs(self, user: np.ndarray, ev: EventArrays) -> None:
+        """The day's (user, item), (user, category), viewed (user, category, item) and carted (user, item) pairs."""
+        k = self.night
+        has_item, has_cat = ev.item != NULL_ID, ev.category != NULL_ID
+        item = np.full(len(ev), -1, np.int64)
+        cat = np.full(len(ev), -1, np.int64)
+        item[has_item] = self.items.encode(ev.item[has_item])
+        cat[has_cat] = self.categories.encode(ev.category[has_cat])
+        for name, mask, code in (("item", has_item, item), ("category", has_cat, cat)):
+            new = np.unique(pair_keys(user[mask], code[mask]))
+            self._upsert(name, new, (np.full(len(new), k, np.int64),))
+        if not self.has_item:
+            return
+        views = (ev.behavior == _VIEW) & has_item & has_cat
+        combo = self.views_dict.encode(pair_keys(cat[views], item[views]))
+        new, first = np.unique(pair_keys(user[views], combo), return_index=True)
+        self._upsert("view", new, (np.full(len(new), k, np.int64), cat[views][first]))
+        self._carts(user, ev, item, has_item)
+
+    def _upsert(self, name: str, new: np.ndarray, values: tuple[np.ndarray, ...]) -> None:
+        if len(new):
+            keys, old, _ = upsert(*self.pairs[name], new, values)
+            self.pairs[name] = (keys, old)
+
+    def _prune(self) -> None:
+        """Drop the pairs that are past their window at the next night (``night + 1``)."""
+        k, spec = self.night, self.spec
+        first_cart = self.origin_us + (k + 1 - spec.cart_unbought_days) * DAY_US
+        for name, oldest in (("item", k - spec.distinct_days), ("category", k - spec.distinct_days),
+                             ("view", k - max(spec.comparison_windows)), ("cart", first_cart - 1)):
+            keys, values = self.pairs[name]
+            if len(keys) and values[0].min() <= oldest:
+                keep = values[0] > oldest
+                self.pairs[name] = (keys[keep], tuple(v[keep] for v in values))
+
+    def _carts(self, user: np.ndarray, ev: EventArrays, item: np.ndarray, has_item: np.ndarray) -> None:
+        """Carted (user, item) pairs of the unbought-cart window: last cart and last buy at or after it."""
+        keys, (cart_ts, buy_ts) = self.pairs["cart"]
+        cart_ts, buy_ts = cart_ts, buy_ts.copy()
+        pairs = pair_keys(user, np.maximum(item, 0))
+        carts, buys = has_item & (ev.behavior == _CART), has_item & (ev.behavior == _BUY)
+        bought, bought_ts = unique_last(pairs[buys], ev.ts_us[buys])
+        at, found = lookup(keys, bought)
+        buy_ts[at[found]] = np.maximum(buy_ts[at[found]], bought_ts[found])
+        carted, carted_ts = unique_last(pairs[carts], ev.ts_us[carts])
+        new_buy = np.full(len(carted), NEVER_TS, np.int64)
+        at, found = lookup(bought, carted)
+        new_buy[found] = bought_ts[at[found]]
+        at, found = lookup(keys, carted)
+        new_buy[found] = np.maximum(new_buy[found], buy_ts[at[found]])
+        keys, (cart_ts, buy_ts), _ = upsert(keys, (cart_ts, buy_ts), carted, (carted_ts, new_buy))
+        self.pairs["cart"] = (keys, (cart_ts, buy_ts))
+
+    def pair_users(self, name: str) -> np.ndarray:
+        """The user code of each stored pair of ``name``."""
+        return key_users(self.pairs[name][0])

@@ -1,0 +1,161 @@
+"""The feature table of a :class:`features.incremental.state.FeatureState`: the derived columns of
+:mod:`features.spec.aggregate` and :mod:`features.spec.rhythm` computed from the kept sums, vectorized over users.
+
+The result has the columns, dtypes and row order of :func:`features.build.builder.build_features` at the state's
+cutoff (one row per user with an event before it, sorted by ``user_id``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from features.incremental.pairs import per_user_max_distinct
+from features.incremental.rollup import DAY_US
+from features.incremental.state import NEVER_TS, NO_DAY, NO_TS, FeatureState
+from features.spec.definition import (
+    AIPL_BASE,
+    AIPL_LAYERS,
+    BEHAVIOR_CODES,
+    FEATURE_TABLE_KEY,
+    RECENCY_BEHAVIORS,
+    count_column,
+    integer_columns,
+    output_columns,
+    trend_column,
+)
+from features.spec.table import SECONDS_PER_DAY
+
+_MAX_TERM = 1.0 - 1e-9  # as features.spec.aggregate
+_FAV, _CART, _BUY = BEHAVIOR_CODES["fav"], BEHAVIOR_CODES["cart"], BEHAVIOR_CODES["buy"]
+
+
+def _age(as_of_us: int, ts: np.ndarray, never: int) -> np.ndarray:
+    """Fractional days from ``ts`` to the cutoff as the spec computes them (NaN where ``ts == never``)."""
+    out = np.full(ts.shape, np.nan)
+    seen = ts != never
+    out[seen] = np.maximum((as_of_us - ts[seen]).astype(np.float64) / 1e6, 0.0) / SECONDS_PER_DAY
+    return out
+
+
+def _ratio(num: np.ndarray, den: np.ndarray, when: np.ndarray) -> np.ndarray:
+    out = np.full(num.shape, np.nan)
+    out[when] = num[when] / den[when]
+    return out
+
+
+def feature_frame(state: FeatureState) -> pd.DataFrame:
+    """The feature table at ``state.as_of_us`` (see the module docstring)."""
+    s, spec, a, p = state, state.spec, state.as_of_us, state.per_user
+    n_users, k = s.n_users, s.night
+    f: dict[str, np.ndarray] = {}
+    last = _age(a, p["last_ts"], NEVER_TS)
+    first = _age(a, p["first_ts"], NO_TS)
+    for i, beh in enumerate(RECENCY_BEHAVIORS):
+        f[f"days_since_last_{beh}"] = last[:, i]
+    f["days_since_last_event"], f["days_since_first_event"] = last[:, 5], first[:, 5]
+
+    def counts(w: int) -> np.ndarray:
+        return s.win[("n", w)]
+
+    for w in spec.windows:
+        n = counts(w)
+        for i, beh in enumerate(RECENCY_BEHAVIORS):
+            f[count_column(beh, w)] = n[:, i]
+        f[count_column("event", w)] = n.sum(axis=1)
+    for w in spec.active_day_windows:
+        f[f"active_days_{w}d"] = s.win[("active", w)][:, 0]
+    dd = spec.distinct_days
+    for name, kind in ((f"distinct_items_{dd}d", "item"), (f"distinct_categories_{dd}d", "category")):
+        f[name] = np.bincount(s.pair_users(kind), minlength=n_users).astype(np.int64)
+    view_keys, (view_day, view_cat) = s.pairs["view"]
+    for w in spec.comparison_windows:
+        inside = view_day >= k - w
+        f[f"max_items_per_category_{w}d"] = per_user_max_distinct(s.pair_users("view")[inside], view_cat[inside],
+                                                                   n_users)
+    _, (cart_ts, buy_ts) = s.pairs["cart"]
+    open_cart = ~(buy_ts >= cart_ts)
+    f[f"carts_unbought_{spec.cart_unbought_days}d"] = np.bincount(s.pair_users("cart")[open_cart],
+                                                                  minlength=n_users).astype(np.int64)
+    fc = counts(spec.favcart_days)
+    f[f"favcart_count_{spec.favcart_days}d"] = fc[:, _FAV] + fc[:, _CART]
+    for w in spec.ad_windows:
+        f[count_column("ad", w)] = s.win[("ad", w)][:, 0]
+    f["days_since_last_ad"] = last[:, 6]
+    chan = s.win[("chan", spec.channel_share_days)]
+    has_chan = chan[:, 0] > 0
+    cd = spec.channel_share_days
+    f[f"active_channel_share_{cd}d"] = _ratio(chan[:, 1].astype(float), chan[:, 0].astype(float), has_chan)
+    f[f"passive_channel_share_{cd}d"] = _ratio(chan[:, 2].astype(float), chan[:, 0].astype(float), has_chan)
+    for i, layer in enumerate(("browse", "interest", "purchase")):
+        f[f"decay_{layer}"] = p["decay"][:, i]
+    pw = spec.purchase_days
+    f["buy_count"] = p["buy_count"]
+    f["purchase_days"] = p["buy_days"]
+    f[f"purchase_days_{pw}d"] = s.win[("bought", pw)][:, 0]
+    if s.has_amount:
+        f["amount_total"] = p["amount_total"].copy()
+        f["amount_mean"] = _ratio(p["amount_total"], p["amount_n"].astype(float), p["amount_n"] > 0)
+        f[f"amount_{pw}d"] = s.win[("amount", pw)][:, 0].copy()
+    else:
+        f["amount_total"] = f["amount_mean"] = f[f"amount_{pw}d"] = np.full(n_users, np.nan)
+    last_buy, n_days = f["days_since_last_buy"], p["buy_days"]
+    gap = _ratio(first[:, _BUY] - last_buy, (n_days - 1).astype(float), n_days >= 2)
+    f["purchase_gap_mean_days"] = gap
+    f["repurchase_cycle_ratio"] = _ratio(last_buy, gap, np.nan_to_num(gap) > 0)
+    for i, beh in enumerate(RECENCY_BEHAVIORS):
+        f[f"days_since_first_{beh}"] = first[:, i]
+    n_active = p["active_n"]
+    span = np.where(p["first_day"] == NO_DAY, 0, p["last_day"] - p["first_day"]).astype(float)
+    mean_gap = _ratio(span, (n_active - 1).astype(float), n_active >= 2)
+    f["active_gap_mean_days"] = mean_gap
+    f["active_gap_median_days"] = np.where(n_active >= 2, p["active_median"], np.nan)
+    ratio = _ratio(f["days_since_last_event"], mean_gap, np.nan_to_num(mean_gap) > 0)
+    f["active_recency_ratio"] = ratio
+    f["active_survival"] = np.exp(-ratio)
+    f["purchase_gap_median_days"] = np.where(n_days >= 2, p["buy_median"], np.nan)
+    f["purchase_survival"] = np.exp(-f["repurchase_cycle_ratio"])
+    scale = spec.trend_days / spec.trend_base_days
+    recent, both = counts(spec.trend_days), counts(spec.trend_days + spec.trend_base_days)
+    for i, beh in enumerate((*RECENCY_BEHAVIORS, "event")):
+        a_ = (recent[:, i] if i < 5 else recent.sum(axis=1)).astype(float)
+        ab = (both[:, i] if i < 5 else both.sum(axis=1)).astype(float)
+        r = (ab - a_) * scale
+        f[trend_column(beh, spec)] = (a_ - r) / (a_ + r + 1.0)
+    if spec.target_categories:
+        for i, beh in enumerate(("view", "cart", "buy")):
+            f[f"target_{beh}_count"] = p["target"][:, i]
+        browse_age = _age(a, p["target_first_browse"], NO_TS)
+        f["category_new"] = ((browse_age <= spec.category_new_days) & (p["target"][:, 2] == 0)).astype(np.int64)
+        f["category_regular"] = (p["target"][:, 2] > 0).astype(np.int64)
+    interest = counts(spec.interest_days)
+    layer = np.select(
+        [f[f"purchase_days_{pw}d"] >= 2, f[f"purchase_days_{pw}d"] == 1,
+         interest[:, _FAV] + interest[:, _CART] > 0, counts(spec.browse_days).sum(axis=1) > 0],
+        ["L", "P", "I", "A"], default="none")
+    activity = (spec.browse_weight * f["decay_browse"] + spec.interest_weight * f["decay_interest"]
+                + spec.purchase_weight * f["decay_purchase"])
+    base = np.select([layer == name for name in AIPL_LAYERS], [AIPL_BASE[name] for name in AIPL_LAYERS])
+    f["rule_score"] = base + np.minimum(activity / (activity + spec.rule_score_scale), _MAX_TERM)
+    f["aipl_layer"] = layer
+    if not s.has_item:
+        for name in (f"distinct_items_{dd}d", *(f"max_items_per_category_{w}d" for w in spec.comparison_windows),
+                     f"carts_unbought_{spec.cart_unbought_days}d"):
+            f[name] = np.zeros(n_users, np.int64)
+    rows = np.arange(n_users)
+    if spec.lookback_days:
+        rows = rows[f["days_since_last_event"] <= spec.lookback_days]
+    rows = rows[np.argsort(s.user_ids[rows].astype(str), kind="stable")]
+    f[FEATURE_TABLE_KEY] = s.user_ids
+    ints = set(integer_columns(spec))
+    data = {}
+    for name in output_columns(spec):
+        col = np.asarray(f[name])[rows]
+        if name in (FEATURE_TABLE_KEY, "aipl_layer"):
+            data[name] = pd.array(col.astype(object), dtype="str")
+        else:
+            data[name] = col.astype(np.int64 if name in ints else np.float64)
+    return pd.DataFrame(data, columns=output_columns(spec))
+
+
+__all__ = ["DAY_US", "feature_frame"]
