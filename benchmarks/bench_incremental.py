@@ -1,0 +1,104 @@
+"""Benchmark: the nightly feature build from the kept state against a full build of the same night.
+
+    python benchmarks/bench_incremental.py --events 10000000 --users 1000000
+
+Writes ``--events`` synthetic events (400 days before ``AS_OF``) and one more day of ``--events / 100`` events. The
+kept state at ``AS_OF`` comes from a replay of every day (timed apart, a one-off) and is saved. The timed night
+loads it, reads the new day's file, moves the state on a day and hands over the feature table; the same run then
+times ``build_features`` on both files at the next cutoff (the baseline) and checks the two tables equal (every
+column; floats to 1e-9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench_features import AS_OF, next_day_events, peak_rss_mb, synthetic_events  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "incremental")
+    args = parser.parse_args()
+
+    from features.build.builder import build_features
+    from features.incremental.build import advance_to, state_from_events
+    from features.incremental.store import load_state, save_state
+    from features.incremental.table import feature_frame
+
+    shutil.rmtree(args.out, ignore_errors=True)
+    source = args.out / "events"
+    source.mkdir(parents=True)
+    pq.write_table(synthetic_events(args.events, args.users, args.seed), source / "events.parquet",
+                   row_group_size=1_000_000)
+    n_new = max(args.events // 100, 1)
+    pq.write_table(next_day_events(n_new, args.users, args.seed + 1), source / "ingested-1.parquet")
+    next_cutoff = AS_OF + timedelta(days=1)
+
+    t0 = time.perf_counter()
+    state = state_from_events(pq.read_table(source / "events.parquet").to_pandas(), AS_OF)
+    replay_s = time.perf_counter() - t0
+    save_state(state, args.out / "state")
+    del state
+
+    timed = {}
+    t0 = time.perf_counter()
+    state = load_state(args.out / "state")
+    timed["load_state_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    day = pq.read_table(source / "ingested-1.parquet").to_pandas()
+    timed["read_new_day_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    advance_to(state, day, next_cutoff)
+    timed["advance_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    table = feature_frame(state)
+    timed["feature_table_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    save_state(state, args.out / "state-next")
+    timed["save_state_s"] = time.perf_counter() - t0
+    nightly_s = sum(timed.values())
+    peak_mb = peak_rss_mb()
+
+    t0 = time.perf_counter()
+    full = build_features(source, next_cutoff)
+    full_s = time.perf_counter() - t0
+    worst, equal = 0.0, list(full.columns) == list(table.columns) and len(full) == len(table)
+    for name in full.columns if equal else ():
+        a, b = full[name].to_numpy(), table[name].to_numpy()
+        if a.dtype.kind == "f":
+            same_nan = np.array_equal(np.isnan(a), np.isnan(b))
+            diff = np.nanmax(np.abs(a - b) / np.maximum(1.0, np.abs(a)), initial=0.0)
+            worst = max(worst, float(diff))
+            equal &= same_nan and diff <= 1e-9
+        else:
+            equal &= a.tolist() == b.tolist()
+    result = {
+        "events": args.events, "users": len(table), "new_day_events": n_new, "replay_s": round(replay_s, 1),
+        **{k: round(v, 2) for k, v in timed.items()}, "nightly_s": round(nightly_s, 2),
+        "full_build_s": round(full_s, 2), "nightly_over_full": round(nightly_s / full_s, 3),
+        "state_mb": round(sum(f.stat().st_size for f in (args.out / "state-next").rglob("*") if f.is_file()) / 2**20),
+        "peak_rss_mb_before_full_build": round(peak_mb), "tables_equal": bool(equal),
+        "worst_relative_float_difference": worst,
+    }
+    print(json.dumps(result, indent=2))
+    shutil.rmtree(args.out, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

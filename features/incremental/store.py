@@ -1,0 +1,103 @@
+"""A :class:`FeatureState` on disk: one folder, written whole in a temporary folder and renamed into place.
+
+Layout: ``meta.json`` (spec, origin, night, source flags, and whatever the caller records under ``extra``),
+``arrays.npz`` (every numeric array, uncompressed), ``user_ids.arrow`` (the users' ids in code order) and
+``rollups/day-<d>.npz`` (the days still inside a window). A state that is missing, damaged or of another spec
+raises :class:`StateError`; the caller then builds from all events.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from features.incremental.rollup import DayRollup
+from features.incremental.state import Dictionary, FeatureState
+from features.spec.definition import FeatureSpec
+
+FORMAT = 1
+_DICTS = ("users", "items", "categories", "views_dict")
+
+
+class StateError(ValueError):
+    """The kept feature state cannot be used (missing, damaged, another spec or format)."""
+
+
+def save_state(state: FeatureState, path: Path, extra: dict[str, Any] | None = None) -> None:
+    """Write ``state`` to the folder ``path``, replacing what is there only once the new one is complete."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    (tmp / "rollups").mkdir(parents=True)
+    arrays = {f"p_{k}": v for k, v in state.per_user.items()}
+    arrays.update({f"w_{g}_{w}": v for (g, w), v in state.win.items()})
+    arrays.update({f"g_{k}": v for k, v in state.gaps.items()})
+    for name, (keys, values) in state.pairs.items():
+        arrays[f"pair_{name}_keys"] = keys
+        arrays.update({f"pair_{name}_{i}": v for i, v in enumerate(values)})
+    arrays.update({f"d_{name}": getattr(state, name).values for name in _DICTS})
+    np.savez(tmp / "arrays.npz", **arrays)
+    table = pa.table({"user_id": pa.array(state.user_ids.tolist(), pa.string())})
+    with pa.OSFile(str(tmp / "user_ids.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    for day, rollup in state.rollups.items():
+        rollup.save(tmp / "rollups" / f"day-{day}.npz")
+    meta = {"format": FORMAT, "spec": state.spec.to_dict(), "origin_us": state.origin_us, "night": state.night,
+            "has_item": state.has_item, "has_amount": state.has_amount, "users": state.n_users,
+            "extra": extra or {}}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    old = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """The ``meta.json`` of a kept state; :class:`StateError` when there is none or it is unreadable."""
+    try:
+        meta = json.loads((Path(path) / "meta.json").read_text())
+    except FileNotFoundError as exc:
+        raise StateError(f"no kept feature state in {path}") from exc
+    except (OSError, ValueError) as exc:
+        raise StateError(f"the kept feature state in {path} is damaged: {exc}") from exc
+    if meta.get("format") != FORMAT:
+        raise StateError(f"the kept feature state in {path} has format {meta.get('format')}, not {FORMAT}")
+    return meta
+
+
+def load_state(path: Path, spec: FeatureSpec | None = None) -> FeatureState:
+    """The state kept in ``path``; with ``spec``, :class:`StateError` unless it was kept for that spec."""
+    path = Path(path)
+    meta = read_meta(path)
+    kept = FeatureSpec.from_dict(meta["spec"])
+    if spec is not None and kept.fingerprint() != spec.fingerprint():
+        raise StateError(f"the kept feature state in {path} is of another feature spec")
+    state = FeatureState(kept, meta["origin_us"], has_item=meta["has_item"], has_amount=meta["has_amount"])
+    state.night = int(meta["night"])
+    try:
+        with np.load(path / "arrays.npz") as data:
+            arrays = {name: data[name] for name in data.files}
+        ids = pa.ipc.open_file(pa.memory_map(str(path / "user_ids.arrow"))).read_all()
+        state.user_ids = np.asarray(ids.column("user_id").to_pylist(), dtype=object)
+        state.per_user = {k: arrays[f"p_{k}"] for k in state.per_user}
+        state.win = {(g, w): arrays[f"w_{g}_{w}"] for (g, w) in state.win}
+        state.gaps = {k: arrays[f"g_{k}"] for k in state.gaps}
+        state.pairs = {name: (arrays[f"pair_{name}_keys"], tuple(arrays[f"pair_{name}_{i}"]
+                                                               for i in range(len(values))))
+                       for name, (_, values) in state.pairs.items()}
+        for name in _DICTS:
+            setattr(state, name, Dictionary(arrays[f"d_{name}"]))
+        for file in (path / "rollups").glob("day-*.npz"):
+            state.rollups[int(file.stem.split("-")[1])] = DayRollup.load(file)
+    except (OSError, KeyError, ValueError, pa.ArrowInvalid) as exc:
+        raise StateError(f"the kept feature state in {path} is damaged: {exc}") from exc
+    if len(state.user_ids) != meta["users"] or len(state.users.values) != meta["users"]:
+        raise StateError(f"the kept feature state in {path} is damaged: {meta['users']} users expected")
+    return state
