@@ -17,6 +17,8 @@ Days are numbered from the state's ``origin`` (a cutoff, epoch microseconds): da
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -126,7 +128,8 @@ class FeatureState:
             "item": (empty, (empty,)), "category": (empty, (empty,)), "view": (empty, (empty, empty)),
             "cart": (empty, (empty, empty)),
         }
-        self.rollups: dict[int, DayRollup] = {}
+        self.rollups: dict[int, DayRollup | Path] = {}  # a Path: kept on disk, read when the day leaves a window
+        self.order = np.zeros(0, np.int64)  # user codes in the order of their ids (the table's row order)
         self.target_codes = id_codes(list(spec.target_categories)) if spec.target_categories else None
 
     @property
@@ -153,7 +156,7 @@ class FeatureState:
         for (group, w), sums in self.win.items():
             if len(day.user):
                 sums[day.user] += _rolled(day, group)
-            if (old := self.rollups.get(k - w)) is not None:
+            if (old := self.rollup(k - w)) is not None:
                 sums[old.user] -= _rolled(old, group)
         if len(ev):
             self._history(user, ev, day)
@@ -165,6 +168,13 @@ class FeatureState:
         for d in [d for d in self.rollups if d < oldest]:
             del self.rollups[d]
         return self
+
+    def rollup(self, day: int) -> DayRollup | None:
+        """The roll-up of ``day`` (read from disk the first time it is needed), None for a day without one."""
+        got = self.rollups.get(day)
+        if isinstance(got, Path):
+            got = self.rollups[day] = DayRollup.load(got)
+        return got
 
     # -------------------------------------------------------------------------------------------------- pieces
     def _user_codes(self, user_ids: np.ndarray) -> np.ndarray:
@@ -179,6 +189,9 @@ class FeatureState:
             firsts = pd.Series(codes).drop_duplicates()
             firsts = firsts[firsts >= before]
             fresh[firsts.to_numpy() - before] = user_ids[firsts.index.to_numpy()]
+            rank = np.argsort(fresh.astype(str), kind="stable")
+            at = np.searchsorted(self.user_ids[self.order].astype(str), fresh[rank].astype(str))
+            self.order = np.insert(self.order, at, before + rank)
             self.user_ids = np.concatenate([self.user_ids, fresh])
             for key, arr in self.win.items():
                 self.win[key] = np.concatenate([arr, np.zeros((added, *arr.shape[1:]), arr.dtype)])
@@ -196,7 +209,7 @@ class FeatureState:
         for i, span in enumerate(self.spans):
             inside = self.win[(f"mult{i}", span)][:, 0]
             leaving_mult, leaving_into = np.zeros(n), np.zeros(n)
-            if (old := self.rollups.get(k - span)) is not None:
+            if (old := self.rollup(k - span)) is not None:
                 leaving_mult[old.user], leaving_into[old.user] = old.mult[:, i], old.mult_into[:, i]
             decay[:, i] -= leaving_into / span + (inside - leaving_mult) / span
             m = layer == i

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from features.incremental.rollup import DayRollup
 from features.incremental.state import Dictionary, FeatureState
 from features.spec.definition import FeatureSpec
 
@@ -41,13 +40,17 @@ def save_state(state: FeatureState, path: Path, extra: dict[str, Any] | None = N
     for name, (keys, values) in state.pairs.items():
         arrays[f"pair_{name}_keys"] = keys
         arrays.update({f"pair_{name}_{i}": v for i, v in enumerate(values)})
-    arrays.update({f"d_{name}": getattr(state, name).values for name in _DICTS})
+    arrays.update({f"d_{name}": getattr(state, name).values for name in _DICTS}, order=state.order)
     np.savez(tmp / "arrays.npz", **arrays)
     table = pa.table({"user_id": pa.array(state.user_ids.tolist(), pa.string())})
     with pa.OSFile(str(tmp / "user_ids.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
     for day, rollup in state.rollups.items():
-        rollup.save(tmp / "rollups" / f"day-{day}.npz")
+        target = tmp / "rollups" / f"day-{day}.npz"
+        if isinstance(rollup, Path):  # unchanged since it was kept: linked, not written again
+            _link(rollup, target)
+        else:
+            rollup.save(target)
     meta = {"format": FORMAT, "spec": state.spec.to_dict(), "origin_us": state.origin_us, "night": state.night,
             "has_item": state.has_item, "has_amount": state.has_amount, "users": state.n_users,
             "extra": extra or {}}
@@ -57,6 +60,13 @@ def save_state(state: FeatureState, path: Path, extra: dict[str, Any] | None = N
         os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _link(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not supported
+        shutil.copyfile(source, target)
 
 
 def read_meta(path: Path) -> dict[str, Any]:
@@ -94,8 +104,9 @@ def load_state(path: Path, spec: FeatureSpec | None = None) -> FeatureState:
                        for name, (_, values) in state.pairs.items()}
         for name in _DICTS:
             setattr(state, name, Dictionary(arrays[f"d_{name}"]))
+        state.order = arrays["order"]
         for file in (path / "rollups").glob("day-*.npz"):
-            state.rollups[int(file.stem.split("-")[1])] = DayRollup.load(file)
+            state.rollups[int(file.stem.split("-")[1])] = file
     except (OSError, KeyError, ValueError, pa.ArrowInvalid) as exc:
         raise StateError(f"the kept feature state in {path} is damaged: {exc}") from exc
     if len(state.user_ids) != meta["users"] or len(state.users.values) != meta["users"]:

@@ -142,10 +142,9 @@ def feature_frame(state: FeatureState) -> pd.DataFrame:
         for name in (f"distinct_items_{dd}d", *(f"max_items_per_category_{w}d" for w in spec.comparison_windows),
                      f"carts_unbought_{spec.cart_unbought_days}d"):
             f[name] = np.zeros(n_users, np.int64)
-    rows = np.arange(n_users)
+    rows = s.order
     if spec.lookback_days:
-        rows = rows[f["days_since_last_event"] <= spec.lookback_days]
-    rows = rows[np.argsort(s.user_ids[rows].astype(str), kind="stable")]
+        rows = rows[f["days_since_last_event"][rows] <= spec.lookback_days]
     f[FEATURE_TABLE_KEY] = s.user_ids
     ints = set(integer_columns(spec))
     data = {}

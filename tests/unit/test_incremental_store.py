@@ -1,0 +1,44 @@
+"""The kept feature state on disk: a saved state moves on exactly as the one in memory; bad states are refused."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from features.build.builder import build_features
+from features.incremental.build import advance_to, state_from_events
+from features.incremental.store import StateError, load_state, save_state
+from features.incremental.table import feature_frame
+from features.spec.definition import FeatureSpec
+from tests.property.test_online_parity import AS_OF, CART_EDGES, DAY, assert_parity, frame
+
+LATER = [(("u9", "fav", "i3", "c2", "ad", None), DAY // 2), (("u0", "view", "i1", "c0", None, None), DAY // 4)]
+
+
+def test_a_saved_state_moves_on_like_the_one_in_memory(tmp_path):
+    events = frame(CART_EDGES + LATER)
+    before = AS_OF - timedelta(days=1)
+    state = state_from_events(events, before, FeatureSpec())
+    save_state(state, tmp_path / "state", extra={"note": "kept"})
+    save_state(load_state(tmp_path / "state"), tmp_path / "state")  # saved again: rolled-up days linked
+    loaded = load_state(tmp_path / "state", FeatureSpec())
+    assert_parity(feature_frame(state), feature_frame(loaded), FeatureSpec())
+    day = events[events.ts >= before]
+    moved = advance_to(loaded, day, AS_OF)
+    assert_parity(build_features(events, AS_OF, FeatureSpec()), feature_frame(moved), FeatureSpec())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]  # no temporary folder left
+
+
+def test_a_missing_damaged_or_other_spec_state_is_refused(tmp_path):
+    with pytest.raises(StateError, match="no kept feature state"):
+        load_state(tmp_path / "nothing")
+    save_state(state_from_events(frame(CART_EDGES), AS_OF, FeatureSpec()), tmp_path / "state")
+    with pytest.raises(StateError, match="another feature spec"):
+        load_state(tmp_path / "state", FeatureSpec(windows=(1, 7)))
+    (tmp_path / "state" / "arrays.npz").write_bytes(b"not numpy")
+    with pytest.raises(StateError, match="damaged"):
+        load_state(tmp_path / "state")
+    (tmp_path / "state" / "meta.json").write_text("{")
+    with pytest.raises(StateError, match="damaged"):
+        load_state(tmp_path / "state")
