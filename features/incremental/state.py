@@ -190,7 +190,7 @@ class FeatureState:
             firsts = firsts[firsts >= before]
             fresh[firsts.to_numpy() - before] = user_ids[firsts.index.to_numpy()]
             rank = np.argsort(fresh.astype(str), kind="stable")
-            at = np.searchsorted(self.user_ids[self.order].astype(str), fresh[rank].astype(str))
+            at = np.searchsorted(self.user_ids[self.order], fresh[rank])  # object arrays of str: code-point order
             self.order = np.insert(self.order, at, before + rank)
             self.user_ids = np.concatenate([self.user_ids, fresh])
             for key, arr in self.win.items():

@@ -154,7 +154,7 @@ def feature_frame(state: FeatureState) -> pd.DataFrame:
             data[name] = pd.array(col.astype(object), dtype="str")
         else:
             data[name] = col.astype(np.int64 if name in ints else np.float64)
-    return pd.DataFrame(data, columns=output_columns(spec))
+    return pd.DataFrame(data, columns=output_columns(spec), copy=False)  # one block per column, no 2nd copy
 
 
 __all__ = ["DAY_US", "feature_frame"]
