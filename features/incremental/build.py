@@ -11,6 +11,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
+from features.incremental.bootstrap import state_at
 from features.incremental.rollup import DAY_US
 from features.incremental.state import FeatureState, IncrementalUnsupported
 from features.online.arrays import EventArrays
@@ -18,18 +19,21 @@ from features.online.compute import as_of_us
 from features.spec.definition import FeatureSpec
 
 
-def state_from_events(events: pd.DataFrame, as_of: datetime, spec: FeatureSpec | None = None) -> FeatureState:
-    """The state at ``as_of`` of the events before it, replayed day by day from the first event's day.
-
-    Events at or after ``as_of`` are ignored, as the feature table ignores them."""
+def state_from_events(events: pd.DataFrame, as_of: datetime, spec: FeatureSpec | None = None, *,
+                      replay: bool = False) -> FeatureState:
+    """The state at ``as_of`` of the events before it (events at or after ``as_of`` are ignored, as the feature
+    table ignores them): computed at once (:func:`features.incremental.bootstrap.state_at`), or with ``replay``
+    moved on day by day from the first event's day, as the nights would have."""
     spec = spec or FeatureSpec()
     cutoff = as_of_us(as_of)
     user_ids, ev = _arrays(events)
+    flags = {"has_item": "item_id" in events, "has_amount": "amount" in events}
+    if not replay:
+        return state_at([(user_ids, ev)], cutoff, spec, **flags)
     keep = ev.ts_us < cutoff
     user_ids, ev = user_ids[keep], ev.take(keep)
     days = 0 if not len(ev) else int((cutoff - int(ev.ts_us.min()) + DAY_US - 1) // DAY_US)
-    state = FeatureState(spec, cutoff - days * DAY_US, has_item="item_id" in events,
-                         has_amount="amount" in events)
+    state = FeatureState(spec, cutoff - days * DAY_US, **flags)
     return _advance(state, user_ids, ev, cutoff)
 
 

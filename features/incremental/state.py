@@ -178,27 +178,32 @@ class FeatureState:
 
     # -------------------------------------------------------------------------------------------------- pieces
     def _user_codes(self, user_ids: np.ndarray) -> np.ndarray:
-        """Codes of the day's users; new users get a row of empty state."""
+        """Codes of the day's users (ids as text); new users get a row of empty state."""
         if not len(user_ids):
             return np.zeros(0, np.int64)
         before = len(self.users.values)
         codes = self.users.encode(pd.util.hash_array(user_ids, categorize=True).view(np.int64))
-        added = len(self.users.values) - before
-        if added:
-            fresh = np.zeros(added, dtype=object)
-            firsts = pd.Series(codes).drop_duplicates()
-            firsts = firsts[firsts >= before]
-            fresh[firsts.to_numpy() - before] = user_ids[firsts.index.to_numpy()]
-            rank = np.argsort(fresh.astype(str), kind="stable")
-            at = np.searchsorted(self.user_ids[self.order], fresh[rank])  # object arrays of str: code-point order
-            self.order = np.insert(self.order, at, before + rank)
-            self.user_ids = np.concatenate([self.user_ids, fresh])
-            for key, arr in self.win.items():
-                self.win[key] = np.concatenate([arr, np.zeros((added, *arr.shape[1:]), arr.dtype)])
-            for name, arr in self.per_user.items():
-                grown = np.full((added, *arr.shape[1:]), self._fill.get(name, 0), dtype=arr.dtype)
-                self.per_user[name] = np.concatenate([arr, grown])
+        if len(self.users.values) > before:
+            self.add_users(codes, user_ids, before)
         return codes
+
+    def add_users(self, codes: np.ndarray, user_ids: np.ndarray, before: int) -> None:
+        """Rows for the users coded from ``before`` on (``codes`` of ``user_ids``, aligned): ids, row order and
+        empty state."""
+        added = len(self.users.values) - before
+        fresh = np.zeros(added, dtype=object)
+        firsts = pd.Series(codes).drop_duplicates()
+        firsts = firsts[firsts >= before]
+        fresh[firsts.to_numpy() - before] = user_ids[firsts.index.to_numpy()]
+        rank = np.argsort(fresh.astype(str), kind="stable")
+        at = np.searchsorted(self.user_ids[self.order], fresh[rank])  # object arrays of str: code-point order
+        self.order = np.insert(self.order, at, before + rank)
+        self.user_ids = np.concatenate([self.user_ids, fresh])
+        for key, arr in self.win.items():
+            self.win[key] = np.concatenate([arr, np.zeros((added, *arr.shape[1:]), arr.dtype)])
+        for name, arr in self.per_user.items():
+            grown = np.full((added, *arr.shape[1:]), self._fill.get(name, 0), dtype=arr.dtype)
+            self.per_user[name] = np.concatenate([arr, grown])
 
     def _decay(self, user: np.ndarray, ev: EventArrays, day: DayRollup) -> None:
         """Decay sums at the next cutoff: every event inside a span loses ``multiplier / span``, the day that

@@ -106,7 +106,7 @@ def load_state(path: Path, spec: FeatureSpec | None = None) -> FeatureState:
             setattr(state, name, Dictionary(arrays[f"d_{name}"]))
         state.order = arrays["order"]
         for file in (path / "rollups").glob("day-*.npz"):
-            state.rollups[int(file.stem.split("-")[1])] = file
+            state.rollups[int(file.stem[len("day-"):])] = file  # days before the origin are negative
     except (OSError, KeyError, ValueError, pa.ArrowInvalid) as exc:
         raise StateError(f"the kept feature state in {path} is damaged: {exc}") from exc
     if len(state.user_ids) != meta["users"] or len(state.users.values) != meta["users"]:
