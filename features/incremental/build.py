@@ -6,7 +6,9 @@ with :meth:`FeatureState.advance`, so the state a night starts from and the one 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -35,6 +37,22 @@ def state_from_events(events: pd.DataFrame, as_of: datetime, spec: FeatureSpec |
     days = 0 if not len(ev) else int((cutoff - int(ev.ts_us.min()) + DAY_US - 1) // DAY_US)
     state = FeatureState(spec, cutoff - days * DAY_US, **flags)
     return _advance(state, user_ids, ev, cutoff)
+
+
+def state_from_files(files: Sequence[Path], as_of: datetime, spec: FeatureSpec | None = None, *,
+                     batch_rows: int = 2_000_000) -> FeatureState:
+    """The state at ``as_of`` of the canonical events in Parquet ``files``, read ``batch_rows`` rows at a time."""
+    import pyarrow.parquet as pq
+
+    names = set(pq.read_schema(files[0]).names) if files else set()
+
+    def chunks():
+        for file in files:
+            for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_rows):
+                yield _arrays(batch.to_pandas())
+
+    return state_at(chunks(), as_of_us(as_of), spec or FeatureSpec(), has_item="item_id" in names,
+                    has_amount="amount" in names)
 
 
 def advance_to(state: FeatureState, events: pd.DataFrame, as_of: datetime) -> FeatureState:
