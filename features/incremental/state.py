@@ -108,7 +108,7 @@ class FeatureState:
         self.items, self.categories, self.views_dict = Dictionary(), Dictionary(), Dictionary()
         widths = {"n": N_CODES, "chan": 3}
         self.win = {(g, w): np.zeros((0, widths.get(g, 1)), np.float64 if g in ("amount",) or g.startswith("mult")
-                                     else np.int64) for g, ws in self.windows.items() for w in ws}
+                                     else np.int32) for g, ws in self.windows.items() for w in ws}
         self.per_user: dict[str, np.ndarray] = {
             "last_ts": np.zeros((0, 7), np.int64),  # behaviors 0..4, any event, ad
             "first_ts": np.zeros((0, 6), np.int64),  # behaviors 0..4, any event

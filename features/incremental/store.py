@@ -1,9 +1,10 @@
 """A :class:`FeatureState` on disk: one folder, written whole in a temporary folder and renamed into place.
 
 Layout: ``meta.json`` (spec, origin, night, source flags, and whatever the caller records under ``extra``),
-``arrays.npz`` (every numeric array, uncompressed), ``user_ids.arrow`` (the users' ids in code order) and
-``rollups/day-<d>.npz`` (the days still inside a window). A state that is missing, damaged or of another spec
-raises :class:`StateError`; the caller then builds from all events.
+``arrays/<name>.npy`` (every numeric array; read back memory-mapped, copy on write), ``user_ids.arrow`` (the
+users' ids in code order) and ``rollups/day-<d>.npz`` (the days still inside a window, linked from the last state
+when unchanged). A state that is missing, damaged or of another spec raises :class:`StateError`; the caller then
+builds from all events.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ def save_state(state: FeatureState, path: Path, extra: dict[str, Any] | None = N
         arrays[f"pair_{name}_keys"] = keys
         arrays.update({f"pair_{name}_{i}": v for i, v in enumerate(values)})
     arrays.update({f"d_{name}": getattr(state, name).values for name in _DICTS}, order=state.order)
-    np.savez(tmp / "arrays.npz", **arrays)
+    (tmp / "arrays").mkdir()
+    for name, values in arrays.items():
+        np.save(tmp / "arrays" / f"{name}.npy", values)
     table = pa.table({"user_id": pa.array(state.user_ids.tolist(), pa.string())})
     with pa.OSFile(str(tmp / "user_ids.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
@@ -92,8 +95,7 @@ def load_state(path: Path, spec: FeatureSpec | None = None) -> FeatureState:
     state = FeatureState(kept, meta["origin_us"], has_item=meta["has_item"], has_amount=meta["has_amount"])
     state.night = int(meta["night"])
     try:
-        with np.load(path / "arrays.npz") as data:
-            arrays = {name: data[name] for name in data.files}
+        arrays = {file.stem: np.load(file, mmap_mode="c") for file in (path / "arrays").glob("*.npy")}
         ids = pa.ipc.open_file(pa.memory_map(str(path / "user_ids.arrow"))).read_all()
         state.user_ids = np.asarray(ids.column("user_id").to_pylist(), dtype=object)
         state.per_user = {k: arrays[f"p_{k}"] for k in state.per_user}

@@ -36,7 +36,7 @@ def test_a_missing_damaged_or_other_spec_state_is_refused(tmp_path):
     save_state(state_from_events(frame(CART_EDGES), AS_OF, FeatureSpec()), tmp_path / "state")
     with pytest.raises(StateError, match="another feature spec"):
         load_state(tmp_path / "state", FeatureSpec(windows=(1, 7)))
-    (tmp_path / "state" / "arrays.npz").write_bytes(b"not numpy")
+    (tmp_path / "state" / "arrays" / "order.npy").write_bytes(b"not numpy")
     with pytest.raises(StateError, match="damaged"):
         load_state(tmp_path / "state")
     (tmp_path / "state" / "meta.json").write_text("{")
