@@ -15,7 +15,7 @@ import pandas as pd
 
 from features.incremental.pairs import key_users, lookup, pair_keys, unique_last
 from features.incremental.rollup import DAY_US, DayRollup, layer_of, multipliers
-from features.incremental.state import _BUY, _CART, _GAP_BITS, _VIEW, FeatureState, _rolled
+from features.incremental.state import _BUY, _CART, _GAP_BITS, _VIEW, FeatureState, _rolled, set_medians
 from features.online.arrays import NULL_ID, EventArrays
 from features.spec.definition import RECENCY_BEHAVIORS, FeatureSpec
 from features.spec.table import SECONDS_PER_DAY
@@ -128,12 +128,7 @@ def _days(state: FeatureState, user: np.ndarray, day: np.ndarray, gaps: str, fir
     same = owner[1:] == owner[:-1]
     gap_keys = np.sort(owner[1:][same] << _GAP_BITS | (back[1:] - back[:-1])[same])
     state.gaps[gaps] = gap_keys
-    with_gap = np.unique(gap_keys >> _GAP_BITS)
-    gap_owner = gap_keys >> _GAP_BITS
-    lo, hi = np.searchsorted(gap_owner, with_gap, "left"), np.searchsorted(gap_owner, with_gap, "right")
-    n = hi - lo
-    gap = gap_keys & ((1 << _GAP_BITS) - 1)
-    p[median][with_gap] = (gap[lo + (n - 1) // 2] + gap[lo + n // 2]) / 2.0
+    set_medians(p[median], gap_keys, np.unique(gap_keys >> _GAP_BITS))
 
 
 def _pairs(state: FeatureState, user: np.ndarray, ev: EventArrays, day: np.ndarray) -> None:
@@ -168,4 +163,4 @@ def _pairs(state: FeatureState, user: np.ndarray, ev: EventArrays, day: np.ndarr
 
 def _last(keys: np.ndarray, day: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray]]:
     keys, day = unique_last(keys, day)
-    return keys, (day.astype(np.int64),)
+    return keys, (day.astype(np.int32),)

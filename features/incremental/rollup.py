@@ -47,8 +47,8 @@ def layer_of(behavior: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class DayRollup:
-    """Per-user sums of one day. ``user``: int64 (m,) sorted user codes; ``n``: int64 (m, 6) events per behavior
-    code; ``ad``: int64 (m,) ad events; ``chan``: int64 (m, 3) events with a channel, active (ad or search) and
+    """Per-user sums of one day. ``user``: int32 (m,) sorted user codes; ``n``: int32 (m, 6) events per behavior
+    code; ``ad``: int32 (m,) ad events; ``chan``: int32 (m, 3) events with a channel, active (ad or search) and
     passive ones; ``amount``: float64 (m,) sum of known buy amounts; ``mult``: float64 (m, 3) sum of channel
     multipliers per decay layer; ``mult_into``: float64 (m, 3) the same weighted by the events' time into the day
     (fraction of 24 h in [0, 1))."""
@@ -71,7 +71,7 @@ class DayRollup:
         def total(mask: np.ndarray | None = None, weights: np.ndarray | None = None) -> np.ndarray:
             r, w = (row, weights) if mask is None else (row[mask], None if weights is None else weights[mask])
             got = np.bincount(r, weights=w, minlength=m)
-            return got if weights is not None else got.astype(np.int64)
+            return got if weights is not None else got.astype(np.int32)
 
         n = np.stack([total(behavior == code) for code in range(N_CODES)], axis=1).reshape(m, N_CODES)
         ad = channel == CHANNEL_CODES["ad"]
@@ -83,7 +83,7 @@ class DayRollup:
         into = (ts_us - day_start_us).astype(np.float64) / DAY_US
         layer = layer_of(behavior)
         return cls(
-            user=users.astype(np.int64), n=n, ad=total(ad), chan=chan,
+            user=users.astype(np.int32), n=n, ad=total(ad), chan=chan,
             amount=total(known_buy, np.where(known_buy, amount, 0.0)).astype(np.float64),
             mult=np.stack([total(layer == i, mult) for i in range(3)], axis=1).reshape(m, 3),
             mult_into=np.stack([total(layer == i, mult * into) for i in range(3)], axis=1).reshape(m, 3),
@@ -91,15 +91,17 @@ class DayRollup:
 
     @classmethod
     def empty(cls) -> DayRollup:
-        z = np.zeros(0, dtype=np.int64)
-        return cls(z, np.zeros((0, N_CODES), np.int64), z, np.zeros((0, 3), np.int64), np.zeros(0),
+        z = np.zeros(0, dtype=np.int32)
+        return cls(z, np.zeros((0, N_CODES), np.int32), z, np.zeros((0, 3), np.int32), np.zeros(0),
                    np.zeros((0, 3)), np.zeros((0, 3)))
 
     def save(self, path: Path) -> None:
-        """Write as one uncompressed ``.npz``."""
-        np.savez(path, **{f.name: getattr(self, f.name) for f in fields(self)})
+        """Write as a folder of one ``.npy`` per field."""
+        path.mkdir()
+        for f in fields(self):
+            np.save(path / f"{f.name}.npy", getattr(self, f.name))
 
     @classmethod
     def load(cls, path: Path) -> DayRollup:
-        with np.load(path) as data:
-            return cls(**{f.name: data[f.name] for f in fields(cls)})
+        """The roll-up in the folder ``path``, memory-mapped: a window reads only the fields it subtracts."""
+        return cls(**{f.name: np.load(path / f"{f.name}.npy", mmap_mode="r") for f in fields(cls)})

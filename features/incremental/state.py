@@ -72,6 +72,15 @@ def _rolled(r: DayRollup, group: str) -> np.ndarray:
     return value if value.ndim == 2 else value[:, None]
 
 
+def set_medians(median: np.ndarray, keys: np.ndarray, users: np.ndarray) -> None:
+    """``median[users]`` = each user's exact median gap, from the sorted gap keys ``user << 20 | gap`` (the mean of
+    the two middle gaps for an even count). Only the users' own key ranges are read."""
+    lo = np.searchsorted(keys, users << _GAP_BITS)
+    n = np.searchsorted(keys, (users + 1) << _GAP_BITS) - lo
+    mask = (1 << _GAP_BITS) - 1
+    median[users] = ((keys[lo + (n - 1) // 2] & mask) + (keys[lo + n // 2] & mask)) / 2.0
+
+
 class Dictionary:
     """Dense codes (0, 1, ...) of int64 values in order of first appearance."""
 
@@ -123,9 +132,9 @@ class FeatureState:
                       "last_buy_day": NO_DAY, "active_median": np.nan, "buy_median": np.nan,
                       "target_first_browse": NO_TS}
         self.gaps = {"active": np.zeros(0, np.int64), "buy": np.zeros(0, np.int64)}
-        empty = np.zeros(0, np.int64)
-        self.pairs: dict[str, tuple[np.ndarray, tuple[np.ndarray, ...]]] = {
-            "item": (empty, (empty,)), "category": (empty, (empty,)), "view": (empty, (empty, empty)),
+        empty, days = np.zeros(0, np.int64), np.zeros(0, np.int32)
+        self.pairs: dict[str, tuple[np.ndarray, tuple[np.ndarray, ...]]] = {  # keys, (last day or times, ...)
+            "item": (empty, (days,)), "category": (empty, (days,)), "view": (empty, (days, empty)),
             "cart": (empty, (empty, empty)),
         }
         self.rollups: dict[int, DayRollup | Path] = {}  # a Path: kept on disk, read when the day leaves a window
@@ -260,11 +269,7 @@ class FeatureState:
         p[last][users] = k
         p[count][users] += 1
         if len(with_gap):
-            owner = keys >> _GAP_BITS
-            lo, hi = np.searchsorted(owner, with_gap, "left"), np.searchsorted(owner, with_gap, "right")
-            n = hi - lo
-            gap = keys & ((1 << _GAP_BITS) - 1)
-            p[median][with_gap] = (gap[lo + (n - 1) // 2] + gap[lo + n // 2]) / 2.0
+            set_medians(p[median], keys, with_gap)
 
     def _pairs(self, user: np.ndarray, ev: EventArrays) -> None:
         """The day's (user, item), (user, category), viewed (user, category, item) and carted (user, item) pairs."""
@@ -276,13 +281,13 @@ class FeatureState:
         cat[has_cat] = self.categories.encode(ev.category[has_cat])
         for name, mask, code in (("item", has_item, item), ("category", has_cat, cat)):
             new = np.unique(pair_keys(user[mask], code[mask]))
-            self._upsert(name, new, (np.full(len(new), k, np.int64),))
+            self._upsert(name, new, (np.full(len(new), k, np.int32),))
         if not self.has_item:
             return
         views = (ev.behavior == _VIEW) & has_item & has_cat
         combo = self.views_dict.encode(pair_keys(cat[views], item[views]))
         new, first = np.unique(pair_keys(user[views], combo), return_index=True)
-        self._upsert("view", new, (np.full(len(new), k, np.int64), cat[views][first]))
+        self._upsert("view", new, (np.full(len(new), k, np.int32), cat[views][first]))
         self._carts(user, ev, item, has_item)
 
     def _upsert(self, name: str, new: np.ndarray, values: tuple[np.ndarray, ...]) -> None:

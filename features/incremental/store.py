@@ -2,7 +2,7 @@
 
 Layout: ``meta.json`` (spec, origin, night, source flags, and whatever the caller records under ``extra``),
 ``arrays/<name>.npy`` (every numeric array; read back memory-mapped, copy on write), ``user_ids.arrow`` (the
-users' ids in code order) and ``rollups/day-<d>.npz`` (the days still inside a window, linked from the last state
+users' ids in code order) and ``rollups/day-<d>/`` (the days still inside a window, linked from the last state
 when unchanged). A state that is missing, damaged or of another spec raises :class:`StateError`; the caller then
 builds from all events.
 """
@@ -49,9 +49,11 @@ def save_state(state: FeatureState, path: Path, extra: dict[str, Any] | None = N
     with pa.OSFile(str(tmp / "user_ids.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
     for day, rollup in state.rollups.items():
-        target = tmp / "rollups" / f"day-{day}.npz"
+        target = tmp / "rollups" / f"day-{day}"
         if isinstance(rollup, Path):  # unchanged since it was kept: linked, not written again
-            _link(rollup, target)
+            target.mkdir()
+            for file in rollup.iterdir():
+                _link(file, target / file.name)
         else:
             rollup.save(target)
     meta = {"format": FORMAT, "spec": state.spec.to_dict(), "origin_us": state.origin_us, "night": state.night,
@@ -107,8 +109,8 @@ def load_state(path: Path, spec: FeatureSpec | None = None) -> FeatureState:
         for name in _DICTS:
             setattr(state, name, Dictionary(arrays[f"d_{name}"]))
         state.order = arrays["order"]
-        for file in (path / "rollups").glob("day-*.npz"):
-            state.rollups[int(file.stem[len("day-"):])] = file  # days before the origin are negative
+        for folder in (path / "rollups").glob("day-*"):
+            state.rollups[int(folder.name[len("day-"):])] = folder  # days before the origin are negative
     except (OSError, KeyError, ValueError, pa.ArrowInvalid) as exc:
         raise StateError(f"the kept feature state in {path} is damaged: {exc}") from exc
     if len(state.user_ids) != meta["users"] or len(state.users.values) != meta["users"]:

@@ -1,0 +1,129 @@
+"""The nightly feature build from the kept state: the event files added since last night, moved on by whole days.
+
+A kept state records the event files it holds (:func:`features.online.sources.manifest`: path, size, modification
+time, inode) and which of them hold events at or after its cutoff (``carry``: read again the next night for those
+events only). :func:`kept_features` moves it on to tonight's cutoff with the added files' events when:
+
+- the state is there, readable and of tonight's spec;
+- every recorded file is still there unchanged (the validated events were not rewritten);
+- tonight's cutoff is a whole number of days after the state's;
+- no added event is older than the state's cutoff (a late event: only a build from all events places it), and the
+  added files have the columns the state was built with.
+
+Otherwise it says why, and the caller builds the table from all events (and a new state with :func:`start_state`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from features.incremental.build import advance_to, state_from_files
+from features.incremental.rollup import DAY_US
+from features.incremental.state import FeatureState, IncrementalUnsupported
+from features.incremental.store import StateError, load_state, save_state
+from features.incremental.table import feature_frame
+from features.online.compute import as_of_us
+from features.online.sources import added_files, manifest
+from features.spec.definition import FeatureSpec
+
+SOURCES_KEY, CARRY_KEY = "sources", "carry"
+
+
+@dataclass(frozen=True)
+class KeptFeatures:
+    """A feature table moved on from the kept state: ``table`` (as ``build_features`` gives it), the moved
+    ``state`` (to keep with :func:`keep_state`), ``nights`` moved, ``events`` read and ``files`` they came from."""
+
+    table: pd.DataFrame
+    state: FeatureState
+    nights: int
+    events: int
+    files: int
+
+
+def kept_features(state_dir: Path, files: Sequence[Path], as_of: datetime, spec: FeatureSpec
+                  ) -> KeptFeatures | str:
+    """Tonight's feature table from the state kept in ``state_dir`` and the event ``files`` (all of tonight's
+    source, as listed for the batch), or why it cannot be moved on (one line)."""
+    try:
+        state = load_state(state_dir, spec)
+    except StateError as exc:
+        return str(exc)
+    extra = _extra(state_dir)
+    added = added_files(extra.get(SOURCES_KEY, []), manifest(files))
+    if added is None:
+        return "an event file the kept state holds was changed or removed since"
+    before, cutoff = state.as_of_us, as_of_us(as_of)
+    if cutoff < before or (cutoff - before) % DAY_US:
+        return "tonight's cutoff is not a whole number of days after the kept state's"
+    frames = [_read(Path(p), state) for p in added]
+    carried = [_read(Path(p), state, since=before) for p in extra.get(CARRY_KEY, [])]
+    if any(isinstance(f, str) for f in frames + carried):
+        return next(f for f in frames + carried if isinstance(f, str))
+    events = pd.concat(frames + carried, ignore_index=True) if frames or carried else None
+    try:
+        if events is not None:
+            advance_to(state, events, as_of)
+        else:
+            advance_to(state, pd.DataFrame({"user_id": [], "ts": pd.Series([], dtype="datetime64[us, UTC]"),
+                                            "behavior": []}), as_of)
+    except IncrementalUnsupported as exc:
+        return str(exc)
+    n_events = 0 if events is None else int((events["ts"] < pd.Timestamp(as_of)).sum())
+    return KeptFeatures(feature_frame(state), state, (cutoff - before) // DAY_US, n_events, len(added))
+
+
+def start_state(files: Sequence[Path], as_of: datetime, spec: FeatureSpec) -> FeatureState:
+    """A state at ``as_of`` computed from all events of ``files`` (the first night, or after a fallback)."""
+    return state_from_files(list(files), as_of, spec)
+
+
+def keep_state(state: FeatureState, state_dir: Path, files: Sequence[Path]) -> None:
+    """Keep ``state`` in ``state_dir`` as the state of the event ``files``, noting those with events at or after
+    its cutoff (their later events are read again the next night)."""
+    carry = [str(Path(f).resolve()) for f in files if _max_ts_us(Path(f)) >= state.as_of_us]
+    save_state(state, state_dir, extra={SOURCES_KEY: manifest(files), CARRY_KEY: carry})
+
+
+def _extra(state_dir: Path) -> dict:
+    from features.incremental.store import read_meta
+
+    return read_meta(state_dir).get("extra", {})
+
+
+def _read(path: Path, state: FeatureState, since: int | None = None) -> pd.DataFrame | str:
+    """The canonical events of one file (those at or after ``since``, UTC epoch microseconds, when given), or why
+    they do not fit the state (another set of columns)."""
+    frame = pq.read_table(path).to_pandas()
+    if ("item_id" in frame) != state.has_item or ("amount" in frame) != state.has_amount:
+        return f"{path.name} has other event columns than the kept state was built from"
+    if since is not None:
+        frame = frame[_ts_us(frame["ts"]) >= since]
+    return frame
+
+
+def _ts_us(ts: pd.Series) -> np.ndarray:
+    """Event times as UTC epoch microseconds (int64): timestamps (naive = UTC) or integer epoch seconds."""
+    if pd.api.types.is_integer_dtype(ts):
+        return ts.to_numpy(dtype="int64") * 1_000_000
+    return pd.to_datetime(ts, utc=True).dt.as_unit("us").to_numpy(dtype="datetime64[us]").view("int64")
+
+
+def _max_ts_us(path: Path) -> int:
+    """The latest event time in a Parquet file (UTC epoch microseconds): from its row-group statistics when every
+    row group has them, else read."""
+    meta = pq.ParquetFile(path).metadata
+    column = meta.schema.names.index("ts") if "ts" in meta.schema.names else None
+    stats = [meta.row_group(i).column(column).statistics for i in range(meta.num_row_groups)] if column is not None \
+        else []
+    if stats and all(s is not None and s.has_min_max for s in stats):
+        return int(_ts_us(pd.Series([s.max for s in stats])).max())
+    ts = pq.read_table(path, columns=["ts"]).column("ts").to_pandas()
+    return int(_ts_us(ts).max()) if len(ts) else np.iinfo(np.int64).min
