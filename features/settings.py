@@ -25,3 +25,7 @@ class FeatureSettings(BaseModel):
     chunk_events: int = Field(
         12_000_000, ge=1, description="Events per user range when building from Parquet sorted by user (memory bound)."
     )
+    keep_state: bool = Field(
+        True, description="Keep the per-user feature state between batches (features/state) and move it on with the "
+        "event files added since, instead of building from all events; a batch that cannot builds whole."
+    )

@@ -169,7 +169,12 @@ def run_score(
 
         warn_cutoff(events_table(events, default_connection()), as_of, "the batch")
     bundles = load_champions(registry(cfg))
-    table = prebuilt_features(features, as_of, next(iter(bundles.values())).spec) if features else None
+    spec = next(iter(bundles.values())).spec
+    table = prebuilt_features(features, as_of, spec) if features else None
+    kept: Any = None
+    if features is None and engine == "duckdb" and cfg.features.keep_state:
+        state_files = history_files or source_files(events)
+        kept, table = _kept_features(cfg, state_files, as_of, spec)
     suffix = "" if engine == "spark" else ".parquet"
     out = check_output(out or cfg.scores_dir / f"audience_{as_of:%Y%m%dT%H%M}{suffix}", cfg, is_dir=not suffix)
     store = open_score_store(cfg) if publish else None
@@ -195,6 +200,7 @@ def run_score(
             store.close()
     rows: dict[str, Any] = {
         "users scored": result.users, "as of": as_of.isoformat(), "mean p_buy": result.mean_p_buy,
+        **({"features": _keep_state(cfg, kept, state_files, as_of, spec)} if kept is not None else {}),
         "models": ", ".join(f"{t} v{b.meta.get('version')}" for t, b in bundles.items()),
         "audience file": result.audience_path,
     }
@@ -211,6 +217,41 @@ def run_score(
                      "serves its stored rows without rescoring users with newer events")
     console().print(kv_table("batch scores", rows))
     return result
+
+
+def _kept_features(cfg: Settings, files: list[Path], as_of: datetime, spec: Any) -> tuple[Any, Any]:
+    """Tonight's feature table moved on from the kept state (with it, the ``KeptFeatures``), or (the reason it
+    cannot be, None): the batch then builds the table from all events."""
+    from features.incremental.nightly import kept_features
+
+    with progress_bar("moving the kept feature state on"):
+        kept = kept_features(cfg.features_dir / STATE_DIR, files, as_of, spec)
+    return (kept, kept.table) if not isinstance(kept, str) else (kept, None)
+
+
+STATE_DIR = "state"
+"""The kept feature state's folder under ``cfg.features_dir``."""
+
+
+def _keep_state(cfg: Settings, kept: Any, files: list[Path], as_of: datetime, spec: Any) -> str:
+    """Keep the feature state for the next batch: the moved-on one, or one computed from all events when the
+    table was built whole (``kept`` is then the reason). Says what happened; a state that cannot be kept only
+    warns (the next batch builds whole again)."""
+    from features.incremental.nightly import keep_state, start_state
+    from features.incremental.state import IncrementalUnsupported
+
+    state_dir = cfg.features_dir / STATE_DIR
+    try:
+        if isinstance(kept, str):
+            with progress_bar("keeping the feature state for the next batch"):
+                keep_state(start_state(files, as_of, spec), state_dir, files)
+            return f"built from all events ({kept}); state kept for the next batch"
+        keep_state(kept.state, state_dir, files)
+    except (OSError, MemoryError, IncrementalUnsupported) as exc:
+        warn(f"the feature state could not be kept ({exc}): the next batch builds its features from all events")
+        return f"built from all events ({kept})" if isinstance(kept, str) else "moved on; state not kept"
+    return (f"moved on {kept.nights} night(s) from the kept state: {kept.events:,} new events from "
+            f"{kept.files} new file(s)")
 
 
 def keep_history(cfg: Settings, files: list[Path], snapshot_id: str, log_seq: int) -> tuple[Path, str]:

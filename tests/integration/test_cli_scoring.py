@@ -155,3 +155,35 @@ def test_the_next_batch_extends_the_history_with_the_exported_events_only(cli, t
     assert extended.meta["events"] == len(trained.events) + 1 and extended.meta["log_seq"] == 1
     ts = extended.events(user).ts_us
     assert int(cart_ts.value // 1000) in ts.tolist() and len(ts) == (trained.events.user_id == user).sum() + 1
+
+
+def test_the_next_nights_batch_moves_the_kept_feature_state_on(cli, trained: Trained, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch):
+    import pandas as pd
+
+    clean = tmp_path / "data" / "clean"
+    clean.mkdir(parents=True)
+    events = trained.events[trained.events.ts < AS_OF]
+    events.to_parquet(clean / "events.parquet")
+    first = cli("score", "--as-of", AS_OF.isoformat(), "--no-reasons")
+    assert first.exit_code == 0, first.output
+    assert "built from all events (no kept feature state in" in _text(first.output), first.output
+    assert "state kept for the next batch" in _text(first.output)
+    user = str(trained.scores["user_id"].iloc[0])
+    cart = pd.DataFrame({"user_id": [user], "ts": [pd.Timestamp(AS_OF) + pd.Timedelta(hours=3)],
+                         "behavior": ["cart"], "item_id": ["sku-9"], "category_id": ["c-9"], "channel": ["ad"],
+                         "amount": [None]})
+    cart.to_parquet(tmp_path / "cart.parquet")
+    assert cli("ingest", "cart.parquet").exit_code == 0
+    night = (AS_OF + timedelta(days=1)).isoformat()
+    kept = cli("score", "--as-of", night, "--no-reasons", "--no-publish", "--out", "kept.parquet")
+    assert kept.exit_code == 0, kept.output
+    assert "moved on 1 night(s) from the kept state: 1 new events from 1 new file(s)" in _text(kept.output), kept.output
+    monkeypatch.setenv("PROPENSITY_FEATURES__KEEP_STATE", "false")
+    whole = cli("score", "--as-of", night, "--no-reasons", "--no-publish", "--out", "whole.parquet")
+    assert whole.exit_code == 0 and "kept state" not in _text(whole.output), whole.output
+    a = pd.read_parquet(tmp_path / "kept.parquet").set_index("user_id").sort_index()
+    b = pd.read_parquet(tmp_path / "whole.parquet").set_index("user_id").sort_index()
+    assert a.index.equals(b.index) and a.loc[user, "action"] == "coupon_24h"
+    for column in ("p_buy", "p_lapse", "priority"):
+        pd.testing.assert_series_equal(a[column], b[column], rtol=1e-9, atol=1e-9)
