@@ -139,6 +139,7 @@ def _pairs(state: FeatureState, user: np.ndarray, ev: EventArrays, day: np.ndarr
     cat[has_cat] = state.categories.encode(ev.category[has_cat])
     inside = has_cat & (back < spec.distinct_days)
     state.pairs["category"] = _last(pair_keys(user[inside], cat[inside]), day[inside])
+    _count(state, "category")
     if not state.has_item:
         return
     has_item = ev.item != NULL_ID
@@ -146,6 +147,7 @@ def _pairs(state: FeatureState, user: np.ndarray, ev: EventArrays, day: np.ndarr
     item[has_item] = state.items.encode(ev.item[has_item])
     inside = has_item & (back < spec.distinct_days)
     state.pairs["item"] = _last(pair_keys(user[inside], item[inside]), day[inside])
+    _count(state, "item")
     views = (ev.behavior == _VIEW) & has_item & has_cat & (back < max(spec.comparison_windows))
     combo = state.views_dict.encode(pair_keys(cat[views], item[views]))
     keys, (last_day,) = _last(pair_keys(user[views], combo), day[views])
@@ -159,6 +161,10 @@ def _pairs(state: FeatureState, user: np.ndarray, ev: EventArrays, day: np.ndarr
     at, found = lookup(bought, keys)
     buy_ts[found] = bought_ts[at[found]]
     state.pairs["cart"] = (keys, (cart_ts, buy_ts))
+
+
+def _count(state: FeatureState, name: str) -> None:
+    state.per_user[f"distinct_{name}"][:] = np.bincount(key_users(state.pairs[name][0]), minlength=state.n_users)
 
 
 def _last(keys: np.ndarray, day: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray]]:

@@ -127,6 +127,7 @@ class FeatureState:
             "buy_days": np.zeros(0, np.int64), "last_buy_day": np.zeros(0, np.int64),
             "active_median": np.zeros(0), "buy_median": np.zeros(0),
             "target": np.zeros((0, 3), np.int64), "target_first_browse": np.zeros(0, np.int64),
+            "distinct_item": np.zeros(0, np.int64), "distinct_category": np.zeros(0, np.int64),
         }
         self._fill = {"last_ts": NEVER_TS, "first_ts": NO_TS, "first_day": NO_DAY, "last_day": NO_DAY,
                       "last_buy_day": NO_DAY, "active_median": np.nan, "buy_median": np.nan,
@@ -281,7 +282,8 @@ class FeatureState:
         cat[has_cat] = self.categories.encode(ev.category[has_cat])
         for name, mask, code in (("item", has_item, item), ("category", has_cat, cat)):
             new = np.unique(pair_keys(user[mask], code[mask]))
-            self._upsert(name, new, (np.full(len(new), k, np.int32),))
+            found = self._upsert(name, new, (np.full(len(new), k, np.int32),))
+            self._count_pairs(name, new[~found], +1)
         if not self.has_item:
             return
         views = (ev.behavior == _VIEW) & has_item & has_cat
@@ -290,10 +292,18 @@ class FeatureState:
         self._upsert("view", new, (np.full(len(new), k, np.int32), cat[views][first]))
         self._carts(user, ev, item, has_item)
 
-    def _upsert(self, name: str, new: np.ndarray, values: tuple[np.ndarray, ...]) -> None:
-        if len(new):
-            keys, old, _ = upsert(*self.pairs[name], new, values)
-            self.pairs[name] = (keys, old)
+    def _upsert(self, name: str, new: np.ndarray, values: tuple[np.ndarray, ...]) -> np.ndarray:
+        """Store the ``new`` pairs of ``name``; returns which were stored already."""
+        if not len(new):
+            return np.zeros(0, dtype=bool)
+        keys, old, found = upsert(*self.pairs[name], new, values)
+        self.pairs[name] = (keys, old)
+        return found
+
+    def _count_pairs(self, name: str, keys: np.ndarray, sign: int) -> None:
+        """Keep each user's distinct items (categories) in step with the pairs added (+1) or dropped (-1)."""
+        if name in ("item", "category") and len(keys):
+            self.per_user[f"distinct_{name}"] += sign * np.bincount(key_users(keys), minlength=self.n_users)
 
     def _prune(self) -> None:
         """Drop the pairs that are past their window at the next night (``night + 1``)."""
@@ -304,6 +314,7 @@ class FeatureState:
             keys, values = self.pairs[name]
             if len(keys) and values[0].min() <= oldest:
                 keep = values[0] > oldest
+                self._count_pairs(name, keys[~keep], -1)
                 self.pairs[name] = (keys[keep], tuple(v[keep] for v in values))
 
     def _carts(self, user: np.ndarray, ev: EventArrays, item: np.ndarray, has_item: np.ndarray) -> None:

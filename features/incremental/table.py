@@ -66,8 +66,7 @@ def feature_frame(state: FeatureState) -> pd.DataFrame:
     for w in spec.active_day_windows:
         f[f"active_days_{w}d"] = s.win[("active", w)][:, 0]
     dd = spec.distinct_days
-    for name, kind in ((f"distinct_items_{dd}d", "item"), (f"distinct_categories_{dd}d", "category")):
-        f[name] = np.bincount(s.pair_users(kind), minlength=n_users).astype(np.int64)
+    f[f"distinct_items_{dd}d"], f[f"distinct_categories_{dd}d"] = p["distinct_item"], p["distinct_category"]
     view_keys, (view_day, view_cat) = s.pairs["view"]
     for w in spec.comparison_windows:
         inside = view_day >= k - w
