@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from features.incremental.pairs import key_users, lookup, pair_keys, unique_last
+from features.incremental.pairs import key_users, lookup, pair_keys, sorted_unique, unique_last
 from features.incremental.rollup import DAY_US, DayRollup, layer_of, multipliers
 from features.incremental.state import _BUY, _CART, _GAP_BITS, _VIEW, FeatureState, _rolled, set_medians
 from features.online.arrays import NULL_ID, EventArrays
@@ -114,7 +114,7 @@ def _days(state: FeatureState, user: np.ndarray, day: np.ndarray, gaps: str, fir
     """Distinct days per user: count, first and last day, sorted gap keys and the exact median gap."""
     p = state.per_user
     back = -1 - day  # whole days back from the cutoff, ascending = newest first
-    keys = np.unique(user << _GAP_BITS | back)
+    keys = sorted_unique(user << _GAP_BITS | back)
     if not len(keys):
         return
     owner, back = keys >> _GAP_BITS, keys & ((1 << _GAP_BITS) - 1)
@@ -128,7 +128,7 @@ def _days(state: FeatureState, user: np.ndarray, day: np.ndarray, gaps: str, fir
     same = owner[1:] == owner[:-1]
     gap_keys = np.sort(owner[1:][same] << _GAP_BITS | (back[1:] - back[:-1])[same])
     state.gaps[gaps] = gap_keys
-    set_medians(p[median], gap_keys, np.unique(gap_keys >> _GAP_BITS))
+    set_medians(p[median], gap_keys, sorted_unique(gap_keys >> _GAP_BITS))
 
 
 def _pairs(state: FeatureState, user: np.ndarray, ev: EventArrays, day: np.ndarray) -> None:

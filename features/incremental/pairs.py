@@ -24,6 +24,13 @@ def key_users(keys: np.ndarray) -> np.ndarray:
     return keys >> KEY_BITS
 
 
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """The distinct ``values``, sorted: ``np.unique`` by a sort (numpy 2.4's hash-based ``np.unique`` took 0.63 s on
+    1M random int64 where sorting takes 0.013 s)."""
+    out = np.sort(values)
+    return out[np.r_[True, out[1:] != out[:-1]]] if len(out) else out
+
+
 def unique_last(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct ``keys`` (sorted) with the largest of their ``values``."""
     if not len(keys):
@@ -35,22 +42,23 @@ def unique_last(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def upsert(keys: np.ndarray, values: tuple[np.ndarray, ...], new: np.ndarray, new_values: tuple[np.ndarray, ...]
-           ) -> tuple[np.ndarray, tuple[np.ndarray, ...], np.ndarray]:
+           ) -> tuple[np.ndarray, tuple[np.ndarray, ...], np.ndarray, np.ndarray]:
     """``keys`` (sorted, unique) with their aligned ``values`` arrays, the sorted unique ``new`` keys set to
     ``new_values`` (replacing the stored values of keys already there, inserted otherwise).
 
-    Returns (keys, values, found): ``found[i]`` says whether ``new[i]`` was already stored; its old values are
-    overwritten, so read them before when they matter."""
-    at = np.searchsorted(keys, new)
-    found = np.zeros(len(new), dtype=bool)
-    inside = at < len(keys)
-    found[inside] = keys[at[inside]] == new[inside]
+    Returns (keys, values, found, previous): ``found[i]`` says whether ``new[i]`` was already stored and
+    ``previous`` holds the first of its old values (unset where not found)."""
+    at, found = lookup(keys, new)
+    previous = np.zeros(len(new), dtype=values[0].dtype)
+    previous[found] = values[0][at[found]]
+    gaps = at[~found]
+    moved = at[found] + np.searchsorted(gaps, at[found], "right")  # where the found keys are after the inserts
     out = []
     for old, fresh in zip(values, new_values, strict=True):
-        old = old.copy()
-        old[at[found]] = fresh[found]
-        out.append(np.insert(old, at[~found], fresh[~found]))
-    return np.insert(keys, at[~found], new[~found]), tuple(out), found
+        merged = np.insert(old, gaps, fresh[~found])
+        merged[moved] = fresh[found]
+        out.append(merged)
+    return np.insert(keys, gaps, new[~found]), tuple(out), found, previous
 
 
 def lookup(keys: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.incremental.pairs import key_users, lookup, pair_keys, unique_last, upsert
+from features.incremental.pairs import key_users, lookup, pair_keys, sorted_unique, unique_last, upsert
 from features.incremental.rollup import DAY_US, N_CODES, DayRollup, layer_of, multipliers
 from features.online.arrays import NULL_ID, EventArrays, id_codes
 from features.spec.aggregate import _slots
@@ -34,6 +34,8 @@ NEVER_TS = np.iinfo(np.int64).min
 NO_TS = np.iinfo(np.int64).max
 """``first`` timestamp of something that never happened."""
 NO_DAY = np.iinfo(np.int64).min
+DEAD_DAY = np.iinfo(np.int32).min
+"""Last-seen day of a pair that has left its window (kept in place until the state is compacted)."""
 _BUY, _VIEW, _CART = BEHAVIOR_CODES["buy"], BEHAVIOR_CODES["view"], BEHAVIOR_CODES["cart"]
 _GAP_BITS = 20
 
@@ -281,9 +283,9 @@ class FeatureState:
         item[has_item] = self.items.encode(ev.item[has_item])
         cat[has_cat] = self.categories.encode(ev.category[has_cat])
         for name, mask, code in (("item", has_item, item), ("category", has_cat, cat)):
-            new = np.unique(pair_keys(user[mask], code[mask]))
-            found = self._upsert(name, new, (np.full(len(new), k, np.int32),))
-            self._count_pairs(name, new[~found], +1)
+            new = sorted_unique(pair_keys(user[mask], code[mask]))
+            found, previous = self._upsert(name, new, (np.full(len(new), k, np.int32),))
+            self._count_pairs(name, new[~(found & (previous != DEAD_DAY))], +1)
         if not self.has_item:
             return
         views = (ev.behavior == _VIEW) & has_item & has_cat
@@ -292,13 +294,13 @@ class FeatureState:
         self._upsert("view", new, (np.full(len(new), k, np.int32), cat[views][first]))
         self._carts(user, ev, item, has_item)
 
-    def _upsert(self, name: str, new: np.ndarray, values: tuple[np.ndarray, ...]) -> np.ndarray:
-        """Store the ``new`` pairs of ``name``; returns which were stored already."""
+    def _upsert(self, name: str, new: np.ndarray, values: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Store the ``new`` pairs of ``name``; returns which were stored already, and their old first values."""
         if not len(new):
-            return np.zeros(0, dtype=bool)
-        keys, old, found = upsert(*self.pairs[name], new, values)
+            return np.zeros(0, dtype=bool), np.zeros(0, dtype=values[0].dtype)
+        keys, old, found, previous = upsert(*self.pairs[name], new, values)
         self.pairs[name] = (keys, old)
-        return found
+        return found, previous
 
     def _count_pairs(self, name: str, keys: np.ndarray, sign: int) -> None:
         """Keep each user's distinct items (categories) in step with the pairs added (+1) or dropped (-1)."""
@@ -306,16 +308,29 @@ class FeatureState:
             self.per_user[f"distinct_{name}"] += sign * np.bincount(key_users(keys), minlength=self.n_users)
 
     def _prune(self) -> None:
-        """Drop the pairs that are past their window at the next night (``night + 1``)."""
+        """Retire the pairs that leave their window at the next night (``night + 1``): the distinct-count and
+        comparison pairs are marked :data:`DEAD_DAY` in place (and dropped once they are a quarter of the state),
+        the carts dropped."""
         k, spec = self.night, self.spec
-        first_cart = self.origin_us + (k + 1 - spec.cart_unbought_days) * DAY_US
         for name, oldest in (("item", k - spec.distinct_days), ("category", k - spec.distinct_days),
-                             ("view", k - max(spec.comparison_windows)), ("cart", first_cart - 1)):
+                             ("view", k - max(spec.comparison_windows))):
             keys, values = self.pairs[name]
-            if len(keys) and values[0].min() <= oldest:
-                keep = values[0] > oldest
-                self._count_pairs(name, keys[~keep], -1)
-                self.pairs[name] = (keys[keep], tuple(v[keep] for v in values))
+            days = values[0]
+            leaving = np.flatnonzero((days <= oldest) & (days != DEAD_DAY))
+            if len(leaving):
+                self._count_pairs(name, keys[leaving], -1)
+                if not days.flags.writeable:
+                    days = days.copy()
+                days[leaving] = DEAD_DAY
+                self.pairs[name] = (keys, (days, *values[1:]))
+            dead = days == DEAD_DAY
+            if dead.sum() * 4 > len(days):
+                self.pairs[name] = (keys[~dead], tuple(v[~dead] for v in self.pairs[name][1]))
+        first_cart = self.origin_us + (k + 1 - spec.cart_unbought_days) * DAY_US
+        keys, values = self.pairs["cart"]
+        if len(keys) and values[0].min() < first_cart:
+            keep = values[0] >= first_cart
+            self.pairs["cart"] = (keys[keep], tuple(v[keep] for v in values))
 
     def _carts(self, user: np.ndarray, ev: EventArrays, item: np.ndarray, has_item: np.ndarray) -> None:
         """Carted (user, item) pairs of the unbought-cart window: last cart and last buy at or after it."""
@@ -332,7 +347,7 @@ class FeatureState:
         new_buy[found] = bought_ts[at[found]]
         at, found = lookup(keys, carted)
         new_buy[found] = np.maximum(new_buy[found], buy_ts[at[found]])
-        keys, (cart_ts, buy_ts), _ = upsert(keys, (cart_ts, buy_ts), carted, (carted_ts, new_buy))
+        keys, (cart_ts, buy_ts), _, _ = upsert(keys, (cart_ts, buy_ts), carted, (carted_ts, new_buy))
         self.pairs["cart"] = (keys, (cart_ts, buy_ts))
 
     def pair_users(self, name: str) -> np.ndarray:

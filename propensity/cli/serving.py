@@ -175,6 +175,7 @@ def run_score(
     if features is None and engine == "duckdb" and cfg.features.keep_state:
         state_files = history_files or source_files(events)
         kept, table = _kept_features(cfg, state_files, as_of, spec)
+        saving = _save_in_background(cfg, kept, state_files)  # the moved-on state is written while users are scored
     suffix = "" if engine == "spark" else ".parquet"
     out = check_output(out or cfg.scores_dir / f"audience_{as_of:%Y%m%dT%H%M}{suffix}", cfg, is_dir=not suffix)
     store = open_score_store(cfg) if publish else None
@@ -200,7 +201,7 @@ def run_score(
             store.close()
     rows: dict[str, Any] = {
         "users scored": result.users, "as of": as_of.isoformat(), "mean p_buy": result.mean_p_buy,
-        **({"features": _keep_state(cfg, kept, state_files, as_of, spec)} if kept is not None else {}),
+        **({"features": _keep_state(cfg, kept, state_files, as_of, spec, saving)} if kept is not None else {}),
         "models": ", ".join(f"{t} v{b.meta.get('version')}" for t, b in bundles.items()),
         "audience file": result.audience_path,
     }
@@ -233,20 +234,33 @@ STATE_DIR = "state"
 """The kept feature state's folder under ``cfg.features_dir``."""
 
 
-def _keep_state(cfg: Settings, kept: Any, files: list[Path], as_of: datetime, spec: Any) -> str:
-    """Keep the feature state for the next batch: the moved-on one, or one computed from all events when the
-    table was built whole (``kept`` is then the reason). Says what happened; a state that cannot be kept only
-    warns (the next batch builds whole again)."""
+def _save_in_background(cfg: Settings, kept: Any, files: list[Path]) -> Any:
+    """A future of writing the moved-on state (None when the table was built whole: see :func:`_keep_state`)."""
+    if isinstance(kept, str):
+        return None
+    from concurrent.futures import ThreadPoolExecutor
+
+    from features.incremental.nightly import keep_state
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="keep-state")
+    saving = pool.submit(keep_state, kept.state, cfg.features_dir / STATE_DIR, files)
+    pool.shutdown(wait=False)  # the write goes on (and is waited for at exit, should the batch fail)
+    return saving
+
+
+def _keep_state(cfg: Settings, kept: Any, files: list[Path], as_of: datetime, spec: Any, saving: Any) -> str:
+    """Keep the feature state for the next batch: wait for the moved-on one (``saving``), or compute one from all
+    events when the table was built whole (``kept`` is then the reason). Says what happened; a state that cannot
+    be kept only warns (the next batch builds whole again)."""
     from features.incremental.nightly import keep_state, start_state
     from features.incremental.state import IncrementalUnsupported
 
-    state_dir = cfg.features_dir / STATE_DIR
     try:
         if isinstance(kept, str):
             with progress_bar("keeping the feature state for the next batch"):
-                keep_state(start_state(files, as_of, spec), state_dir, files)
+                keep_state(start_state(files, as_of, spec), cfg.features_dir / STATE_DIR, files)
             return f"built from all events ({kept}); state kept for the next batch"
-        keep_state(kept.state, state_dir, files)
+        saving.result()
     except (OSError, MemoryError, IncrementalUnsupported) as exc:
         warn(f"the feature state could not be kept ({exc}): the next batch builds its features from all events")
         return f"built from all events ({kept})" if isinstance(kept, str) else "moved on; state not kept"
