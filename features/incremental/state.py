@@ -77,6 +77,7 @@ def _rolled(r: DayRollup, group: str) -> np.ndarray:
 def set_medians(median: np.ndarray, keys: np.ndarray, users: np.ndarray) -> None:
     """``median[users]`` = each user's exact median gap, from the sorted gap keys ``user << 20 | gap`` (the mean of
     the two middle gaps for an even count). Only the users' own key ranges are read."""
+    users = users.astype(np.int64)
     lo = np.searchsorted(keys, users << _GAP_BITS)
     n = np.searchsorted(keys, (users + 1) << _GAP_BITS) - lo
     mask = (1 << _GAP_BITS) - 1
@@ -260,6 +261,7 @@ class FeatureState:
         """Add day ``night`` to the distinct days of ``users`` (sorted codes): count, first and last day, and the
         sorted gap keys ``user << 20 | gap`` with each user's exact median gap."""
         p, k = self.per_user, self.night
+        users = users.astype(np.int64)  # roll-up codes are int32: shifted into keys below
         if first:
             fresh = users[p[first][users] == NO_DAY]
             p[first][fresh] = k

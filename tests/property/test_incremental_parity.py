@@ -69,6 +69,16 @@ def test_a_user_first_seen_after_the_last_night_gets_a_row():
     assert row["cart_count_1d"] == 1 and row["view_count_1d"] == 1 and row["aipl_layer"] == "I"
 
 
+def test_parity_holds_with_thousands_of_users():
+    """User codes past 2**11 (a 32-bit code shifted into a 64-bit key would overflow)."""
+    rng = np.random.default_rng(3)
+    behaviors = ("view", "fav", "cart", "buy", "visit")
+    rows = [((f"u{u}", behaviors[b], f"i{i}", f"c{i % 5}", None, 3.0), int(age))
+            for u in range(3_000) for b, i, age in zip(rng.integers(0, 5, 3), rng.integers(0, 20, 3),
+                                                      rng.integers(1, 40 * DAY, 3), strict=True)]
+    _nightly(frame(rows), FeatureSpec())
+
+
 def test_a_late_event_is_refused_not_miscounted():
     events = frame([(("u0", "view", "i0", "c0", None, None), 3 * DAY)])
     state = state_from_events(events, AS_OF - timedelta(days=1), FeatureSpec())
