@@ -93,6 +93,10 @@ class Dictionary:
 
     def encode(self, values: np.ndarray) -> np.ndarray:
         """Codes of ``values`` (int64), new values appended."""
+        if not len(self.values):  # the first values (a state computed at once): one pass
+            codes, uniques = pd.factorize(values)
+            self.values, self._index = np.asarray(uniques, dtype=np.int64), None
+            return codes.astype(np.int64, copy=False)
         if self._index is None:
             self._index = pd.Index(self.values)
         codes = self._index.get_indexer(values)
@@ -102,7 +106,7 @@ class Dictionary:
             self.values = np.concatenate([self.values, fresh])
             self._index = pd.Index(self.values)
             codes[new] = self._index.get_indexer(values[new])
-        return codes.astype(np.int64)
+        return codes.astype(np.int64, copy=False)
 
 
 class FeatureState:
