@@ -1,14 +1,14 @@
 """Benchmark: the nightly feature build from the kept state against a full build of the same night.
 
-    python benchmarks/bench_incremental.py --events 10000000 --users 1000000
+    python benchmarks/bench_incremental.py --events 100000000 --users 1000000
 
 Writes ``--events`` synthetic events (400 days before ``AS_OF``) and one more day of ``--events / 100`` events. The
-kept state at ``AS_OF`` is computed from all events at once (timed apart: a one-off) and saved. The timed night
-loads it, reads the new day's file, moves the state on a day and hands over the feature table (``table_ready_s``),
-then keeps the moved state for the next night (``nightly_s`` with it; ``propensity score`` writes it while it
-scores). ``--reuse`` keeps the files and the first state between runs. The same run then
-times ``build_features`` on both files at the next cutoff (the baseline) and checks the two tables equal (every
-column; floats to 1e-9).
+kept state at ``AS_OF`` is computed from all events at once and kept (``first_state_s``, timed apart: a one-off).
+The timed night loads it, reads the new day's file, moves the state on a day and hands over the feature table
+(``table_ready_s``), then keeps the moved state for the next night (``nightly_s`` with it; ``propensity score``
+writes it while it scores). The same run then times ``build_features`` on both files at the next cutoff (the
+baseline) and checks the two tables equal (every column; floats to 1e-9). ``--reuse`` keeps the files and the first
+state between runs; ``--no-full`` times the night only.
 """
 
 from __future__ import annotations
@@ -42,9 +42,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from features.build.builder import build_features
-    from features.incremental.build import advance_to, state_from_files
+    from features.incremental.build import advance_to
+    from features.incremental.nightly import start_state
     from features.incremental.store import load_state, save_state
     from features.incremental.table import feature_frame
+    from features.spec.definition import FeatureSpec
 
     source = args.out / "events"
     n_new = max(args.events // 100, 1)
@@ -58,10 +60,8 @@ def main() -> None:
                            row_group_size=1_000_000)
             pq.write_table(next_day_events(n_new, args.users, args.seed + 1), source / "ingested-1.parquet")
         t0 = time.perf_counter()
-        state = state_from_files([source / "events.parquet"], AS_OF)
+        start_state([source / "events.parquet"], AS_OF, FeatureSpec(), args.out / "state")
         first_state_s = time.perf_counter() - t0
-        save_state(state, args.out / "state")
-        del state
 
     timed = {}
     t0 = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,11 +24,13 @@ from features.spec.table import SECONDS_PER_DAY
 
 
 def state_at(chunks: Iterable[tuple[np.ndarray, EventArrays]], as_of_us: int, spec: FeatureSpec, *,
-             has_item: bool = True, has_amount: bool = True) -> FeatureState:
+             has_item: bool = True, has_amount: bool = True, spill: Path | None = None) -> FeatureState:
     """The state at ``as_of_us`` (UTC epoch microseconds) of the events before it.
 
     ``chunks``: (user ids as text, events) pairs, aligned, in any order (e.g. one per Parquet row group); events at
-    or after the cutoff are ignored."""
+    or after the cutoff are ignored. With ``spill`` (a folder on the file system the state will be saved to), each
+    day's roll-up is written there as soon as it is made and read back memory-mapped: at 100M events the roll-ups of
+    365 days take about 5 GB."""
     state = FeatureState(spec, as_of_us, has_item=has_item, has_amount=has_amount)
     users, parts, first_codes, first_ids = [], [], [], []
     for ids, ev in chunks:
@@ -47,7 +50,7 @@ def state_at(chunks: Iterable[tuple[np.ndarray, EventArrays]], as_of_us: int, sp
     del users
     ev = _concat(parts)
     day = np.floor_divide(ev.ts_us - as_of_us, DAY_US)  # -1 = the last 24 hours
-    _rollups(state, user, ev, day)
+    _rollups(state, user, ev, day, spill)
     _windows(state)
     _decay(state, user, ev)
     _history(state, user, ev, day)
@@ -63,12 +66,13 @@ def _concat(parts: list[EventArrays]) -> EventArrays:
     columns = {}
     for name in COLUMNS:
         columns[name] = np.concatenate([getattr(p, name) for p in parts])
-        parts[:] = [dataclasses.replace(p, **{name: getattr(p, name)[:0]}) for p in parts]
+        empty = np.empty(0, dtype=columns[name].dtype)  # not a slice: a view would keep the part's array alive
+        parts[:] = [dataclasses.replace(p, **{name: empty}) for p in parts]
     return EventArrays(**columns)
 
 
-def _rollups(state: FeatureState, user: np.ndarray, ev: EventArrays, day: np.ndarray) -> None:
-    """The roll-ups of the days still inside a window."""
+def _rollups(state: FeatureState, user: np.ndarray, ev: EventArrays, day: np.ndarray, spill: Path | None) -> None:
+    """The roll-ups of the days still inside a window (kept in ``spill`` when given)."""
     oldest = -max(max(ws) for ws in state.windows.values())
     recent = np.flatnonzero(day >= oldest)
     recent = recent[np.argsort(day[recent], kind="stable")]
@@ -76,8 +80,13 @@ def _rollups(state: FeatureState, user: np.ndarray, ev: EventArrays, day: np.nda
     for i, d in enumerate(range(oldest, 0)):
         rows = recent[bounds[i]:bounds[i + 1]]
         if len(rows):
-            state.rollups[d] = DayRollup.of(user[rows], ev.ts_us[rows], ev.behavior[rows], ev.channel[rows],
-                                            ev.amount[rows], state.as_of_us + d * DAY_US, state.spec)
+            rollup = DayRollup.of(user[rows], ev.ts_us[rows], ev.behavior[rows], ev.channel[rows], ev.amount[rows],
+                                  state.as_of_us + d * DAY_US, state.spec)
+            if spill is None:
+                state.rollups[d] = rollup
+            else:
+                rollup.save(spill / f"day-{d}")
+                state.rollups[d] = spill / f"day-{d}"
 
 
 def _windows(state: FeatureState) -> None:
@@ -85,7 +94,7 @@ def _windows(state: FeatureState) -> None:
     for group, ws in state.windows.items():
         running = np.zeros_like(state.win[(group, ws[0])])
         for back in range(1, max(ws) + 1):
-            if (r := state.rollups.get(-back)) is not None:
+            if (r := state.rollup(-back)) is not None:
                 running[r.user] += _rolled(r, group)
             if back in ws:
                 state.win[(group, back)] = running.copy()

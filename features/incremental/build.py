@@ -40,8 +40,9 @@ def state_from_events(events: pd.DataFrame, as_of: datetime, spec: FeatureSpec |
 
 
 def state_from_files(files: Sequence[Path], as_of: datetime, spec: FeatureSpec | None = None, *,
-                     batch_rows: int = 2_000_000) -> FeatureState:
-    """The state at ``as_of`` of the canonical events in Parquet ``files``, read ``batch_rows`` rows at a time."""
+                     batch_rows: int = 2_000_000, spill: Path | None = None) -> FeatureState:
+    """The state at ``as_of`` of the canonical events in Parquet ``files``, read ``batch_rows`` rows at a time
+    (``spill``: see :func:`features.incremental.bootstrap.state_at`)."""
     import pyarrow.parquet as pq
 
     names = set(pq.read_schema(files[0]).names) if files else set()
@@ -52,7 +53,7 @@ def state_from_files(files: Sequence[Path], as_of: datetime, spec: FeatureSpec |
                 yield _arrays(batch.to_pandas())
 
     return state_at(chunks(), as_of_us(as_of), spec or FeatureSpec(), has_item="item_id" in names,
-                    has_amount="amount" in names)
+                    has_amount="amount" in names, spill=spill)
 
 
 def advance_to(state: FeatureState, events: pd.DataFrame, as_of: datetime) -> FeatureState:

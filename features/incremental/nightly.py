@@ -15,6 +15,8 @@ Otherwise it says why, and the caller builds the table from all events (and a ne
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -80,9 +82,16 @@ def kept_features(state_dir: Path, files: Sequence[Path], as_of: datetime, spec:
     return KeptFeatures(feature_frame(state), state, (cutoff - before) // DAY_US, n_events, len(added))
 
 
-def start_state(files: Sequence[Path], as_of: datetime, spec: FeatureSpec) -> FeatureState:
-    """A state at ``as_of`` computed from all events of ``files`` (the first night, or after a fallback)."""
-    return state_from_files(list(files), as_of, spec)
+def start_state(files: Sequence[Path], as_of: datetime, spec: FeatureSpec, state_dir: Path) -> None:
+    """Keep in ``state_dir`` a state at ``as_of`` computed from all events of ``files`` (the first night, or after
+    a fallback). Its day roll-ups go to a temporary folder beside ``state_dir`` while it is computed, and are
+    linked into the kept state."""
+    state_dir.parent.mkdir(parents=True, exist_ok=True)
+    spill = Path(tempfile.mkdtemp(prefix=f".{state_dir.name}.", suffix=".rollups", dir=state_dir.parent))
+    try:
+        keep_state(state_from_files(list(files), as_of, spec, spill=spill), state_dir, files)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
 
 
 def keep_state(state: FeatureState, state_dir: Path, files: Sequence[Path]) -> None:

@@ -187,11 +187,10 @@ class FeatureState:
         return self
 
     def rollup(self, day: int) -> DayRollup | None:
-        """The roll-up of ``day`` (read from disk the first time it is needed), None for a day without one."""
+        """The roll-up of ``day``, None for a day without one. One kept on disk is read memory-mapped each time
+        (not held: the state saved next links its files instead of writing them again)."""
         got = self.rollups.get(day)
-        if isinstance(got, Path):
-            got = self.rollups[day] = DayRollup.load(got)
-        return got
+        return DayRollup.load(got) if isinstance(got, Path) else got
 
     # -------------------------------------------------------------------------------------------------- pieces
     def _user_codes(self, user_ids: np.ndarray) -> np.ndarray:

@@ -252,13 +252,13 @@ def _keep_state(cfg: Settings, kept: Any, files: list[Path], as_of: datetime, sp
     """Keep the feature state for the next batch: wait for the moved-on one (``saving``), or compute one from all
     events when the table was built whole (``kept`` is then the reason). Says what happened; a state that cannot
     be kept only warns (the next batch builds whole again)."""
-    from features.incremental.nightly import keep_state, start_state
+    from features.incremental.nightly import start_state
     from features.incremental.state import IncrementalUnsupported
 
     try:
         if isinstance(kept, str):
             with progress_bar("keeping the feature state for the next batch"):
-                keep_state(start_state(files, as_of, spec), cfg.features_dir / STATE_DIR, files)
+                start_state(files, as_of, spec, cfg.features_dir / STATE_DIR)
             return f"built from all events ({kept}); state kept for the next batch"
         saving.result()
     except (OSError, MemoryError, IncrementalUnsupported) as exc:

@@ -24,7 +24,8 @@ def source(tmp_path):
     history = frame(CART_EDGES)
     history = history[history.ts < BEFORE]
     history.to_parquet(folder / "events.parquet")
-    keep_state(start_state(_files(folder), BEFORE, SPEC), tmp_path / "state", _files(folder))
+    start_state(_files(folder), BEFORE, SPEC, tmp_path / "state")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events", "state"]  # the roll-ups' folder is gone
     return folder
 
 
