@@ -114,6 +114,11 @@ class Settings(BaseSettings):
         return self.data_dir / "features"
 
     @property
+    def feature_state_dir(self) -> Path:
+        """The per-user feature state the next batch moves on (``features.keep_state``)."""
+        return self.features_dir / "state"
+
+    @property
     def scores_dir(self) -> Path:
         return self.data_dir / "scores"
 

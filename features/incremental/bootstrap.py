@@ -156,20 +156,11 @@ def _days(state: FeatureState, user: np.ndarray, day: np.ndarray, gaps: str, fir
 def _pairs(state: FeatureState, user: np.ndarray, ev: EventArrays, day: np.ndarray) -> None:
     spec = state.spec
     back = -1 - day
-    has_cat = ev.category != NULL_ID
-    cat = np.full(len(ev), -1, np.int64)
-    cat[has_cat] = state.categories.encode(ev.category[has_cat])
-    inside = has_cat & (back < spec.distinct_days)
-    state.pairs["category"] = _last(pair_keys(user[inside], cat[inside]), day[inside])
-    _count(state, "category")
+    cat = _window_pairs(state, "category", ev.category, user, day, back)
     if not state.has_item:
         return
-    has_item = ev.item != NULL_ID
-    item = np.full(len(ev), -1, np.int64)
-    item[has_item] = state.items.encode(ev.item[has_item])
-    inside = has_item & (back < spec.distinct_days)
-    state.pairs["item"] = _last(pair_keys(user[inside], item[inside]), day[inside])
-    _count(state, "item")
+    item = _window_pairs(state, "item", ev.item, user, day, back)
+    has_cat, has_item = cat >= 0, item >= 0
     views = (ev.behavior == _VIEW) & has_item & has_cat & (back < max(spec.comparison_windows))
     combo = state.views_dict.encode(pair_keys(cat[views], item[views]))
     keys, (last_day,) = _last(pair_keys(user[views], combo), day[views])
@@ -185,8 +176,17 @@ def _pairs(state: FeatureState, user: np.ndarray, ev: EventArrays, day: np.ndarr
     state.pairs["cart"] = (keys, (cart_ts, buy_ts))
 
 
-def _count(state: FeatureState, name: str) -> None:
+def _window_pairs(state: FeatureState, name: str, ids: np.ndarray, user: np.ndarray, day: np.ndarray,
+                  back: np.ndarray) -> np.ndarray:
+    """Keep the (user, id) pairs of the distinct-count window as ``name`` (``item`` or ``category``) with each user's
+    count; returns the ids' codes (-1 for a null id)."""
+    has = ids != NULL_ID
+    codes = np.full(len(ids), -1, np.int64)
+    codes[has] = {"item": state.items, "category": state.categories}[name].encode(ids[has])
+    inside = has & (back < state.spec.distinct_days)
+    state.pairs[name] = _last(pair_keys(user[inside], codes[inside]), day[inside])
     state.per_user[f"distinct_{name}"][:] = np.bincount(key_users(state.pairs[name][0]), minlength=state.n_users)
+    return codes
 
 
 def _last(keys: np.ndarray, day: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray]]:

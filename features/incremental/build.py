@@ -56,15 +56,16 @@ def state_from_files(files: Sequence[Path], as_of: datetime, spec: FeatureSpec |
                     has_amount="amount" in names, spill=spill)
 
 
-def advance_to(state: FeatureState, events: pd.DataFrame, as_of: datetime) -> FeatureState:
-    """Move ``state`` on to ``as_of`` (a whole number of days after its cutoff) with the events between the two.
+def advance_to(state: FeatureState, events: pd.DataFrame | None, as_of: datetime) -> FeatureState:
+    """Move ``state`` on to ``as_of`` (a whole number of days after its cutoff) with the events between the two
+    (None: there were none).
 
     Raises :class:`IncrementalUnsupported` when ``as_of`` is not whole days ahead or an event falls before the
     state's cutoff (a late event: only a build from all events places it)."""
     cutoff = as_of_us(as_of)
     if cutoff < state.as_of_us or (cutoff - state.as_of_us) % DAY_US:
         raise IncrementalUnsupported("the new cutoff is not a whole number of days after the kept state's")
-    user_ids, ev = _arrays(events)
+    user_ids, ev = _arrays(events) if events is not None else (np.zeros(0, object), EventArrays.empty())
     keep = ev.ts_us < cutoff
     if (ev.ts_us[keep] < state.as_of_us).any():
         raise IncrementalUnsupported("events before the kept state's cutoff")

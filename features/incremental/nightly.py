@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from features.incremental.build import advance_to, state_from_files
 from features.incremental.rollup import DAY_US
 from features.incremental.state import FeatureState, IncrementalUnsupported
-from features.incremental.store import StateError, load_state, save_state
+from features.incremental.store import StateError, load_state, read_meta, save_state
 from features.incremental.table import feature_frame
 from features.online.compute import as_of_us
 from features.online.sources import added_files, manifest
@@ -41,13 +41,15 @@ SOURCES_KEY, CARRY_KEY = "sources", "carry"
 @dataclass(frozen=True)
 class KeptFeatures:
     """A feature table moved on from the kept state: ``table`` (as ``build_features`` gives it), the moved
-    ``state`` (to keep with :func:`keep_state`), ``nights`` moved, ``events`` read and ``files`` they came from."""
+    ``state`` (to keep with :func:`keep_state`), ``nights`` moved, ``events`` taken in, from ``files`` added since
+    and ``carried`` files read again for their events after the last cutoff."""
 
     table: pd.DataFrame
     state: FeatureState
     nights: int
     events: int
     files: int
+    carried: int = 0
 
 
 def kept_features(state_dir: Path, files: Sequence[Path], as_of: datetime, spec: FeatureSpec
@@ -58,7 +60,7 @@ def kept_features(state_dir: Path, files: Sequence[Path], as_of: datetime, spec:
         state = load_state(state_dir, spec)
     except StateError as exc:
         return str(exc)
-    extra = _extra(state_dir)
+    extra = read_meta(state_dir).get("extra", {})
     added = added_files(extra.get(SOURCES_KEY, []), manifest(files))
     if added is None:
         return "an event file the kept state holds was changed or removed since"
@@ -71,15 +73,12 @@ def kept_features(state_dir: Path, files: Sequence[Path], as_of: datetime, spec:
         return next(f for f in frames + carried if isinstance(f, str))
     events = pd.concat(frames + carried, ignore_index=True) if frames or carried else None
     try:
-        if events is not None:
-            advance_to(state, events, as_of)
-        else:
-            advance_to(state, pd.DataFrame({"user_id": [], "ts": pd.Series([], dtype="datetime64[us, UTC]"),
-                                            "behavior": []}), as_of)
+        advance_to(state, events, as_of)
     except IncrementalUnsupported as exc:
         return str(exc)
-    n_events = 0 if events is None else int((events["ts"] < pd.Timestamp(as_of)).sum())
-    return KeptFeatures(feature_frame(state), state, (cutoff - before) // DAY_US, n_events, len(added))
+    n_events = 0 if events is None else int((_ts_us(events["ts"]) < cutoff).sum())
+    return KeptFeatures(feature_frame(state), state, (cutoff - before) // DAY_US, n_events, len(added),
+                        len(carried))
 
 
 def start_state(files: Sequence[Path], as_of: datetime, spec: FeatureSpec, state_dir: Path) -> None:
@@ -99,12 +98,6 @@ def keep_state(state: FeatureState, state_dir: Path, files: Sequence[Path]) -> N
     its cutoff (their later events are read again the next night)."""
     carry = [str(Path(f).resolve()) for f in files if _max_ts_us(Path(f)) >= state.as_of_us]
     save_state(state, state_dir, extra={SOURCES_KEY: manifest(files), CARRY_KEY: carry})
-
-
-def _extra(state_dir: Path) -> dict:
-    from features.incremental.store import read_meta
-
-    return read_meta(state_dir).get("extra", {})
 
 
 def _read(path: Path, state: FeatureState, since: int | None = None) -> pd.DataFrame | str:

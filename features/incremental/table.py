@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 
 from features.incremental.pairs import per_user_max_distinct
-from features.incremental.rollup import DAY_US
 from features.incremental.state import NEVER_TS, NO_DAY, NO_TS, FeatureState
 from features.spec.definition import (
     AIPL_BASE,
@@ -155,5 +154,3 @@ def feature_frame(state: FeatureState) -> pd.DataFrame:
             data[name] = col.astype(np.int64 if name in ints else np.float64)
     return pd.DataFrame(data, columns=output_columns(spec), copy=False)  # one block per column, no 2nd copy
 
-
-__all__ = ["DAY_US", "feature_frame"]

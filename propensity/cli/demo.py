@@ -268,6 +268,7 @@ def _outputs(cfg: Settings, result: Any, audiences: Path, report_path: Path) -> 
         "asset report": report_path,
         "score store": cfg.redis_url or cfg.store_path,
         "event history (fresh lookups)": cfg.online_dir,
+        "kept feature state (next batch)": cfg.feature_state_dir,
         "event log (/events, ingest)": cfg.events_log_path,
     }))
     console().print("serve it: PROPENSITY_SERVING__API_TOKEN=<secret> propensity serve   (then POST /lookup with the "

@@ -226,12 +226,8 @@ def _kept_features(cfg: Settings, files: list[Path], as_of: datetime, spec: Any)
     from features.incremental.nightly import kept_features
 
     with progress_bar("moving the kept feature state on"):
-        kept = kept_features(cfg.features_dir / STATE_DIR, files, as_of, spec)
+        kept = kept_features(cfg.feature_state_dir, files, as_of, spec)
     return (kept, kept.table) if not isinstance(kept, str) else (kept, None)
-
-
-STATE_DIR = "state"
-"""The kept feature state's folder under ``cfg.features_dir``."""
 
 
 def _save_in_background(cfg: Settings, kept: Any, files: list[Path]) -> Any:
@@ -243,7 +239,7 @@ def _save_in_background(cfg: Settings, kept: Any, files: list[Path]) -> Any:
     from features.incremental.nightly import keep_state
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="keep-state")
-    saving = pool.submit(keep_state, kept.state, cfg.features_dir / STATE_DIR, files)
+    saving = pool.submit(keep_state, kept.state, cfg.feature_state_dir, files)
     pool.shutdown(wait=False)  # the write goes on (and is waited for at exit, should the batch fail)
     return saving
 
@@ -258,14 +254,14 @@ def _keep_state(cfg: Settings, kept: Any, files: list[Path], as_of: datetime, sp
     try:
         if isinstance(kept, str):
             with progress_bar("keeping the feature state for the next batch"):
-                start_state(files, as_of, spec, cfg.features_dir / STATE_DIR)
+                start_state(files, as_of, spec, cfg.feature_state_dir)
             return f"built from all events ({kept}); state kept for the next batch"
         saving.result()
     except (OSError, MemoryError, IncrementalUnsupported) as exc:
         warn(f"the feature state could not be kept ({exc}): the next batch builds its features from all events")
         return f"built from all events ({kept})" if isinstance(kept, str) else "moved on; state not kept"
-    return (f"moved on {kept.nights} night(s) from the kept state: {kept.events:,} new events from "
-            f"{kept.files} new file(s)")
+    return (f"moved on {kept.nights} night(s) from the kept state: {kept.events:,} events from {kept.files} new "
+            f"file(s)" + (f" and {kept.carried} read again for events after the last cutoff" if kept.carried else ""))
 
 
 def keep_history(cfg: Settings, files: list[Path], snapshot_id: str, log_seq: int) -> tuple[Path, str]:

@@ -178,7 +178,7 @@ def test_the_next_nights_batch_moves_the_kept_feature_state_on(cli, trained: Tra
     night = (AS_OF + timedelta(days=1)).isoformat()
     kept = cli("score", "--as-of", night, "--no-reasons", "--no-publish", "--out", "kept.parquet")
     assert kept.exit_code == 0, kept.output
-    assert "moved on 1 night(s) from the kept state: 1 new events from 1 new file(s)" in _text(kept.output), kept.output
+    assert "moved on 1 night(s) from the kept state: 1 events from 1 new file(s)" in _text(kept.output), kept.output
     monkeypatch.setenv("PROPENSITY_FEATURES__KEEP_STATE", "false")
     whole = cli("score", "--as-of", night, "--no-reasons", "--no-publish", "--out", "whole.parquet")
     assert whole.exit_code == 0 and "kept state" not in _text(whole.output), whole.output
