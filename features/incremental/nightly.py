@@ -19,11 +19,12 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.incremental.build import advance_to, state_from_files
@@ -65,10 +66,15 @@ def kept_features(state_dir: Path, files: Sequence[Path], as_of: datetime, spec:
     if added is None:
         return "an event file the kept state holds was changed or removed since"
     before, cutoff = state.as_of_us, as_of_us(as_of)
-    if cutoff < before or (cutoff - before) % DAY_US:
-        return "tonight's cutoff is not a whole number of days after the kept state's"
-    frames = [_read(Path(p), state) for p in added]
-    carried = [_read(Path(p), state, since=before) for p in extra.get(CARRY_KEY, [])]
+    if cutoff < before:
+        return "the cutoff is before the kept state's"
+    if (cutoff - before) % DAY_US:
+        return "the cutoff is not a whole number of days after the kept state's"
+    try:
+        frames = [_read(Path(p), state) for p in added]
+        carried = [_read(Path(p), state, since=before) for p in extra.get(CARRY_KEY, [])]
+    except (OSError, pa.ArrowException) as exc:
+        return f"an event file could not be read ({exc})"
     if any(isinstance(f, str) for f in frames + carried):
         return next(f for f in frames + carried if isinstance(f, str))
     events = pd.concat(frames + carried, ignore_index=True) if frames or carried else None
@@ -79,6 +85,16 @@ def kept_features(state_dir: Path, files: Sequence[Path], as_of: datetime, spec:
     n_events = 0 if events is None else int((_ts_us(events["ts"]) < cutoff).sum())
     return KeptFeatures(feature_frame(state), state, (cutoff - before) // DAY_US, n_events, len(added),
                         len(carried))
+
+
+def kept_cutoff(state_dir: Path) -> datetime | None:
+    """The cutoff of the state kept in ``state_dir`` (UTC), None when there is none that can be read."""
+    try:
+        meta = read_meta(state_dir)
+        us = int(meta["origin_us"]) + int(meta["night"]) * DAY_US
+    except (StateError, KeyError, TypeError, ValueError):
+        return None
+    return datetime.fromtimestamp(us // 1_000_000, tz=UTC).replace(microsecond=us % 1_000_000)
 
 
 def start_state(files: Sequence[Path], as_of: datetime, spec: FeatureSpec, state_dir: Path) -> None:

@@ -248,16 +248,18 @@ def _keep_state(cfg: Settings, kept: Any, files: list[Path], as_of: datetime, sp
     """Keep the feature state for the next batch: wait for the moved-on one (``saving``), or compute one from all
     events when the table was built whole (``kept`` is then the reason). Says what happened; a state that cannot
     be kept only warns (the next batch builds whole again)."""
-    from features.incremental.nightly import start_state
-    from features.incremental.state import IncrementalUnsupported
+    from features.incremental.nightly import kept_cutoff, start_state
 
     try:
         if isinstance(kept, str):
+            later = kept_cutoff(cfg.feature_state_dir)
+            if later is not None and later > as_of:  # a batch for an earlier cutoff leaves the newer state alone
+                return f"built from all events ({kept}); the kept state of {later.isoformat()} left as it is"
             with progress_bar("keeping the feature state for the next batch"):
                 start_state(files, as_of, spec, cfg.feature_state_dir)
             return f"built from all events ({kept}); state kept for the next batch"
         saving.result()
-    except (OSError, MemoryError, IncrementalUnsupported) as exc:
+    except (OSError, MemoryError, ValueError) as exc:  # IncrementalUnsupported, unreadable Parquet (ArrowInvalid)
         warn(f"the feature state could not be kept ({exc}): the next batch builds its features from all events")
         return f"built from all events ({kept})" if isinstance(kept, str) else "moved on; state not kept"
     return (f"moved on {kept.nights} night(s) from the kept state: {kept.events:,} events from {kept.files} new "

@@ -179,6 +179,9 @@ def test_the_next_nights_batch_moves_the_kept_feature_state_on(cli, trained: Tra
     kept = cli("score", "--as-of", night, "--no-reasons", "--no-publish", "--out", "kept.parquet")
     assert kept.exit_code == 0, kept.output
     assert "moved on 1 night(s) from the kept state: 1 events from 1 new file(s)" in _text(kept.output), kept.output
+    earlier = cli("score", "--as-of", (AS_OF - timedelta(days=7)).isoformat(), "--no-reasons", "--no-publish",
+                  "--out", "earlier.parquet")
+    assert "kept state of 2" in _text(earlier.output) and "left as it is" in _text(earlier.output), earlier.output
     monkeypatch.setenv("PROPENSITY_FEATURES__KEEP_STATE", "false")
     whole = cli("score", "--as-of", night, "--no-reasons", "--no-publish", "--out", "whole.parquet")
     assert whole.exit_code == 0 and "kept state" not in _text(whole.output), whole.output

@@ -69,8 +69,13 @@ def test_a_changed_file_a_late_event_or_an_odd_cutoff_falls_back_with_the_reason
     os.remove(source / "ingested-1.parquet")
     assert "whole number of days" in kept_features(tmp_path / "state", _files(source), AS_OF + timedelta(hours=5),
                                                    SPEC)
+    assert "before the kept state's" in kept_features(tmp_path / "state", _files(source), BEFORE - timedelta(days=1),
+                                                      SPEC)
     assert "another feature spec" in kept_features(tmp_path / "state", _files(source), AS_OF,
                                                    FeatureSpec(windows=(1, 7)))
+    (source / "ingested-2.parquet").write_bytes(b"not parquet")
+    assert "could not be read" in kept_features(tmp_path / "state", _files(source), AS_OF, SPEC)
+    os.remove(source / "ingested-2.parquet")
     frame(CART_EDGES).to_parquet(source / "events.parquet")  # the validated events rewritten
     assert "changed or removed" in kept_features(tmp_path / "state", _files(source), AS_OF, SPEC)
     assert "no kept feature state" in kept_features(tmp_path / "nowhere", _files(source), AS_OF, SPEC)
