@@ -32,6 +32,7 @@ from features.incremental.rollup import DAY_US
 from features.incremental.state import FeatureState, IncrementalUnsupported
 from features.incremental.store import StateError, load_state, read_meta, save_state
 from features.incremental.table import feature_frame
+from features.online.arrays import ts_micros
 from features.online.compute import as_of_us
 from features.online.sources import added_files, manifest
 from features.spec.definition import FeatureSpec
@@ -82,7 +83,7 @@ def kept_features(state_dir: Path, files: Sequence[Path], as_of: datetime, spec:
         advance_to(state, events, as_of)
     except IncrementalUnsupported as exc:
         return str(exc)
-    n_events = 0 if events is None else int((_ts_us(events["ts"]) < cutoff).sum())
+    n_events = 0 if events is None else int((ts_micros(events["ts"]) < cutoff).sum())
     return KeptFeatures(feature_frame(state), state, (cutoff - before) // DAY_US, n_events, len(added),
                         len(carried))
 
@@ -123,15 +124,8 @@ def _read(path: Path, state: FeatureState, since: int | None = None) -> pd.DataF
     if ("item_id" in frame) != state.has_item or ("amount" in frame) != state.has_amount:
         return f"{path.name} has other event columns than the kept state was built from"
     if since is not None:
-        frame = frame[_ts_us(frame["ts"]) >= since]
+        frame = frame[ts_micros(frame["ts"]) >= since]
     return frame
-
-
-def _ts_us(ts: pd.Series) -> np.ndarray:
-    """Event times as UTC epoch microseconds (int64): timestamps (naive = UTC) or integer epoch seconds."""
-    if pd.api.types.is_integer_dtype(ts):
-        return ts.to_numpy(dtype="int64") * 1_000_000
-    return pd.to_datetime(ts, utc=True).dt.as_unit("us").to_numpy(dtype="datetime64[us]").view("int64")
 
 
 def _max_ts_us(path: Path) -> int:
@@ -142,6 +136,6 @@ def _max_ts_us(path: Path) -> int:
     stats = [meta.row_group(i).column(column).statistics for i in range(meta.num_row_groups)] if column is not None \
         else []
     if stats and all(s is not None and s.has_min_max for s in stats):
-        return int(_ts_us(pd.Series([s.max for s in stats])).max())
+        return int(ts_micros(pd.Series([s.max for s in stats])).max())
     ts = pq.read_table(path, columns=["ts"]).column("ts").to_pandas()
-    return int(_ts_us(ts).max()) if len(ts) else np.iinfo(np.int64).min
+    return int(ts_micros(ts).max()) if len(ts) else np.iinfo(np.int64).min

@@ -79,14 +79,8 @@ class EventArrays:
         lower-cased with aliases mapped, like :func:`features.build.builder.events_table` does.
         """
         n = len(events)
-        ts = events["ts"]
-        if pd.api.types.is_numeric_dtype(ts) and not pd.api.types.is_bool_dtype(ts):
-            ts_us = ts.to_numpy(dtype="int64") * 1_000_000
-        else:
-            stamps = pd.to_datetime(ts, utc=True).dt.as_unit("us")
-            ts_us = stamps.to_numpy(dtype="datetime64[us]").view("int64")
         return cls(
-            ts_us=np.ascontiguousarray(ts_us, dtype="int64"),
+            ts_us=np.ascontiguousarray(ts_micros(events["ts"]), dtype="int64"),
             behavior=behavior_codes(events["behavior"]),
             channel=channel_codes(events["channel"]) if "channel" in events else np.full(n, NULL_CHANNEL, "int8"),
             item=id_codes(events["item_id"]) if "item_id" in events else np.full(n, NULL_ID, "int64"),
@@ -94,6 +88,14 @@ class EventArrays:
             amount=(pd.to_numeric(events["amount"]).to_numpy(dtype="float64", na_value=np.nan)
                     if "amount" in events else np.full(n, np.nan)),
         )
+
+
+def ts_micros(ts: pd.Series) -> np.ndarray:
+    """Event times as UTC epoch microseconds (int64, shape (n,)): tz-aware timestamps, naive ones (taken as UTC)
+    or integer epoch seconds."""
+    if pd.api.types.is_numeric_dtype(ts) and not pd.api.types.is_bool_dtype(ts):
+        return ts.to_numpy(dtype="int64") * 1_000_000
+    return pd.to_datetime(ts, utc=True).dt.as_unit("us").to_numpy(dtype="datetime64[us]").view("int64")
 
 
 _SMALL = 64
