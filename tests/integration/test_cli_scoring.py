@@ -159,6 +159,8 @@ def test_the_next_batch_extends_the_history_with_the_exported_events_only(cli, t
 
 def test_the_next_nights_batch_moves_the_kept_feature_state_on(cli, trained: Trained, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch):
+    from datetime import UTC
+
     import pandas as pd
 
     clean = tmp_path / "data" / "clean"
@@ -181,7 +183,8 @@ def test_the_next_nights_batch_moves_the_kept_feature_state_on(cli, trained: Tra
     assert "moved on 1 night(s) from the kept state: 1 events from 1 new file(s)" in _text(kept.output), kept.output
     earlier = cli("score", "--as-of", (AS_OF - timedelta(days=7)).isoformat(), "--no-reasons", "--no-publish",
                   "--out", "earlier.parquet")
-    assert "kept state of 2" in _text(earlier.output) and "left as it is" in _text(earlier.output), earlier.output
+    moved_to = (AS_OF + timedelta(days=1)).astimezone(UTC).isoformat()  # the state written while it scored
+    assert f"the kept state of {moved_to} left as it is" in _text(earlier.output), earlier.output
     monkeypatch.setenv("PROPENSITY_FEATURES__KEEP_STATE", "false")
     whole = cli("score", "--as-of", night, "--no-reasons", "--no-publish", "--out", "whole.parquet")
     assert whole.exit_code == 0 and "kept state" not in _text(whole.output), whole.output
@@ -190,3 +193,13 @@ def test_the_next_nights_batch_moves_the_kept_feature_state_on(cli, trained: Tra
     assert a.index.equals(b.index) and a.loc[user, "action"] == "coupon_24h"
     for column in ("p_buy", "p_lapse", "priority"):
         pd.testing.assert_series_equal(a[column], b[column], rtol=1e-9, atol=1e-9)
+
+
+def test_a_feature_state_that_cannot_be_kept_only_warns(cli, trained: Trained, tmp_path: Path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "features").write_text("not a folder")  # the state's folder cannot be made
+    scored = cli("score", "--as-of", AS_OF.isoformat(), "--events", "events.parquet", "--no-reasons")
+    assert scored.exit_code == 0, scored.output
+    assert "the feature state could not be kept" in _text(scored.output), scored.output
+    assert "Traceback" not in scored.output
+    assert "rows=" in cli("snapshots").output  # the batch was published all the same

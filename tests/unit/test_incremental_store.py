@@ -21,7 +21,10 @@ def test_a_saved_state_moves_on_like_the_one_in_memory(tmp_path):
     before = AS_OF - timedelta(days=1)
     state = state_from_events(events, before, FeatureSpec())
     save_state(state, tmp_path / "state", extra={"note": "kept"})
+    rollup = min((tmp_path / "state" / "rollups").rglob("*.npy"))
+    first = rollup.stat().st_ino
     save_state(load_state(tmp_path / "state"), tmp_path / "state")  # saved again: rolled-up days linked
+    assert rollup.stat().st_ino == first and rollup.stat().st_nlink == 1  # the same file; the old state's link gone
     loaded = load_state(tmp_path / "state", FeatureSpec())
     assert_parity(feature_frame(state), feature_frame(loaded), FeatureSpec())
     day = events[events.ts >= before]
