@@ -29,3 +29,7 @@ class FeatureSettings(BaseModel):
         True, description="Keep the per-user feature state between batches (features/state) and move it on with the "
         "event files added since, instead of building from all events; a batch that cannot builds whole."
     )
+    state_buckets: int = Field(
+        8, ge=1, le=4096, description="User buckets of the kept state on Spark (one task each): every bucket's events "
+        "must fit in one task's memory when the state is first built."
+    )

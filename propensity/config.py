@@ -119,6 +119,12 @@ class Settings(BaseSettings):
         return self.features_dir / "state"
 
     @property
+    def feature_state_dir_spark(self) -> Path:
+        """The per-user feature state of ``--engine spark`` batches, in ``features.state_buckets`` user buckets
+        (a path every Spark executor reaches)."""
+        return self.features_dir / "state-spark"
+
+    @property
     def scores_dir(self) -> Path:
         return self.data_dir / "scores"
 

@@ -63,14 +63,10 @@ def kept_features(state_dir: Path, files: Sequence[Path], as_of: datetime, spec:
     except StateError as exc:
         return str(exc)
     extra = read_meta(state_dir).get("extra", {})
-    added = added_files(extra.get(SOURCES_KEY, []), manifest(files))
-    if added is None:
-        return "an event file the kept state holds was changed or removed since"
     before, cutoff = state.as_of_us, as_of_us(as_of)
-    if cutoff < before:
-        return "the cutoff is before the kept state's"
-    if (cutoff - before) % DAY_US:
-        return "the cutoff is not a whole number of days after the kept state's"
+    added = files_to_add(extra.get(SOURCES_KEY, []), files, before, cutoff)
+    if isinstance(added, str):
+        return added
     try:
         frames = [_read(Path(p), state) for p in added]
         carried = [_read(Path(p), state, since=before) for p in extra.get(CARRY_KEY, [])]
@@ -86,6 +82,19 @@ def kept_features(state_dir: Path, files: Sequence[Path], as_of: datetime, spec:
     n_events = 0 if events is None else int((ts_micros(events["ts"]) < cutoff).sum())
     return KeptFeatures(feature_frame(state), state, (cutoff - before) // DAY_US, n_events, len(added),
                         len(carried))
+
+
+def files_to_add(sources: Sequence[dict], files: Sequence[Path], before_us: int, cutoff_us: int) -> list[str] | str:
+    """The event ``files`` added since the kept state's ``sources`` (its manifest), when a state of cutoff
+    ``before_us`` can be moved on to ``cutoff_us`` (UTC epoch microseconds) with them; else why not (one line)."""
+    added = added_files(sources, manifest(files))
+    if added is None:
+        return "an event file the kept state holds was changed or removed since"
+    if cutoff_us < before_us:
+        return "the cutoff is before the kept state's"
+    if (cutoff_us - before_us) % DAY_US:
+        return "the cutoff is not a whole number of days after the kept state's"
+    return added
 
 
 def kept_cutoff(state_dir: Path) -> datetime | None:
@@ -113,7 +122,7 @@ def start_state(files: Sequence[Path], as_of: datetime, spec: FeatureSpec, state
 def keep_state(state: FeatureState, state_dir: Path, files: Sequence[Path]) -> None:
     """Keep ``state`` in ``state_dir`` as the state of the event ``files``, noting those with events at or after
     its cutoff (their later events are read again the next night)."""
-    carry = [str(Path(f).resolve()) for f in files if _max_ts_us(Path(f)) >= state.as_of_us]
+    carry = [str(Path(f).resolve()) for f in files if max_ts_us(Path(f)) >= state.as_of_us]
     save_state(state, state_dir, extra={SOURCES_KEY: manifest(files), CARRY_KEY: carry})
 
 
@@ -128,7 +137,7 @@ def _read(path: Path, state: FeatureState, since: int | None = None) -> pd.DataF
     return frame
 
 
-def _max_ts_us(path: Path) -> int:
+def max_ts_us(path: Path) -> int:
     """The latest event time in a Parquet file (UTC epoch microseconds): from its row-group statistics when every
     row group has them, else read."""
     meta = pq.ParquetFile(path).metadata

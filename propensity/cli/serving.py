@@ -171,24 +171,33 @@ def run_score(
     bundles = load_champions(registry(cfg))
     spec = next(iter(bundles.values())).spec
     table = prebuilt_features(features, as_of, spec) if features else None
-    kept: Any = None
-    if features is None and engine == "duckdb" and cfg.features.keep_state:
-        state_files = history_files or source_files(events)
-        kept, table = _kept_features(cfg, state_files, as_of, spec)
-        saving = _save_in_background(cfg, kept, state_files)  # the moved-on state is written while users are scored
     suffix = "" if engine == "spark" else ".parquet"
     out = check_output(out or cfg.scores_dir / f"audience_{as_of:%Y%m%dT%H%M}{suffix}", cfg, is_dir=not suffix)
+    con = None
+    if engine == "spark":
+        from features.build.spark import spark_connection
+
+        con = spark_connection(spark_master)
+    kept: Any = None
+    saving: Any = None
+    if features is None and cfg.features.keep_state:
+        state_files = history_files or source_files(events)
+        if engine == "spark":
+            kept = _kept_features_spark(cfg, con, state_files, as_of, spec, f"{out}.features")
+        else:
+            kept, table = _kept_features(cfg, state_files, as_of, spec)
+            saving = _save_in_background(cfg, kept, state_files)  # the moved-on state is written while scoring
     store = open_score_store(cfg) if publish else None
     common = {"activation": activation_config(cfg), "created_at": datetime.now(UTC), "force": force,
               "min_share": cfg.serving.min_publish_share}
     try:
         with progress_bar("scoring users") as progress:
             if engine == "spark":
-                from features.build.spark import spark_connection
                 from serving.batch.spark import run_batch_spark
 
+                source = kept.table if kept is not None and not isinstance(kept, str) else events
                 result = run_batch_spark(
-                    events, as_of, bundles, store, out, con=spark_connection(spark_master),
+                    source, as_of, bundles, store, out, con=con,
                     chunk_rows=cfg.serving.batch_chunk_users, progress=progress, **common,
                 )
             else:
@@ -201,7 +210,7 @@ def run_score(
             store.close()
     rows: dict[str, Any] = {
         "users scored": result.users, "as of": as_of.isoformat(), "mean p_buy": result.mean_p_buy,
-        **({"features": _keep_state(cfg, kept, state_files, as_of, spec, saving)} if kept is not None else {}),
+        **({"features": _keep_state(cfg, kept, state_files, as_of, spec, saving, con)} if kept is not None else {}),
         "models": ", ".join(f"{t} v{b.meta.get('version')}" for t, b in bundles.items()),
         "audience file": result.audience_path,
     }
@@ -230,6 +239,19 @@ def _kept_features(cfg: Settings, files: list[Path], as_of: datetime, spec: Any)
     return (kept, kept.table) if not isinstance(kept, str) else (kept, None)
 
 
+def _kept_features_spark(cfg: Settings, con: Any, files: list[Path], as_of: datetime, spec: Any, out: str) -> Any:
+    """Tonight's Spark feature table moved on from the kept Spark state (``SparkKept``), or the reason it cannot
+    be: the batch then builds the table from all events."""
+    from features.incremental.spark import kept_features_spark
+
+    with progress_bar("moving the kept feature state on (Spark)"):
+        try:
+            return kept_features_spark(con, cfg.feature_state_dir_spark, files, as_of, spec, out)
+        except Exception as exc:  # a Spark job failed: the kept state is left as it was, the batch builds whole
+            first = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
+            return f"the kept state could not be moved on on Spark: {first}"
+
+
 def _save_in_background(cfg: Settings, kept: Any, files: list[Path]) -> Any:
     """A future of writing the moved-on state (None when the table was built whole: see :func:`_keep_state`)."""
     if isinstance(kept, str):
@@ -244,23 +266,33 @@ def _save_in_background(cfg: Settings, kept: Any, files: list[Path]) -> Any:
     return saving
 
 
-def _keep_state(cfg: Settings, kept: Any, files: list[Path], as_of: datetime, spec: Any, saving: Any) -> str:
-    """Keep the feature state for the next batch: wait for the moved-on one (``saving``), or compute one from all
-    events when the table was built whole (``kept`` is then the reason). Says what happened; a state that cannot
-    be kept only warns (the next batch builds whole again)."""
+def _keep_state(cfg: Settings, kept: Any, files: list[Path], as_of: datetime, spec: Any, saving: Any,
+                con: Any = None) -> str:
+    """Keep the feature state for the next batch: wait for the moved-on one (``saving``; on Spark it is already
+    kept), or compute one from all events when the table was built whole (``kept`` is then the reason), on Spark
+    with ``con``. Says what happened; a state that cannot be kept only warns (the next batch builds whole
+    again)."""
     from features.incremental.nightly import kept_cutoff, start_state
+    from features.incremental.spark import kept_cutoff_spark, start_state_spark
 
     try:
         if isinstance(kept, str):
-            later = kept_cutoff(cfg.feature_state_dir)
+            later = (kept_cutoff(cfg.feature_state_dir) if con is None
+                     else kept_cutoff_spark(cfg.feature_state_dir_spark))
             if later is not None and later > as_of:  # a batch for an earlier cutoff leaves the newer state alone
                 return f"built from all events ({kept}); the kept state of {later.isoformat()} left as it is"
             with progress_bar("keeping the feature state for the next batch"):
-                start_state(files, as_of, spec, cfg.feature_state_dir)
+                if con is None:
+                    start_state(files, as_of, spec, cfg.feature_state_dir)
+                else:
+                    start_state_spark(con, cfg.feature_state_dir_spark, files, as_of, spec,
+                                      n_buckets=cfg.features.state_buckets)
             return f"built from all events ({kept}); state kept for the next batch"
-        saving.result()
-    except (OSError, MemoryError, ValueError) as exc:  # IncrementalUnsupported, unreadable Parquet (ArrowInvalid)
-        warn(f"the feature state could not be kept ({exc}): the next batch builds its features from all events")
+        if saving is not None:
+            saving.result()
+    except Exception as exc:  # IncrementalUnsupported, unreadable Parquet (ArrowInvalid), a failed Spark job
+        first = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
+        warn(f"the feature state could not be kept ({first}): the next batch builds its features from all events")
         return f"built from all events ({kept})" if isinstance(kept, str) else "moved on; state not kept"
     return (f"moved on {kept.nights} night(s) from the kept state: {kept.events:,} events from {kept.files} new "
             f"file(s)" + (f" and {kept.carried} read again for events after the last cutoff" if kept.carried else ""))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ if _REASON:
     pytest.skip(f"Spark tests need PySpark and Java 17+: {_REASON}", allow_module_level=True)
 
 from features.build.builder import build_features
-from features.build.spark import build_features_spark, read_features_meta, sample_users, session_of, spark_connection
+from features.build.spark import build_features_spark, read_features_meta, sample_users, session_of
 from features.simulate.shop import GeneratorConfig, generate
 from features.spec.definition import FeatureInputError, FeatureSpec, integer_columns, output_columns, trend_column
 from serving.activation.actions import ActivationConfig
@@ -40,17 +39,6 @@ from serving.batch.run import PublishRefusedError, score_chunks
 from serving.batch.spark import SparkBatchError, iter_audience_chunks, run_batch_spark
 from serving.store.base import encode_chunk, open_store
 
-TEST_CONF = {
-    "spark.sql.shuffle.partitions": "4",
-    "spark.default.parallelism": "2",
-    "spark.ui.enabled": "false",
-    "spark.ui.showConsoleProgress": "false",
-    "spark.driver.host": "127.0.0.1",
-    "spark.driver.bindAddress": "127.0.0.1",
-    "spark.driver.memory": "1g",
-    # tiny jobs: the JVM's quick JIT tier only (about halves warm-up; large jobs want the default)
-    "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
-}
 CONFIG = GeneratorConfig(n_users=800, days=45, chunk_users=800)
 AS_OF = CONFIG.start_utc + timedelta(days=40)
 SPEC = FeatureSpec()
@@ -67,13 +55,8 @@ def events_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def con() -> Iterator[Any]:
-    backend = spark_connection("local[2]", app_name="propensity-tests", conf=TEST_CONF)
-    session_of(backend).sparkContext.setLogLevel("ERROR")
-    try:
-        yield backend
-    finally:
-        session_of(backend).stop()
+def con(spark_con: Any) -> Any:
+    return spark_con
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +127,11 @@ def _assert_frames_close(left: pd.DataFrame, right: pd.DataFrame, exact: set[str
             assert [_plain(v) for v in a] == [_plain(v) for v in b], name
         else:
             np.testing.assert_allclose(a.to_numpy(float), b.to_numpy(float), rtol=0, atol=TOL, err_msg=name)
+
+
+def _text(output: str) -> str:
+    """Printed output without table borders, whitespace collapsed (a wrapped cell reads as one line)."""
+    return " ".join(output.replace("│", " ").split())
 
 
 def _plain(v: Any) -> Any:
@@ -397,10 +385,11 @@ def test_the_online_history_written_on_spark_equals_duckdbs_and_gives_the_batch_
 
 
 def test_a_published_spark_batch_keeps_the_event_history_that_fresh_lookups_read(
-    events_dir: Path, con: Any, bundles: dict[str, Any], duck: pd.DataFrame, tmp_path: Path, monkeypatch,
+    events_dir: Path, con: Any, bundles: dict[str, Any], duck: pd.DataFrame, tmp_path: Path, monkeypatch, capsys,
 ) -> None:
     """``propensity score --engine spark`` publishes and, like the DuckDB batch, writes each user's events next to
-    the snapshot (otherwise its snapshots are served without fresh rescoring)."""
+    the snapshot (otherwise its snapshots are served without fresh rescoring). It keeps the Spark feature state,
+    and the next night's batch moves it on and scores the users as a batch built from all events would."""
     from features.build.builder import events_table
     from features.online.history import History, write_history
     from propensity.cli.serving import run_score
@@ -425,3 +414,17 @@ def test_a_published_spark_batch_keeps_the_event_history_that_fresh_lookups_read
     assert len(kept) == len(reference) > 0
     for uid in list(duck.user_id)[:20]:
         np.testing.assert_array_equal(kept.events(uid).ts_us, reference.events(uid).ts_us)
+    assert "built from all events (no kept feature state" in _text(capsys.readouterr().out)
+
+    night = AS_OF + timedelta(days=1)
+    moved = run_score(cfg, events_dir, night, engine="spark", spark_master=session_of(con), log_seq=7)
+    out = _text(capsys.readouterr().out)
+    assert "moved on 1 night(s) from the kept state" in out and "read again for events after the last cutoff" in out
+    table = build_features(events_dir, night, SPEC)
+    expected = pd.concat(list(score_chunks(table, bundles, night, ActivationConfig(), 250)), ignore_index=True)
+    got = pd.concat(list(iter_audience_chunks(moved.audience_path, 200)), ignore_index=True)
+    assert moved.users == len(table) > len(duck) // 2
+    for frame in (got, expected):
+        frame.sort_values("user_id", kind="stable", inplace=True, ignore_index=True)
+    same = [c for c in expected.columns if not c.startswith("model_")]  # versions: registry's, not the bundles'
+    _assert_frames_close(got[same], expected[same], exact=set())

@@ -1,0 +1,291 @@
+"""The kept feature state on Spark: users split into buckets, each bucket's state moved on by one Spark task.
+
+Each bucket ``pmod(xxhash64(user_id), n_buckets)`` keeps the state of :mod:`features.incremental` (the same
+:class:`~features.incremental.state.FeatureState`, nights and table, proven equal to the feature spec by
+``tests/property/test_incremental_parity.py``). Spark reads the event files, routes every event to its user's
+bucket and runs one ``applyInPandas`` group per bucket: load the bucket's state, move it on with that bucket's
+events, write it back, return its users' feature rows. A bucket without new events still moves on (every user
+ages a night), so every bucket gets a group.
+
+Layout of ``state_dir``: ``current.json`` (format, generation, bucket count, spec, cutoff, source flags, the event
+files held and those to read again) and ``gen-<id>/bucket-<k>/`` (one :mod:`features.incremental.store` folder per
+bucket). A night writes a new generation beside the current one (day roll-ups linked, not copied) and switches
+``current.json`` to it only once every bucket is written; a failed night leaves the kept state as it was.
+The folder must be at the same path for the driver and every executor (any local path with ``local[N]``; a shared
+file system on a cluster).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from features.incremental.build import advance_to, state_from_events
+from features.incremental.nightly import files_to_add, max_ts_us
+from features.incremental.rollup import DAY_US
+from features.incremental.store import StateError, load_state, save_state
+from features.incremental.table import feature_frame
+from features.online.arrays import ts_micros
+from features.online.compute import as_of_us
+from features.online.sources import manifest
+from features.spec.definition import (
+    FEATURE_TABLE_KEY,
+    FeatureSpec,
+    categorical_columns,
+    integer_columns,
+    output_columns,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import ibis
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
+
+FORMAT = 1
+CURRENT = "current.json"
+BUCKET = "_state_bucket"
+DEFAULT_BUCKETS = 8
+
+
+@dataclass(frozen=True)
+class SparkKept:
+    """A night moved on from the kept state on Spark: ``table`` (the feature directory, read back), ``nights``
+    moved, ``events`` taken in, from ``files`` added since and ``carried`` files read again."""
+
+    table: DataFrame
+    nights: int
+    events: int
+    files: int
+    carried: int = 0
+
+
+def read_current(state_dir: Path, spec: FeatureSpec | None = None) -> dict[str, Any]:
+    """The ``current.json`` of a kept Spark state; :class:`StateError` when there is none, it is damaged, its
+    generation folder is gone, or (with ``spec``) it was kept for another spec."""
+    file = Path(state_dir) / CURRENT
+    try:
+        meta = json.loads(file.read_text())
+        generation = Path(state_dir) / meta["generation"]
+    except FileNotFoundError as exc:
+        raise StateError(f"no kept feature state in {state_dir}") from exc
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StateError(f"the kept feature state in {state_dir} is damaged: {exc}") from exc
+    if meta.get("format") != FORMAT:
+        raise StateError(f"the kept feature state in {state_dir} has format {meta.get('format')}, not {FORMAT}")
+    if not generation.is_dir():
+        raise StateError(f"the kept feature state in {state_dir} is damaged: {generation.name} is missing")
+    if spec is not None and meta.get("fingerprint") != spec.fingerprint():
+        raise StateError(f"the kept feature state in {state_dir} is of another feature spec")
+    return meta
+
+
+def kept_cutoff_spark(state_dir: Path) -> datetime | None:
+    """The cutoff of the Spark state kept in ``state_dir`` (UTC), None when there is none that can be read."""
+    try:
+        us = int(read_current(state_dir)["as_of_us"])
+    except (StateError, KeyError, TypeError, ValueError):
+        return None
+    return datetime.fromtimestamp(us // 1_000_000, tz=UTC).replace(microsecond=us % 1_000_000)
+
+
+def kept_features_spark(con: ibis.BaseBackend, state_dir: Path, files: Sequence[Path], as_of: datetime,
+                        spec: FeatureSpec, out_dir: str | Path, *, n_out_buckets: int = 8) -> SparkKept | str:
+    """Tonight's feature table moved on from the Spark state kept in ``state_dir`` with the event ``files`` added
+    since (``files``: all of tonight's source), written to ``out_dir`` as a Spark feature directory
+    (:func:`features.build.spark.build_features_spark` layout: ``n_out_buckets`` files hashed by user, spec and
+    ``as_of`` in its side file); or why the state cannot be moved on (one line)."""
+    from features.build.spark import session_of
+
+    try:
+        meta = read_current(state_dir, spec)
+    except StateError as exc:
+        return str(exc)
+    before, cutoff = int(meta["as_of_us"]), as_of_us(as_of)
+    added = files_to_add(meta["sources"], files, before, cutoff)
+    if isinstance(added, str):
+        return added
+    carry = list(meta["carry"])
+    try:
+        counts = [_check(Path(p), meta, before, cutoff) for p in added]
+        counts += [_check(Path(p), meta, before, cutoff, carried=True) for p in carry]
+    except OSError as exc:
+        return f"an event file could not be read ({exc})"
+    if reason := next((c for c in counts if isinstance(c, str)), None):
+        return reason
+    session = session_of(con)
+    old, new = Path(state_dir) / meta["generation"], _new_generation(state_dir)
+    try:
+        events = _bucketed(session, _read(session, added, carry, before), meta["n_buckets"])
+        rows = events.groupBy(BUCKET).applyInPandas(_night(old, new, spec, as_of), feature_schema(spec))
+        table = _write_table(rows, out_dir, as_of, spec, n_out_buckets)
+        _commit(state_dir, new.name, {**meta, "as_of_us": cutoff, "sources": manifest(files),
+                                      "carry": _carry(files, cutoff)})
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    return SparkKept(table, (cutoff - before) // DAY_US, sum(counts), len(added), len(carry))
+
+
+def start_state_spark(con: ibis.BaseBackend, state_dir: Path, files: Sequence[Path], as_of: datetime,
+                      spec: FeatureSpec, *, n_buckets: int = DEFAULT_BUCKETS) -> int:
+    """Keep in ``state_dir`` a Spark state at ``as_of`` computed from all events of ``files``, in ``n_buckets``
+    user buckets (the first night, or after a fallback); returns the number of users it holds. Each bucket's
+    events must fit in one task's memory: take more buckets for more events."""
+    from features.build.spark import session_of
+
+    if not files:
+        raise StateError("no event files to keep a feature state of")
+    session = session_of(con)
+    names = set(pq.read_schema(files[0]).names)
+    new = _new_generation(state_dir)
+    try:
+        events = _bucketed(session, session.read.parquet(*[str(f) for f in files]), n_buckets)
+        done = events.groupBy(BUCKET).applyInPandas(_first(new, spec, as_of), f"{BUCKET} long, users long")
+        users = int(sum(r["users"] for r in done.collect()))
+        meta = {"format": FORMAT, "n_buckets": n_buckets, "fingerprint": spec.fingerprint(),
+                "has_item": "item_id" in names, "has_amount": "amount" in names}
+        cutoff = as_of_us(as_of)
+        _commit(state_dir, new.name, {**meta, "as_of_us": cutoff, "sources": manifest(files),
+                                      "carry": _carry(files, cutoff)})
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    return users
+
+
+def feature_schema(spec: FeatureSpec) -> StructType:
+    """The Spark schema of the feature table (as :func:`features.build.spark.conform_features` types it)."""
+    from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
+
+    ints, strings = set(integer_columns(spec)), {FEATURE_TABLE_KEY, *categorical_columns(spec)}
+    return StructType([StructField(c, StringType() if c in strings else LongType() if c in ints else DoubleType())
+                       for c in output_columns(spec)])
+
+
+# ------------------------------------------------------------------------------------------------ tasks
+def _night(old: Path, new: Path, spec: FeatureSpec, as_of: datetime) -> Callable[[tuple, pd.DataFrame], pd.DataFrame]:
+    """The task of one bucket on a night: its state moved on with its events, written to ``new``, its rows out."""
+
+    def run(key: tuple, frame: pd.DataFrame) -> pd.DataFrame:
+        name = _bucket_name(int(key[0]))
+        events = _events_of(frame)
+        state = load_state(old / name, spec)
+        advance_to(state, events if len(events) else None, as_of)
+        save_state(state, new / name)
+        return _typed(feature_frame(state), spec)
+
+    return run
+
+
+def _first(new: Path, spec: FeatureSpec, as_of: datetime) -> Callable[[tuple, pd.DataFrame], pd.DataFrame]:
+    """The task of one bucket on the first night: its state from all its events, written to ``new``."""
+
+    def run(key: tuple, frame: pd.DataFrame) -> pd.DataFrame:
+        state = state_from_events(_events_of(frame), as_of, spec)
+        save_state(state, new / _bucket_name(int(key[0])))
+        return pd.DataFrame({BUCKET: [int(key[0])], "users": [state.n_users]})
+
+    return run
+
+
+def _events_of(frame: pd.DataFrame) -> pd.DataFrame:
+    """The events of a bucket's group (without the marker row that gives every bucket a group)."""
+    return frame[frame[FEATURE_TABLE_KEY].notna()].drop(columns=[BUCKET]).reset_index(drop=True)
+
+
+def _typed(table: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+    """``table`` with the types of :func:`feature_schema` (text as Python strings, nulls as None)."""
+    out = table.copy()
+    for column in (FEATURE_TABLE_KEY, *categorical_columns(spec)):
+        out[column] = out[column].astype(object).where(out[column].notna(), None)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ driver
+def _check(path: Path, meta: dict[str, Any], before: int, cutoff: int, carried: bool = False) -> int | str:
+    """How many events of ``path`` the night takes in (``carried``: only those at or after ``before``), or why
+    the file does not fit the state (other columns, or a late event before the state's cutoff)."""
+    names = set(pq.read_schema(path).names)
+    if ("item_id" in names) != meta["has_item"] or ("amount" in names) != meta["has_amount"]:
+        return f"{path.name} has other event columns than the kept state was built from"
+    ts = ts_micros(pq.read_table(path, columns=["ts"]).column("ts").to_pandas())
+    if not carried and (ts < before).any():
+        return "events before the kept state's cutoff"
+    return int(((ts >= before) & (ts < cutoff)).sum())
+
+
+def _read(session: SparkSession, added: Sequence[str], carry: Sequence[str], before: int) -> DataFrame:
+    """The events of the ``added`` files and those at or after ``before`` of the ``carry`` files."""
+    from pyspark.sql import functions as F
+
+    parts = []
+    if added:
+        parts.append(session.read.parquet(*added))
+    if carry:
+        again = session.read.parquet(*carry)
+        parts.append(again.filter(F.unix_micros(F.col("ts")) >= F.lit(before)))
+    if not parts:
+        return None
+    frame = parts[0]
+    for part in parts[1:]:
+        frame = frame.unionByName(part, allowMissingColumns=True)
+    return frame
+
+
+def _bucketed(session: SparkSession, events: DataFrame | None, n_buckets: int) -> DataFrame:
+    """``events`` with their user's bucket, one marker row per bucket (so each bucket gets a group), partitioned
+    by bucket (one shuffle; adaptive execution does not merge the partitions of an explicit repartition)."""
+    from pyspark.sql import functions as F
+
+    markers = session.range(n_buckets).select(F.col("id").alias(BUCKET))
+    if events is not None:
+        bucket = F.pmod(F.xxhash64(F.col(FEATURE_TABLE_KEY).cast("string")), F.lit(n_buckets))
+        markers = events.withColumn(BUCKET, bucket).unionByName(markers, allowMissingColumns=True)
+    return markers.repartition(n_buckets, BUCKET)
+
+
+def _write_table(rows: DataFrame, out_dir: str | Path, as_of: datetime, spec: FeatureSpec, n_out: int) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    from features.build.spark import META_FILE, write_parquet_dir
+
+    meta = {"spec_version": spec.version, "as_of": as_of.astimezone(UTC).isoformat(), "spec": spec.to_dict(),
+            "n_buckets": n_out}
+    bucketed = rows.repartition(n_out, F.xxhash64(F.col(FEATURE_TABLE_KEY))).sortWithinPartitions(FEATURE_TABLE_KEY)
+    return write_parquet_dir(bucketed, out_dir, meta=(META_FILE, meta))
+
+
+def _carry(files: Sequence[Path], cutoff: int) -> list[str]:
+    """The files with events at or after ``cutoff`` (read again the next night for those)."""
+    return [str(Path(f).resolve()) for f in files if max_ts_us(Path(f)) >= cutoff]
+
+
+def _bucket_name(bucket: int) -> str:
+    return f"bucket-{bucket:05d}"
+
+
+def _new_generation(state_dir: Path) -> Path:
+    path = Path(state_dir) / f"gen-{uuid.uuid4().hex[:12]}"
+    path.mkdir(parents=True)
+    return path
+
+
+def _commit(state_dir: Path, generation: str, meta: dict[str, Any]) -> None:
+    """Point ``current.json`` at ``generation`` (written whole, then renamed) and remove the other generations."""
+    state_dir = Path(state_dir)
+    tmp = state_dir / f".{CURRENT}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.write_text(json.dumps({**meta, "generation": generation}, indent=1))
+    os.replace(tmp, state_dir / CURRENT)
+    for other in state_dir.glob("gen-*"):
+        if other.name != generation:
+            shutil.rmtree(other, ignore_errors=True)
