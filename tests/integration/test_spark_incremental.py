@@ -18,7 +18,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from features.build.builder import build_features, finalize_features
 from features.build.spark import spark_unavailable_reason
+from features.incremental.spark import CURRENT, kept_cutoff_spark, kept_features_spark, start_state_spark
+from features.simulate.shop import GeneratorConfig, generate
+from features.spec.definition import FeatureSpec
+from tests.property.test_online_parity import assert_parity
 
 pytestmark = [
     pytest.mark.integration,
@@ -30,11 +35,6 @@ _REASON = spark_unavailable_reason()
 if _REASON:
     pytest.skip(f"Spark tests need PySpark and Java 17+: {_REASON}", allow_module_level=True)
 
-from features.build.builder import build_features, finalize_features
-from features.incremental.spark import CURRENT, kept_cutoff_spark, kept_features_spark, start_state_spark
-from features.simulate.shop import GeneratorConfig, generate
-from features.spec.definition import FeatureSpec
-from tests.property.test_online_parity import assert_parity
 
 CONFIG = GeneratorConfig(n_users=600, days=45, chunk_users=600)
 AS_OF = CONFIG.start_utc + timedelta(days=40)
