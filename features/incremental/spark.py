@@ -99,11 +99,11 @@ def kept_cutoff_spark(state_dir: Path) -> datetime | None:
 
 
 def kept_features_spark(con: ibis.BaseBackend, state_dir: Path, files: Sequence[Path], as_of: datetime,
-                        spec: FeatureSpec, out_dir: str | Path, *, n_out_buckets: int = 8) -> SparkKept | str:
+                        spec: FeatureSpec, out_dir: str | Path) -> SparkKept | str:
     """Tonight's feature table moved on from the Spark state kept in ``state_dir`` with the event ``files`` added
-    since (``files``: all of tonight's source), written to ``out_dir`` as a Spark feature directory
-    (:func:`features.build.spark.build_features_spark` layout: ``n_out_buckets`` files hashed by user, spec and
-    ``as_of`` in its side file); or why the state cannot be moved on (one line)."""
+    since (``files``: all of tonight's source), written to ``out_dir`` as a Spark feature directory (as
+    :func:`features.build.spark.build_features_spark` writes it: each user in one file, sorted by user inside it;
+    spec and ``as_of`` in its side file); or why the state cannot be moved on (one line)."""
     from features.build.spark import session_of
 
     try:
@@ -127,7 +127,7 @@ def kept_features_spark(con: ibis.BaseBackend, state_dir: Path, files: Sequence[
     try:
         events = _bucketed(session, _read(session, added, carry, before), meta["n_buckets"])
         rows = events.groupBy(BUCKET).applyInPandas(_night(old, new, spec, as_of), feature_schema(spec))
-        table = _write_table(rows, out_dir, as_of, spec, n_out_buckets)
+        table = _write_table(rows, out_dir, as_of, spec, meta["n_buckets"])
         _commit(state_dir, new.name, {**meta, "as_of_us": cutoff, "sources": manifest(files),
                                       "carry": _carry(files, cutoff)})
     except BaseException:
@@ -244,25 +244,27 @@ def _read(session: SparkSession, added: Sequence[str], carry: Sequence[str], bef
 
 def _bucketed(session: SparkSession, events: DataFrame | None, n_buckets: int) -> DataFrame:
     """``events`` with their user's bucket, one marker row per bucket (so each bucket gets a group), partitioned
-    by bucket (one shuffle; adaptive execution does not merge the partitions of an explicit repartition)."""
+    by bucket ranges: one shuffle, one bucket per partition as a rule (a hash of the few bucket numbers would put
+    several in one partition and leave others empty; adaptive execution does not merge the partitions of an
+    explicit repartition)."""
     from pyspark.sql import functions as F
 
     markers = session.range(n_buckets).select(F.col("id").alias(BUCKET))
     if events is not None:
         bucket = F.pmod(F.xxhash64(F.col(FEATURE_TABLE_KEY).cast("string")), F.lit(n_buckets))
         markers = events.withColumn(BUCKET, bucket).unionByName(markers, allowMissingColumns=True)
-    return markers.repartition(n_buckets, BUCKET)
+    return markers.repartitionByRange(n_buckets, BUCKET)
 
 
-def _write_table(rows: DataFrame, out_dir: str | Path, as_of: datetime, spec: FeatureSpec, n_out: int) -> DataFrame:
-    from pyspark.sql import functions as F
-
+def _write_table(rows: DataFrame, out_dir: str | Path, as_of: datetime, spec: FeatureSpec, n_buckets: int
+                 ) -> DataFrame:
+    """Write the buckets' rows as a feature directory: one file per partition, which holds whole buckets (the
+    rows stay where their bucket's task made them: no second shuffle), sorted by user inside a file."""
     from features.build.spark import META_FILE, write_parquet_dir
 
     meta = {"spec_version": spec.version, "as_of": as_of.astimezone(UTC).isoformat(), "spec": spec.to_dict(),
-            "n_buckets": n_out}
-    bucketed = rows.repartition(n_out, F.xxhash64(F.col(FEATURE_TABLE_KEY))).sortWithinPartitions(FEATURE_TABLE_KEY)
-    return write_parquet_dir(bucketed, out_dir, meta=(META_FILE, meta))
+            "n_buckets": n_buckets}
+    return write_parquet_dir(rows.sortWithinPartitions(FEATURE_TABLE_KEY), out_dir, meta=(META_FILE, meta))
 
 
 def _carry(files: Sequence[Path], cutoff: int) -> list[str]:

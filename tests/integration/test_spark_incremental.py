@@ -92,8 +92,7 @@ def test_the_spark_state_equals_the_batch_table_every_night(spark_con: Any, file
     nights = [(0, files[:1], 0, 1, 0), (1, files[:1], 0, 1, 1), (2, files[:2], 1, 0, 1), (3, files, 1, 0, 1)]
     for night, listed, added, carried, nights_moved in nights:
         cutoff = FIRST + timedelta(days=night)
-        kept = kept_features_spark(spark_con, state, listed, cutoff, SPEC, tmp_path / f"features-{night}",
-                                   n_out_buckets=2)
+        kept = kept_features_spark(spark_con, state, listed, cutoff, SPEC, tmp_path / f"features-{night}")
         assert not isinstance(kept, str), kept
         batch = _batch(listed, cutoff)
         assert_parity(batch, _table(kept), SPEC)
