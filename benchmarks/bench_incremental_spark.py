@@ -7,8 +7,9 @@ The events are those of ``bench_incremental.py`` (``--events`` over 400 days bef
 (``first_state_s``, a one-off). The timed night (``night_s``) is what ``propensity score --engine spark`` runs:
 check the added file, move every bucket on in its Spark task, write the feature directory and switch the state to
 the new generation. The same run then times ``build_features_spark`` on both files (the baseline) and checks the two
-feature directories equal (every column; floats to 1e-9). ``--reuse`` keeps the files and the first state (the
-night runs on a hard-linked copy of it).
+feature directories equal (every column; floats to 1e-9). Each phase runs in its own process and Spark session, as
+each batch does (JIT warm-up included, session start-up timed apart). ``--reuse`` keeps the files and the first
+state (the night runs on a hard-linked copy of it).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_features import AS_OF, next_day_events, synthetic_events  # noqa: E402
+from bench_features import AS_OF, child, next_day_events, synthetic_events  # noqa: E402
 
 
 def main() -> None:
@@ -45,62 +46,71 @@ def main() -> None:
     parser.add_argument("--no-full", action="store_true", help="Time the night only (no baseline, no check).")
     args = parser.parse_args()
 
-    from features.build.spark import build_features_spark, session_of, spark_connection
-    from features.incremental.spark import CURRENT, kept_features_spark, start_state_spark
-    from features.spec.definition import FeatureSpec
+    from features.incremental.spark import CURRENT
 
-    spec, source, state = FeatureSpec(), args.out / "events", args.out / "state"
+    source, state = args.out / "events", args.out / "state"
     files = [source / "events.parquet", source / "ingested-1.parquet"]
-    next_cutoff = AS_OF + timedelta(days=1)
     if not (args.reuse and files[1].exists()):
         shutil.rmtree(args.out, ignore_errors=True)
         source.mkdir(parents=True)
         pq.write_table(synthetic_events(args.events, args.users, args.seed), files[0], row_group_size=1_000_000)
         pq.write_table(next_day_events(max(args.events // 100, 1), args.users, args.seed + 1), files[1])
-
-    t0 = time.perf_counter()
-    con = spark_connection(args.master, app_name="bench-incremental-spark", conf={
-        "spark.driver.memory": args.driver_memory, "spark.ui.enabled": "false",
-        "spark.ui.showConsoleProgress": "false", "spark.driver.host": "127.0.0.1",
-        "spark.driver.bindAddress": "127.0.0.1"})
-    session_of(con).sparkContext.setLogLevel("ERROR")
-    startup_s = time.perf_counter() - t0
-
-    first_state_s = None
+    session = (args.master, args.driver_memory)
+    first = None
     if not (args.reuse and (state / CURRENT).exists()):
         shutil.rmtree(state, ignore_errors=True)
-        t0 = time.perf_counter()
-        start_state_spark(con, state, files[:1], AS_OF, spec, n_buckets=args.buckets)
-        first_state_s = time.perf_counter() - t0
-
+        first = child(_run, "first", session, [str(files[0])], str(state), args.buckets, "")
     night_state = args.out / "state-night"
     shutil.rmtree(night_state, ignore_errors=True)
     shutil.copytree(state, night_state, copy_function=os.link)  # the night leaves the kept files as they are
-    t0 = time.perf_counter()
-    kept = kept_features_spark(con, night_state, files, next_cutoff, spec, args.out / "features-night")
-    night_s = time.perf_counter() - t0
-    if isinstance(kept, str):
-        raise SystemExit(f"the state could not be moved on: {kept}")
-
-    full_s, equal, worst = None, None, 0.0
+    night = child(_run, "night", session, [str(f) for f in files], str(night_state), args.buckets,
+                  str(args.out / "features-night"))
+    full, equal, worst = None, None, 0.0
     if not args.no_full:
-        t0 = time.perf_counter()
-        build_features_spark(source, next_cutoff, spec, con, out_dir=args.out / "features-full")
-        full_s = time.perf_counter() - t0
+        full = child(_run, "full", session, [str(source)], "", args.buckets, str(args.out / "features-full"))
         equal, worst = _compare(args.out / "features-full", args.out / "features-night")
     result = {
-        "events": args.events, "users": args.users, "new_day_events": kept.events, "buckets": args.buckets,
-        "master": args.master, "session_start_s": round(startup_s, 1),
-        "first_state_s": first_state_s and round(first_state_s, 1), "night_s": round(night_s, 2),
-        "full_build_s": full_s and round(full_s, 2), "night_over_full": full_s and round(night_s / full_s, 3),
+        "events": args.events, "users": args.users, "new_day_events": night["events"], "buckets": args.buckets,
+        "master": args.master, "session_start_s": night["startup_s"],
+        "first_state_s": first and first["seconds"], "night_s": night["seconds"],
+        "full_build_s": full and full["seconds"],
+        "night_over_full": full and round(night["seconds"] / full["seconds"], 3),
         "state_mb": round(sum(f.stat().st_size for f in night_state.rglob("*") if f.is_file()) / 2**20),
         "tables_equal": equal, "worst_relative_float_difference": worst,
     }
     print(json.dumps(result, indent=2))
-    session_of(con).stop()
     shutil.rmtree(night_state, ignore_errors=True)
     if not args.reuse:
         shutil.rmtree(args.out, ignore_errors=True)
+
+
+def _run(what: str, session: tuple[str, str], paths: list[str], state: str, buckets: int, out: str, queue) -> None:
+    """One timed phase in a fresh Spark session (as each ``propensity score`` has): ``first`` state, ``night`` or
+    ``full`` build; puts ``{"seconds", "startup_s", "events"}`` on ``queue``."""
+    from features.build.spark import build_features_spark, session_of, spark_connection
+    from features.incremental.spark import kept_features_spark, start_state_spark
+    from features.spec.definition import FeatureSpec
+
+    t0 = time.perf_counter()
+    master, memory = session
+    con = spark_connection(master, app_name=f"bench-incremental-spark-{what}", conf={
+        "spark.driver.memory": memory, "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
+        "spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"})
+    session_of(con).sparkContext.setLogLevel("ERROR")
+    startup_s, events = time.perf_counter() - t0, None
+    spec, t0 = FeatureSpec(), time.perf_counter()
+    if what == "first":
+        start_state_spark(con, Path(state), [Path(p) for p in paths], AS_OF, spec, n_buckets=buckets)
+    elif what == "night":
+        kept = kept_features_spark(con, Path(state), [Path(p) for p in paths], AS_OF + timedelta(days=1), spec, out)
+        if isinstance(kept, str):
+            raise SystemExit(f"the state could not be moved on: {kept}")
+        events = kept.events
+    else:
+        build_features_spark(paths[0], AS_OF + timedelta(days=1), spec, con, out_dir=out, n_buckets=buckets)
+    seconds = time.perf_counter() - t0
+    session_of(con).stop()
+    queue.put({"seconds": round(seconds, 2), "startup_s": round(startup_s, 1), "events": events})
 
 
 def _compare(full_dir: Path, night_dir: Path) -> tuple[bool, float]:
