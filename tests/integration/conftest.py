@@ -273,24 +273,13 @@ def cli(trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> An
     return cli_invoker()
 
 
-SPARK_TEST_CONF = {
-    "spark.sql.shuffle.partitions": "4",
-    "spark.default.parallelism": "2",
-    "spark.ui.enabled": "false",
-    "spark.ui.showConsoleProgress": "false",
-    "spark.driver.host": "127.0.0.1",
-    "spark.driver.bindAddress": "127.0.0.1",
-    "spark.driver.memory": "1g",
-    # tiny jobs: the JVM's quick JIT tier only (about halves warm-up; large jobs want the default)
-    "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
-}
-
 
 @pytest.fixture(scope="module")
 def spark_con() -> Iterator[Any]:
     """An Ibis PySpark backend on a local[2] session bound to 127.0.0.1, stopped after the module (the Spark
     modules skip themselves when PySpark or Java 17+ is missing)."""
     from features.build.spark import session_of, spark_connection
+    from tests.integration.spark_support import SPARK_TEST_CONF
 
     backend = spark_connection("local[2]", app_name="propensity-tests", conf=SPARK_TEST_CONF)
     session_of(backend).sparkContext.setLogLevel("ERROR")

@@ -17,18 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.build.spark import spark_unavailable_reason
+from tests.integration.spark_support import SPARK_MARKS, skip_without_spark
 
-pytestmark = [
-    pytest.mark.integration,
-    # PySpark 4.0's Arrow conversion passes copy= to pandas 3's astype (harmless deprecation)
-    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:Series.values returning an ndarray:DeprecationWarning"),
-]
-
-_REASON = spark_unavailable_reason()
-if _REASON:
-    pytest.skip(f"Spark tests need PySpark and Java 17+: {_REASON}", allow_module_level=True)
+pytestmark = SPARK_MARKS
+skip_without_spark()
 
 from features.build.builder import build_features
 from features.build.spark import build_features_spark, read_features_meta, sample_users, session_of

@@ -19,21 +19,14 @@ import pandas as pd
 import pytest
 
 from features.build.builder import build_features, finalize_features
-from features.build.spark import spark_unavailable_reason
 from features.incremental.spark import CURRENT, kept_cutoff_spark, kept_features_spark, start_state_spark
 from features.simulate.shop import GeneratorConfig, generate
 from features.spec.definition import FeatureSpec
+from tests.integration.spark_support import SPARK_MARKS, skip_without_spark
 from tests.property.test_online_parity import assert_parity
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:Series.values returning an ndarray:DeprecationWarning"),
-]
-
-_REASON = spark_unavailable_reason()
-if _REASON:
-    pytest.skip(f"Spark tests need PySpark and Java 17+: {_REASON}", allow_module_level=True)
+pytestmark = SPARK_MARKS
+skip_without_spark()
 
 
 CONFIG = GeneratorConfig(n_users=600, days=45, chunk_users=600)
