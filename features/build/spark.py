@@ -303,7 +303,7 @@ def write_parquet_dir(
                 name, doc = meta
                 rows = session.read.parquet(write_to).count()
                 (Path(write_to) / name).write_text(json.dumps({**doc, "rows": rows}, sort_keys=True))
-            _replace_dir(Path(write_to), Path(target))
+            replace_dir(Path(write_to), Path(target))
     except BaseException:
         if local:
             shutil.rmtree(write_to, ignore_errors=True)
@@ -311,7 +311,7 @@ def write_parquet_dir(
     return session.read.parquet(target)
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
+def replace_dir(src: Path, dst: Path) -> None:
     """Move ``src`` to ``dst``, replacing an existing ``dst`` (the old copy is removed only after the move)."""
     if dst.exists():
         old = dst.with_name(f"{dst.name}.old-{uuid.uuid4().hex[:8]}")

@@ -4,15 +4,16 @@ Each bucket ``pmod(xxhash64(user_id), n_buckets)`` keeps the state of :mod:`feat
 :class:`~features.incremental.state.FeatureState`, nights and table, proven equal to the feature spec by
 ``tests/property/test_incremental_parity.py``). Spark reads the event files, routes every event to its user's
 bucket and runs one ``applyInPandas`` group per bucket: load the bucket's state, move it on with that bucket's
-events, write it back, return its users' feature rows. A bucket without new events still moves on (every user
+events, write it back, and write its users' feature rows as one Parquet file of the feature directory (written by
+the task with pyarrow: the rows never pass through the JVM). A bucket without new events still moves on (every user
 ages a night), so every bucket gets a group.
 
 Layout of ``state_dir``: ``current.json`` (format, generation, bucket count, spec, cutoff, source flags, the event
 files held and those to read again) and ``gen-<id>/bucket-<k>/`` (one :mod:`features.incremental.store` folder per
 bucket). A night writes a new generation beside the current one (day roll-ups linked, not copied) and switches
 ``current.json`` to it only once every bucket is written; a failed night leaves the kept state as it was.
-The folder must be at the same path for the driver and every executor (any local path with ``local[N]``; a shared
-file system on a cluster).
+The state folder and the feature directory must be at the same path for the driver and every executor (any local
+path with ``local[N]``; a shared file system on a cluster).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.incremental.build import advance_to, state_from_events
@@ -49,7 +51,6 @@ from features.spec.definition import (
 if TYPE_CHECKING:  # pragma: no cover
     import ibis
     from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.types import StructType
 
 FORMAT = 1
 CURRENT = "current.json"
@@ -102,10 +103,13 @@ def kept_features_spark(con: ibis.BaseBackend, state_dir: Path, files: Sequence[
                         spec: FeatureSpec, out_dir: str | Path) -> SparkKept | str:
     """Tonight's feature table moved on from the Spark state kept in ``state_dir`` with the event ``files`` added
     since (``files``: all of tonight's source), written to ``out_dir`` as a Spark feature directory (as
-    :func:`features.build.spark.build_features_spark` writes it: each user in one file, sorted by user inside it;
-    spec and ``as_of`` in its side file); or why the state cannot be moved on (one line)."""
+    :func:`features.build.spark.build_features_spark` writes it: each user in one file, one file per bucket, sorted
+    by user inside it; spec, ``as_of`` and rows in its side file; written aside and renamed into place); or why the
+    state cannot be moved on (one line)."""
     from features.build.spark import session_of
 
+    if "://" in str(out_dir):
+        return f"the kept state writes its feature files to a path of the file system, not to {out_dir}"
     try:
         meta = read_current(state_dir, spec)
     except StateError as exc:
@@ -124,15 +128,21 @@ def kept_features_spark(con: ibis.BaseBackend, state_dir: Path, files: Sequence[
         return reason
     session = session_of(con)
     old, new = Path(state_dir) / meta["generation"], _new_generation(state_dir)
+    out_dir = Path(out_dir)
+    parts = out_dir.with_name(f"{out_dir.name}.partial-{uuid.uuid4().hex[:8]}")
+    parts.mkdir(parents=True)
     try:
         events = _bucketed(session, _read(session, added, carry, before), meta["n_buckets"])
-        rows = events.groupBy(BUCKET).applyInPandas(_night(old, new, spec, as_of), feature_schema(spec))
-        table = _write_table(rows, out_dir, as_of, spec, meta["n_buckets"])
+        done = events.groupBy(BUCKET).applyInPandas(_night(old, new, parts, spec, as_of), f"{BUCKET} long, users long")
+        users = int(sum(r["users"] for r in done.collect()))
+        _finish_table(parts, out_dir, as_of, spec, meta["n_buckets"], users)
         _commit(state_dir, new.name, {**meta, "as_of_us": cutoff, "sources": manifest(files),
                                       "carry": _carry(files, cutoff)})
     except BaseException:
         shutil.rmtree(new, ignore_errors=True)
+        shutil.rmtree(parts, ignore_errors=True)
         raise
+    table = session.read.parquet(str(out_dir))
     return SparkKept(table, (cutoff - before) // DAY_US, sum(counts), len(added), len(carry))
 
 
@@ -163,26 +173,21 @@ def start_state_spark(con: ibis.BaseBackend, state_dir: Path, files: Sequence[Pa
     return users
 
 
-def feature_schema(spec: FeatureSpec) -> StructType:
-    """The Spark schema of the feature table (as :func:`features.build.spark.conform_features` types it)."""
-    from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
-
-    ints, strings = set(integer_columns(spec)), {FEATURE_TABLE_KEY, *categorical_columns(spec)}
-    return StructType([StructField(c, StringType() if c in strings else LongType() if c in ints else DoubleType())
-                       for c in output_columns(spec)])
-
-
 # ------------------------------------------------------------------------------------------------ tasks
-def _night(old: Path, new: Path, spec: FeatureSpec, as_of: datetime) -> Callable[[tuple, pd.DataFrame], pd.DataFrame]:
-    """The task of one bucket on a night: its state moved on with its events, written to ``new``, its rows out."""
+def _night(old: Path, new: Path, parts: Path, spec: FeatureSpec, as_of: datetime
+           ) -> Callable[[tuple, pd.DataFrame], pd.DataFrame]:
+    """The task of one bucket on a night: its state moved on with its events and written to ``new``, its users'
+    feature rows written to ``parts`` as one Parquet file (sorted by user); returns the bucket's user count."""
 
     def run(key: tuple, frame: pd.DataFrame) -> pd.DataFrame:
-        name = _bucket_name(int(key[0]))
+        bucket = int(key[0])
         events = _events_of(frame)
-        state = load_state(old / name, spec)
+        state = load_state(old / _bucket_name(bucket), spec)
         advance_to(state, events if len(events) else None, as_of)
-        save_state(state, new / name)
-        return _typed(feature_frame(state), spec)
+        save_state(state, new / _bucket_name(bucket))
+        table = pa.Table.from_pandas(feature_frame(state), schema=arrow_schema(spec), preserve_index=False)
+        pq.write_table(table, parts / f"part-{bucket:05d}.parquet")
+        return pd.DataFrame({BUCKET: [bucket], "users": [table.num_rows]})
 
     return run
 
@@ -203,12 +208,12 @@ def _events_of(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame[FEATURE_TABLE_KEY].notna()].drop(columns=[BUCKET]).reset_index(drop=True)
 
 
-def _typed(table: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
-    """``table`` with the types of :func:`feature_schema` (text as Python strings, nulls as None)."""
-    out = table.copy()
-    for column in (FEATURE_TABLE_KEY, *categorical_columns(spec)):
-        out[column] = out[column].astype(object).where(out[column].notna(), None)
-    return out
+def arrow_schema(spec: FeatureSpec) -> pa.Schema:
+    """The Arrow schema of the feature files (as :func:`features.build.spark.conform_features` types the columns:
+    text for the user and categorical columns, 64-bit integers for counts and flags, doubles elsewhere)."""
+    ints, strings = set(integer_columns(spec)), {FEATURE_TABLE_KEY, *categorical_columns(spec)}
+    return pa.schema([(c, pa.string() if c in strings else pa.int64() if c in ints else pa.float64())
+                      for c in output_columns(spec)])
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -256,15 +261,16 @@ def _bucketed(session: SparkSession, events: DataFrame | None, n_buckets: int) -
     return markers.repartitionByRange(n_buckets, BUCKET)
 
 
-def _write_table(rows: DataFrame, out_dir: str | Path, as_of: datetime, spec: FeatureSpec, n_buckets: int
-                 ) -> DataFrame:
-    """Write the buckets' rows as a feature directory: one file per partition, which holds whole buckets (the
-    rows stay where their bucket's task made them: no second shuffle), sorted by user inside a file."""
-    from features.build.spark import META_FILE, write_parquet_dir
+def _finish_table(parts: Path, out_dir: Path, as_of: datetime, spec: FeatureSpec, n_buckets: int, rows: int
+                  ) -> None:
+    """Give the buckets' files the side file of a Spark feature directory and rename them into ``out_dir`` (an
+    existing directory is replaced only then)."""
+    from features.build.spark import META_FILE, replace_dir
 
     meta = {"spec_version": spec.version, "as_of": as_of.astimezone(UTC).isoformat(), "spec": spec.to_dict(),
-            "n_buckets": n_buckets}
-    return write_parquet_dir(rows.sortWithinPartitions(FEATURE_TABLE_KEY), out_dir, meta=(META_FILE, meta))
+            "n_buckets": n_buckets, "rows": rows}
+    (parts / META_FILE).write_text(json.dumps(meta, sort_keys=True))
+    replace_dir(parts, out_dir)
 
 
 def _carry(files: Sequence[Path], cutoff: int) -> list[str]:

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from features.build.builder import build_features, finalize_features
+from features.build.spark import read_features_meta
 from features.incremental.spark import CURRENT, kept_cutoff_spark, kept_features_spark, start_state_spark
 from features.simulate.shop import GeneratorConfig, generate
 from features.spec.definition import FeatureSpec
@@ -93,6 +94,12 @@ def test_the_spark_state_equals_the_batch_table_every_night(spark_con: Any, file
         assert kept_cutoff_spark(state) == cutoff
         assert len(list(state.glob("gen-*"))) == 1  # the last night's generation is gone once this one is kept
         assert len(list((state / json.loads((state / CURRENT).read_text())["generation"]).glob("bucket-*"))) == 3
+    written = tmp_path / "features-3"
+    assert read_features_meta(written)["rows"] == len(batch) and read_features_meta(written)["as_of"] == AS_OF
+    users = [pd.read_parquet(f, columns=["user_id"])["user_id"].tolist() for f in sorted(written.glob("*.parquet"))]
+    assert len(users) == 3 and all(u == sorted(u) for u in users)  # a file per bucket, sorted by user
+    assert sorted(x for u in users for x in u) == list(batch["user_id"])  # every user in exactly one file
+    assert not list(tmp_path.glob("*.partial-*"))  # written aside, then renamed into place
     table = _table(kept).set_index("user_id")
     assert table.loc["newcomer", "cart_count_1d"] == 1 and table.loc["newcomer", "aipl_layer"] == "I"
     assert {f"edge{n}" for n in range(4)} <= set(table.index)
