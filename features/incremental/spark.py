@@ -55,6 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover
 FORMAT = 1
 CURRENT = "current.json"
 BUCKET = "_state_bucket"
+_PART = "_state_partition"
 DEFAULT_BUCKETS = 8
 
 
@@ -133,7 +134,8 @@ def kept_features_spark(con: ibis.BaseBackend, state_dir: Path, files: Sequence[
     parts.mkdir(parents=True)
     try:
         events = _bucketed(session, _read(session, added, carry, before), meta["n_buckets"])
-        done = events.groupBy(BUCKET).applyInPandas(_night(old, new, parts, spec, as_of), f"{BUCKET} long, users long")
+        night = _night(old, new, parts, spec, as_of)
+        done = events.groupBy(_PART, BUCKET).applyInPandas(night, f"{BUCKET} long, users long")
         users = int(sum(r["users"] for r in done.collect()))
         _finish_table(parts, out_dir, as_of, spec, meta["n_buckets"], users)
         _commit(state_dir, new.name, {**meta, "as_of_us": cutoff, "sources": manifest(files),
@@ -160,7 +162,7 @@ def start_state_spark(con: ibis.BaseBackend, state_dir: Path, files: Sequence[Pa
     new = _new_generation(state_dir)
     try:
         events = _bucketed(session, session.read.parquet(*[str(f) for f in files]), n_buckets)
-        done = events.groupBy(BUCKET).applyInPandas(_first(new, spec, as_of), f"{BUCKET} long, users long")
+        done = events.groupBy(_PART, BUCKET).applyInPandas(_first(new, spec, as_of), f"{BUCKET} long, users long")
         users = int(sum(r["users"] for r in done.collect()))
         meta = {"format": FORMAT, "n_buckets": n_buckets, "fingerprint": spec.fingerprint(),
                 "has_item": "item_id" in names, "has_amount": "amount" in names}
@@ -180,7 +182,7 @@ def _night(old: Path, new: Path, parts: Path, spec: FeatureSpec, as_of: datetime
     feature rows written to ``parts`` as one Parquet file (sorted by user); returns the bucket's user count."""
 
     def run(key: tuple, frame: pd.DataFrame) -> pd.DataFrame:
-        bucket = int(key[0])
+        bucket = int(key[1])
         events = _events_of(frame)
         state = load_state(old / _bucket_name(bucket), spec)
         advance_to(state, events if len(events) else None, as_of)
@@ -197,15 +199,15 @@ def _first(new: Path, spec: FeatureSpec, as_of: datetime) -> Callable[[tuple, pd
 
     def run(key: tuple, frame: pd.DataFrame) -> pd.DataFrame:
         state = state_from_events(_events_of(frame), as_of, spec)
-        save_state(state, new / _bucket_name(int(key[0])))
-        return pd.DataFrame({BUCKET: [int(key[0])], "users": [state.n_users]})
+        save_state(state, new / _bucket_name(int(key[1])))
+        return pd.DataFrame({BUCKET: [int(key[1])], "users": [state.n_users]})
 
     return run
 
 
 def _events_of(frame: pd.DataFrame) -> pd.DataFrame:
     """The events of a bucket's group (without the marker row that gives every bucket a group)."""
-    return frame[frame[FEATURE_TABLE_KEY].notna()].drop(columns=[BUCKET]).reset_index(drop=True)
+    return frame[frame[FEATURE_TABLE_KEY].notna()].drop(columns=[BUCKET, _PART]).reset_index(drop=True)
 
 
 def arrow_schema(spec: FeatureSpec) -> pa.Schema:
@@ -248,17 +250,34 @@ def _read(session: SparkSession, added: Sequence[str], carry: Sequence[str], bef
 
 
 def _bucketed(session: SparkSession, events: DataFrame | None, n_buckets: int) -> DataFrame:
-    """``events`` with their user's bucket, one marker row per bucket (so each bucket gets a group), partitioned
-    by bucket ranges: one shuffle, one bucket per partition as a rule (a hash of the few bucket numbers would put
-    several in one partition and leave others empty; adaptive execution does not merge the partitions of an
-    explicit repartition)."""
+    """``events`` with their user's bucket, one marker row per bucket (so each bucket gets a group), hash-partitioned
+    into one bucket per partition: on a partition key chosen per bucket so that Spark's hash partitioning sends
+    bucket ``k`` to partition ``k`` (a hash of the bucket numbers themselves would put several in one partition and
+    leave others empty; a range partitioning would first read the events once more to sample them). Adaptive
+    execution does not merge the partitions of an explicit repartition."""
     from pyspark.sql import functions as F
 
     markers = session.range(n_buckets).select(F.col("id").alias(BUCKET))
     if events is not None:
         bucket = F.pmod(F.xxhash64(F.col(FEATURE_TABLE_KEY).cast("string")), F.lit(n_buckets))
         markers = events.withColumn(BUCKET, bucket).unionByName(markers, allowMissingColumns=True)
-    return markers.repartitionByRange(n_buckets, BUCKET)
+    keys = F.array(*[F.lit(k).cast("long") for k in partition_keys(session, n_buckets)])  # hashed as longs
+    return markers.withColumn(_PART, F.element_at(keys, F.col(BUCKET).cast("int") + 1)).repartition(n_buckets, _PART)
+
+
+def partition_keys(session: SparkSession, n: int) -> list[int]:
+    """For each partition ``k < n``, the smallest non-negative long that Spark's hash partitioning into ``n``
+    partitions (``pmod(hash(key), n)``, Murmur3 with seed 42) sends to ``k``."""
+    from pyspark.sql import functions as F
+
+    found: dict[int, int] = {}
+    start, size = 0, 64 * n  # about 64 candidates per partition: all are hit at the first try as a rule
+    while len(found) < n:
+        ids = session.range(start, start + size).select("id", F.pmod(F.hash("id"), F.lit(n)).alias("p"))
+        for row in ids.groupBy("p").agg(F.min("id").alias("id")).collect():
+            found.setdefault(int(row["p"]), int(row["id"]))
+        start += size
+    return [found[k] for k in range(n)]
 
 
 def _finish_table(parts: Path, out_dir: Path, as_of: datetime, spec: FeatureSpec, n_buckets: int, rows: int

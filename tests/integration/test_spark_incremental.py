@@ -144,3 +144,20 @@ def test_a_failed_night_leaves_the_kept_state_as_it_was(spark_con: Any, files: l
     kept = kept_features_spark(spark_con, state, files[:2], FIRST + timedelta(days=2), SPEC, tmp_path / "f")
     assert not isinstance(kept, str) and kept.nights == 2
     assert_parity(_batch(files[:2], FIRST + timedelta(days=2)), _table(kept), SPEC)
+
+
+def test_each_bucket_has_a_partition_of_its_own(spark_con: Any, files: list[Path]):
+    """A night runs one task per bucket: the buckets' events are spread one bucket per partition, none empty."""
+    from pyspark.sql import functions as F
+
+    from features.build.spark import session_of
+    from features.incremental.spark import BUCKET, _bucketed, partition_keys
+
+    session = session_of(spark_con)
+    for n in (1, 3, 8, 13):
+        keys = partition_keys(session, n)
+        hashed = session.createDataFrame([(k,) for k in keys], "k long").select(F.pmod(F.hash("k"), F.lit(n)))
+        assert [r[0] for r in hashed.collect()] == list(range(n))
+    events = _bucketed(session, session.read.parquet(str(files[1])), 5)
+    per_partition = events.groupBy(F.spark_partition_id().alias("p")).agg(F.countDistinct(BUCKET).alias("b"))
+    assert sorted((r["p"], r["b"]) for r in per_partition.collect()) == [(p, 1) for p in range(5)]
