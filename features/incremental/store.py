@@ -97,7 +97,9 @@ def load_state(path: Path, spec: FeatureSpec | None = None) -> FeatureState:
     state = FeatureState(kept, meta["origin_us"], has_item=meta["has_item"], has_amount=meta["has_amount"])
     state.night = int(meta["night"])
     try:
-        arrays = {file.stem: np.load(file, mmap_mode="c") for file in (path / "arrays").glob("*.npy")}
+        files = sorted((path / "arrays").glob("*.npy"))
+        _read_ahead(files)
+        arrays = {file.stem: np.load(file, mmap_mode="c") for file in files}
         ids = pa.ipc.open_file(pa.memory_map(str(path / "user_ids.arrow"))).read_all()
         state.user_ids = np.asarray(ids.column("user_id").to_pylist(), dtype=object)
         state.per_user = {k: arrays[f"p_{k}"] for k in state.per_user}
@@ -116,3 +118,22 @@ def load_state(path: Path, spec: FeatureSpec | None = None) -> FeatureState:
     if len(state.user_ids) != meta["users"] or len(state.users.values) != meta["users"]:
         raise StateError(f"the kept feature state in {path} is damaged: {meta['users']} users expected")
     return state
+
+
+def _read_ahead(files: list[Path]) -> None:
+    """Ask the kernel to start reading ``files`` into the page cache now (asynchronously, in large sequential reads),
+    so that a state read from a cold cache is not read page by page as the night first touches it."""
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None:  # not on every platform
+        return
+    for file in files:
+        try:
+            fd = os.open(file, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            advise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
