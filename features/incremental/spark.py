@@ -131,8 +131,8 @@ def kept_features_spark(con: ibis.BaseBackend, state_dir: Path, files: Sequence[
     old, new = Path(state_dir) / meta["generation"], _new_generation(state_dir)
     out_dir = Path(out_dir)
     parts = out_dir.with_name(f"{out_dir.name}.partial-{uuid.uuid4().hex[:8]}")
-    parts.mkdir(parents=True)
     try:
+        parts.mkdir(parents=True)
         events = _bucketed(session, _read(session, added, carry, before), meta["n_buckets"])
         night = _night(old, new, parts, spec, as_of)
         done = events.groupBy(_PART, BUCKET).applyInPandas(night, f"{BUCKET} long, users long")
