@@ -17,6 +17,7 @@ Days are numbered from the state's ``origin`` (a cutoff, epoch microseconds): da
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -169,15 +170,20 @@ class FeatureState:
             day = DayRollup.of(user, ev.ts_us, ev.behavior, ev.channel, ev.amount, start, self.spec)
         else:
             user, day = np.zeros(0, np.int64), DayRollup.empty()
-        self._decay(user, ev, day)
-        for (group, w), sums in self.win.items():
-            if len(day.user):
-                sums[day.user] += _rolled(day, group)
-            if (old := self.rollup(k - w)) is not None:
-                sums[old.user] -= _rolled(old, group)
-        if len(ev):
-            self._history(user, ev, day)
-            self._pairs(user, ev)
+        with ThreadPoolExecutor(1, thread_name_prefix="state-pairs") as pool:
+            # the pairs move on beside the sums: they share no array, and numpy's sorts, searches and copies run
+            # without the GIL, so the two use both cores
+            pairs = pool.submit(self._pairs, user, ev) if len(ev) else None
+            self._decay(user, ev, day)
+            for (group, w), sums in self.win.items():
+                if len(day.user):
+                    sums[day.user] += _rolled(day, group)
+                if (old := self.rollup(k - w)) is not None:
+                    sums[old.user] -= _rolled(old, group)
+            if len(ev):
+                self._history(user, ev, day)
+            if pairs is not None:
+                pairs.result()
         self._prune()
         self.rollups[k] = day
         self.night = k + 1

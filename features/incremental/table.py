@@ -7,6 +7,8 @@ cutoff (one row per user with an event before it, sorted by ``user_id``).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pandas as pd
 
@@ -18,6 +20,7 @@ from features.spec.definition import (
     BEHAVIOR_CODES,
     FEATURE_TABLE_KEY,
     RECENCY_BEHAVIORS,
+    FeatureSpec,
     count_column,
     integer_columns,
     output_columns,
@@ -46,7 +49,7 @@ def _ratio(num: np.ndarray, den: np.ndarray, when: np.ndarray) -> np.ndarray:
 def feature_frame(state: FeatureState) -> pd.DataFrame:
     """The feature table at ``state.as_of_us`` (see the module docstring)."""
     s, spec, a, p = state, state.spec, state.as_of_us, state.per_user
-    n_users, k = s.n_users, s.night
+    n_users = s.n_users
     f: dict[str, np.ndarray] = {}
     last = _age(a, p["last_ts"], NEVER_TS)
     first = _age(a, p["first_ts"], NO_TS)
@@ -66,15 +69,8 @@ def feature_frame(state: FeatureState) -> pd.DataFrame:
         f[f"active_days_{w}d"] = s.win[("active", w)][:, 0]
     dd = spec.distinct_days
     f[f"distinct_items_{dd}d"], f[f"distinct_categories_{dd}d"] = p["distinct_item"], p["distinct_category"]
-    view_keys, (view_day, view_cat) = s.pairs["view"]
-    for w in spec.comparison_windows:
-        inside = view_day >= k - w
-        f[f"max_items_per_category_{w}d"] = per_user_max_distinct(s.pair_users("view")[inside], view_cat[inside],
-                                                                   n_users)
-    _, (cart_ts, buy_ts) = s.pairs["cart"]
-    open_cart = ~(buy_ts >= cart_ts)
-    f[f"carts_unbought_{spec.cart_unbought_days}d"] = np.bincount(s.pair_users("cart")[open_cart],
-                                                                  minlength=n_users).astype(np.int64)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="feature-table")  # numpy frees the GIL: both cores work
+    pairs = pool.submit(_pair_columns, s)
     fc = counts(spec.favcart_days)
     f[f"favcart_count_{spec.favcart_days}d"] = fc[:, _FAV] + fc[:, _CART]
     for w in spec.ad_windows:
@@ -136,21 +132,48 @@ def feature_frame(state: FeatureState) -> pd.DataFrame:
     base = np.select([layer == name for name in AIPL_LAYERS], [AIPL_BASE[name] for name in AIPL_LAYERS])
     f["rule_score"] = base + np.minimum(activity / (activity + spec.rule_score_scale), _MAX_TERM)
     f["aipl_layer"] = layer
-    if not s.has_item:
-        for name in (f"distinct_items_{dd}d", *(f"max_items_per_category_{w}d" for w in spec.comparison_windows),
-                     f"carts_unbought_{spec.cart_unbought_days}d"):
-            f[name] = np.zeros(n_users, np.int64)
-    rows = s.order
-    if spec.lookback_days:
-        rows = rows[f["days_since_last_event"][rows] <= spec.lookback_days]
-    f[FEATURE_TABLE_KEY] = s.user_ids
+    with pool:
+        f.update(pairs.result())
+        if not s.has_item:
+            for name in (f"distinct_items_{dd}d", *(f"max_items_per_category_{w}d" for w in spec.comparison_windows),
+                         f"carts_unbought_{spec.cart_unbought_days}d"):
+                f[name] = np.zeros(n_users, np.int64)
+        rows = s.order
+        if spec.lookback_days:
+            rows = rows[f["days_since_last_event"][rows] <= spec.lookback_days]
+        f[FEATURE_TABLE_KEY] = s.user_ids
+        names = output_columns(spec)
+        half = pool.submit(_in_row_order, f, names[len(names) // 2:], rows, spec)
+        data = {**_in_row_order(f, names[:len(names) // 2], rows, spec), **half.result()}
+    return pd.DataFrame(data, columns=names, copy=False)  # one block per column, no 2nd copy
+
+
+def _pair_columns(s: FeatureState) -> dict[str, np.ndarray]:
+    """The columns read off the pair states: most distinct items viewed in one category, unbought carts."""
+    spec, n_users, k = s.spec, s.n_users, s.night
+    out = {}
+    _, (view_day, view_cat) = s.pairs["view"]
+    for w in spec.comparison_windows:
+        inside = view_day >= k - w
+        out[f"max_items_per_category_{w}d"] = per_user_max_distinct(s.pair_users("view")[inside], view_cat[inside],
+                                                                     n_users)
+    _, (cart_ts, buy_ts) = s.pairs["cart"]
+    open_cart = ~(buy_ts >= cart_ts)
+    out[f"carts_unbought_{spec.cart_unbought_days}d"] = np.bincount(s.pair_users("cart")[open_cart],
+                                                                    minlength=n_users).astype(np.int64)
+    return out
+
+
+def _in_row_order(f: dict[str, np.ndarray], names: list[str], rows: np.ndarray, spec: FeatureSpec
+                  ) -> dict[str, object]:
+    """The columns ``names`` of ``f`` in row order (``rows``: user codes), typed as the batch table types them."""
     ints = set(integer_columns(spec))
-    data = {}
-    for name in output_columns(spec):
+    data: dict[str, object] = {}
+    for name in names:
         col = np.asarray(f[name])[rows]
         if name in (FEATURE_TABLE_KEY, "aipl_layer"):
             data[name] = pd.array(col.astype(object), dtype="str")
         else:
             data[name] = col.astype(np.int64 if name in ints else np.float64)
-    return pd.DataFrame(data, columns=output_columns(spec), copy=False)  # one block per column, no 2nd copy
+    return data
 
