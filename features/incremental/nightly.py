@@ -122,16 +122,28 @@ def start_state(files: Sequence[Path], as_of: datetime, spec: FeatureSpec, state
 def keep_state(state: FeatureState, state_dir: Path, files: Sequence[Path]) -> None:
     """Keep ``state`` in ``state_dir`` as the state of the event ``files``, noting those with events at or after
     its cutoff (their later events are read again the next night)."""
-    carry = [str(Path(f).resolve()) for f in files if max_ts_us(Path(f)) >= state.as_of_us]
-    save_state(state, state_dir, extra={SOURCES_KEY: manifest(files), CARRY_KEY: carry})
+    save_state(state, state_dir, extra={SOURCES_KEY: manifest(files), CARRY_KEY: carried_files(files, state.as_of_us)})
+
+
+def carried_files(files: Sequence[Path], cutoff_us: int) -> list[str]:
+    """The ``files`` (absolute paths) with events at or after ``cutoff_us``: read again the next night for those."""
+    return [str(Path(f).resolve()) for f in files if max_ts_us(Path(f)) >= cutoff_us]
+
+
+def other_columns(path: Path, names: set[str] | list[str], has_item: bool, has_amount: bool) -> str | None:
+    """Why the event file ``path`` with columns ``names`` does not fit a state built with (without) item and amount
+    columns, None when it does."""
+    if ("item_id" in names) != has_item or ("amount" in names) != has_amount:
+        return f"{path.name} has other event columns than the kept state was built from"
+    return None
 
 
 def _read(path: Path, state: FeatureState, since: int | None = None) -> pd.DataFrame | str:
     """The canonical events of one file (those at or after ``since``, UTC epoch microseconds, when given), or why
     they do not fit the state (another set of columns)."""
     frame = pq.read_table(path).to_pandas()
-    if ("item_id" in frame) != state.has_item or ("amount" in frame) != state.has_amount:
-        return f"{path.name} has other event columns than the kept state was built from"
+    if reason := other_columns(path, list(frame.columns), state.has_item, state.has_amount):
+        return reason
     if since is not None:
         frame = frame[ts_micros(frame["ts"]) >= since]
     return frame

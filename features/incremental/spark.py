@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.incremental.build import advance_to, state_from_events
-from features.incremental.nightly import files_to_add, max_ts_us
+from features.incremental.nightly import carried_files, files_to_add, other_columns
 from features.incremental.rollup import DAY_US
 from features.incremental.store import StateError, load_state, save_state
 from features.incremental.table import feature_frame
@@ -139,7 +139,7 @@ def kept_features_spark(con: ibis.BaseBackend, state_dir: Path, files: Sequence[
         users = int(sum(r["users"] for r in done.collect()))
         _finish_table(parts, out_dir, as_of, spec, meta["n_buckets"], users)
         _commit(state_dir, new.name, {**meta, "as_of_us": cutoff, "sources": manifest(files),
-                                      "carry": _carry(files, cutoff)})
+                                      "carry": carried_files(files, cutoff)})
     except BaseException:
         shutil.rmtree(new, ignore_errors=True)
         shutil.rmtree(parts, ignore_errors=True)
@@ -168,7 +168,7 @@ def start_state_spark(con: ibis.BaseBackend, state_dir: Path, files: Sequence[Pa
                 "has_item": "item_id" in names, "has_amount": "amount" in names}
         cutoff = as_of_us(as_of)
         _commit(state_dir, new.name, {**meta, "as_of_us": cutoff, "sources": manifest(files),
-                                      "carry": _carry(files, cutoff)})
+                                      "carry": carried_files(files, cutoff)})
     except BaseException:
         shutil.rmtree(new, ignore_errors=True)
         raise
@@ -222,9 +222,8 @@ def arrow_schema(spec: FeatureSpec) -> pa.Schema:
 def _check(path: Path, meta: dict[str, Any], before: int, cutoff: int, carried: bool = False) -> int | str:
     """How many events of ``path`` the night takes in (``carried``: only those at or after ``before``), or why
     the file does not fit the state (other columns, or a late event before the state's cutoff)."""
-    names = set(pq.read_schema(path).names)
-    if ("item_id" in names) != meta["has_item"] or ("amount" in names) != meta["has_amount"]:
-        return f"{path.name} has other event columns than the kept state was built from"
+    if reason := other_columns(path, set(pq.read_schema(path).names), meta["has_item"], meta["has_amount"]):
+        return reason
     ts = ts_micros(pq.read_table(path, columns=["ts"]).column("ts").to_pandas())
     if not carried and (ts < before).any():
         return "events before the kept state's cutoff"
@@ -290,11 +289,6 @@ def _finish_table(parts: Path, out_dir: Path, as_of: datetime, spec: FeatureSpec
             "n_buckets": n_buckets, "rows": rows}
     (parts / META_FILE).write_text(json.dumps(meta, sort_keys=True))
     replace_dir(parts, out_dir)
-
-
-def _carry(files: Sequence[Path], cutoff: int) -> list[str]:
-    """The files with events at or after ``cutoff`` (read again the next night for those)."""
-    return [str(Path(f).resolve()) for f in files if max_ts_us(Path(f)) >= cutoff]
 
 
 def _bucket_name(bucket: int) -> str:
