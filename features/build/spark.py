@@ -168,6 +168,20 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:500]
 
 
+_RAISED = re.compile(r"^[A-Za-z_][\w.]*: (?P<message>\S.*)$")
+
+
+def error_line(exc: BaseException) -> str:
+    """One line that says what went wrong: for an error raised in a Spark task's Python worker (whose message is
+    "An exception was thrown from the Python worker" and a traceback), the message of the Python exception it
+    raised; otherwise the first line of the message."""
+    lines = str(exc).splitlines()
+    raised = [m["message"] for line in lines if (m := _RAISED.match(line)) and not m["message"].startswith("Traceback")]
+    if len(lines) > 1 and raised:
+        return raised[-1][:500]
+    return _first_line(exc)
+
+
 def session_of(con: ibis.BaseBackend) -> SparkSession:
     """The ``SparkSession`` behind an Ibis PySpark backend."""
     if getattr(con, "name", None) != "pyspark":

@@ -242,14 +242,14 @@ def _kept_features(cfg: Settings, files: list[Path], as_of: datetime, spec: Any)
 def _kept_features_spark(cfg: Settings, con: Any, files: list[Path], as_of: datetime, spec: Any, out: str) -> Any:
     """Tonight's Spark feature table moved on from the kept Spark state (``SparkKept``), or the reason it cannot
     be: the batch then builds the table from all events."""
+    from features.build.spark import error_line
     from features.incremental.spark import kept_features_spark
 
     with progress_bar("moving the kept feature state on (Spark)"):
         try:
             return kept_features_spark(con, cfg.feature_state_dir_spark, files, as_of, spec, out)
         except Exception as exc:  # a Spark job failed: the kept state is left as it was, the batch builds whole
-            first = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
-            return f"the kept state could not be moved on on Spark: {first}"
+            return f"the kept state could not be moved on on Spark: {error_line(exc)}"
 
 
 def _save_in_background(cfg: Settings, kept: Any, files: list[Path]) -> Any:
@@ -291,8 +291,10 @@ def _keep_state(cfg: Settings, kept: Any, files: list[Path], as_of: datetime, sp
         if saving is not None:
             saving.result()
     except Exception as exc:  # IncrementalUnsupported, unreadable Parquet (ArrowInvalid), a failed Spark job
-        first = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
-        warn(f"the feature state could not be kept ({first}): the next batch builds its features from all events")
+        from features.build.spark import error_line
+
+        warn(f"the feature state could not be kept ({error_line(exc)}): the next batch builds its features from all "
+             "events")
         return f"built from all events ({kept})" if isinstance(kept, str) else "moved on; state not kept"
     return (f"moved on {kept.nights} night(s) from the kept state: {kept.events:,} events from {kept.files} new "
             f"file(s)" + (f" and {kept.carried} read again for events after the last cutoff" if kept.carried else ""))

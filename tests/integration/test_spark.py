@@ -391,13 +391,16 @@ def test_a_published_spark_batch_keeps_the_event_history_that_fresh_lookups_read
 
     monkeypatch.setenv("MLFLOW_REQUIREMENTS_INFERENCE_TIMEOUT", "1")
     cfg = Settings(data_dir=tmp_path / "data", store_path=tmp_path / "scores.sqlite",
-                   tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=tmp_path / "mlruns")
+                   tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=tmp_path / "mlruns",
+                   features={"state_buckets": 3})
     registry = Registry(cfg.tracking_uri, cfg.artifact_root)
     for bundle in bundles.values():
         example = pd.DataFrame(np.zeros((3, len(bundle.feature_names))), columns=bundle.feature_names)
         _, version = registry.log_challenger(bundle, params={}, metrics={}, plots={}, input_example=example)
         registry.promote(bundle.target, version)
     result = run_score(cfg, events_dir, AS_OF, engine="spark", spark_master=session_of(con), log_seq=7)
+    state = cfg.feature_state_dir_spark
+    assert len(list(state.glob("gen-*/bucket-*"))) == 3  # features.state_buckets
     assert result.snapshot is not None and result.users == len(duck)
     kept = History(cfg.online_dir / result.snapshot.snapshot_id)
     assert kept.meta[LOG_SEQ_KEY] == 7

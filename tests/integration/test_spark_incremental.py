@@ -140,6 +140,14 @@ def test_a_failed_night_leaves_the_kept_state_as_it_was(spark_con: Any, files: l
         kept_features_spark(spark_con, state, files[:2], FIRST + timedelta(days=2), SPEC, tmp_path / "f")
     assert json.loads((state / CURRENT).read_text()) == current
     assert [p.name for p in state.glob("gen-*")] == [generation.name]  # the half-written generation is removed
+    from propensity.cli.serving import _kept_features_spark
+    from propensity.config import Settings
+
+    cfg = Settings(data_dir=tmp_path / "data")  # the batch's way in: the failed night is a one-line reason
+    shutil.copytree(state, cfg.feature_state_dir_spark)
+    reason = _kept_features_spark(cfg, spark_con, files[:2], FIRST + timedelta(days=2), SPEC, str(tmp_path / "g"))
+    assert reason.startswith("the kept state could not be moved on on Spark: ") and "damaged" in reason
+    assert "\n" not in reason and json.loads((cfg.feature_state_dir_spark / CURRENT).read_text()) == current
     damaged.write_bytes(saved)
     kept = kept_features_spark(spark_con, state, files[:2], FIRST + timedelta(days=2), SPEC, tmp_path / "f")
     assert not isinstance(kept, str) and kept.nights == 2
