@@ -91,6 +91,8 @@ def test_the_spark_state_equals_the_batch_table_every_night(spark_con: Any, file
         batch = _batch(listed, cutoff)
         assert_parity(batch, _table(kept), SPEC)
         assert (kept.nights, kept.files, kept.carried) == (nights_moved, added, carried)
+        ts = pd.concat([pd.read_parquet(f, columns=["ts"]) for f in listed])["ts"]
+        assert kept.events == int(((ts >= cutoff - timedelta(days=nights_moved)) & (ts < cutoff)).sum())
         assert kept_cutoff_spark(state) == cutoff
         assert len(list(state.glob("gen-*"))) == 1  # the last night's generation is gone once this one is kept
         assert len(list((state / json.loads((state / CURRENT).read_text())["generation"]).glob("bucket-*"))) == 3
