@@ -1,5 +1,9 @@
 """Pair states: (user, key) pairs with the day each was last seen, as sorted int64 keys.
 
+A pair state is kept in two sorted runs with no key in both: the ``main`` run and a small ``fresh`` run that takes
+the pairs first seen since the two were last merged (:func:`upsert_runs`, :func:`merge_runs`). A night then
+inserts into the fresh run only and updates the main run's values in place, instead of copying the whole state.
+
 A pair key is ``user code << 32 | key code`` (both below 2**31 and 2**32). Days are absolute day numbers of the
 state (:mod:`features.incremental.state`): a pair is inside a ``w``-day window at night ``k`` (cutoff
 ``origin + k days``) when ``k - 1 - day < w``. Sorted keys are probed with ``searchsorted``; on 100M events the
@@ -59,6 +63,48 @@ def upsert(keys: np.ndarray, values: tuple[np.ndarray, ...], new: np.ndarray, ne
         merged[moved] = fresh[found]
         out.append(merged)
     return np.insert(keys, gaps, new[~found]), tuple(out), found, previous
+
+
+Run = tuple[np.ndarray, tuple[np.ndarray, ...]]
+"""Sorted unique keys with their aligned value arrays."""
+
+
+def upsert_runs(main: Run, fresh: Run, new: np.ndarray, new_values: tuple[np.ndarray, ...]
+                ) -> tuple[Run, Run, np.ndarray, np.ndarray]:
+    """:func:`upsert` over two runs with no key in both: keys already in ``main`` get the new values in place (the
+    arrays are copied first when read-only), the others go to ``fresh``. Returns (main, fresh, found, previous) as
+    :func:`upsert` does."""
+    keys, values = main
+    at, in_main = lookup(keys, new)
+    hit = at[in_main]
+    previous = np.zeros(len(new), dtype=values[0].dtype)
+    previous[in_main] = values[0][hit]
+    if len(hit):
+        values = tuple(v if v.flags.writeable else v.copy() for v in values)
+        for old, value in zip(values, new_values, strict=True):
+            old[hit] = value[in_main]
+    rest = ~in_main
+    fresh_keys, fresh_values, in_fresh, before = upsert(*fresh, new[rest], tuple(v[rest] for v in new_values))
+    found = in_main.copy()
+    found[rest] = in_fresh
+    previous[rest] = np.where(in_fresh, before, previous[rest])
+    return (keys, values), (fresh_keys, fresh_values), found, previous
+
+
+def merge_runs(main: Run, fresh: Run, keep_main: np.ndarray | None = None, keep_fresh: np.ndarray | None = None
+               ) -> Run:
+    """One sorted run of the keys of both (disjoint) runs, without the entries ``keep_*`` marks False."""
+    if keep_main is not None:
+        main = (main[0][keep_main], tuple(v[keep_main] for v in main[1]))
+    if keep_fresh is not None:
+        fresh = (fresh[0][keep_fresh], tuple(v[keep_fresh] for v in fresh[1]))
+    at = np.searchsorted(main[0], fresh[0])
+    return np.insert(main[0], at, fresh[0]), tuple(np.insert(m, at, f) for m, f in zip(main[1], fresh[1], strict=True))
+
+
+def empty_run(like: Run) -> Run:
+    """A run with no keys and values of ``like``'s dtypes."""
+    return like[0][:0].copy(), tuple(v[:0].copy() for v in like[1])
 
 
 def lookup(keys: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.incremental.pairs import key_users, lookup, pair_keys, sorted_unique, unique_last, upsert
+from features.incremental.pairs import (
+    Run,
+    empty_run,
+    key_users,
+    lookup,
+    merge_runs,
+    pair_keys,
+    sorted_unique,
+    unique_last,
+    upsert,
+    upsert_runs,
+)
 from features.incremental.rollup import DAY_US, N_CODES, DayRollup, layer_of, multipliers
 from features.online.arrays import NULL_ID, EventArrays, id_codes
 from features.spec.aggregate import _slots
@@ -39,6 +50,15 @@ DEAD_DAY = np.iinfo(np.int32).min
 """Last-seen day of a pair that has left its window (kept in place until the state is compacted)."""
 _BUY, _VIEW, _CART = BEHAVIOR_CODES["buy"], BEHAVIOR_CODES["view"], BEHAVIOR_CODES["cart"]
 _GAP_BITS = 20
+FRESH_SHARE = 0.125
+"""A fresh run (pairs, day gaps) is merged into its main run once it holds more than this share of the main run's
+entries: a night inserts into the small fresh run and leaves the main run's keys (and their file) as they are."""
+
+
+SPARE_USERS = 1 / 16
+"""Per-user arrays are kept with room for this share more users (at least 64; spare rows of empty state, saved with
+the state): a night's new users then take spare rows instead of every per-user array being copied into a larger
+one."""
 
 
 class IncrementalUnsupported(ValueError):
@@ -75,14 +95,50 @@ def _rolled(r: DayRollup, group: str) -> np.ndarray:
     return value if value.ndim == 2 else value[:, None]
 
 
-def set_medians(median: np.ndarray, keys: np.ndarray, users: np.ndarray) -> None:
-    """``median[users]`` = each user's exact median gap, from the sorted gap keys ``user << 20 | gap`` (the mean of
-    the two middle gaps for an even count). Only the users' own key ranges are read."""
+def set_medians(median: np.ndarray, keys: np.ndarray, users: np.ndarray, fresh: np.ndarray | None = None) -> None:
+    """``median[users]`` = each user's exact median gap, from the sorted gap keys ``user << 20 | gap`` in ``keys``
+    and (a second sorted run) ``fresh`` (the mean of the two middle gaps for an even count). Only the users' own
+    key ranges are read."""
     users = users.astype(np.int64)
-    lo = np.searchsorted(keys, users << _GAP_BITS)
-    n = np.searchsorted(keys, (users + 1) << _GAP_BITS) - lo
+    lo, n = _key_range(keys, users)
     mask = (1 << _GAP_BITS) - 1
-    median[users] = ((keys[lo + (n - 1) // 2] & mask) + (keys[lo + n // 2] & mask)) / 2.0
+    if fresh is None or not len(fresh):
+        median[users] = ((keys[lo + (n - 1) // 2] & mask) + (keys[lo + n // 2] & mask)) / 2.0
+        return
+    fresh_lo, m = _key_range(fresh, users)
+    total = n + m
+    median[users] = (_union_rank(keys, lo, n, fresh, fresh_lo, m, (total - 1) // 2)
+                     + _union_rank(keys, lo, n, fresh, fresh_lo, m, total // 2)) / 2.0
+
+
+def _key_range(keys: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and length of each user's keys ``user << 20 | gap`` in the sorted ``keys``."""
+    lo = np.searchsorted(keys, users << _GAP_BITS)
+    return lo, np.searchsorted(keys, (users + 1) << _GAP_BITS) - lo
+
+
+def _union_rank(a: np.ndarray, a_lo: np.ndarray, n: np.ndarray, b: np.ndarray, b_lo: np.ndarray, m: np.ndarray,
+                rank: np.ndarray) -> np.ndarray:
+    """Per user, the gap of 0-based ``rank`` among the user's ``n`` keys of ``a`` (from ``a_lo``) and ``m`` keys of
+    ``b`` (from ``b_lo``), both sorted. Of the ``rank + 1`` smallest, ``j`` come from ``b`` for some
+    ``0 <= j <= m``; every such split bounds the gap from above by the largest it takes, and the true split attains
+    it, so the gap is the least bound over the splits (``m`` is small: the gaps added since the runs merged)."""
+    mask = (1 << _GAP_BITS) - 1
+    a, b = (x if len(x) else np.zeros(1, np.int64) for x in (a, b))
+    best = np.full(len(rank), np.iinfo(np.int64).max)
+    for j in range(int(m.max(initial=0)) + 1):
+        i = rank + 1 - j  # taken from a
+        valid = (j <= m) & (i >= 0) & (i <= n)
+        from_a = np.where(i >= 1, a[np.clip(a_lo + i - 1, 0, len(a) - 1)] & mask, -1)
+        from_b = b[np.clip(b_lo + j - 1, 0, len(b) - 1)] & mask if j else np.full(len(rank), -1)
+        best = np.where(valid, np.minimum(best, np.maximum(from_a, from_b)), best)
+    return best
+
+
+def _prefix_of(arr: np.ndarray, base: np.ndarray) -> bool:
+    """Whether ``arr`` is the first rows of ``base`` (a view of them)."""
+    return (arr.shape[1:] == base.shape[1:] and len(arr) <= len(base) and arr.dtype == base.dtype
+            and arr.__array_interface__["data"][0] == base.__array_interface__["data"][0])
 
 
 class Dictionary:
@@ -146,6 +202,14 @@ class FeatureState:
             "item": (empty, (days,)), "category": (empty, (days,)), "view": (empty, (days, empty)),
             "cart": (empty, (empty, empty)),
         }
+        self.fresh: dict[str, Run] = {name: empty_run(self.pairs[name]) for name in ("item", "category", "view")}
+        """The fresh runs of the pair states (:func:`features.incremental.pairs.upsert_runs`); carts have one."""
+        self.fresh_gaps = {name: empty.copy() for name in self.gaps}
+        self.bases: dict[tuple[str, object], np.ndarray] = {}
+        """The arrays (with spare rows) whose first rows are the per-user arrays, keyed ``("w", key)`` for
+        ``win`` and ``("p", name)`` for ``per_user``."""
+        self.kept_arrays: dict[str, tuple[np.ndarray, Path]] = {}
+        """Arrays read (read-only) from a kept state's files, by name: saved again as links to those files."""
         self.rollups: dict[int, DayRollup | Path] = {}  # a Path: kept on disk, read when the day leaves a window
         self.order = np.zeros(0, np.int64)  # user codes in the order of their ids (the table's row order)
         self.target_codes = id_codes(list(spec.target_categories)) if spec.target_categories else None
@@ -222,10 +286,20 @@ class FeatureState:
         self.order = np.insert(self.order, at, before + rank)
         self.user_ids = np.concatenate([self.user_ids, fresh])
         for key, arr in self.win.items():
-            self.win[key] = np.concatenate([arr, np.zeros((added, *arr.shape[1:]), arr.dtype)])
+            self.win[key] = self.padded(("w", key), arr, self.n_users)[:self.n_users]
         for name, arr in self.per_user.items():
-            grown = np.full((added, *arr.shape[1:]), self._fill.get(name, 0), dtype=arr.dtype)
-            self.per_user[name] = np.concatenate([arr, grown])
+            self.per_user[name] = self.padded(("p", name), arr, self.n_users)[:self.n_users]
+
+    def padded(self, key: tuple[str, object], arr: np.ndarray, rows: int) -> np.ndarray:
+        """The base of the per-user array ``arr`` (``bases[key]``: ``arr`` is its first rows, the rest empty state)
+        with more than ``rows`` rows; a new one with :data:`SPARE_USERS` spare rows when it has too few."""
+        base = self.bases.get(key)
+        if base is None or len(base) <= rows or not _prefix_of(arr, base):
+            fill = 0 if key[0] == "w" else self._fill.get(key[1], 0)
+            base = np.full((rows + max(int(rows * SPARE_USERS), 64), *arr.shape[1:]), fill, dtype=arr.dtype)
+            base[:len(arr)] = arr
+            self.bases[key] = base
+        return base
 
     def _decay(self, user: np.ndarray, ev: EventArrays, day: DayRollup) -> None:
         """Decay sums at the next cutoff: every event inside a span loses ``multiplier / span``, the day that
@@ -278,12 +352,15 @@ class FeatureState:
         had = before != NO_DAY
         with_gap = users[had]
         added = with_gap << _GAP_BITS | (k - before[had])
-        keys = self.gaps[gaps]
-        keys = self.gaps[gaps] = np.insert(keys, np.searchsorted(keys, added), added)
+        keys, fresh = self.gaps[gaps], self.fresh_gaps[gaps]
+        fresh = np.insert(fresh, np.searchsorted(fresh, added), added)  # added: sorted, as the users are
+        if len(fresh) > FRESH_SHARE * len(keys):
+            keys, fresh = np.insert(keys, np.searchsorted(keys, fresh), fresh), fresh[:0]
+        self.gaps[gaps], self.fresh_gaps[gaps] = keys, fresh
         p[last][users] = k
         p[count][users] += 1
         if len(with_gap):
-            set_medians(p[median], keys, with_gap)
+            set_medians(p[median], keys, with_gap, fresh)
 
     def _pairs(self, user: np.ndarray, ev: EventArrays) -> None:
         """The day's (user, item), (user, category), viewed (user, category, item) and carted (user, item) pairs."""
@@ -309,8 +386,8 @@ class FeatureState:
         """Store the ``new`` pairs of ``name``; returns which were stored already, and their old first values."""
         if not len(new):
             return np.zeros(0, dtype=bool), np.zeros(0, dtype=values[0].dtype)
-        keys, old, found, previous = upsert(*self.pairs[name], new, values)
-        self.pairs[name] = (keys, old)
+        self.pairs[name], self.fresh[name], found, previous = upsert_runs(self.pairs[name], self.fresh[name], new,
+                                                                          values)
         return found, previous
 
     def _count_pairs(self, name: str, keys: np.ndarray, sign: int) -> None:
@@ -320,28 +397,33 @@ class FeatureState:
 
     def _prune(self) -> None:
         """Retire the pairs that leave their window at the next night (``night + 1``): the distinct-count and
-        comparison pairs are marked :data:`DEAD_DAY` in place (and dropped once they are a quarter of the state),
-        the carts dropped."""
+        comparison pairs are marked :data:`DEAD_DAY` in place (and dropped once they are a quarter of the state, or
+        when the fresh run is merged into the main one: :data:`FRESH_SHARE`), the carts dropped."""
         k, spec = self.night, self.spec
         for name, oldest in (("item", k - spec.distinct_days), ("category", k - spec.distinct_days),
                              ("view", k - max(spec.comparison_windows))):
-            keys, values = self.pairs[name]
-            days = values[0]
-            leaving = np.flatnonzero((days <= oldest) & (days != DEAD_DAY))
-            if len(leaving):
-                self._count_pairs(name, keys[leaving], -1)
-                if not days.flags.writeable:
-                    days = days.copy()
-                days[leaving] = DEAD_DAY
-                self.pairs[name] = (keys, (days, *values[1:]))
-            dead = days == DEAD_DAY
-            if dead.sum() * 4 > len(days):
-                self.pairs[name] = (keys[~dead], tuple(v[~dead] for v in self.pairs[name][1]))
+            main, fresh = (self._retire(name, *run, oldest) for run in (self.pairs[name], self.fresh[name]))
+            dead_main, dead_fresh = main[1][0] == DEAD_DAY, fresh[1][0] == DEAD_DAY
+            dead = int(dead_main.sum()) + int(dead_fresh.sum())
+            if dead * 4 > len(main[0]) + len(fresh[0]) or len(fresh[0]) > FRESH_SHARE * len(main[0]):
+                main, fresh = merge_runs(main, fresh, ~dead_main, ~dead_fresh), empty_run(fresh)
+            self.pairs[name], self.fresh[name] = main, fresh
         first_cart = self.origin_us + (k + 1 - spec.cart_unbought_days) * DAY_US
         keys, values = self.pairs["cart"]
         if len(keys) and values[0].min() < first_cart:
             keep = values[0] >= first_cart
             self.pairs["cart"] = (keys[keep], tuple(v[keep] for v in values))
+
+    def _retire(self, name: str, keys: np.ndarray, values: tuple[np.ndarray, ...], oldest: int) -> Run:
+        """The run with its pairs last seen on or before day ``oldest`` marked :data:`DEAD_DAY` (and uncounted)."""
+        days = values[0]
+        leaving = np.flatnonzero((days <= oldest) & (days != DEAD_DAY))
+        if len(leaving):
+            self._count_pairs(name, keys[leaving], -1)
+            if not days.flags.writeable:
+                days = days.copy()
+            days[leaving] = DEAD_DAY
+        return keys, (days, *values[1:])
 
     def _carts(self, user: np.ndarray, ev: EventArrays, item: np.ndarray, has_item: np.ndarray) -> None:
         """Carted (user, item) pairs of the unbought-cart window: last cart and last buy at or after it."""
@@ -361,6 +443,6 @@ class FeatureState:
         keys, (cart_ts, buy_ts), _, _ = upsert(keys, (cart_ts, buy_ts), carted, (carted_ts, new_buy))
         self.pairs["cart"] = (keys, (cart_ts, buy_ts))
 
-    def pair_users(self, name: str) -> np.ndarray:
-        """The user code of each stored pair of ``name``."""
-        return key_users(self.pairs[name][0])
+    def pair_runs(self, name: str) -> list[Run]:
+        """The runs of the pair state ``name``: the main one and, but for carts, the fresh one."""
+        return [self.pairs[name], *([self.fresh[name]] if name in self.fresh else [])]

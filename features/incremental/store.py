@@ -1,10 +1,11 @@
 """A :class:`FeatureState` on disk: one folder, written whole in a temporary folder and renamed into place.
 
 Layout: ``meta.json`` (spec, origin, night, source flags, and whatever the caller records under ``extra``),
-``arrays/<name>.npy`` (every numeric array; read back memory-mapped, copy on write), ``user_ids.arrow`` (the
-users' ids in code order) and ``rollups/day-<d>/`` (the days still inside a window, linked from the last state
-when unchanged). A state that is missing, damaged or of another spec raises :class:`StateError`; the caller then
-builds from all events.
+``arrays/<name>.npy`` (every numeric array; read back memory-mapped, copy on write, or read-only for the arrays a
+night replaces instead of changing: sorted keys, dictionaries, row order), ``user_ids.arrow`` (the users' ids in
+code order) and ``rollups/day-<d>/`` (the days still inside a window). What is unchanged since the last state (a
+read-only array still the one read, a day's roll-up) is linked to its file, not written again. A state that is
+missing, damaged or of another spec raises :class:`StateError`; the caller then builds from all events.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import pyarrow as pa
 from features.incremental.state import Dictionary, FeatureState
 from features.spec.definition import FeatureSpec
 
-FORMAT = 1
+FORMAT = 2
+_READS = (1, 2)
+"""Formats read: 1 has no fresh runs (read as empty)."""
 _DICTS = ("users", "items", "categories", "views_dict")
 
 
@@ -35,16 +38,23 @@ def save_state(state: FeatureState, path: Path, extra: dict[str, Any] | None = N
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     (tmp / "rollups").mkdir(parents=True)
-    arrays = {f"p_{k}": v for k, v in state.per_user.items()}
-    arrays.update({f"w_{g}_{w}": v for (g, w), v in state.win.items()})
+    n = state.n_users  # per-user arrays are saved with spare rows (read back as their first n rows)
+    arrays = {f"p_{k}": state.padded(("p", k), v, n) for k, v in state.per_user.items()}
+    arrays.update({f"w_{g}_{w}": state.padded(("w", (g, w)), v, n) for (g, w), v in state.win.items()})
     arrays.update({f"g_{k}": v for k, v in state.gaps.items()})
-    for name, (keys, values) in state.pairs.items():
-        arrays[f"pair_{name}_keys"] = keys
-        arrays.update({f"pair_{name}_{i}": v for i, v in enumerate(values)})
+    arrays.update({f"gf_{k}": v for k, v in state.fresh_gaps.items()})
+    for prefix, runs in (("pair", state.pairs), ("fresh", state.fresh)):
+        for name, (keys, values) in runs.items():
+            arrays[f"{prefix}_{name}_keys"] = keys
+            arrays.update({f"{prefix}_{name}_{i}": v for i, v in enumerate(values)})
     arrays.update({f"d_{name}": getattr(state, name).values for name in _DICTS}, order=state.order)
     (tmp / "arrays").mkdir()
     for name, values in arrays.items():
-        np.save(tmp / "arrays" / f"{name}.npy", values)
+        kept = state.kept_arrays.get(name)
+        if kept is not None and kept[0] is values and not values.flags.writeable:  # as read: cannot have changed
+            _link(kept[1], tmp / "arrays" / f"{name}.npy")
+        else:
+            np.save(tmp / "arrays" / f"{name}.npy", values)
     table = pa.table({"user_id": pa.array(state.user_ids.tolist(), pa.string())})
     with pa.OSFile(str(tmp / "user_ids.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
@@ -82,7 +92,7 @@ def read_meta(path: Path) -> dict[str, Any]:
         raise StateError(f"no kept feature state in {path}") from exc
     except (OSError, ValueError) as exc:
         raise StateError(f"the kept feature state in {path} is damaged: {exc}") from exc
-    if meta.get("format") != FORMAT:
+    if meta.get("format") not in _READS:
         raise StateError(f"the kept feature state in {path} has format {meta.get('format')}, not {FORMAT}")
     return meta
 
@@ -99,15 +109,22 @@ def load_state(path: Path, spec: FeatureSpec | None = None) -> FeatureState:
     try:
         files = sorted((path / "arrays").glob("*.npy"))
         _read_ahead(files)
-        arrays = {file.stem: np.load(file, mmap_mode="c") for file in files}
+        arrays = {file.stem: np.load(file, mmap_mode="r" if _replaced(file.stem) else "c") for file in files}
+        state.kept_arrays = {file.stem: (arrays[file.stem], file) for file in files if _replaced(file.stem)}
         ids = pa.ipc.open_file(pa.memory_map(str(path / "user_ids.arrow"))).read_all()
         state.user_ids = np.asarray(ids.column("user_id").to_pylist(), dtype=object)
-        state.per_user = {k: arrays[f"p_{k}"] for k in state.per_user}
-        state.win = {(g, w): arrays[f"w_{g}_{w}"] for (g, w) in state.win}
+        n = int(meta["users"])
+        state.bases = {("p", k): arrays[f"p_{k}"] for k in state.per_user}
+        state.bases.update({("w", key): arrays[f"w_{key[0]}_{key[1]}"] for key in state.win})
+        state.per_user = {key[1]: base[:n] for key, base in state.bases.items() if key[0] == "p"}
+        state.win = {key[1]: base[:n] for key, base in state.bases.items() if key[0] == "w"}
+        if any(len(base) < n for base in state.bases.values()):
+            raise ValueError(f"per-user arrays shorter than its {n} users")
         state.gaps = {k: arrays[f"g_{k}"] for k in state.gaps}
-        state.pairs = {name: (arrays[f"pair_{name}_keys"], tuple(arrays[f"pair_{name}_{i}"]
-                                                               for i in range(len(values))))
-                       for name, (_, values) in state.pairs.items()}
+        state.pairs = _runs(arrays, "pair", state.pairs)
+        if meta["format"] >= 2:
+            state.fresh_gaps = {k: arrays[f"gf_{k}"] for k in state.fresh_gaps}
+            state.fresh = _runs(arrays, "fresh", state.fresh)
         for name in _DICTS:
             setattr(state, name, Dictionary(arrays[f"d_{name}"]))
         state.order = arrays["order"]
@@ -118,6 +135,18 @@ def load_state(path: Path, spec: FeatureSpec | None = None) -> FeatureState:
     if len(state.user_ids) != meta["users"] or len(state.users.values) != meta["users"]:
         raise StateError(f"the kept feature state in {path} is damaged: {meta['users']} users expected")
     return state
+
+
+def _replaced(name: str) -> bool:
+    """Whether the array ``name`` is only ever replaced by a night, never changed in place (read read-only)."""
+    return name.endswith("_keys") or name.startswith(("g_", "gf_", "d_")) or name == "order"
+
+
+def _runs(arrays: dict[str, np.ndarray], prefix: str, like: dict) -> dict:
+    """The pair runs ``<prefix>_<name>_keys`` and ``_<i>`` of ``arrays``, for the names (and value counts) of
+    ``like``."""
+    return {name: (arrays[f"{prefix}_{name}_keys"], tuple(arrays[f"{prefix}_{name}_{i}"] for i in range(len(values))))
+            for name, (_, values) in like.items()}
 
 
 def _read_ahead(files: list[Path]) -> None:

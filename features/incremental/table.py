@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 
-from features.incremental.pairs import per_user_max_distinct
+from features.incremental.pairs import key_users, per_user_max_distinct
 from features.incremental.state import NEVER_TS, NO_DAY, NO_TS, FeatureState
 from features.spec.definition import (
     AIPL_BASE,
@@ -152,14 +152,15 @@ def _pair_columns(s: FeatureState) -> dict[str, np.ndarray]:
     """The columns read off the pair states: most distinct items viewed in one category, unbought carts."""
     spec, n_users, k = s.spec, s.n_users, s.night
     out = {}
-    _, (view_day, view_cat) = s.pairs["view"]
+    views = s.pair_runs("view")
     for w in spec.comparison_windows:
-        inside = view_day >= k - w
-        out[f"max_items_per_category_{w}d"] = per_user_max_distinct(s.pair_users("view")[inside], view_cat[inside],
-                                                                     n_users)
-    _, (cart_ts, buy_ts) = s.pairs["cart"]
+        inside = [days >= k - w for _, (days, _) in views]
+        users = np.concatenate([key_users(keys[m]) for (keys, _), m in zip(views, inside, strict=True)])
+        cats = np.concatenate([cat[m] for (_, (_, cat)), m in zip(views, inside, strict=True)])
+        out[f"max_items_per_category_{w}d"] = per_user_max_distinct(users, cats, n_users)
+    keys, (cart_ts, buy_ts) = s.pairs["cart"]
     open_cart = ~(buy_ts >= cart_ts)
-    out[f"carts_unbought_{spec.cart_unbought_days}d"] = np.bincount(s.pair_users("cart")[open_cart],
+    out[f"carts_unbought_{spec.cart_unbought_days}d"] = np.bincount(key_users(keys[open_cart]),
                                                                     minlength=n_users).astype(np.int64)
     return out
 

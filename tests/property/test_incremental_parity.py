@@ -3,12 +3,14 @@
 Histories are those of ``test_online_parity`` (every behavior, channel, item and category, ages at every window
 edge and a second either side). The state is computed three nights before the cutoff (at once, or replayed day by
 day), then moved on one night at a time with each day's events only, and compared with :func:`build_features` at
-every night (every column). The state computed at once and the replayed one hold the same sums and pairs.
+every night (every column). The state computed at once and the replayed one hold the same sums and pairs. Each
+runs with the fresh runs (pairs, day gaps) merged into the main ones every night and never merged.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from features.build.builder import build_features
+from features.incremental import state as state_module
 from features.incremental.build import advance_to, state_from_events
 from features.incremental.state import DEAD_DAY, IncrementalUnsupported
 from features.incremental.table import feature_frame
@@ -26,6 +29,14 @@ NIGHTS = 3
 FAST = settings(  # each example replays up to 400 days and builds the batch table four times
     max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow], database=None
 )
+
+
+MERGED = {"merged every night": 0.0, "never merged": float("inf")}
+
+
+def _fresh_share(name):
+    """Merge the fresh runs into the main ones every night, or never."""
+    return mock.patch.object(state_module, "FRESH_SHARE", MERGED[name])
 
 
 def _nightly(events, spec, replay=False):
@@ -48,12 +59,13 @@ NEW_USER = [  # u3 is first seen on the last day; u0's cart and buy move across 
 
 
 @FAST
-@given(history, st.sampled_from(sorted(SPECS)))
-@example(CART_EDGES, "default")
-@example(CART_EDGES, "targets")
-@example(NEW_USER, "default")
-def test_the_kept_state_equals_the_batch_table_every_night(rows, spec_name):
-    _nightly(frame(rows), SPECS[spec_name])
+@given(history, st.sampled_from(sorted(SPECS)), st.sampled_from(sorted(MERGED)))
+@example(CART_EDGES, "default", "never merged")
+@example(CART_EDGES, "targets", "merged every night")
+@example(NEW_USER, "default", "never merged")
+def test_the_kept_state_equals_the_batch_table_every_night(rows, spec_name, merged):
+    with _fresh_share(merged):
+        _nightly(frame(rows), SPECS[spec_name])
 
 
 @FAST
@@ -103,17 +115,23 @@ def _canonical(state):
     decode = {"item": state.items.values, "category": state.categories.values, "cart": state.items.values,
               "view": state.views_dict.values}
     for name, (keys, values) in state.pairs.items():
+        if name in state.fresh:  # both runs
+            fresh_keys, fresh_values = state.fresh[name]
+            keys = np.concatenate([keys, fresh_keys])
+            values = tuple(np.concatenate(v) for v in zip(values, fresh_values, strict=True))
         if name != "cart":  # pairs retired in place are not in the state
             alive = values[0] != DEAD_DAY
             keys, values = keys[alive], tuple(v[alive] for v in values)
         rows = sorted(zip(ids[keys >> 32], decode[name][keys & 0xFFFFFFFF].tolist() if len(keys) else [],
                           *(v.tolist() for v in values), strict=True))
-        if name == "view":  # category codes -> category hashes
-            rows = [(u, c, d, int(state.categories.values[cat])) for u, c, d, cat in rows]
+        if name == "view":  # (category, item) and category codes -> hashes
+            rows = sorted((u, (int(state.categories.values[c >> 32]), int(state.items.values[c & 0xFFFFFFFF])), d,
+                           int(state.categories.values[cat])) for u, c, d, cat in rows)
         if name == "cart":  # a buy before the last cart closes nothing: keep only whether one is at or after it
             rows = [(u, i, cart, buy >= cart) for u, i, cart, buy in rows]
         out[f"pairs {name}"] = rows
     for name, keys in state.gaps.items():
+        keys = np.concatenate([keys, state.fresh_gaps[name]])
         out[f"gaps {name}"] = sorted(zip(ids[keys >> 20], (keys & 0xFFFFF).tolist(), strict=True))
     return out
 
@@ -139,13 +157,18 @@ def _assert_same_state(a, b):
 
 
 @settings(FAST, max_examples=10)
-@given(history)
-@example(CART_EDGES + NEW_USER)
-def test_the_state_computed_at_once_is_the_replayed_state(rows):
+@given(history, st.sampled_from(sorted(MERGED)))
+@example(CART_EDGES + NEW_USER, "never merged")
+def test_the_state_computed_at_once_is_the_replayed_state(rows, merged):
     events = frame(rows)
-    _assert_same_state(state_from_events(events, AS_OF, FeatureSpec()),
-                       state_from_events(events, AS_OF, FeatureSpec(), replay=True))
+    with _fresh_share(merged):
+        replayed = state_from_events(events, AS_OF, FeatureSpec(), replay=True)
+    if merged == "never merged" and len(replayed.pairs["item"][0]):
+        pytest.fail("a run never merged is kept in the fresh run")
+    _assert_same_state(state_from_events(events, AS_OF, FeatureSpec()), replayed)
 
 
-def test_a_replayed_state_moves_on_like_one_computed_at_once():
-    _nightly(frame(CART_EDGES + NEW_USER), FeatureSpec(), replay=True)
+@pytest.mark.parametrize("merged", sorted(MERGED))
+def test_a_replayed_state_moves_on_like_one_computed_at_once(merged):
+    with _fresh_share(merged):
+        _nightly(frame(CART_EDGES + NEW_USER), FeatureSpec(), replay=True)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
+import numpy as np
 import pytest
 
 from features.build.builder import build_features
@@ -22,13 +24,20 @@ def test_a_saved_state_moves_on_like_the_one_in_memory(tmp_path):
     state = state_from_events(events, before, FeatureSpec())
     save_state(state, tmp_path / "state", extra={"note": "kept"})
     rollup = min((tmp_path / "state" / "rollups").rglob("*.npy"))
-    first = rollup.stat().st_ino
-    save_state(load_state(tmp_path / "state"), tmp_path / "state")  # saved again: rolled-up days linked
+    keys = tmp_path / "state" / "arrays" / "pair_item_keys.npy"
+    first, first_keys = rollup.stat().st_ino, keys.stat().st_ino
+    save_state(load_state(tmp_path / "state"), tmp_path / "state")  # saved again: rolled-up days, keys linked
     assert rollup.stat().st_ino == first and rollup.stat().st_nlink == 1  # the same file; the old state's link gone
+    assert keys.stat().st_ino == first_keys and keys.stat().st_nlink == 1
     loaded = load_state(tmp_path / "state", FeatureSpec())
     assert_parity(feature_frame(state), feature_frame(loaded), FeatureSpec())
+    spare = dict(loaded.bases)  # saved with spare rows for new users
+    assert all(len(base) > loaded.n_users for base in spare.values())
+    users = loaded.n_users
     day = events[events.ts >= before]
     moved = advance_to(loaded, day, AS_OF)
+    assert moved.n_users > users  # u9 is new: it takes a spare row of every per-user array
+    assert all(moved.bases[key] is base for key, base in spare.items())
     assert_parity(build_features(events, AS_OF, FeatureSpec()), feature_frame(moved), FeatureSpec())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]  # no temporary folder left
 
@@ -45,3 +54,21 @@ def test_a_missing_damaged_or_other_spec_state_is_refused(tmp_path):
     (tmp_path / "state" / "meta.json").write_text("{")
     with pytest.raises(StateError, match="damaged"):
         load_state(tmp_path / "state")
+
+
+def test_a_state_kept_before_fresh_runs_is_read_with_empty_ones(tmp_path):
+    """Format 1 kept each pair state and day gaps in one run, and per-user arrays without spare rows."""
+    events = frame(CART_EDGES + LATER)
+    before = AS_OF - timedelta(days=1)
+    save_state(state_from_events(events, before, FeatureSpec()), tmp_path / "state")
+    meta = json.loads((tmp_path / "state" / "meta.json").read_text())
+    (tmp_path / "state" / "meta.json").write_text(json.dumps({**meta, "format": 1}))
+    for file in (tmp_path / "state" / "arrays").glob("*.npy"):
+        if file.name.startswith(("fresh_", "gf_")):
+            file.unlink()
+        elif file.name.startswith(("p_", "w_")):
+            np.save(file, np.load(file)[: meta["users"]])
+    loaded = load_state(tmp_path / "state", FeatureSpec())
+    assert all(len(keys) == 0 for keys, _ in loaded.fresh.values())
+    moved = advance_to(loaded, events[events.ts >= before], AS_OF)
+    assert_parity(build_features(events, AS_OF, FeatureSpec()), feature_frame(moved), FeatureSpec())
