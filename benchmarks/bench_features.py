@@ -79,12 +79,12 @@ def synthetic_events(n: int, n_users: int, seed: int, order: str = "user") -> pa
     return pa.table(columns, schema=arrow_schema())
 
 
-def next_day_events(n: int, n_users: int, seed: int) -> pa.Table:
-    """``n`` canonical events of the day after ``AS_OF`` (times uniform over ``[AS_OF, AS_OF + 1 day)``, sorted),
-    drawn otherwise as :func:`synthetic_events` draws them."""
+def next_day_events(n: int, n_users: int, seed: int, day: int = 0) -> pa.Table:
+    """``n`` canonical events of the ``day``-th day after ``AS_OF`` (times uniform over
+    ``[AS_OF + day days, AS_OF + day + 1 days)``, sorted), drawn otherwise as :func:`synthetic_events` draws them."""
     new = synthetic_events(n, n_users, seed)
     rng = np.random.default_rng(seed)
-    start = int(AS_OF.timestamp()) * 1_000_000
+    start = (int(AS_OF.timestamp()) + day * 86_400) * 1_000_000
     ts = pa.array(np.sort(start + rng.integers(0, 86_400 * 1_000_000, n)), pa.timestamp("us", tz="UTC"))
     return new.set_column(new.schema.get_field_index("ts"), "ts", ts)
 

@@ -87,5 +87,7 @@ def _advance(state: FeatureState, user_ids: np.ndarray, ev: EventArrays, cutoff:
     bounds = np.searchsorted(ev.ts_us, state.as_of_us + DAY_US * np.arange(nights + 1))
     for night in range(nights):
         lo, hi = bounds[night], bounds[night + 1]
+        if night:
+            state.compact()
         state.advance(user_ids[lo:hi], ev.take(slice(lo, hi)))
     return state

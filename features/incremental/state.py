@@ -51,8 +51,9 @@ DEAD_DAY = np.iinfo(np.int32).min
 _BUY, _VIEW, _CART = BEHAVIOR_CODES["buy"], BEHAVIOR_CODES["view"], BEHAVIOR_CODES["cart"]
 _GAP_BITS = 20
 FRESH_SHARE = 0.125
-"""A fresh run (pairs, day gaps) is merged into its main run once it holds more than this share of the main run's
-entries: a night inserts into the small fresh run and leaves the main run's keys (and their file) as they are."""
+"""A fresh run (pairs, day gaps) is merged into its main run (:meth:`FeatureState.compact`) once it holds more than
+this share of the main run's entries: a night inserts into the small fresh run and leaves the main run's keys (and
+their file) as they are."""
 
 
 SPARE_USERS = 1 / 16
@@ -229,15 +230,17 @@ class FeatureState:
         start, k = self.as_of_us, self.night
         if len(ev) and (int(ev.ts_us.min()) < start or int(ev.ts_us.max()) >= start + DAY_US):
             raise IncrementalUnsupported("events outside the next day of the kept state")
-        if len(ev):
-            user = self._user_codes(np.asarray(user_ids, dtype=object))
-            day = DayRollup.of(user, ev.ts_us, ev.behavior, ev.channel, ev.amount, start, self.spec)
-        else:
-            user, day = np.zeros(0, np.int64), DayRollup.empty()
         with ThreadPoolExecutor(1, thread_name_prefix="state-pairs") as pool:
-            # the pairs move on beside the sums: they share no array, and numpy's sorts, searches and copies run
-            # without the GIL, so the two use both cores
-            pairs = pool.submit(self._pairs, user, ev) if len(ev) else None
+            # the pairs (codes, new pairs, retired pairs) move on beside the users' codes and sums: they share no
+            # array, and numpy's sorts, searches and copies run without the GIL, so the two use both cores
+            codes = pool.submit(self._pair_codes, ev) if len(ev) else None
+            if len(ev):
+                user = self._user_codes(np.asarray(user_ids, dtype=object))
+                day = DayRollup.of(user, ev.ts_us, ev.behavior, ev.channel, ev.amount, start, self.spec)
+            else:
+                user, day = np.zeros(0, np.int64), DayRollup.empty()
+            pairs = pool.submit(self._pairs, user, ev, codes.result()) if codes is not None else None
+            pruned = pool.submit(self._prune)  # after the pairs (one worker, in order)
             self._decay(user, ev, day)
             for (group, w), sums in self.win.items():
                 if len(day.user):
@@ -248,7 +251,7 @@ class FeatureState:
                 self._history(user, ev, day)
             if pairs is not None:
                 pairs.result()
-        self._prune()
+            pruned.result()
         self.rollups[k] = day
         self.night = k + 1
         oldest = self.night - max(max(ws) for ws in self.windows.values())
@@ -353,32 +356,42 @@ class FeatureState:
         with_gap = users[had]
         added = with_gap << _GAP_BITS | (k - before[had])
         keys, fresh = self.gaps[gaps], self.fresh_gaps[gaps]
-        fresh = np.insert(fresh, np.searchsorted(fresh, added), added)  # added: sorted, as the users are
-        if len(fresh) > FRESH_SHARE * len(keys):
-            keys, fresh = np.insert(keys, np.searchsorted(keys, fresh), fresh), fresh[:0]
-        self.gaps[gaps], self.fresh_gaps[gaps] = keys, fresh
+        fresh = self.fresh_gaps[gaps] = np.insert(fresh, np.searchsorted(fresh, added), added)  # added: sorted
         p[last][users] = k
         p[count][users] += 1
         if len(with_gap):
             set_medians(p[median], keys, with_gap, fresh)
 
-    def _pairs(self, user: np.ndarray, ev: EventArrays) -> None:
-        """The day's (user, item), (user, category), viewed (user, category, item) and carted (user, item) pairs."""
-        k = self.night
+    def _pair_codes(self, ev: EventArrays) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The events' item and category codes (-1 for none) and (with item columns) the (category, item) codes of
+        their views (-1 for other events); new ids are added to the dictionaries."""
         has_item, has_cat = ev.item != NULL_ID, ev.category != NULL_ID
         item = np.full(len(ev), -1, np.int64)
         cat = np.full(len(ev), -1, np.int64)
         item[has_item] = self.items.encode(ev.item[has_item])
         cat[has_cat] = self.categories.encode(ev.category[has_cat])
+        if not self.has_item:
+            return item, cat, None
+        views = (ev.behavior == _VIEW) & has_item & has_cat
+        combo = np.full(len(ev), -1, np.int64)
+        combo[views] = self.views_dict.encode(pair_keys(cat[views], item[views]))
+        return item, cat, combo
+
+    def _pairs(self, user: np.ndarray, ev: EventArrays, codes: tuple[np.ndarray, np.ndarray, np.ndarray | None]
+               ) -> None:
+        """The day's (user, item), (user, category), viewed (user, category, item) and carted (user, item) pairs
+        (``codes``: :meth:`_pair_codes` of the events)."""
+        k = self.night
+        item, cat, combo = codes
+        has_item, has_cat = item >= 0, cat >= 0
         for name, mask, code in (("item", has_item, item), ("category", has_cat, cat)):
             new = sorted_unique(pair_keys(user[mask], code[mask]))
             found, previous = self._upsert(name, new, (np.full(len(new), k, np.int32),))
             self._count_pairs(name, new[~(found & (previous != DEAD_DAY))], +1)
-        if not self.has_item:
+        if combo is None:
             return
-        views = (ev.behavior == _VIEW) & has_item & has_cat
-        combo = self.views_dict.encode(pair_keys(cat[views], item[views]))
-        new, first = np.unique(pair_keys(user[views], combo), return_index=True)
+        views = combo >= 0
+        new, first = np.unique(pair_keys(user[views], combo[views]), return_index=True)
         self._upsert("view", new, (np.full(len(new), k, np.int32), cat[views][first]))
         self._carts(user, ev, item, has_item)
 
@@ -395,19 +408,32 @@ class FeatureState:
         if name in ("item", "category") and len(keys):
             self.per_user[f"distinct_{name}"] += sign * np.bincount(key_users(keys), minlength=self.n_users)
 
-    def _prune(self) -> None:
-        """Retire the pairs that leave their window at the next night (``night + 1``): the distinct-count and
-        comparison pairs are marked :data:`DEAD_DAY` in place (and dropped once they are a quarter of the state, or
-        when the fresh run is merged into the main one: :data:`FRESH_SHARE`), the carts dropped."""
-        k, spec = self.night, self.spec
-        for name, oldest in (("item", k - spec.distinct_days), ("category", k - spec.distinct_days),
-                             ("view", k - max(spec.comparison_windows))):
-            main, fresh = (self._retire(name, *run, oldest) for run in (self.pairs[name], self.fresh[name]))
+    def compact(self) -> FeatureState:
+        """Merge each fresh run into its main run once it holds more than :data:`FRESH_SHARE` of it, and drop the
+        retired pairs once they are a quarter of a pair state. Values are unchanged; it is done when the state is
+        kept and between nights, not while a night's table waits for it."""
+        for name, (main, fresh) in ((name, (self.pairs[name], self.fresh[name])) for name in self.fresh):
             dead_main, dead_fresh = main[1][0] == DEAD_DAY, fresh[1][0] == DEAD_DAY
             dead = int(dead_main.sum()) + int(dead_fresh.sum())
             if dead * 4 > len(main[0]) + len(fresh[0]) or len(fresh[0]) > FRESH_SHARE * len(main[0]):
-                main, fresh = merge_runs(main, fresh, ~dead_main, ~dead_fresh), empty_run(fresh)
-            self.pairs[name], self.fresh[name] = main, fresh
+                self.pairs[name] = merge_runs(main, fresh, ~dead_main, ~dead_fresh)
+                self.fresh[name] = empty_run(fresh)
+        for name, keys in self.gaps.items():
+            fresh = self.fresh_gaps[name]
+            if len(fresh) > FRESH_SHARE * len(keys):
+                self.gaps[name] = np.insert(keys, np.searchsorted(keys, fresh), fresh)
+                self.fresh_gaps[name] = fresh[:0]
+        return self
+
+    def _prune(self) -> None:
+        """Retire the pairs that leave their window at the next night (``night + 1``): the distinct-count and
+        comparison pairs are marked :data:`DEAD_DAY` in place (and dropped by :meth:`compact`), the carts
+        dropped."""
+        k, spec = self.night, self.spec
+        for name, oldest in (("item", k - spec.distinct_days), ("category", k - spec.distinct_days),
+                             ("view", k - max(spec.comparison_windows))):
+            self.pairs[name], self.fresh[name] = (self._retire(name, *run, oldest)
+                                                  for run in (self.pairs[name], self.fresh[name]))
         first_cart = self.origin_us + (k + 1 - spec.cart_unbought_days) * DAY_US
         keys, values = self.pairs["cart"]
         if len(keys) and values[0].min() < first_cart:

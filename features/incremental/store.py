@@ -34,8 +34,10 @@ class StateError(ValueError):
 
 
 def save_state(state: FeatureState, path: Path, extra: dict[str, Any] | None = None) -> None:
-    """Write ``state`` to the folder ``path``, replacing what is there only once the new one is complete."""
+    """Write ``state`` to the folder ``path``, replacing what is there only once the new one is complete. The state
+    is compacted first (:meth:`FeatureState.compact`)."""
     path = Path(path)
+    state.compact()
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     (tmp / "rollups").mkdir(parents=True)
     n = state.n_users  # per-user arrays are saved with spare rows (read back as their first n rows)

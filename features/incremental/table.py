@@ -175,6 +175,6 @@ def _in_row_order(f: dict[str, np.ndarray], names: list[str], rows: np.ndarray, 
         if name in (FEATURE_TABLE_KEY, "aipl_layer"):
             data[name] = pd.array(col.astype(object), dtype="str")
         else:
-            data[name] = col.astype(np.int64 if name in ints else np.float64)
+            data[name] = col.astype(np.int64 if name in ints else np.float64, copy=False)  # col: a copy already
     return data
 
