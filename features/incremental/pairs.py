@@ -130,3 +130,28 @@ def per_user_max_distinct(users: np.ndarray, groups: np.ndarray, n_users: int) -
     first = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
     out[owner[first]] = np.maximum.reduceat(sizes, first)
     return out
+
+
+def per_user_max_distinct_windows(users: np.ndarray, groups: np.ndarray, since: np.ndarray,
+                                  windows: tuple[int, ...], n_users: int) -> dict[int, np.ndarray]:
+    """:func:`per_user_max_distinct` for each window ``w`` of ``windows`` at once, counting the entries with
+    ``since <= w`` (``since``: 1 to ``max(windows)``, aligned with ``users`` and ``groups``). The entries are sorted
+    once, packed as ``user | group | since`` in one int64 when the three fit; else one window at a time."""
+    if not len(users):
+        return {w: np.zeros(n_users, np.int64) for w in windows}
+    group_bits, since_bits = int(groups.max()).bit_length(), max(windows).bit_length()
+    if int(n_users).bit_length() + group_bits + since_bits > 63:
+        return {w: per_user_max_distinct(users[since <= w], groups[since <= w], n_users) for w in windows}
+    packed = (users.astype(np.int64) << (group_bits + since_bits)) | (groups.astype(np.int64) << since_bits) | since
+    packed.sort()
+    cell = packed >> since_bits
+    starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
+    owner = cell[starts] >> group_bits
+    first = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+    days = packed & ((1 << since_bits) - 1)
+    out = {}
+    for w in windows:
+        sizes = np.add.reduceat((days <= w).astype(np.int64), starts)
+        out[w] = np.zeros(n_users, np.int64)
+        out[w][owner[first]] = np.maximum.reduceat(sizes, first)
+    return out

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 
-from features.incremental.pairs import key_users, per_user_max_distinct
+from features.incremental.pairs import key_users, per_user_max_distinct_windows
 from features.incremental.state import NEVER_TS, NO_DAY, NO_TS, FeatureState
 from features.spec.definition import (
     AIPL_BASE,
@@ -152,12 +152,14 @@ def _pair_columns(s: FeatureState) -> dict[str, np.ndarray]:
     """The columns read off the pair states: most distinct items viewed in one category, unbought carts."""
     spec, n_users, k = s.spec, s.n_users, s.night
     out = {}
-    views = s.pair_runs("view")
+    views, widest = s.pair_runs("view"), max(spec.comparison_windows)
+    inside = [days >= k - widest for _, (days, _) in views]
+    users = np.concatenate([key_users(keys[m]) for (keys, _), m in zip(views, inside, strict=True)])
+    cats = np.concatenate([cat[m] for (_, (_, cat)), m in zip(views, inside, strict=True)])
+    since = np.concatenate([k - days[m] for (_, (days, _)), m in zip(views, inside, strict=True)])  # 1: last day
+    counts = per_user_max_distinct_windows(users, cats, since, tuple(spec.comparison_windows), n_users)
     for w in spec.comparison_windows:
-        inside = [days >= k - w for _, (days, _) in views]
-        users = np.concatenate([key_users(keys[m]) for (keys, _), m in zip(views, inside, strict=True)])
-        cats = np.concatenate([cat[m] for (_, (_, cat)), m in zip(views, inside, strict=True)])
-        out[f"max_items_per_category_{w}d"] = per_user_max_distinct(users, cats, n_users)
+        out[f"max_items_per_category_{w}d"] = counts[w]
     keys, (cart_ts, buy_ts) = s.pairs["cart"]
     open_cart = ~(buy_ts >= cart_ts)
     out[f"carts_unbought_{spec.cart_unbought_days}d"] = np.bincount(key_users(keys[open_cart]),
