@@ -47,9 +47,18 @@ def _ratio(num: np.ndarray, den: np.ndarray, when: np.ndarray) -> np.ndarray:
 
 
 def feature_frame(state: FeatureState) -> pd.DataFrame:
-    """The feature table at ``state.as_of_us`` (see the module docstring)."""
-    s, spec, a, p = state, state.spec, state.as_of_us, state.per_user
-    n_users = s.n_users
+    """The feature table at ``state.as_of_us`` (see the module docstring). The per-user arrays are first put in row
+    order (one gather per array, not one per column), then the columns are computed in that order."""
+    s, spec, a = state, state.spec, state.as_of_us
+    rows = s.order
+    if spec.lookback_days:
+        since_last = _age(a, s.per_user["last_ts"][:, 5], NEVER_TS)
+        rows = rows[since_last[rows] <= spec.lookback_days]
+    pool = ThreadPoolExecutor(1, thread_name_prefix="feature-table")  # numpy frees the GIL: both cores work
+    pairs = pool.submit(_pair_columns, s)
+    p = {name: values[rows] for name, values in s.per_user.items()}
+    win = {key: values[rows] for key, values in s.win.items()}
+    n_users = len(rows)
     f: dict[str, np.ndarray] = {}
     last = _age(a, p["last_ts"], NEVER_TS)
     first = _age(a, p["first_ts"], NO_TS)
@@ -58,7 +67,7 @@ def feature_frame(state: FeatureState) -> pd.DataFrame:
     f["days_since_last_event"], f["days_since_first_event"] = last[:, 5], first[:, 5]
 
     def counts(w: int) -> np.ndarray:
-        return s.win[("n", w)]
+        return win[("n", w)]
 
     for w in spec.windows:
         n = counts(w)
@@ -66,17 +75,15 @@ def feature_frame(state: FeatureState) -> pd.DataFrame:
             f[count_column(beh, w)] = n[:, i]
         f[count_column("event", w)] = n.sum(axis=1)
     for w in spec.active_day_windows:
-        f[f"active_days_{w}d"] = s.win[("active", w)][:, 0]
+        f[f"active_days_{w}d"] = win[("active", w)][:, 0]
     dd = spec.distinct_days
     f[f"distinct_items_{dd}d"], f[f"distinct_categories_{dd}d"] = p["distinct_item"], p["distinct_category"]
-    pool = ThreadPoolExecutor(1, thread_name_prefix="feature-table")  # numpy frees the GIL: both cores work
-    pairs = pool.submit(_pair_columns, s)
     fc = counts(spec.favcart_days)
     f[f"favcart_count_{spec.favcart_days}d"] = fc[:, _FAV] + fc[:, _CART]
     for w in spec.ad_windows:
-        f[count_column("ad", w)] = s.win[("ad", w)][:, 0]
+        f[count_column("ad", w)] = win[("ad", w)][:, 0]
     f["days_since_last_ad"] = last[:, 6]
-    chan = s.win[("chan", spec.channel_share_days)]
+    chan = win[("chan", spec.channel_share_days)]
     has_chan = chan[:, 0] > 0
     cd = spec.channel_share_days
     f[f"active_channel_share_{cd}d"] = _ratio(chan[:, 1].astype(float), chan[:, 0].astype(float), has_chan)
@@ -86,11 +93,11 @@ def feature_frame(state: FeatureState) -> pd.DataFrame:
     pw = spec.purchase_days
     f["buy_count"] = p["buy_count"]
     f["purchase_days"] = p["buy_days"]
-    f[f"purchase_days_{pw}d"] = s.win[("bought", pw)][:, 0]
+    f[f"purchase_days_{pw}d"] = win[("bought", pw)][:, 0]
     if s.has_amount:
         f["amount_total"] = p["amount_total"].copy()
         f["amount_mean"] = _ratio(p["amount_total"], p["amount_n"].astype(float), p["amount_n"] > 0)
-        f[f"amount_{pw}d"] = s.win[("amount", pw)][:, 0].copy()
+        f[f"amount_{pw}d"] = win[("amount", pw)][:, 0].copy()
     else:
         f["amount_total"] = f["amount_mean"] = f[f"amount_{pw}d"] = np.full(n_users, np.nan)
     last_buy, n_days = f["days_since_last_buy"], p["buy_days"]
@@ -133,18 +140,15 @@ def feature_frame(state: FeatureState) -> pd.DataFrame:
     f["rule_score"] = base + np.minimum(activity / (activity + spec.rule_score_scale), _MAX_TERM)
     f["aipl_layer"] = layer
     with pool:
-        f.update(pairs.result())
+        f.update({name: values[rows] for name, values in pairs.result().items()})
         if not s.has_item:
             for name in (f"distinct_items_{dd}d", *(f"max_items_per_category_{w}d" for w in spec.comparison_windows),
                          f"carts_unbought_{spec.cart_unbought_days}d"):
                 f[name] = np.zeros(n_users, np.int64)
-        rows = s.order
-        if spec.lookback_days:
-            rows = rows[f["days_since_last_event"][rows] <= spec.lookback_days]
-        f[FEATURE_TABLE_KEY] = s.user_ids
+        f[FEATURE_TABLE_KEY] = s.user_ids[rows]
         names = output_columns(spec)
-        half = pool.submit(_in_row_order, f, names[len(names) // 2:], rows, spec)
-        data = {**_in_row_order(f, names[:len(names) // 2], rows, spec), **half.result()}
+        half = pool.submit(_typed, f, names[len(names) // 2:], spec)
+        data = {**_typed(f, names[:len(names) // 2], spec), **half.result()}
     return pd.DataFrame(data, columns=names, copy=False)  # one block per column, no 2nd copy
 
 
@@ -167,16 +171,19 @@ def _pair_columns(s: FeatureState) -> dict[str, np.ndarray]:
     return out
 
 
-def _in_row_order(f: dict[str, np.ndarray], names: list[str], rows: np.ndarray, spec: FeatureSpec
-                  ) -> dict[str, object]:
-    """The columns ``names`` of ``f`` in row order (``rows``: user codes), typed as the batch table types them."""
+def _typed(f: dict[str, np.ndarray], names: list[str], spec: FeatureSpec) -> dict[str, object]:
+    """The columns ``names`` of ``f`` typed as the batch table types them, each in an array of its own (copied when
+    it is a strided view, of another dtype, or already given to another column)."""
     ints = set(integer_columns(spec))
     data: dict[str, object] = {}
+    given: set[int] = set()
     for name in names:
-        col = np.asarray(f[name])[rows]
+        col = np.asarray(f[name])
         if name in (FEATURE_TABLE_KEY, "aipl_layer"):
             data[name] = pd.array(col.astype(object), dtype="str")
-        else:
-            data[name] = col.astype(np.int64 if name in ints else np.float64, copy=False)  # col: a copy already
+            continue
+        dtype = np.int64 if name in ints else np.float64
+        data[name] = col.astype(dtype) if id(col) in given else np.ascontiguousarray(col, dtype=dtype)
+        given.add(id(col))
     return data
 
