@@ -96,12 +96,19 @@ def _rolled(r: DayRollup, group: str) -> np.ndarray:
     return value if value.ndim == 2 else value[:, None]
 
 
-def set_medians(median: np.ndarray, keys: np.ndarray, users: np.ndarray, fresh: np.ndarray | None = None) -> None:
+def set_medians(median: np.ndarray, keys: np.ndarray, users: np.ndarray, fresh: np.ndarray | None = None,
+                starts: np.ndarray | None = None) -> None:
     """``median[users]`` = each user's exact median gap, from the sorted gap keys ``user << 20 | gap`` in ``keys``
     and (a second sorted run) ``fresh`` (the mean of the two middle gaps for an even count). Only the users' own
-    key ranges are read."""
+    key ranges are read; ``starts``: where each user's keys start in ``keys`` (users past its end have none)."""
     users = users.astype(np.int64)
-    lo, n = _key_range(keys, users)
+    if starts is None:
+        lo, n = _key_range(keys, users)
+    else:
+        lo, n = np.zeros(len(users), np.int64), np.zeros(len(users), np.int64)
+        known = users < len(starts) - 1
+        lo[known] = starts[users[known]]
+        n[known] = starts[users[known] + 1] - lo[known]
     mask = (1 << _GAP_BITS) - 1
     if fresh is None or not len(fresh):
         median[users] = ((keys[lo + (n - 1) // 2] & mask) + (keys[lo + n // 2] & mask)) / 2.0
@@ -209,6 +216,12 @@ class FeatureState:
         self.bases: dict[tuple[str, object], np.ndarray] = {}
         """The arrays (with spare rows) whose first rows are the per-user arrays, keyed ``("w", key)`` for
         ``win`` and ``("p", name)`` for ``per_user``."""
+        self.leaving: dict[str, tuple[int, np.ndarray]] = {}
+        """Per pair state, (night, positions in the main run of the pairs that night retires unless seen again),
+        found by :meth:`compact` so that the night need not scan the whole run."""
+        self.gap_starts: dict[str, np.ndarray] = {}
+        """Per gap run, where each user's keys start in the main run (``n + 1`` entries for the users coded when
+        it was found by :meth:`compact`; later users have none there)."""
         self.kept_arrays: dict[str, tuple[np.ndarray, Path]] = {}
         """Arrays read (read-only) from a kept state's files, by name: saved again as links to those files."""
         self.rollups: dict[int, DayRollup | Path] = {}  # a Path: kept on disk, read when the day leaves a window
@@ -360,7 +373,7 @@ class FeatureState:
         p[last][users] = k
         p[count][users] += 1
         if len(with_gap):
-            set_medians(p[median], keys, with_gap, fresh)
+            set_medians(p[median], keys, with_gap, fresh, self.gap_starts.get(gaps))
 
     def _pair_codes(self, ev: EventArrays) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """The events' item and category codes (-1 for none) and (with item columns) the (category, item) codes of
@@ -423,27 +436,42 @@ class FeatureState:
             if len(fresh) > FRESH_SHARE * len(keys):
                 self.gaps[name] = np.insert(keys, np.searchsorted(keys, fresh), fresh)
                 self.fresh_gaps[name] = fresh[:0]
+            self.gap_starts[name] = np.searchsorted(self.gaps[name], np.arange(self.n_users + 1) << _GAP_BITS)
+        for name, oldest in self._retiring(self.night):
+            self.leaving[name] = (self.night, np.flatnonzero(self.pairs[name][1][0] == oldest))
         return self
+
+    def _retiring(self, night: int) -> list[tuple[str, int]]:
+        """Per pair state, the last day seen of the pairs that night ``night`` retires (those before are retired)."""
+        spec = self.spec
+        return [("item", night - spec.distinct_days), ("category", night - spec.distinct_days),
+                ("view", night - max(spec.comparison_windows))]
 
     def _prune(self) -> None:
         """Retire the pairs that leave their window at the next night (``night + 1``): the distinct-count and
         comparison pairs are marked :data:`DEAD_DAY` in place (and dropped by :meth:`compact`), the carts
         dropped."""
         k, spec = self.night, self.spec
-        for name, oldest in (("item", k - spec.distinct_days), ("category", k - spec.distinct_days),
-                             ("view", k - max(spec.comparison_windows))):
-            self.pairs[name], self.fresh[name] = (self._retire(name, *run, oldest)
-                                                  for run in (self.pairs[name], self.fresh[name]))
+        for name, oldest in self._retiring(k):
+            night, found = self.leaving.pop(name, (None, None))
+            self.pairs[name] = self._retire(name, *self.pairs[name], oldest, found if night == k else None)
+            self.fresh[name] = self._retire(name, *self.fresh[name], oldest)
         first_cart = self.origin_us + (k + 1 - spec.cart_unbought_days) * DAY_US
         keys, values = self.pairs["cart"]
         if len(keys) and values[0].min() < first_cart:
             keep = values[0] >= first_cart
             self.pairs["cart"] = (keys[keep], tuple(v[keep] for v in values))
 
-    def _retire(self, name: str, keys: np.ndarray, values: tuple[np.ndarray, ...], oldest: int) -> Run:
-        """The run with its pairs last seen on or before day ``oldest`` marked :data:`DEAD_DAY` (and uncounted)."""
+    def _retire(self, name: str, keys: np.ndarray, values: tuple[np.ndarray, ...], oldest: int,
+                candidates: np.ndarray | None = None) -> Run:
+        """The run with its pairs last seen on or before day ``oldest`` marked :data:`DEAD_DAY` (and uncounted).
+        ``candidates``: the positions of the pairs last seen on day ``oldest`` when those before are retired
+        already (:attr:`leaving`); only they are read then."""
         days = values[0]
-        leaving = np.flatnonzero((days <= oldest) & (days != DEAD_DAY))
+        if candidates is not None:
+            leaving = candidates[days[candidates] == oldest]  # not seen again since
+        else:
+            leaving = np.flatnonzero((days <= oldest) & (days != DEAD_DAY))
         if len(leaving):
             self._count_pairs(name, keys[leaving], -1)
             if not days.flags.writeable:

@@ -45,6 +45,8 @@ def save_state(state: FeatureState, path: Path, extra: dict[str, Any] | None = N
     arrays.update({f"w_{g}_{w}": state.padded(("w", (g, w)), v, n) for (g, w), v in state.win.items()})
     arrays.update({f"g_{k}": v for k, v in state.gaps.items()})
     arrays.update({f"gf_{k}": v for k, v in state.fresh_gaps.items()})
+    arrays.update({f"gs_{k}": v for k, v in state.gap_starts.items()})
+    arrays.update({f"leave_{k}": at for k, (_, at) in state.leaving.items()})
     for prefix, runs in (("pair", state.pairs), ("fresh", state.fresh)):
         for name, (keys, values) in runs.items():
             arrays[f"{prefix}_{name}_keys"] = keys
@@ -70,6 +72,7 @@ def save_state(state: FeatureState, path: Path, extra: dict[str, Any] | None = N
             rollup.save(target)
     meta = {"format": FORMAT, "spec": state.spec.to_dict(), "origin_us": state.origin_us, "night": state.night,
             "has_item": state.has_item, "has_amount": state.has_amount, "users": state.n_users,
+            "leaving_nights": {k: night for k, (night, _) in state.leaving.items()},
             "extra": extra or {}}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     old = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
@@ -127,6 +130,9 @@ def load_state(path: Path, spec: FeatureSpec | None = None) -> FeatureState:
         if meta["format"] >= 2:
             state.fresh_gaps = {k: arrays[f"gf_{k}"] for k in state.fresh_gaps}
             state.fresh = _runs(arrays, "fresh", state.fresh)
+            state.gap_starts = {k: arrays[f"gs_{k}"] for k in state.gaps if f"gs_{k}" in arrays}
+            state.leaving = {k: (int(night), arrays[f"leave_{k}"])
+                             for k, night in meta.get("leaving_nights", {}).items()}
         for name in _DICTS:
             setattr(state, name, Dictionary(arrays[f"d_{name}"]))
         state.order = arrays["order"]
@@ -141,7 +147,7 @@ def load_state(path: Path, spec: FeatureSpec | None = None) -> FeatureState:
 
 def _replaced(name: str) -> bool:
     """Whether the array ``name`` is only ever replaced by a night, never changed in place (read read-only)."""
-    return name.endswith("_keys") or name.startswith(("g_", "gf_", "d_")) or name == "order"
+    return name.endswith("_keys") or name.startswith(("g_", "gf_", "gs_", "leave_", "d_")) or name == "order"
 
 
 def _runs(arrays: dict[str, np.ndarray], prefix: str, like: dict) -> dict:
