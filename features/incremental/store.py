@@ -55,10 +55,14 @@ def save_state(state: FeatureState, path: Path, extra: dict[str, Any] | None = N
     (tmp / "arrays").mkdir()
     for name, values in arrays.items():
         kept = state.kept_arrays.get(name)
+        target = tmp / "arrays" / f"{name}.npy"
         if kept is not None and kept[0] is values and not values.flags.writeable:  # as read: cannot have changed
-            _link(kept[1], tmp / "arrays" / f"{name}.npy")
-        else:
-            np.save(tmp / "arrays" / f"{name}.npy", values)
+            try:
+                os.link(kept[1], target)
+                continue
+            except OSError:  # its file is gone, another file system, or no links: written from memory
+                pass
+        np.save(target, values)
     table = pa.table({"user_id": pa.array(state.user_ids.tolist(), pa.string())})
     with pa.OSFile(str(tmp / "user_ids.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)

@@ -72,3 +72,16 @@ def test_a_state_kept_before_fresh_runs_is_read_with_empty_ones(tmp_path):
     assert all(len(keys) == 0 for keys, _ in loaded.fresh.values())
     moved = advance_to(loaded, events[events.ts >= before], AS_OF)
     assert_parity(build_features(events, AS_OF, FeatureSpec()), feature_frame(moved), FeatureSpec())
+
+
+def test_an_unchanged_array_whose_file_is_gone_is_saved_from_memory(tmp_path):
+    """The arrays a night left unchanged are linked to the files they were read from; when one cannot be linked it
+    is written from the memory still mapped."""
+    events = frame(CART_EDGES + LATER)
+    save_state(state_from_events(events, AS_OF, FeatureSpec()), tmp_path / "state")
+    loaded = load_state(tmp_path / "state")
+    (tmp_path / "state" / "arrays" / "pair_item_keys.npy").unlink()
+    save_state(loaded, tmp_path / "state")
+    assert (tmp_path / "state" / "arrays" / "pair_item_keys.npy").exists()
+    assert_parity(build_features(events, AS_OF, FeatureSpec()), feature_frame(load_state(tmp_path / "state")),
+                  FeatureSpec())
