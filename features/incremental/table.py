@@ -147,6 +147,11 @@ def feature_frame(state: FeatureState) -> pd.DataFrame:
                 f[name] = np.zeros(n_users, np.int64)
         f[FEATURE_TABLE_KEY] = s.user_ids[rows]
         names = output_columns(spec)
+        given: set[int] = set()
+        for name in names:  # an array given to two columns (the missing amounts) is copied for the second
+            if id(f[name]) in given:
+                f[name] = np.array(f[name], copy=True)
+            given.add(id(f[name]))
         half = pool.submit(_typed, f, names[len(names) // 2:], spec)
         data = {**_typed(f, names[:len(names) // 2], spec), **half.result()}
     return pd.DataFrame(data, columns=names, copy=False)  # one block per column, no 2nd copy
@@ -172,18 +177,15 @@ def _pair_columns(s: FeatureState) -> dict[str, np.ndarray]:
 
 
 def _typed(f: dict[str, np.ndarray], names: list[str], spec: FeatureSpec) -> dict[str, object]:
-    """The columns ``names`` of ``f`` typed as the batch table types them, each in an array of its own (copied when
-    it is a strided view, of another dtype, or already given to another column)."""
+    """The columns ``names`` of ``f`` (no two the same array) typed as the batch table types them, copied only when
+    strided or of another dtype."""
     ints = set(integer_columns(spec))
     data: dict[str, object] = {}
-    given: set[int] = set()
     for name in names:
         col = np.asarray(f[name])
         if name in (FEATURE_TABLE_KEY, "aipl_layer"):
             data[name] = pd.array(col.astype(object), dtype="str")
-            continue
-        dtype = np.int64 if name in ints else np.float64
-        data[name] = col.astype(dtype) if id(col) in given else np.ascontiguousarray(col, dtype=dtype)
-        given.add(id(col))
+        else:
+            data[name] = np.ascontiguousarray(col, dtype=np.int64 if name in ints else np.float64)
     return data
 

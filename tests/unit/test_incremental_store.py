@@ -1,4 +1,5 @@
-"""The kept feature state on disk: a saved state moves on exactly as the one in memory; bad states are refused."""
+"""The kept feature state on disk: a saved state moves on exactly as the one in memory; bad states are refused; its
+feature table gives each column an array of its own."""
 
 from __future__ import annotations
 
@@ -85,3 +86,13 @@ def test_an_unchanged_array_whose_file_is_gone_is_saved_from_memory(tmp_path):
     assert (tmp_path / "state" / "arrays" / "pair_item_keys.npy").exists()
     assert_parity(build_features(events, AS_OF, FeatureSpec()), feature_frame(load_state(tmp_path / "state")),
                   FeatureSpec())
+
+
+def test_the_feature_tables_columns_share_no_memory():
+    """Without an amount column the three amount columns are all missing; each still gets an array of its own, so
+    that a caller writing one column does not change another."""
+    events = frame(CART_EDGES + LATER).drop(columns=["amount"])
+    table = feature_frame(state_from_events(events, AS_OF, FeatureSpec()))
+    columns = [table[name].to_numpy() for name in table.columns if table[name].dtype.kind in "if"]
+    shared = [(a, b) for i, a in enumerate(columns) for b in columns[i + 1:] if np.shares_memory(a, b)]
+    assert not shared and len(columns) > 90
